@@ -1,0 +1,272 @@
+"""Data sets as uint8 tensors ``[N, C, H, W]`` with int64 labels.
+
+Every loader reads the files in their usual published format and fails with a
+``DataError`` that says where the files go. The test split is returned apart:
+only validation reads it. The train/val split is a seeded permutation of the
+training split (``split_train_val``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cskd.errors import DataError
+
+DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+
+# Normalisation constants: the recipe's for CIFAR-100 (CSKD.md), the usual ones for CIFAR-10;
+# others are measured on the training split.
+_CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
+_CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class DataSet:
+    name: str
+    train: Split
+    test: Split
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.train.images.shape[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+
+
+def split_train_val(train: Split, *, val_fraction: float, seed: int) -> tuple[Split, Split]:
+    """A fixed, seeded split of the training split into (train, val)."""
+    n = len(train)
+    n_val = max(1, int(round(n * val_fraction)))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return train.subset(perm[n_val:]), train.subset(perm[:n_val])
+
+
+def _measured_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = images.float() / 255.0
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+
+
+def _missing(name: str, root: Path, expected: str) -> DataError:
+    return DataError(
+        f"data set {name!r}: files not found under {root} (expected {expected}); "
+        f"put them there, or set data.download: true where the network allows"
+    )
+
+
+# ---------------------------------------------------------------- digits
+def load_digits_dataset() -> DataSet:
+    """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), shipped offline.
+
+    It has no official test split: a fixed 20% (seed 0, independent of the manifest)
+    is the test split.
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    n_test = len(labels) // 5
+    test, train = Split(images[perm[:n_test]], labels[perm[:n_test]]), Split(images[perm[n_test:]], labels[perm[n_test:]])
+    mean, std = _measured_stats(train.images)
+    return DataSet("digits", train, test, 10, mean, std, tuple(str(i) for i in range(10)))
+
+
+# ---------------------------------------------------------------- Fashion-MNIST (IDX files)
+_FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                    "Sneaker", "Bag", "Ankle boot")
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise DataError(f"{path}: truncated IDX file ({body.size} bytes for shape {shape})")
+    return body.reshape(shape)
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for folder in (root, root / "FashionMNIST" / "raw"):
+        for name in (stem, stem + ".gz"):
+            if (folder / name).is_file():
+                return folder / name
+    return None
+
+
+def load_fashion_mnist(root: Path, *, download: bool = False) -> DataSet:
+    """The four IDX files (``.gz`` or not) in ``root`` or ``root/FashionMNIST/raw``."""
+    stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+    paths = [_find_idx(root, s) for s in stems]
+    if any(p is None for p in paths) and download:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=True, download=True)
+        FashionMNIST(str(root), train=False, download=True)
+        paths = [_find_idx(root, s) for s in stems]
+    if any(p is None for p in paths):
+        raise _missing("fashion_mnist", root, "train-images-idx3-ubyte.gz and the three other IDX files")
+    arrays = [_read_idx(p) for p in paths]
+    train = Split(torch.from_numpy(arrays[0].copy())[:, None], torch.from_numpy(arrays[1].astype(np.int64)))
+    test = Split(torch.from_numpy(arrays[2].copy())[:, None], torch.from_numpy(arrays[3].astype(np.int64)))
+    mean, std = _measured_stats(train.images)
+    return DataSet("fashion_mnist", train, test, 10, mean, std, _FASHION_CLASSES)
+
+
+# ---------------------------------------------------------------- CIFAR (python pickles)
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's batch files but refuses every global except NumPy's array rebuilders.
+
+    A pickle can name any callable; the CIFAR files need only these, so a file
+    crafted to run code is refused instead of executed.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise DataError(f"refusing to unpickle {module}.{name}: CIFAR files hold only arrays and lists")
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    with open(path, "rb") as f:
+        try:
+            obj = _ArrayOnlyUnpickler(f, encoding="latin1").load()
+        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            if isinstance(exc, DataError):
+                raise
+            raise DataError(f"{path}: not a readable CIFAR batch file ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a dict, found {type(obj).__name__}")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_split(folder: Path, files: list[str], label_key: str) -> Split:
+    images, labels = [], []
+    for name in files:
+        batch = _unpickle(folder / name)
+        if "data" not in batch or label_key not in batch:
+            raise DataError(f"{folder / name}: missing 'data' or {label_key!r}")
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.extend(int(v) for v in batch[label_key])
+    return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
+    """CIFAR-10/100 in the python format torchvision downloads (``cifar-10-batches-py`` etc.)."""
+    if name == "cifar10":
+        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
+        label_key, meta_file, names_key, n_cls = "labels", "batches.meta", "label_names", 10
+        mean, std = _CIFAR10_MEAN, _CIFAR10_STD
+    else:
+        folder, train_files, test_files = root / "cifar-100-python", ["train"], ["test"]
+        label_key, meta_file, names_key, n_cls = "fine_labels", "meta", "fine_label_names", 100
+        mean, std = _CIFAR100_MEAN, _CIFAR100_STD
+    needed = [folder / f for f in train_files + test_files]
+    if not all(p.is_file() for p in needed) and download:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=True, download=True)
+    if not all(p.is_file() for p in needed):
+        raise _missing(name, root, f"{folder.name}/{train_files[0]} ... {folder.name}/{test_files[0]}")
+    classes: tuple[str, ...] = ()
+    if (folder / meta_file).is_file():
+        classes = tuple(str(c) for c in _unpickle(folder / meta_file).get(names_key, ()))
+    return DataSet(name, _cifar_split(folder, train_files, label_key), _cifar_split(folder, test_files, label_key),
+                   n_cls, mean, std, classes)
+
+
+# ---------------------------------------------------------------- image folders
+_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
+
+
+def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) -> Split:
+    from PIL import Image
+
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        cls_dir = folder / cls
+        files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if cls_dir.is_dir() else []
+        for path in files:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if size is not None and img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+            if images and arr.shape != images[0].shape:
+                raise DataError(f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; set data.image_size")
+            images.append(arr)
+            labels.append(label)
+    if not images:
+        raise DataError(f"{folder}: no images found (expected {folder}/<class>/*.jpg)")
+    stack = np.stack(images)
+    stack = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
+    return Split(torch.from_numpy(np.ascontiguousarray(stack)), torch.tensor(labels, dtype=torch.int64))
+
+
+def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False) -> DataSet:
+    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes are the train folder's subfolders."""
+    train_dir, test_dir = root / "train", root / "test"
+    if not train_dir.is_dir() or not test_dir.is_dir():
+        raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg")
+    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
+    if len(classes) < 2:
+        raise DataError(f"{train_dir}: found {len(classes)} class folders, need at least 2")
+    mode = "L" if grayscale else "RGB"
+    train = _read_folder(train_dir, classes, image_size, mode)
+    test = _read_folder(test_dir, classes, image_size, mode)
+    mean, std = _measured_stats(train.images)
+    return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
+
+
+def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
+                 image_size: int | None = None, grayscale: bool = False) -> DataSet:
+    """Load one of ``DATASETS``. ``root`` is required for all but ``digits``."""
+    if name == "digits":
+        return load_digits_dataset()
+    if root is None:
+        raise DataError(f"data set {name!r} needs data.root (the folder that holds its files)")
+    root = Path(root).expanduser()
+    if name == "fashion_mnist":
+        return load_fashion_mnist(root, download=download)
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, root, download=download)
+    if name == "imagefolder":
+        return load_imagefolder(root, image_size=image_size, grayscale=grayscale)
+    raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")

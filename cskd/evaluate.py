@@ -1,0 +1,25 @@
+"""Batched inference and accuracy on uint8 image tensors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
+                   device: torch.device | str = "cpu") -> torch.Tensor:
+    """Logits ``[N, C]`` (float32, on the CPU) for uint8 images ``[N, C, H, W]``."""
+    was_training = model.training
+    model.eval()
+    outputs = []
+    for start in range(0, images.shape[0], batch_size):
+        batch = images[start:start + batch_size].to(device).float() / 255.0
+        outputs.append(model(batch).float().cpu())
+    model.train(was_training)
+    return torch.cat(outputs)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy in percent."""
+    return float((logits.argmax(dim=1) == labels).float().mean()) * 100.0

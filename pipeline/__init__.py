@@ -1,0 +1,1 @@
+"""The pipeline: manifest schema, stage graph, artifact store, runner, gate and CLI."""

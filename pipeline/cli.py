@@ -1,0 +1,175 @@
+"""The ``cskd-pipeline`` command line.
+
+Exit codes: 0 ok, 1 gate failed, 2 bad input, 3 missing optional back-end or
+hardware, 4 failure at run time, 130/143 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from pipeline.errors import EXIT_BAD_INPUT, EXIT_MISSING_BACKEND, EXIT_RUNTIME, ManifestError, PipelineError
+
+DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"cskd-pipeline: error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Map every expected failure to one line on stderr and its exit code (no traceback)."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        from cskd.errors import CheckpointError, DataError
+        from exports.errors import BackendUnavailable
+
+        try:
+            return fn(*args, **kwargs)
+        except PipelineError as exc:
+            _fail(str(exc), exc.exit_code)
+        except (DataError, CheckpointError) as exc:
+            _fail(str(exc), EXIT_BAD_INPUT)
+        except BackendUnavailable as exc:
+            _fail(str(exc), EXIT_MISSING_BACKEND)
+        except KeyboardInterrupt:
+            _fail("interrupted; rerun the same command to resume", 130)
+        except Exception as exc:  # a bug or an environment failure: one line, traceback on request
+            if os.environ.get("CSKD_DEBUG"):
+                raise
+            _fail(f"{type(exc).__name__}: {exc} (set CSKD_DEBUG=1 for the traceback)", EXIT_RUNTIME)
+
+    return wrapper
+
+
+def resolve_manifest_path(value: str | None) -> Path:
+    """``-m`` takes a path, or a bare name looked up in ./manifests (with or without .yaml)."""
+    if value is None:
+        if not DEFAULT_MANIFEST.is_file():
+            raise ManifestError(f"no manifest given and {DEFAULT_MANIFEST} not found here; pass -m PATH")
+        return DEFAULT_MANIFEST
+    path = Path(value)
+    if path.exists():
+        return path
+    for candidate in (Path("manifests") / value, Path("manifests") / f"{value}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return path  # load_manifest reports it as not found
+
+
+def _load(manifest_opt: str | None):
+    from pipeline.manifest_io import load_manifest
+
+    return load_manifest(resolve_manifest_path(manifest_opt))
+
+
+manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
+                               help="manifest file, or a name in ./manifests (default: manifests/quickstart.yaml)")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Declarative compression pipeline: teacher, CS-KD distillation, export, validation, gate, ship."""
+
+
+@main.command()
+@manifest_option
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@handle_errors
+def run(manifest_opt: str | None, quiet: bool) -> None:
+    """Run every stage; reuse what is cached; ship the student if the gate passes."""
+    from pipeline.contracts import DataProvider
+    from pipeline.runner import run_pipeline
+    from pipeline.ship import ship
+
+    manifest = _load(manifest_opt)
+    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
+    ran = [r.kind for r in outcome.reports if r.status == "ran"]
+    shipped = ship(manifest, outcome.artifacts, DataProvider(manifest))
+    click.echo(f"shipped {shipped}/ (student.onnx, student.safetensors, model_card.json); "
+               + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
+
+
+@main.command()
+@manifest_option
+@handle_errors
+def plan(manifest_opt: str | None) -> None:
+    """Each stage's artifact id and whether it is cached (no compute)."""
+    from pipeline.graph import plan as plan_graph
+    from pipeline.store import ArtifactStore
+
+    manifest = _load(manifest_opt)
+    store = ArtifactStore(manifest.store)
+    for step in plan_graph(manifest):
+        state = "cached" if store.has(step.kind, step.id) else "to run"
+        click.echo(f"{step.kind:<9} {step.id}  {state}")
+
+
+@main.command()
+@manifest_option
+@handle_errors
+def validate(manifest_opt: str | None) -> None:
+    """Check the manifest completely; no compute."""
+    path = resolve_manifest_path(manifest_opt)
+    from pipeline.manifest_io import load_manifest
+
+    manifest = load_manifest(path)
+    click.echo(f"{path}: valid ({manifest.name}: {manifest.teacher.model} -> {manifest.student.model}, "
+               f"loss {manifest.student.loss.kind}, data {manifest.data.name})")
+
+
+@main.command()
+@handle_errors
+def schema() -> None:
+    """Print the manifest's JSON schema."""
+    from pipeline.manifest import Manifest
+
+    click.echo(json.dumps(Manifest.model_json_schema(by_alias=True), indent=2))
+
+
+@main.command()
+@manifest_option
+@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True,
+              help="what to export")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@handle_errors
+def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
+    """Export the student (training teacher and student first if they are not cached)."""
+    from pipeline.runner import run_pipeline
+    from stages.export import ONNX_FILE
+
+    manifest = _load(manifest_opt)
+    outcome = run_pipeline(manifest, until="export", progress=not quiet and sys.stderr.isatty())
+    click.echo(str(outcome.artifacts["export"].file(ONNX_FILE)))
+
+
+@main.command()
+@manifest_option
+@handle_errors
+def verify(manifest_opt: str | None) -> None:
+    """Check the sha256 of every file of every artifact in the manifest's store."""
+    from pipeline.errors import StoreError
+    from pipeline.store import ArtifactStore
+
+    manifest = _load(manifest_opt)
+    store = ArtifactStore(manifest.store)
+    artifacts = store.all_artifacts()
+    problems = [p for a in artifacts for p in store.verify(a)]
+    for p in problems:
+        click.echo(p)
+    if problems:
+        raise StoreError(f"{len(problems)} problem(s) in {store.root}; rerun `cskd-pipeline run` to recompute")
+    click.echo(f"{len(artifacts)} artifacts in {store.root}: all files match their sha256")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""Errors with their exit codes. The CLI prints one line and exits with ``exit_code``."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_GATE_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_MISSING_BACKEND = 3
+EXIT_RUNTIME = 4
+
+
+class PipelineError(Exception):
+    exit_code = EXIT_RUNTIME
+
+
+class ManifestError(PipelineError):
+    """The manifest (or a file it names) is wrong; the message names file, field and fix."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
+class GateFailed(PipelineError):
+    exit_code = EXIT_GATE_FAILED
+
+
+class StoreError(PipelineError):
+    """The artifact store is inconsistent (a digest mismatch, a missing file)."""

@@ -1,0 +1,148 @@
+"""Read a manifest file: bounded, UTF-8, plain YAML data, then the pydantic schema.
+
+Every failure is a ``ManifestError`` with one line: the file, the field path,
+what was found and what is allowed.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from pipeline.errors import ManifestError
+from pipeline.manifest import Manifest
+
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that also refuses duplicate keys and anchors/aliases.
+
+    Aliases are refused outright: a manifest never needs them, and they are how
+    'billion laughs' files blow up in memory once expanded.
+    """
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise ManifestError(f"line {event.start_mark.line + 1}: YAML aliases ('*{event.anchor}') are not "
+                                f"allowed in a manifest; write the value out")
+        event = self.peek_event()
+        if getattr(event, "anchor", None):
+            raise ManifestError(f"line {event.start_mark.line + 1}: YAML anchors ('&{event.anchor}') are not "
+                                f"allowed in a manifest; write the value out")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ManifestError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; keep one")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"line {mark.line + 1}: " if mark else ""
+        problem = (exc.problem or str(exc)).strip()
+        if "could not determine a constructor" in str(exc):
+            problem = "tags such as '!!python/object' are not allowed; a manifest holds plain data only"
+        raise ManifestError(f"{where}invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"invalid YAML: {str(exc).splitlines()[0]}") from None
+    except RecursionError:
+        raise ManifestError("YAML nested too deeply") from None
+
+
+def _models_in(tp: object) -> list[type[BaseModel]]:
+    """The pydantic models inside a type annotation (unions, Optional, Annotated, list)."""
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [tp]
+    return [m for arg in typing.get_args(tp) for m in _models_in(arg)]
+
+
+def _field_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model at ``loc`` inside ``model`` (to list the keys it allows)."""
+    current: object = model
+    for part in loc:
+        if isinstance(part, int):  # a list index: stay on the element type
+            continue
+        models = _models_in(current)
+        tagged = [m for m in models
+                  if "kind" in m.model_fields and part in typing.get_args(m.model_fields["kind"].annotation)]
+        if tagged:  # a discriminated union puts the tag in the location
+            current = tagged[0]
+            continue
+        fields = {(f.alias or n): f for m in models for n, f in m.model_fields.items()}
+        if part not in fields:
+            return None
+        current = fields[part].annotation
+    models = _models_in(current)
+    return models[0] if len(models) == 1 else None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = tuple(first["loc"])
+    path = ".".join(str(p) for p in loc) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        parent = _field_model(Manifest, loc[:-1])
+        allowed = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+        line = f"{path}: unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+    elif first["type"] == "missing":
+        line = f"{path}: required field is missing; add it"
+    else:
+        msg = first["msg"].removeprefix("Value error, ")
+        line = f"{path}: found {_short(first.get('input'))}; {msg}"
+    if len(errors) > 1:
+        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+    return line
+
+
+def manifest_from_text(text: str) -> Manifest:
+    data = parse_yaml(text)
+    if data is None:
+        raise ManifestError("the manifest is empty; see `cskd-pipeline schema` or manifests/quickstart.yaml")
+    if not isinstance(data, dict):
+        raise ManifestError(f"the manifest must be a mapping of sections, found a {type(data).__name__}")
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(format_validation_error(exc)) from None
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read and validate ``path``; raises ``ManifestError`` whose message starts with the path."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ManifestError("file not found; give an existing manifest, e.g. manifests/quickstart.yaml")
+        size = path.stat().st_size
+        if size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"file is {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ManifestError(f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
+        if "\x00" in text:
+            raise ManifestError("contains NUL bytes; a manifest is plain text")
+        return manifest_from_text(text)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read ({exc.strerror})") from None

@@ -1,0 +1,1 @@
+"""One module per stage: typed config in, typed artifacts out."""

@@ -75,15 +75,17 @@ def cswt_temperatures(
     ``c_i = cos(softmax(zs[i]), softmax(zt[i]))`` (T = 1, over classes);
     ``T_i = low + (high - low) * (c_max - c_i) / (c_max - c_min)``. The sample on
     which student and teacher agree most gets ``low``, the least ``high``. When
-    every ``c_i`` is equal (B = 1, identical rows) the authors' code divides by
-    zero; here every sample then gets ``(low + high) / 2``.
+    every ``c_i`` is equal (B = 1, identical rows, student == teacher) the authors'
+    code divides by zero; here every sample then gets ``(low + high) / 2``.
     """
     c = row_cosine(F.softmax(student_logits.detach(), dim=1), F.softmax(teacher_logits.detach(), dim=1))
     c_max, c_min = c.max(), c.min()
     span = c_max - c_min
-    # where() keeps this free of host syncs; the clamp only keeps the unused
-    # branch finite when span == 0.
-    ratio = torch.where(span > 0, (c_max - c) / span.clamp_min(torch.finfo(c.dtype).tiny), 0.5)
+    # A span at rounding-noise level (e.g. student == teacher, all c_i = 1 up to a
+    # few ulps) is the degenerate case too: stretching noise over [low, high]
+    # would give arbitrary temperatures. where() keeps this free of host syncs.
+    noise = 16 * torch.finfo(c.dtype).eps
+    ratio = torch.where(span > noise, (c_max - c) / span.clamp_min(noise), 0.5)
     return low + (high - low) * ratio.clamp(0.0, 1.0)
 
 

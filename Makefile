@@ -1,0 +1,30 @@
+# cskd-pipeline: the everyday commands. Everything runs inside ./.venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MANIFEST ?= quickstart.yaml
+
+.PHONY: install pipeline test test-all lint bench compare clean
+
+install:  ## create .venv with the project (editable) and its dev tools
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+
+pipeline:  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
+	$(BIN)/cskd-pipeline run -m $(MANIFEST)
+
+test:  ## the test suite (a few minutes on 2 CPU cores)
+	$(BIN)/python -m pytest -q
+
+lint:
+	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
+
+bench:  ## speed benchmarks, JSON in bench/
+	$(BIN)/python benchmarks/latency.py --out bench/latency.json
+
+compare:  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
+	$(BIN)/python benchmarks/compare_methods.py --out bench/compare.json
+
+clean:
+	rm -rf .cskd shipped bench/*.json

@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny manifests in a temporary working directory, the shared data folder."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The stand-in for a download on this workplace's machines; tests that need it skip elsewhere.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+TINY_MANIFEST = """
+name: tiny
+store: .cskd
+data:
+  name: digits
+  val_fraction: 0.1
+teacher:
+  model: resnet8
+  train: {epochs: 2, batch_size: 128, lr: 0.05, schedule: cosine, augment: {crop_padding: 1, flip: false}}
+student:
+  model: resnet8
+  loss: {kind: cskd, preset: core}
+  train: {epochs: 2, batch_size: 128, lr: 0.05, schedule: cosine, augment: {crop_padding: 1, flip: false}}
+export: {opset: 18}
+gate: {max_drop: 100.0, min_onnx_agreement: 99.0}
+ship: {dir: shipped}
+"""
+
+
+def write_manifest(folder: Path, text: str = TINY_MANIFEST, name: str = "tiny.yaml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A temporary working directory (stores and ship folders are relative to it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
+def tiny_manifest(workdir) -> Path:
+    return write_manifest(workdir)
+
+
+@pytest.fixture
+def fashion_root() -> Path:
+    root = SHARED_DATA / "fashion-mnist"
+    if not (root / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"Fashion-MNIST files not found in {root} (the shared data folder of this workplace)")
+    return root

@@ -1,0 +1,178 @@
+"""Data loaders on real and on written-here files; the device loader and augmentation."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from cskd.data import DeviceLoader, load_dataset, split_train_val
+from cskd.data.augment import cutout, random_crop_flip, strong_view
+from cskd.errors import DataError
+
+
+def test_digits_has_fixed_splits():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert a.train.images.dtype == torch.uint8 and a.train.images.shape[1:] == (1, 8, 8)
+    assert len(a.test) == 1797 // 5 and len(a.train) == 1797 - 1797 // 5
+    assert torch.equal(a.test.labels, b.test.labels)
+    tr, va = split_train_val(a.train, val_fraction=0.1, seed=3)
+    tr2, va2 = split_train_val(a.train, val_fraction=0.1, seed=3)
+    assert torch.equal(va.labels, va2.labels) and len(tr) + len(va) == len(a.train)
+    assert int(a.train.images.max()) == 255
+
+
+def _write_idx(path, array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_idx_files(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    _write_idx(raw / "train-images-idx3-ubyte.gz", rng.randint(0, 256, (40, 28, 28)))
+    _write_idx(raw / "train-labels-idx1-ubyte.gz", rng.randint(0, 10, (40,)))
+    _write_idx(raw / "t10k-images-idx3-ubyte.gz", rng.randint(0, 256, (20, 28, 28)))
+    _write_idx(raw / "t10k-labels-idx1-ubyte.gz", rng.randint(0, 10, (20,)))
+    ds = load_dataset("fashion_mnist", root=tmp_path)
+    assert ds.train.images.shape == (40, 1, 28, 28) and len(ds.test) == 20 and ds.num_classes == 10
+
+
+def test_fashion_mnist_real_files(fashion_root):
+    ds = load_dataset("fashion_mnist", root=fashion_root)
+    assert len(ds.train) == 60_000 and len(ds.test) == 10_000
+    assert torch.bincount(ds.test.labels).tolist() == [1000] * 10
+
+
+def test_missing_files_say_where_to_put_them(tmp_path):
+    with pytest.raises(DataError, match="put them there"):
+        load_dataset("fashion_mnist", root=tmp_path)
+    with pytest.raises(DataError, match="cifar-100-python"):
+        load_dataset("cifar100", root=tmp_path)
+
+
+def _write_cifar100(root, n_train=30, n_test=10):
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    rng = np.random.RandomState(0)
+    for name, n in (("train", n_train), ("test", n_test)):
+        batch = {b"data": rng.randint(0, 256, (n, 3072)).astype(np.uint8),
+                 b"fine_labels": rng.randint(0, 100, n).tolist(), b"coarse_labels": [0] * n}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [f"c{i}" for i in range(100)]}, protocol=2))
+    return folder
+
+
+def test_cifar100_loader_on_small_files_in_the_same_format(tmp_path):
+    _write_cifar100(tmp_path)
+    ds = load_dataset("cifar100", root=tmp_path)
+    assert ds.train.images.shape == (30, 3, 32, 32) and ds.num_classes == 100 and ds.class_names[5] == "c5"
+    assert ds.mean == (0.5071, 0.4867, 0.4408)  # the recipe's normalisation
+
+
+def test_cifar_pickle_that_runs_code_is_refused(tmp_path):
+    folder = _write_cifar100(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    (folder / "train").write_bytes(pickle.dumps({b"data": Evil(), b"fine_labels": []}))
+    with pytest.raises(DataError, match="refusing to unpickle"):
+        load_dataset("cifar100", root=tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_imagefolder(tmp_path):
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    for split in ("train", "test"):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(rng.randint(0, 256, (12, 12, 3)).astype(np.uint8)).save(tmp_path / split / cls / f"{i}.png")
+    ds = load_dataset("imagefolder", root=tmp_path, image_size=16)
+    assert ds.train.images.shape == (6, 3, 16, 16) and ds.class_names == ("cat", "dog")
+    assert ds.train.labels.tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_device_loader_is_a_seeded_permutation():
+    from cskd.data.datasets import Split
+
+    split = Split(torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 1, 4, 4).contiguous(), torch.arange(10))
+    loader = DeviceLoader(split, batch_size=4, shuffle=True, drop_last=False, seed=5)
+    loader.set_epoch(0)
+    first = torch.cat([y for _, y, _ in loader])
+    assert sorted(first.tolist()) == list(range(10))  # every sample once
+    again = torch.cat([y for _, y, _ in loader])
+    assert torch.equal(first, again)  # same (seed, epoch) -> same order
+    loader.set_epoch(1)
+    assert not torch.equal(first, torch.cat([y for _, y, _ in loader]))
+    for x, y, _ in loader:  # images stay paired with their labels
+        assert torch.allclose(x[:, 0, 0, 0] * 255, y.float())
+
+
+def test_crop_flip_and_strong_view_shapes_ranges_and_determinism():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 3, 16, 16, generator=g)
+    y = random_crop_flip(x, torch.Generator().manual_seed(1), padding=4, flip=True)
+    assert y.shape == x.shape
+    # each output is a shifted (and maybe mirrored) copy: its non-zero pixels are original pixels
+    s1 = strong_view(x, torch.Generator().manual_seed(2), padding=4, flip=True)
+    s2 = strong_view(x, torch.Generator().manual_seed(2), padding=4, flip=True)
+    assert torch.equal(s1, s2) and s1.shape == x.shape
+    assert float(s1.min()) >= 0.0 and float(s1.max()) <= 1.0
+    assert not torch.allclose(s1, x)
+    one = strong_view(torch.rand(4, 1, 8, 8), torch.Generator().manual_seed(3), padding=1, flip=False)
+    assert one.shape == (4, 1, 8, 8)
+
+
+def test_crop_without_padding_or_flip_is_identity():
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(random_crop_flip(x, torch.Generator().manual_seed(0), padding=0, flip=False), x)
+
+
+def test_cutout_fills_a_square_with_the_authors_grey():
+    x = torch.zeros(64, 3, 32, 32)
+    out = cutout(x, torch.Generator().manual_seed(0))
+    filled = (out != 0).any(dim=1)
+    assert filled.any()
+    assert filled.sum(dim=(1, 2)).max() <= 16 * 16
+    r = out[:, 0][filled]
+    assert torch.allclose(r, torch.full_like(r, 125 / 255))
+
+
+def _pil_and_tensor(seed=0, size=12):
+    from PIL import Image
+
+    arr = np.random.RandomState(seed).randint(0, 256, (size, size, 3)).astype(np.uint8)
+    arr[:, :3] //= 3  # skew the histogram so equalize and autocontrast have work to do
+    return Image.fromarray(arr), torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255.0
+
+
+def _to_array(t):
+    return (t[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy().astype(int)
+
+
+def test_pixel_ops_match_pil():
+    from PIL import ImageEnhance, ImageOps
+
+    from cskd.data import augment as A
+
+    img, x = _pil_and_tensor()
+    assert np.abs(_to_array(A._equalize(x)) - np.asarray(ImageOps.equalize(img), dtype=int)).max() <= 1
+    assert np.abs(_to_array(A._autocontrast(x)) - np.asarray(ImageOps.autocontrast(img), dtype=int)).max() <= 1
+    sharp = A._sharpness(x, torch.tensor([0.3]))
+    assert np.abs(_to_array(sharp) - np.asarray(ImageEnhance.Sharpness(img).enhance(0.3), dtype=int)).max() <= 1
+    color = A._blend(x, A._grayscale(x), torch.tensor([0.4]))
+    assert np.abs(_to_array(color) - np.asarray(ImageEnhance.Color(img).enhance(0.4), dtype=int)).max() <= 2
+    bright = A._blend(x, torch.zeros_like(x), torch.tensor([0.5]))
+    assert np.abs(_to_array(bright) - np.asarray(ImageEnhance.Brightness(img).enhance(0.5), dtype=int)).max() <= 1

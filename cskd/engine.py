@@ -11,6 +11,7 @@ reads the test split.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def train(
 ) -> dict:
     """Train ``objective.student`` in place; returns the last epoch's metrics.
 
-    ``work_dir`` holds the resumable checkpoint; a checkpoint found there is resumed.
+    ``work_dir`` holds the resumable checkpoint and the metrics history; a checkpoint
+    found there is resumed. The history is copied to ``metrics_path`` at the end.
     """
     from tqdm.auto import tqdm
 
@@ -89,9 +91,11 @@ def train(
 
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / _CKPT
+    history = work_dir / "metrics.jsonl"
     start = _load_checkpoint(ckpt, objective, optimizer) if ckpt.is_file() else 0
-    history_lines = metrics_path.read_text().splitlines()[:start] if metrics_path.is_file() else []
-    metrics_path.write_text("".join(line + "\n" for line in history_lines))
+    # Keep the lines of the epochs the checkpoint covers; later ones are recomputed.
+    history_lines = history.read_text().splitlines()[:start] if history.is_file() else []
+    history.write_text("".join(line + "\n" for line in history_lines))
     last: dict = json.loads(history_lines[-1]) if history_lines else {}
 
     for epoch in range(start, config.epochs):
@@ -126,12 +130,13 @@ def train(
                                  f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data")
         val_top1 = top1(predict_logits(objective.student, val_split.images, device=device), val_split.labels)
         last = {"epoch": epoch + 1, "lr": lr, **terms, "val_top1": val_top1}
-        with open(metrics_path, "a") as f:
+        with open(history, "a") as f:
             f.write(json.dumps(last) + "\n")
         if on_epoch is not None:
             on_epoch(last)
         if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
             _save_checkpoint(ckpt, objective, optimizer, epoch + 1)
+    shutil.copyfile(history, metrics_path)
     objective.student.to("cpu").eval()
     if config.channels_last:
         objective.student.to(memory_format=torch.contiguous_format)

@@ -22,4 +22,4 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
 
 def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy in percent."""
-    return float((logits.argmax(dim=1) == labels).float().mean()) * 100.0
+    return float((logits.argmax(dim=1) == labels).double().mean()) * 100.0

@@ -133,7 +133,7 @@ class StudentSection(Strict):
 
 
 class ExportSection(Strict):
-    opset: int = Field(17, ge=17, le=23, description="ONNX opset")
+    opset: int = Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based exporter writes 18 natively)")
     targets: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=8)
 
 

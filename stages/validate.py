@@ -41,7 +41,7 @@ class ValidateStage(Stage):
         o_logits = torch.from_numpy(run_batched(session, test.images.numpy(), batch_size=bs))
         save_tensors({"labels": test.labels, "teacher": t_logits, "student": s_logits, "onnx": o_logits},
                      ctx.out_dir / PREDICTIONS_FILE)
-        agree = float((o_logits.argmax(1) == s_logits.argmax(1)).float().mean()) * 100
+        agree = float((o_logits.argmax(1) == s_logits.argmax(1)).double().mean()) * 100
         metrics = {
             "split": "test",
             "samples": len(test),
@@ -50,7 +50,7 @@ class ValidateStage(Stage):
             "onnx_top1": top1(o_logits, test.labels),
             "onnx_agreement": agree,
             "onnx_max_logit_diff": float(np.abs((o_logits - s_logits).numpy()).max()),
-            "teacher_student_agreement": float((t_logits.argmax(1) == s_logits.argmax(1)).float().mean()) * 100,
+            "teacher_student_agreement": float((t_logits.argmax(1) == s_logits.argmax(1)).double().mean()) * 100,
         }
         headline = (f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
                     f"onnx {metrics['onnx_top1']:.2f} (agree {agree:.2f}%)")

@@ -31,6 +31,20 @@ ship: {dir: shipped}
 """
 
 
+def edited(text: str = TINY_MANIFEST, **changes) -> str:
+    """The manifest with fields replaced; ``student__train__epochs=3`` sets student.train.epochs."""
+    import yaml
+
+    data = yaml.safe_load(textwrap.dedent(text))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 def write_manifest(folder: Path, text: str = TINY_MANIFEST, name: str = "tiny.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text))

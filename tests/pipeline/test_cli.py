@@ -1,0 +1,198 @@
+"""The CLI end to end on real data (digits): run, cache, reruns, gate, export, verify, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from tests.conftest import REPO, edited, write_manifest
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def shipped_run(tmp_path_factory):
+    """One full run of the tiny manifest, shared by the tests that only read its results."""
+    folder = tmp_path_factory.mktemp("run")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        manifest = write_manifest(folder)
+        code, out = _cli("run", "-m", str(manifest), "--quiet")
+        yield folder, manifest, code, out
+    finally:
+        os.chdir(cwd)
+
+
+def test_run_ships_onnx_and_model_card(shipped_run):
+    folder, _, code, out = shipped_run
+    assert code == 0, out
+    for kind in ("teacher", "distill", "export", "validate", "gate"):
+        assert f"[{kind:<8}] ran" in out
+    ship = folder / "shipped" / "tiny"
+    card = json.loads((ship / "model_card.json").read_text())
+    assert (ship / "student.onnx").is_file() and (ship / "student.safetensors").is_file()
+    metrics = card["metrics"]
+    assert metrics["split"] == "test" and metrics["samples"] == 359
+    assert metrics["onnx_agreement"] >= 99.9  # ONNX and PyTorch agree on the top-1 class
+    assert metrics["onnx_max_logit_diff"] < 1e-3
+    assert card["gate"]["passed"] is True and len(card["artifacts"]["distill"]) == 64
+    assert card["input"]["range"] == [0.0, 1.0]
+
+
+def test_shipped_onnx_reproduces_reported_accuracy(shipped_run):
+    from cskd.data import load_dataset
+    from exports.ort_runtime import create_session, run_batched
+
+    folder = shipped_run[0]
+    card = json.loads((folder / "shipped" / "tiny" / "model_card.json").read_text())
+    test = load_dataset("digits").test
+    logits = run_batched(create_session(folder / "shipped" / "tiny" / "student.onnx"), test.images.numpy())
+    acc = float((logits.argmax(1) == test.labels.numpy()).mean() * 100)
+    assert acc == pytest.approx(card["metrics"]["onnx_top1"], abs=1e-6)
+
+
+def test_rerun_recomputes_nothing_and_edits_rerun_only_downstream(shipped_run, monkeypatch):
+    folder, manifest, _, _ = shipped_run
+    monkeypatch.chdir(folder)
+    code, out = _cli("run", "-m", str(manifest), "--quiet")
+    assert code == 0 and "nothing recomputed" in out and " ran " not in out
+    changed = write_manifest(folder, edited(student__train__epochs=1), "edited.yaml")
+    code, out = _cli("run", "-m", str(changed), "--quiet")
+    assert code == 0, out
+    assert "[teacher ] cached" in out
+    for kind in ("distill", "export", "validate", "gate"):
+        assert f"[{kind:<8}] ran" in out
+    code, out = _cli("plan", "-m", str(changed))
+    assert code == 0 and out.count("cached") == 5
+
+
+def test_impossible_gate_exits_1_and_ships_nothing(shipped_run, monkeypatch):
+    folder, _, _, _ = shipped_run
+    monkeypatch.chdir(folder)
+    # A student trained one epoch at a tiny learning rate cannot match its teacher exactly.
+    strict = write_manifest(folder, edited(name="strict", gate__max_drop=0.0, student__train__epochs=1,
+                                           student__train__lr=1e-4), "strict.yaml")
+    result = CliRunner().invoke(main, ["run", "-m", str(strict), "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "gate failed, nothing shipped" in result.output and "student_top1" in result.output
+    assert not (folder / "shipped" / "strict").exists()
+
+
+def test_export_and_verify(shipped_run, monkeypatch):
+    folder, manifest, _, _ = shipped_run
+    monkeypatch.chdir(folder)
+    code, out = _cli("export", "--target", "onnx", "-m", str(manifest), "--quiet")
+    assert code == 0 and out.strip().endswith("model.onnx") and Path(out.strip().splitlines()[-1]).is_file()
+    code, out = _cli("verify", "-m", str(manifest))
+    assert code == 0 and "all files match" in out
+
+
+def test_tampered_artifact_is_detected_and_recomputed(shipped_run, monkeypatch):
+    folder, manifest, _, _ = shipped_run
+    monkeypatch.chdir(folder)
+    from pipeline.graph import plan
+    from pipeline.manifest_io import load_manifest
+
+    export_id = next(p.id for p in plan(load_manifest(manifest)) if p.kind == "export")
+    onnx_file = folder / ".cskd" / "artifacts" / "export" / export_id / "model.onnx"
+    original = onnx_file.read_bytes()
+    onnx_file.write_bytes(original[: len(original) // 2])  # truncated
+    result = CliRunner().invoke(main, ["verify", "-m", str(manifest)])
+    assert result.exit_code == 4 and "sha256 mismatch" in result.output
+    code, out = _cli("run", "-m", str(manifest), "--quiet")
+    assert code == 0 and "corrupt artifact moved to" in out and "[export  ] ran" in out
+    assert _cli("verify", "-m", str(manifest))[0] == 0
+
+
+def _subprocess(args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300, **kw)
+
+
+def test_bad_manifest_is_one_line_exit_2_without_traceback(workdir):
+    path = write_manifest(workdir, edited(teacher__train__epochs=-2))
+    for command in ("validate", "run", "plan", "export"):
+        proc = _subprocess([command, "-m", str(path)], workdir)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+        assert str(path) in proc.stderr and "teacher.train.epochs: found -2" in proc.stderr
+    assert not (workdir / ".cskd").exists()  # nothing was computed or written
+
+
+def test_default_manifest_from_the_repository_root():
+    proc = _subprocess(["validate"], REPO)
+    assert proc.returncode == 0 and "manifests/quickstart.yaml: valid" in proc.stdout
+
+
+def test_resnet8x4_manifest_validates_and_stops_at_missing_data(workdir):
+    proc = _subprocess(["validate", "-m", str(REPO / "manifests" / "resnet8x4.yaml")], workdir)
+    assert proc.returncode == 0
+    proc = _subprocess(["run", "-m", str(REPO / "manifests" / "resnet8x4.yaml")], workdir)
+    assert proc.returncode == 2 and "cifar-100-python" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_schema_is_json():
+    code, out = _cli("schema")
+    assert code == 0 and "properties" in json.loads(out)
+
+
+def test_kill_9_during_distill_then_rerun_completes(workdir):
+    manifest = write_manifest(workdir, edited(student__train__epochs=8, student__train__batch_size=32))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "-m", str(manifest), "--quiet"],
+                            cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    checkpoints = workdir / ".cskd" / "work"
+    while time.time() < deadline and not list(checkpoints.glob("distill-*/checkpoint.safetensors")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not list((workdir / ".cskd" / "artifacts").glob("distill/*"))  # nothing looks complete
+    rerun = _subprocess(["run", "-m", str(manifest), "--quiet"], workdir)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "[teacher ] cached" in rerun.stdout and "[distill ] ran" in rerun.stdout
+    assert not any((workdir / ".cskd" / "tmp").iterdir())  # the killed run's temp folder is gone
+    verify = _subprocess(["verify", "-m", str(manifest)], workdir)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    lines = next((workdir / ".cskd" / "artifacts" / "distill").glob("*/metrics.jsonl")).read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == list(range(1, 9))
+
+
+@pytest.mark.slow
+def test_fashion_mnist_end_to_end(workdir, fashion_root):
+    text = f"""
+name: fashion
+data: {{name: fashion_mnist, root: "{fashion_root}", max_train_samples: 6000, max_test_samples: 2000}}
+teacher:
+  model: resnet14
+  train: {{epochs: 3, batch_size: 64, lr: 0.05, schedule: cosine, augment: {{crop_padding: 2, flip: true}}}}
+student:
+  model: resnet8
+  loss: {{kind: cskd, preset: core}}
+  train: {{epochs: 3, batch_size: 64, lr: 0.05, schedule: cosine, augment: {{crop_padding: 2, flip: true}}}}
+gate: {{max_drop: 100.0}}
+"""
+    manifest = write_manifest(workdir, text, "fashion.yaml")
+    code, out = _cli("run", "-m", str(manifest), "--quiet")
+    assert code == 0, out
+    card = json.loads((workdir / "shipped" / "fashion" / "model_card.json").read_text())
+    assert card["data"]["test"] == 2000 and card["data"]["in_channels"] == 1
+    assert card["metrics"]["student_top1"] > 60  # 3 epochs on 5,400 images: far above chance (10%)
+    assert card["metrics"]["onnx_agreement"] >= 99.9
+    assert np.isfinite(card["metrics"]["onnx_max_logit_diff"])

@@ -1,0 +1,128 @@
+"""Manifest validation: shipped manifests are valid; bad and hostile ones get one line, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pipeline.errors import ManifestError
+from pipeline.manifest_io import load_manifest, manifest_from_text
+from tests.conftest import REPO, TINY_MANIFEST, edited
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "manifests").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_manifests_are_valid(path):
+    assert load_manifest(path).name
+
+
+BAD = {
+    "negative epochs": (edited(student__train__epochs=-1), "student.train.epochs: found -1"),
+    "zero temperature": (edited(student__loss={"kind": "cskd", "temperature": 0}), "student.loss.cskd.temperature: found 0"),
+    "absurd epochs": (edited(teacher__train__epochs=10**12), "teacher.train.epochs"),
+    "absurd float": (edited(student__train__lr=1e308), "student.train.lr"),
+    "nan": (edited(gate__max_drop=float("nan")), "gate.max_drop"),
+    "unknown key": (edited(student__train__epoch=3), "student.train.epoch: unknown key 'epoch'; allowed keys: augment, batch_size"),
+    "unknown loss": (edited(student__loss={"kind": "magic"}), "student.loss"),
+    "unknown model": (edited(student__model="resnet9000"), "unknown model 'resnet9000'; known:"),
+    "store escapes": (edited(store="../outside"), "store: found '../outside'"),
+    "absolute ship dir": (edited(ship={"dir": "/etc"}), "ship.dir: found '/etc'; '/etc' is absolute"),
+    "cswt range": (edited(student__loss={"kind": "cskd", "cswt_low": 6, "cswt_high": 2}), "cswt_low must not exceed"),
+    "both teacher sources": (edited(teacher__checkpoint={"path": "t.safetensors", "sha256": "0" * 64}), "exactly one of"),
+    "missing root": (edited(data={"name": "cifar100"}), "needs 'root'"),
+    "wrong type": (edited(gate__max_drop="lots"), "gate.max_drop: found 'lots'"),
+    "bad name": (edited(name="../evil"), "name: found '../evil'"),
+    "bad sha": (edited(teacher={"model": "resnet8", "checkpoint": {"path": "x", "sha256": "abc"}}), "teacher.checkpoint.sha256"),
+    "python tag": ("name: !!python/object/apply:os.system ['touch pwned']\n", "tags such as '!!python/object' are not allowed"),
+    "alias bomb": ('a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n', "anchors ('&a') are not allowed"),
+    "duplicate key": (TINY_MANIFEST + "\nname: again\n", "duplicate key 'name'"),
+    "empty": ("", "the manifest is empty"),
+    "only a comment": ("# nothing\n", "the manifest is empty"),
+    "a list": ("- 1\n- 2\n", "must be a mapping"),
+    "a scalar": ("hello\n", "must be a mapping"),
+    "bad yaml": ("name: [unclosed\n", "invalid YAML"),
+    "tabs": ("name:\t\tx\n\tdata: 1\n", "invalid YAML"),
+    "deep nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n", ""),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_manifests_give_one_line(case):
+    text, expected = BAD[case]
+    with pytest.raises(ManifestError) as info:
+        manifest_from_text(text)
+    message = str(info.value)
+    assert "\n" not in message and expected in message
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    (b"\xff\xfe n\x00a\x00m\x00e\x00", "not UTF-8"),
+    (b"name: a\x00b\n", "NUL"),
+    (b"", "empty"),
+])
+def test_bad_files(tmp_path, content, expected):
+    path = tmp_path / "m.yaml"
+    path.write_bytes(content)
+    with pytest.raises(ManifestError, match=expected) as info:
+        load_manifest(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_missing_and_oversized_files(tmp_path):
+    with pytest.raises(ManifestError, match="file not found"):
+        load_manifest(tmp_path / "nope.yaml")
+    big = tmp_path / "big.yaml"
+    big.write_text("a: " + "x" * (2 << 20))
+    with pytest.raises(ManifestError, match="at most"):
+        load_manifest(big)
+
+
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20))
+_trees = st.recursive(_scalars, lambda kids: st.one_of(st.lists(kids, max_size=4),
+                                                      st.dictionaries(st.text(max_size=12), kids, max_size=4)),
+                      max_leaves=20)
+_sections = ("name", "store", "data", "teacher", "student", "export", "validate", "gate", "ship")
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(st.sampled_from(_sections), _trees, max_size=9))
+def test_any_mapping_is_valid_or_one_line_error(data):
+    try:
+        manifest_from_text(yaml.safe_dump(data))
+    except ManifestError as exc:
+        assert "\n" not in str(exc)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.fixed_dictionaries({}, optional={
+    "epochs": st.integers(-5, 20_000), "lr": st.floats(-1, 20), "batch_size": st.integers(-2, 100_000),
+    "momentum": st.floats(-1, 2), "milestones": st.lists(st.integers(-3, 300), max_size=4)}))
+def test_train_section_bounds(train):
+    data = yaml.safe_load(TINY_MANIFEST)
+    data["student"]["train"] = {**data["student"]["train"], **train}
+    try:
+        m = manifest_from_text(yaml.safe_dump(data))
+    except ManifestError as exc:
+        assert "student.train" in str(exc)
+    else:
+        t = m.student.train
+        assert 1 <= t.epochs <= 10_000 and 0 < t.lr <= 10 and t.batch_size >= 1 and 0 <= t.momentum < 1
+
+
+def test_tiny_manifest_is_valid():
+    m = manifest_from_text(TINY_MANIFEST)
+    assert m.student.loss.kind == "cskd" and m.validate_.batch_size == 256
+
+
+def test_schema_lists_the_sections():
+    from pipeline.manifest import Manifest
+
+    schema = Manifest.model_json_schema(by_alias=True)
+    assert {"data", "teacher", "student", "gate", "validate"} <= set(schema["properties"])
+
+
+def test_manifest_dir_has_quickstart():
+    assert (Path(REPO) / "manifests" / "quickstart.yaml").is_file()

@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MANIFEST ?= quickstart.yaml
+FASHION_ROOT ?= ../shared/data/fashion-mnist
 
 .PHONY: install pipeline test test-all lint bench compare clean
 
@@ -24,7 +25,7 @@ bench:  ## speed benchmarks, JSON in bench/
 	$(BIN)/python benchmarks/latency.py --out bench/latency.json
 
 compare:  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
-	$(BIN)/python benchmarks/compare_methods.py --out bench/compare.json
+	$(BIN)/python benchmarks/compare_methods.py --root $(FASHION_ROOT) --out bench/compare.json
 
 clean:
 	rm -rf .cskd shipped bench/*.json

@@ -1,6 +1,6 @@
 """Model zoo. Importing this package registers every architecture."""
 
-from cskd.models import resnet_cifar  # noqa: F401  (registers)
+from cskd.models import imagenet, mobile, resnet_cifar, vgg, wrn  # noqa: F401  (registers)
 from cskd.models.registry import create_model, list_models, register_model
 from cskd.models.preprocess import Preprocessed
 

@@ -95,7 +95,7 @@ def run(manifest_opt: str | None, quiet: bool) -> None:
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = ship(manifest, outcome.artifacts, DataProvider(manifest))
-    click.echo(f"shipped {shipped}/ (student.onnx, student.safetensors, model_card.json); "
+    click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir()))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
 
 
@@ -138,18 +138,27 @@ def schema() -> None:
 
 @main.command()
 @manifest_option
-@click.option("--target", type=click.Choice(["onnx"]), default="onnx", show_default=True,
-              help="what to export")
+@click.option("--target", type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "trt"]), default="onnx",
+              show_default=True, help="what to export")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @handle_errors
 def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
     """Export the student (training teacher and student first if they are not cached)."""
     from pipeline.runner import run_pipeline
-    from stages.export import ONNX_FILE
+    from stages.backends import ONNX_TARGETS, TARGET_KINDS
+    from stages.tensorrt import ENGINE_FILE
 
     manifest = _load(manifest_opt)
-    outcome = run_pipeline(manifest, until="export", progress=not quiet and sys.stderr.isatty())
-    click.echo(str(outcome.artifacts["export"].file(ONNX_FILE)))
+    if target not in manifest.export.targets:  # export what was asked even if the manifest did not list it
+        export_section = manifest.export.model_copy(update={"targets": [*manifest.export.targets, target]})
+        if target == "trt" and manifest.export.trt.source not in export_section.targets:
+            export_section = export_section.model_copy(
+                update={"targets": [*export_section.targets, manifest.export.trt.source]})
+        manifest = manifest.model_copy(update={"export": export_section})
+    kind = TARGET_KINDS[target]
+    outcome = run_pipeline(manifest, until=kind, progress=not quiet and sys.stderr.isatty())
+    name = ONNX_TARGETS[target][1] if target in ONNX_TARGETS else ENGINE_FILE
+    click.echo(str(outcome.artifacts[kind].file(name)))
 
 
 @main.command()

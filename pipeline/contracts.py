@@ -74,6 +74,7 @@ class StageContext:
     manifest: Manifest
     out_dir: Path  # write outputs here (a temporary folder the runner commits)
     work_dir: Path  # resumable scratch that survives a killed run
+    cache_dir: Path  # shared caches kept across artifacts (e.g. TensorRT timing cache)
     inputs: dict[str, Artifact]
     data: DataProvider
     progress: bool = True
@@ -91,6 +92,17 @@ class Stage(ABC):
     kind: ClassVar[str]
     version: ClassVar[int]
     inputs: ClassVar[tuple[str, ...]] = ()
+
+    def enabled(self, manifest: Manifest) -> bool:
+        """Whether the manifest asks for this stage (optional stages override)."""
+        return True
+
+    def input_kinds(self, manifest: Manifest) -> tuple[str, ...]:
+        """The kinds this stage reads; by default ``inputs``."""
+        return self.inputs
+
+    def preflight(self, manifest: Manifest) -> None:
+        """Raise before any compute if something this stage needs is missing (a back-end, hardware)."""
 
     @abstractmethod
     def config(self, manifest: Manifest) -> dict:

@@ -132,9 +132,54 @@ class StudentSection(Strict):
     train: TrainConfig
 
 
+Target = Literal["onnx", "onnx-fp16", "onnx-int8", "trt"]
+
+
+class Int8Section(Strict):
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_images: int = Field(512, ge=16, le=100_000, description="drawn from the training split only")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
+    per_channel: bool = True
+    max_drop: float = Field(1.0, ge=0, le=100, description="top-1 points INT8 may lose against the FP32 student")
+    fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
+
+
+class TrtSection(Strict):
+    source: Literal["onnx", "onnx-fp16", "onnx-int8"] = Field(
+        "onnx-fp16", description="which ONNX model the engine is built from; its precision is the engine's")
+    min_batch: int = Field(1, ge=1, le=65_536)
+    opt_batch: int = Field(64, ge=1, le=65_536)
+    max_batch: int = Field(256, ge=1, le=65_536)
+    workspace_mib: int = Field(1024, ge=16, le=1 << 20)
+    max_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the engine may lose against FP32")
+
+    @model_validator(mode="after")
+    def _batches(self) -> TrtSection:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("need min_batch <= opt_batch <= max_batch")
+        return self
+
+
 class ExportSection(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based exporter writes 18 natively)")
-    targets: list[Literal["onnx"]] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=8)
+    targets: list[Target] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=4)
+    fp16_max_drop: float = Field(0.5, ge=0, le=100, description="top-1 points FP16 may lose against FP32")
+    int8: Int8Section = Int8Section()
+    trt: TrtSection = TrtSection()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExportSection:
+        if len(set(self.targets)) != len(self.targets):
+            raise ValueError("targets must not repeat")
+        if "onnx" not in self.targets:
+            raise ValueError("targets must include 'onnx' (every other target is made from it)")
+        if "trt" in self.targets:
+            if self.trt.source not in self.targets:
+                raise ValueError(f"trt.source is {self.trt.source!r}: add it to targets")
+            if self.trt.source == "onnx-int8" and self.int8.activation_type != "int8":
+                raise ValueError("a TensorRT engine from INT8 needs int8.activation_type: int8 (symmetric)")
+        return self
 
 
 class ValidateSection(Strict):
@@ -145,6 +190,19 @@ class GateSection(Strict):
     max_drop: float = Field(ge=0, le=100, description="student top-1 >= teacher top-1 - max_drop (points)")
     min_onnx_agreement: float = Field(99.9, ge=0, le=100,
                                       description="percent of test samples where ONNX and PyTorch agree on top-1")
+
+
+class LatencySection(Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1, max_length=8)
+    runs: int = Field(100, ge=100, le=100_000, description="timed runs per back-end and batch size")
+    warmup: int = Field(10, ge=0, le=10_000)
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (default: torch's)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LatencySection:
+        if any(b < 1 or b > 65_536 for b in self.batch_sizes):
+            raise ValueError("batch sizes must be between 1 and 65536")
+        return self
 
 
 class ShipSection(Strict):
@@ -160,5 +218,6 @@ class Manifest(Strict):
     student: StudentSection
     export: ExportSection = ExportSection()
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
+    latency: LatencySection | None = Field(None, description="measure latency of every exported model")
     gate: GateSection
     ship: ShipSection = ShipSection()

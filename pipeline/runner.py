@@ -51,7 +51,7 @@ def _compute(store: ArtifactStore, step: PlannedStage, manifest: Manifest, data:
     tmp = store.new_tmp_dir(step.kind, step.id)
     try:
         ctx = StageContext(manifest=manifest, out_dir=tmp, work_dir=store.work_dir(step.kind, step.id),
-                           inputs=inputs, data=data, progress=progress)
+                           cache_dir=store.root / "cache", inputs=inputs, data=data, progress=progress)
         started = time.perf_counter()
         result = step.stage.run(ctx)
         record = {
@@ -69,10 +69,16 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
                  echo: Callable[[str], None] = print) -> RunOutcome:
     """Run every stage (or up to and including ``until``). Raises ``GateFailed`` on a failing gate."""
     store = ArtifactStore(manifest.store)
+    steps = plan(manifest)
+    if until is not None:
+        steps = steps[: [s.kind for s in steps].index(until) + 1]
+    for step in steps:  # fail before any compute if a back-end or device is missing
+        if not store.has(step.kind, step.id):
+            step.stage.preflight(manifest)
     store.clean_tmp()
     data = DataProvider(manifest)
     outcome = RunOutcome()
-    for step in plan(manifest):
+    for step in steps:
         started = time.perf_counter()
         with store.lock(step.kind, step.id):  # a concurrent run of the same recipe waits, then reuses
             artifact = _usable(store, step, echo)

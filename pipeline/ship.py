@@ -17,10 +17,16 @@ from pipeline.contracts import DataProvider, dump
 from pipeline.environment import environment
 from pipeline.manifest import Manifest
 from pipeline.store import Artifact, file_sha256
-from stages.export import ONNX_FILE
+from stages.export import FP16_FILE, ONNX_FILE
 from stages.models import WEIGHTS_FILE
+from stages.quantize import INT8_FILE
+from stages.tensorrt import ENGINE_FILE, ENGINE_META_FILE
 
 CARD_FILE = "model_card.json"
+# shipped name -> (artifact kind, file)
+SHIPPED_FILES = {"student.onnx": ("export", ONNX_FILE), "student_fp16.onnx": ("export_fp16", FP16_FILE),
+                 "student_int8.onnx": ("quantize", INT8_FILE), "student.engine": ("tensorrt", ENGINE_FILE),
+                 "student.json": ("tensorrt", ENGINE_META_FILE)}
 
 
 def model_card(manifest: Manifest, artifacts: dict[str, Artifact], data: dict, files: dict[str, str]) -> dict:
@@ -34,6 +40,8 @@ def model_card(manifest: Manifest, artifacts: dict[str, Artifact], data: dict, f
         "data": {k: v for k, v in data.items() if k != "class_names"},
         "input": artifacts["export"].record.get("input"),
         "metrics": validate,
+        "exports": {kind: {"metrics": artifacts[kind].metrics, "headline": artifacts[kind].record.get("headline")}
+                    for kind in ("export", "export_fp16", "quantize", "tensorrt", "latency") if kind in artifacts},
         "gate": artifacts["gate"].metrics,
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
         "files": files,
@@ -48,8 +56,10 @@ def ship(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider)
     tmp = final.parent / f".{manifest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:
-        shutil.copy2(artifacts["export"].file(ONNX_FILE), tmp / "student.onnx")
         shutil.copy2(artifacts["distill"].file(WEIGHTS_FILE), tmp / "student.safetensors")
+        for target, (kind, name) in SHIPPED_FILES.items():
+            if kind in artifacts:
+                shutil.copy2(artifacts[kind].file(name), tmp / target)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         card = model_card(manifest, artifacts, data.describe(), files)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")

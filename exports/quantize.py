@@ -1,0 +1,161 @@
+"""INT8 post-training quantization with ONNX Runtime (static, QDQ format), and an
+accuracy-targeted fallback that keeps the most sensitive nodes in float.
+
+QDQ is the explicit-quantization format TensorRT consumes. Weights are int8
+per channel; activations uint8 (fast on x86 CPUs, whose VNNI kernels are U8S8)
+or int8 (symmetric, what TensorRT needs). Calibration images must come from the
+training split; the caller passes them in.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from exports.errors import ExportError
+from exports.ort_runtime import create_session, run_batched
+
+QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class Int8Settings:
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    activation_type: str = "uint8"  # uint8 | int8
+    per_channel: bool = True
+    preprocess: bool = True  # ORT's quant_pre_process (shape inference + graph optimisation) first
+
+
+@dataclass
+class FallbackReport:
+    fp32_top1: float
+    int8_top1: float
+    drop: float
+    budget: float
+    kept_float: list[str] = field(default_factory=list)
+    sensitivity: dict[str, float] = field(default_factory=dict)  # node -> logit MSE when quantized alone
+    attempts: list[dict] = field(default_factory=list)
+
+
+class _Batches:
+    """An ONNX Runtime CalibrationDataReader over a float32 array ``[N, C, H, W]``."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 64):
+        self.images, self.input_name, self.batch_size = images, input_name, batch_size
+        self.rewind()
+
+    def get_next(self):
+        if self._pos >= len(self.images):
+            return None
+        batch = self.images[self._pos:self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return {self.input_name: batch}
+
+    def rewind(self):
+        self._pos = 0
+
+
+def _make_reader(images: np.ndarray, input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(_Batches, CalibrationDataReader):
+        pass
+
+    return Reader(images, input_name)
+
+
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=False)
+    return out_path
+
+
+def quantizable_nodes(path: Path) -> list[str]:
+    import onnx
+
+    return [n.name for n in onnx.load(str(path)).graph.node if n.op_type in QUANTIZABLE_OPS]
+
+
+def count_qdq(path: Path) -> dict[str, int]:
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
+
+
+def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.ndarray, settings: Int8Settings,
+                  exclude: list[str] | tuple[str, ...] = (), cache_path: Path | None = None) -> Path:
+    """Static QDQ quantization of ``float_path`` (already pre-processed if wanted).
+
+    ``calibration_images`` float32 ``[N, C, H, W]`` in the model's input range.
+    ``cache_path`` keeps the calibration ranges so repeated calls skip recalibrating.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[settings.calibration]
+    activation = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
+    input_name = create_session(float_path).get_inputs()[0].name
+    quantize_static(
+        str(float_path), str(out_path), _make_reader(calibration_images.astype(np.float32), input_name),
+        quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
+        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+        op_types_to_quantize=list(QUANTIZABLE_OPS),
+        # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
+        extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True},
+        calibration_cache_path=str(cache_path) if cache_path else None,
+    )
+    return out_path
+
+
+def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean()) * 100.0
+
+
+def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_images: np.ndarray,
+                           val_images_u8: np.ndarray, val_labels: np.ndarray, settings: Int8Settings,
+                           budget: float, fallback: bool = True, batch_size: int = 256) -> FallbackReport:
+    """Quantize; if val top-1 drops more than ``budget`` points below FP32, keep the most
+    sensitive nodes in float, one more at a time, until it holds. Raises ``ExportError``
+    with the measured drop when even that cannot meet the budget."""
+    fp32_logits = run_batched(create_session(float_path), val_images_u8, batch_size=batch_size)
+    fp32_top1 = _top1(fp32_logits, val_labels)
+
+    def evaluate(path: Path) -> tuple[float, np.ndarray]:
+        logits = run_batched(create_session(path), val_images_u8, batch_size=batch_size)
+        return _top1(logits, val_labels), logits
+
+    with tempfile.TemporaryDirectory() as scratch:
+        cache = Path(scratch) / "calibration"
+        quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings, cache_path=cache)
+        int8_top1, _ = evaluate(out_path)
+        report = FallbackReport(fp32_top1, int8_top1, fp32_top1 - int8_top1, budget)
+        report.attempts.append({"kept_float": [], "top1": int8_top1})
+        if report.drop <= budget:
+            return report
+        if not fallback:
+            raise ExportError(f"INT8 loses {report.drop:.2f} points of val top-1 (budget {budget}); "
+                              f"enable the fallback or raise the budget")
+        nodes = quantizable_nodes(float_path)
+        probe = Path(scratch) / "probe.onnx"
+        for node in nodes:  # quantize one node at a time: how much does it alone hurt?
+            quantize_int8(float_path, probe, calibration_images=calibration_images, settings=settings,
+                          exclude=[n for n in nodes if n != node], cache_path=cache)
+            _, logits = evaluate(probe)
+            report.sensitivity[node] = float(np.mean((logits - fp32_logits) ** 2))
+        ranked = sorted(nodes, key=lambda n: report.sensitivity[n], reverse=True)
+        for k in range(1, len(ranked) + 1):
+            kept = ranked[:k]
+            quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings,
+                          exclude=kept, cache_path=cache)
+            top1, _ = evaluate(out_path)
+            report.attempts.append({"kept_float": kept, "top1": top1})
+            if fp32_top1 - top1 <= budget:
+                report.kept_float, report.int8_top1, report.drop = kept, top1, fp32_top1 - top1
+                return report
+        raise ExportError(f"INT8 loses {fp32_top1 - top1:.2f} points of val top-1 even with all "
+                          f"{len(ranked)} quantizable nodes kept in float (budget {budget})")

@@ -1,9 +1,11 @@
 """The classic training engine: one loop for teachers and students, any objective.
 
 Per-epoch metrics (every loss term, val top-1, lr) go to a JSON-lines file.
-Checkpoints (weights, optimizer state, epoch) are written atomically every
-``checkpoint_every`` epochs; since each epoch's randomness is seeded by
-``(seed, epoch)``, a resumed run reaches the same weights as an uninterrupted one.
+Checkpoints (weights, optimizer state, position, partial epoch sums) are written
+atomically every ``checkpoint_every`` epochs, and at the step boundary where a
+SIGINT or SIGTERM arrives. Each epoch's randomness is seeded by ``(seed, epoch)``
+and a mid-epoch resume replays the epoch's draws up to its step, so a resumed
+run reaches the same weights as an uninterrupted one, bit for bit on the CPU.
 The final model is the last epoch's; val top-1 is for monitoring only and never
 reads the test split.
 """
@@ -12,7 +14,10 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,27 +33,57 @@ from cskd.objectives import Objective
 _CKPT = "checkpoint.safetensors"
 
 
+class Interrupted(Exception):  # noqa: N818 - it is a signal, not an error
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
+
+    def __init__(self, signum: int, where: str):
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; checkpoint saved, "
+                         f"rerun the same command to resume")
+        self.signum = signum
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
 
 
-def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, epoch: int) -> None:
+@contextmanager
+def _stop_requests() -> Iterator[list[int]]:
+    """Collect SIGINT/SIGTERM instead of dying mid-step; the loop checks at step boundaries."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in previous:
+        signal.signal(s, lambda signum, frame: received.append(signum))
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, *, epochs_done: int,
+                     steps_done: int = 0, sums: dict[str, torch.Tensor] | None = None) -> None:
     tensors = {f"model.{k}": v for k, v in objective.student.state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
                 tensors[f"optim.{idx}.{key}"] = value
-    save_tensors(tensors, path, metadata={"epochs_done": str(epoch)})
+    for key, value in (sums or {}).items():
+        tensors[f"sums.{key}"] = value.detach().reshape(())
+    save_tensors(tensors, path, metadata={"epochs_done": str(epochs_done), "steps_done": str(steps_done)})
 
 
-def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer) -> int:
+def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer,
+                     device: torch.device) -> tuple[int, int, dict[str, torch.Tensor]]:
     from safetensors import safe_open
 
     tensors = load_tensors(path)
     with safe_open(str(path), framework="pt") as f:
-        epochs_done = int(f.metadata()["epochs_done"])
+        meta = f.metadata()
     objective.student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for key, value in tensors.items():
@@ -56,7 +91,8 @@ def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Op
             _, idx, name = key.split(".", 2)
             state["state"].setdefault(int(idx), {})[name] = value
     optimizer.load_state_dict(state)
-    return epochs_done
+    sums = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("sums.")}
+    return int(meta["epochs_done"]), int(meta.get("steps_done", 0)), sums
 
 
 def train(
@@ -74,9 +110,8 @@ def train(
 
     ``work_dir`` holds the resumable checkpoint and the metrics history; a checkpoint
     found there is resumed. The history is copied to ``metrics_path`` at the end.
+    Raises ``Interrupted`` (after checkpointing) on SIGINT/SIGTERM.
     """
-    from tqdm.auto import tqdm
-
     device = resolve_device(config.device)
     objective.to(device)
     if config.channels_last:
@@ -86,58 +121,77 @@ def train(
     loader = DeviceLoader(train_split, batch_size=config.batch_size, device=device, shuffle=True,
                           drop_last=True, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
                           strong=objective.needs_strong_view, seed=config.seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=config.precision == "bf16" and device.type == "cuda")
 
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / _CKPT
     history = work_dir / "metrics.jsonl"
-    start = _load_checkpoint(ckpt, objective, optimizer) if ckpt.is_file() else 0
+    start, skip, sums = _load_checkpoint(ckpt, objective, optimizer, device) if ckpt.is_file() else (0, 0, {})
     # Keep the lines of the epochs the checkpoint covers; later ones are recomputed.
     history_lines = history.read_text().splitlines()[:start] if history.is_file() else []
     history.write_text("".join(line + "\n" for line in history_lines))
     last: dict = json.loads(history_lines[-1]) if history_lines else {}
 
-    for epoch in range(start, config.epochs):
-        lr = config.lr_at(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loader.set_epoch(epoch)
-        objective.train()
-        sums: dict[str, torch.Tensor] = {}
-        bad_step = torch.tensor(-1, device=device)
-        epoch_t = torch.tensor(float(epoch + 1), device=device)
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)
-        for step, (weak, labels, strong) in enumerate(bar):
-            if config.channels_last:
-                weak = weak.contiguous(memory_format=torch.channels_last)
-            with autocast:
-                out = objective(weak, labels, strong=strong, epoch=epoch_t)
-            optimizer.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            optimizer.step()
-            # Accumulate on the device; the host reads these once per epoch.
-            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"].detach()),
-                                   torch.tensor(step, device=device), bad_step)
-            for key, value in out.items():
-                if key != "output":
-                    sums[key] = sums.get(key, 0.0) + value.detach().float()
-        steps = max(len(loader), 1)
-        terms = {k: float(v) / steps for k, v in sums.items()}
-        if int(bad_step) >= 0:
-            broken = [k for k, v in terms.items() if not torch.isfinite(torch.tensor(v))]
-            raise NumericalError(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1} "
-                                 f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data")
-        val_top1 = top1(predict_logits(objective.student, val_split.images, device=device), val_split.labels)
-        last = {"epoch": epoch + 1, "lr": lr, **terms, "val_top1": val_top1}
-        with open(history, "a") as f:
-            f.write(json.dumps(last) + "\n")
-        if on_epoch is not None:
-            on_epoch(last)
-        if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-            _save_checkpoint(ckpt, objective, optimizer, epoch + 1)
+    with _stop_requests() as stop:
+        for epoch in range(start, config.epochs):
+            terms = _train_epoch(objective, optimizer, loader, config, epoch=epoch, device=device, skip=skip,
+                                 sums=sums, stop=stop, ckpt=ckpt, progress=progress)
+            skip, sums = 0, {}
+            val_top1 = top1(predict_logits(objective.student, val_split.images, device=device), val_split.labels)
+            last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
+            with open(history, "a") as f:
+                f.write(json.dumps(last) + "\n")
+            if on_epoch is not None:
+                on_epoch(last)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch + 1)
+            if stop:
+                raise Interrupted(stop[0], f"the end of epoch {epoch + 1}")
     shutil.copyfile(history, metrics_path)
     objective.student.to("cpu").eval()
     if config.channels_last:
         objective.student.to(memory_format=torch.contiguous_format)
     return last
+
+
+def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
+                 config: TrainConfig, *, epoch: int, device: torch.device, skip: int,
+                 sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress: bool) -> dict[str, float]:
+    """One epoch from step ``skip`` on; returns the epoch's mean of every loss term."""
+    from tqdm.auto import tqdm
+
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr_at(epoch)
+    loader.set_epoch(epoch)
+    objective.train()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16" and device.type == "cuda")
+    bad_step = torch.tensor(-1, device=device)
+    epoch_t = torch.tensor(float(epoch + 1), device=device)
+    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
+               disable=not progress)
+    for step, (weak, labels, strong) in enumerate(bar):
+        if step < skip:  # resuming mid-epoch: the batch was drawn (same RNG stream), not trained on
+            continue
+        if config.channels_last:
+            weak = weak.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            out = objective(weak, labels, strong=strong, epoch=epoch_t)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        # Accumulate on the device; the host reads these once per epoch.
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"].detach()),
+                               torch.tensor(step, device=device), bad_step)
+        for key, value in out.items():
+            if key != "output":
+                sums[key] = sums.get(key, 0.0) + value.detach().float()
+        if stop and step + 1 < len(loader):
+            _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
+            raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
+    steps = max(len(loader), 1)
+    terms = {k: float(v) / steps for k, v in sums.items()}
+    if int(bad_step) >= 0:
+        broken = [k for k, v in terms.items() if v != v or abs(v) == float("inf")]
+        raise NumericalError(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1} "
+                             f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data")
+    return terms

@@ -6,6 +6,7 @@ hardware, 4 failure at run time, 130/143 interrupted.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ def handle_errors(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
+        from cskd.engine import Interrupted
         from cskd.errors import CheckpointError, DataError
         from exports.errors import BackendUnavailable
 
@@ -41,11 +43,16 @@ def handle_errors(fn: Callable) -> Callable:
             _fail(str(exc), EXIT_BAD_INPUT)
         except BackendUnavailable as exc:
             _fail(str(exc), EXIT_MISSING_BACKEND)
+        except Interrupted as exc:
+            _fail(str(exc), 128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", 130)
         except Exception as exc:  # a bug or an environment failure: one line, traceback on request
             if os.environ.get("CSKD_DEBUG"):
                 raise
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+                _fail(f"disk full while writing {exc.filename or 'the store'}; free space and rerun "
+                      f"(nothing partial was committed)", EXIT_RUNTIME)
             _fail(f"{type(exc).__name__}: {exc} (set CSKD_DEBUG=1 for the traceback)", EXIT_RUNTIME)
 
     return wrapper

@@ -6,6 +6,7 @@ so the output folder never holds a half-written bundle.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -53,6 +54,13 @@ def model_card(manifest: Manifest, artifacts: dict[str, Artifact], data: dict, f
 def ship(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider) -> Path:
     final = Path(manifest.ship.dir) / manifest.name
     final.parent.mkdir(parents=True, exist_ok=True)
+    # Two runs shipping the same name take turns: the swap below is two renames.
+    with open(final.parent / f".{manifest.name}.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        return _ship_locked(manifest, artifacts, data, final)
+
+
+def _ship_locked(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider, final: Path) -> Path:
     tmp = final.parent / f".{manifest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:

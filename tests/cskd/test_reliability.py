@@ -47,13 +47,21 @@ class SignalAt(CSKDCore):
         return super().forward(*args, **kw)
 
 
-@pytest.mark.parametrize(("signum", "at"), [(signal.SIGTERM, 3), (signal.SIGINT, 14), (signal.SIGTERM, 10)])
-def test_signal_checkpoints_at_a_step_and_resume_is_bit_exact(data, tmp_path, signum, at):
-    ds, tr, va = data  # 10 steps per epoch: kill points mid-epoch 1, mid-epoch 2, end of epoch 1
+@pytest.fixture(scope="module")
+def uninterrupted(data, tmp_path_factory):
+    ds, tr, va = data
+    folder = tmp_path_factory.mktemp("straight")
     teacher = _model(ds, seed=1)
     straight = _model(ds)
-    train(CSKDCore(straight, teacher), tr, va, CFG, work_dir=tmp_path / "a", metrics_path=tmp_path / "a.jsonl",
+    train(CSKDCore(straight, teacher), tr, va, CFG, work_dir=folder / "w", metrics_path=folder / "a.jsonl",
           progress=False)
+    return teacher, straight, folder / "a.jsonl"
+
+
+@pytest.mark.parametrize(("signum", "at"), [(signal.SIGTERM, 3), (signal.SIGINT, 14), (signal.SIGTERM, 10)])
+def test_signal_checkpoints_at_a_step_and_resume_is_bit_exact(data, uninterrupted, tmp_path, signum, at):
+    ds, tr, va = data  # 10 steps per epoch: kill points mid-epoch 1, mid-epoch 2, end of epoch 1
+    teacher, straight, reference_metrics = uninterrupted
     victim = _model(ds)
     with pytest.raises(Interrupted) as info:
         train(SignalAt(victim, teacher, at=at, signum=signum), tr, va, CFG, work_dir=tmp_path / "b",
@@ -66,7 +74,7 @@ def test_signal_checkpoints_at_a_step_and_resume_is_bit_exact(data, tmp_path, si
                  progress=False)
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    reference = [json.loads(x) for x in (tmp_path / "a.jsonl").read_text().splitlines()]
+    reference = [json.loads(x) for x in reference_metrics.read_text().splitlines()]
     assert [json.loads(x) for x in (tmp_path / "b.jsonl").read_text().splitlines()] == reference  # same history
     assert last["epoch"] == 2
 

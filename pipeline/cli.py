@@ -102,6 +102,7 @@ def run(manifest_opt: str | None, quiet: bool) -> None:
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = ship(manifest, outcome.artifacts, DataProvider(manifest))
+    click.echo(f"report: {outcome.report_dir}/report.html")
     click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir()))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
 
@@ -166,6 +167,29 @@ def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
     outcome = run_pipeline(manifest, until=kind, progress=not quiet and sys.stderr.isatty())
     name = ONNX_TARGETS[target][1] if target in ONNX_TARGETS else ENGINE_FILE
     click.echo(str(outcome.artifacts[kind].file(name)))
+
+
+@main.command()
+@manifest_option
+@click.option("--baseline", "baseline_path", required=True, type=click.Path(path_type=Path),
+              help="committed baseline JSON (metrics, tolerances, directions)")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="report.json of a run (default: the manifest's report folder)")
+@handle_errors
+def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None) -> None:
+    """CI regression gate: compare a run's report with a baseline; exit 1 on a regression."""
+    from pipeline.errors import GateFailed
+    from pipeline.regression import compare, load_baseline, load_json, markdown
+
+    baseline = load_baseline(baseline_path)
+    if report_path is None:
+        manifest = _load(manifest_opt)
+        report_path = Path(manifest.report.dir) / manifest.name / "report.json"
+    rows = compare(baseline, load_json(report_path, "report (run the pipeline first)"), report_path)
+    click.echo(markdown(rows, report_path=report_path, baseline_path=baseline_path))
+    failed = [r["metric"] for r in rows if not r["passed"]]
+    if failed:
+        raise GateFailed(f"regression in {', '.join(failed)} against {baseline_path}")
 
 
 @main.command()

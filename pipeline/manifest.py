@@ -184,12 +184,24 @@ class ExportSection(Strict):
 
 class ValidateSection(Strict):
     batch_size: int = Field(256, ge=1, le=65_536)
+    bootstrap_resamples: int = Field(2000, ge=100, le=100_000, description="paired bootstrap of student - teacher")
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class LatencyRule(Strict):
+    backend: Literal["pytorch-eager", "onnx", "onnx-fp16", "onnx-int8", "trt"] = "onnx"
+    batch: int = Field(1, ge=1, le=65_536)
+    max_p90_ms: float = Field(gt=0, le=1e6)
 
 
 class GateSection(Strict):
     max_drop: float = Field(ge=0, le=100, description="student top-1 >= teacher top-1 - max_drop (points)")
     min_onnx_agreement: float = Field(99.9, ge=0, le=100,
                                       description="percent of test samples where ONNX and PyTorch agree on top-1")
+    max_class_drop: float | None = Field(None, ge=0, le=100,
+                                         description="no class may lose more top-1 points against the teacher")
+    require_ci: bool = Field(False, description="the bootstrap CI's lower bound of student - teacher must clear -max_drop")
+    latency: LatencyRule | None = Field(None, description="p90 latency budget; needs the latency section")
 
 
 class LatencySection(Strict):
@@ -209,6 +221,10 @@ class ShipSection(Strict):
     dir: RelativePath = Field("shipped", description="the model ships into <dir>/<manifest name>/")
 
 
+class ReportSection(Strict):
+    dir: RelativePath = Field("reports", description="report.json and report.html go to <dir>/<manifest name>/")
+
+
 class Manifest(Strict):
     version: Literal[1] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -221,3 +237,16 @@ class Manifest(Strict):
     latency: LatencySection | None = Field(None, description="measure latency of every exported model")
     gate: GateSection
     ship: ShipSection = ShipSection()
+    report: ReportSection = ReportSection()
+
+    @model_validator(mode="after")
+    def _latency_rule_measurable(self) -> Manifest:
+        rule = self.gate.latency
+        if rule is not None:
+            if self.latency is None:
+                raise ValueError("gate.latency needs a 'latency' section that measures it")
+            if rule.batch not in self.latency.batch_sizes:
+                raise ValueError(f"gate.latency.batch {rule.batch} is not in latency.batch_sizes")
+            if rule.backend != "pytorch-eager" and rule.backend not in self.export.targets:
+                raise ValueError(f"gate.latency.backend {rule.backend!r} is not in export.targets")
+        return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,6 +14,7 @@ from pipeline.environment import environment
 from pipeline.errors import GateFailed
 from pipeline.graph import PlannedStage, plan
 from pipeline.manifest import Manifest
+from pipeline.report import write_report
 from pipeline.store import Artifact, ArtifactStore
 
 
@@ -32,6 +34,7 @@ class StageReport:
 class RunOutcome:
     artifacts: dict[str, Artifact] = field(default_factory=dict)
     reports: list[StageReport] = field(default_factory=list)
+    report_dir: Path | None = None
 
 
 def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None]) -> Artifact | None:
@@ -94,9 +97,11 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         echo(report.line())
         if step.kind == until:
             return outcome
+    outcome.report_dir = write_report(manifest, outcome.artifacts, data.describe())
     verdict = outcome.artifacts["gate"].metrics
     if not verdict["passed"]:
         failed = [r for r in verdict["rules"] if not r["passed"]]
         raise GateFailed("gate failed, nothing shipped: " + "; ".join(
-            f"{r['rule']}: measured {r['measured']:.2f}, needs {r['threshold']:.2f}" for r in failed))
+            f"{r['rule']}: measured {r['measured']:.2f}, needs {'<=' if r.get('direction') == 'at_most' else '>='} "
+            f"{r['threshold']:.2f}" for r in failed) + f" (report: {outcome.report_dir}/report.html)")
     return outcome

@@ -11,11 +11,12 @@ import numpy as np
 import torch
 
 from cskd.checkpoint import save_tensors
-from cskd.evaluate import predict_logits, top1
+from cskd.evaluate import predict_logits
 from pipeline.contracts import Stage, StageContext, StageResult, dump
 from pipeline.manifest import Manifest
 from stages.backends import backend_runners, produced_kinds
 from stages.models import WEIGHTS_FILE, load_network
+from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 
 PREDICTIONS_FILE = "predictions.safetensors"
 
@@ -36,33 +37,50 @@ class ValidateStage(Stage):
         bs = m.validate_.batch_size
         teacher = load_network(m.teacher.model, ctx.data, ctx.inputs["teacher"].file(WEIGHTS_FILE))
         student = load_network(m.student.model, ctx.data, ctx.inputs["distill"].file(WEIGHTS_FILE))
-        t_logits = predict_logits(teacher, test.images, batch_size=bs)
-        s_logits = predict_logits(student, test.images, batch_size=bs)
-        labels = test.labels
-        logits = {"teacher": t_logits, "student": s_logits}
-        exports = {}
+        logits = {"teacher": predict_logits(teacher, test.images, batch_size=bs).numpy(),
+                  "student": predict_logits(student, test.images, batch_size=bs).numpy()}
         for target, run in backend_runners(m, ctx.inputs, batch_size=bs).items():
-            out = torch.from_numpy(run(test.images.numpy()))
-            logits[target] = out
-            exports[target] = {
-                "top1": top1(out, labels),
-                "agreement": float((out.argmax(1) == s_logits.argmax(1)).double().mean()) * 100,
-                "max_logit_diff": float(np.abs((out - s_logits).numpy()).max()),
-            }
-        save_tensors({"labels": labels, **logits}, ctx.out_dir / PREDICTIONS_FILE)
-        onnx = exports["onnx"]
+            logits[target] = run(test.images.numpy())
+        labels = test.labels.numpy()
+        save_tensors({"labels": test.labels, **{k: torch.from_numpy(v) for k, v in logits.items()}},
+                     ctx.out_dir / PREDICTIONS_FILE)
+        models = {name: describe(out, labels, teacher=logits["teacher"], student=logits["student"],
+                                 num_classes=ctx.data.dataset.num_classes) for name, out in logits.items()}
+        correct_s = logits["student"].argmax(1) == labels
+        correct_t = logits["teacher"].argmax(1) == labels
+        onnx = models["onnx"]
         metrics = {
             "split": "test",
             "samples": len(test),
-            "teacher_top1": top1(t_logits, labels),
-            "student_top1": top1(s_logits, labels),
+            "teacher_top1": models["teacher"]["top1"],
+            "student_top1": models["student"]["top1"],
             "onnx_top1": onnx["top1"],
             "onnx_agreement": onnx["agreement"],
             "onnx_max_logit_diff": onnx["max_logit_diff"],
-            "teacher_student_agreement": float((t_logits.argmax(1) == s_logits.argmax(1)).double().mean()) * 100,
-            "exports": exports,
+            "teacher_student_agreement": models["student"]["teacher_agreement"],
+            "models": models,
+            "exports": {t: models[t] for t in m.export.targets},
+            "student_vs_teacher": {"bootstrap": paired_bootstrap(correct_s, correct_t, seed=m.validate_.seed,
+                                                                 resamples=m.validate_.bootstrap_resamples),
+                                   "mcnemar": mcnemar(correct_s, correct_t)},
         }
-        others = "".join(f" / {t} {v['top1']:.2f}" for t, v in exports.items() if t != "onnx")
+        others = "".join(f" / {t} {models[t]['top1']:.2f}" for t in m.export.targets if t != "onnx")
         headline = (f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
                     f"onnx {onnx['top1']:.2f} (agree {onnx['agreement']:.2f}%){others}")
         return StageResult(metrics, headline)
+
+
+def describe(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,
+             num_classes: int) -> dict:
+    """Accuracy and agreement of one model's test logits ``[N, classes]``."""
+    pred = logits.argmax(1)
+    agreement = float((pred == student.argmax(1)).mean() * 100.0)
+    return {
+        "top1": float((pred == labels).mean() * 100.0),
+        "top5": topk(logits, labels, 5),
+        "per_class": per_class_accuracy(pred, labels, num_classes),
+        "teacher_agreement": float((pred == teacher.argmax(1)).mean() * 100.0),
+        "agreement": agreement,  # with the FP32 PyTorch student
+        "flip_rate": 100.0 - agreement,
+        "max_logit_diff": float(np.abs(logits - student).max()),
+    }

@@ -69,3 +69,27 @@ def fashion_root() -> Path:
     if not (root / "train-images-idx3-ubyte.gz").is_file():
         pytest.skip(f"Fashion-MNIST files not found in {root} (the shared data folder of this workplace)")
     return root
+
+
+@pytest.fixture(scope="session")
+def shipped_run(tmp_path_factory):
+    """One full run of the tiny manifest (digits), shared by the tests that read its results.
+
+    Yields (folder, manifest path, exit code, output); the run's store, report and
+    ship folder are relative to ``folder``.
+    """
+    import os
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    folder = tmp_path_factory.mktemp("run")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        manifest = write_manifest(folder)
+        result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
+        yield folder, manifest, result.exit_code, result.output
+    finally:
+        os.chdir(cwd)

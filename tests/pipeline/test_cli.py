@@ -23,20 +23,6 @@ def _cli(*args):
     return result.exit_code, result.output
 
 
-@pytest.fixture(scope="module")
-def shipped_run(tmp_path_factory):
-    """One full run of the tiny manifest, shared by the tests that only read its results."""
-    folder = tmp_path_factory.mktemp("run")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
-        manifest = write_manifest(folder)
-        code, out = _cli("run", "-m", str(manifest), "--quiet")
-        yield folder, manifest, code, out
-    finally:
-        os.chdir(cwd)
-
-
 def test_run_ships_onnx_and_model_card(shipped_run):
     folder, _, code, out = shipped_run
     assert code == 0, out

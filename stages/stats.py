@@ -1,0 +1,61 @@
+"""Paired statistics for 'is the student worse than its teacher on the same test samples?'.
+
+Both tests use the per-sample correctness of the two models on the same images,
+which is far tighter than comparing two accuracies as if they were independent.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
+                     confidence: float = 0.95) -> dict:
+    """CI of ``mean(correct_a) - mean(correct_b)`` in points, resampling samples with replacement.
+
+    ``correct_*`` are boolean arrays over the same samples (percentile bootstrap).
+    """
+    a = np.asarray(correct_a, dtype=np.float64)
+    b = np.asarray(correct_b, dtype=np.float64)
+    diff = a - b
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
+    means = diff[idx].mean(axis=1) * 100.0
+    alpha = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return {"difference": float(diff.mean() * 100.0), "ci_low": float(low), "ci_high": float(high),
+            "confidence": confidence, "resamples": resamples, "seed": seed}
+
+
+def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
+    """Exact McNemar test: ``b`` = a right and b wrong, ``c`` = a wrong and b right.
+
+    Two-sided p-value from the binomial distribution of ``min(b, c)`` under p = 0.5.
+    """
+    a = np.asarray(correct_a, dtype=bool)
+    b_ = np.asarray(correct_b, dtype=bool)
+    only_a = int((a & ~b_).sum())
+    only_b = int((~a & b_).sum())
+    n = only_a + only_b
+    if n == 0:
+        return {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
+    return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2.0 * tail)}
+
+
+def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+    """Top-1 per class in percent (None for a class with no test sample)."""
+    out: list[float | None] = []
+    for c in range(num_classes):
+        mask = labels == c
+        out.append(float((pred[mask] == c).mean() * 100.0) if mask.any() else None)
+    return out
+
+
+def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+    k = min(k, logits.shape[1])
+    best = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
+    return float((best == labels[:, None]).any(axis=1).mean() * 100.0)

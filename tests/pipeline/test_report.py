@@ -1,0 +1,85 @@
+"""report.json / report.html of a real run, and the CI regression gate command."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from pipeline.cli import main
+
+
+def _report(shipped_run):
+    folder = shipped_run[0]
+    return folder, json.loads((folder / "reports" / "tiny" / "report.json").read_text())
+
+
+def test_report_json_holds_per_class_flip_rates_and_ci(shipped_run):
+    _, report = _report(shipped_run)
+    m = report["metrics"]
+    assert m["split"] == "test" and report["environment"]["torch"]
+    student = m["models"]["student"]
+    assert len(student["per_class"]) == 10 and all(0 <= v <= 100 for v in student["per_class"])
+    assert m["models"]["onnx"]["flip_rate"] == 100.0 - m["models"]["onnx"]["agreement"]
+    ci = m["student_vs_teacher"]["bootstrap"]
+    assert ci["ci_low"] <= ci["difference"] <= ci["ci_high"]
+    assert abs(ci["difference"] - (m["student_top1"] - m["teacher_top1"])) < 1e-9
+    assert 0 <= m["student_vs_teacher"]["mcnemar"]["p_value"] <= 1
+    assert report["gate"]["passed"] and report["training"]["student"][-1]["epoch"] == 2
+    assert set(report["artifacts"]) >= {"teacher", "distill", "export", "validate", "gate"}
+
+
+def test_report_html_is_self_contained(shipped_run):
+    folder = shipped_run[0]
+    page = (folder / "reports" / "tiny" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # accuracy, per-class delta, training curves
+    assert "PASS" in page and "student_top1 &gt;= teacher_top1 - max_drop" in page
+    assert "http://" not in page and "https://" not in page  # opens offline
+
+
+def _baseline(folder, report, *, bump=0.0):
+    base = {"metrics": {"metrics.student_top1": {"value": report["metrics"]["student_top1"] + bump, "tolerance": 1.0},
+                        "metrics.onnx_max_logit_diff": {"value": 1e-3, "tolerance": 0.0, "direction": "lower"}}}
+    path = folder / f"baseline{bump}.json"
+    path.write_text(json.dumps(base))
+    return path
+
+
+def test_regression_gate_passes_and_fails_naming_the_metric(shipped_run, monkeypatch):
+    folder, report = _report(shipped_run)
+    monkeypatch.chdir(folder)
+    report_path = folder / "reports" / "tiny" / "report.json"
+    ok = CliRunner().invoke(main, ["gate", "--baseline", str(_baseline(folder, report)), "--report", str(report_path)])
+    assert ok.exit_code == 0 and "PASS (0 of 2 metrics regressed)" in ok.output
+    doctored = _baseline(folder, report, bump=5.0)  # expects 5 points more top-1
+    bad = CliRunner().invoke(main, ["gate", "--baseline", str(doctored), "--report", str(report_path)])
+    assert bad.exit_code == 1
+    assert "| `metrics.student_top1` |" in bad.output and "**REGRESSION**" in bad.output
+    assert "regression in metrics.student_top1" in bad.output
+    # the default report location comes from the manifest
+    default = CliRunner().invoke(main, ["gate", "-m", str(shipped_run[1]), "--baseline", str(_baseline(folder, report))])
+    assert default.exit_code == 0
+
+
+def test_regression_gate_bad_inputs_exit_2(shipped_run, tmp_path):
+    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    missing = tmp_path / "b.json"
+    missing.write_text(json.dumps({"metrics": {"metrics.nope": {"value": 1, "tolerance": 0}}}))
+    r = CliRunner().invoke(main, ["gate", "--baseline", str(missing), "--report", str(report_path)])
+    assert r.exit_code == 2 and "no metric 'metrics.nope'" in r.output
+    junk = tmp_path / "j.json"
+    junk.write_text("{not json")
+    r = CliRunner().invoke(main, ["gate", "--baseline", str(junk), "--report", str(report_path)])
+    assert r.exit_code == 2 and "not valid JSON" in r.output
+    wrong = tmp_path / "w.json"
+    wrong.write_text(json.dumps({"metrics": {"x": {"value": 1, "tolerance": -1}}}))
+    r = CliRunner().invoke(main, ["gate", "--baseline", str(wrong), "--report", str(report_path)])
+    assert r.exit_code == 2 and "metrics.x.tolerance" in r.output
+
+
+def test_committed_baseline_is_valid():
+    from pathlib import Path
+
+    from pipeline.regression import load_baseline
+
+    assert load_baseline(Path(__file__).parents[2] / "baselines" / "quickstart.json").metrics

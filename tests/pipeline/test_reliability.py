@@ -75,3 +75,25 @@ def test_sigterm_during_distill_exits_143_and_resumes(workdir):
     assert rerun.returncode == 0, rerun.stderr
     history = next((workdir / ".cskd" / "artifacts" / "distill").glob("*/metrics.jsonl")).read_text().splitlines()
     assert [json.loads(x)["epoch"] for x in history] == [1, 2, 3, 4, 5, 6]
+
+
+def test_teacher_checkpoint_by_path_is_checked_before_use(shipped_run, workdir):
+    from click.testing import CliRunner
+
+    from cskd.checkpoint import sha256_file
+    from pipeline.cli import main
+
+    run_folder = shipped_run[0]
+    weights = next((run_folder / ".cskd" / "artifacts" / "teacher").glob("*/model.safetensors"))
+    good = sha256_file(weights)
+    teacher = {"model": "resnet8", "checkpoint": {"path": str(weights), "sha256": good}}
+    ok = write_manifest(workdir, edited(teacher=teacher, student__train__epochs=1), "ok.yaml")
+    result = CliRunner().invoke(main, ["run", "-m", str(ok), "--quiet"])
+    assert result.exit_code == 0 and "loaded checkpoint" in result.output
+    wrong_sha = write_manifest(workdir, edited(teacher={**teacher, "checkpoint": {"path": str(weights), "sha256": "f" * 64}}),
+                               "sha.yaml")
+    result = CliRunner().invoke(main, ["run", "-m", str(wrong_sha), "--quiet"])
+    assert result.exit_code == 2 and "the manifest declares ffff" in result.output
+    wrong_arch = write_manifest(workdir, edited(teacher={**teacher, "model": "resnet14"}), "arch.yaml")
+    result = CliRunner().invoke(main, ["run", "-m", str(wrong_arch), "--quiet"])
+    assert result.exit_code == 2 and "layer 'layer1.1.conv1.weight' missing" in result.output

@@ -34,6 +34,8 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast; applies on a GPU only")
     channels_last: bool = False
+    engine: Literal["classic", "fast"] = Field(
+        "classic", description="classic: the reference loop; fast: the whole step as one CUDA graph on a GPU")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

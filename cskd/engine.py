@@ -28,6 +28,7 @@ from cskd.data.datasets import Split
 from cskd.data.loader import DeviceLoader
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1
+from cskd.fast_engine import FastStep
 from cskd.objectives import Objective
 
 _CKPT = "checkpoint.safetensors"
@@ -131,9 +132,12 @@ def train(
     history.write_text("".join(line + "\n" for line in history_lines))
     last: dict = json.loads(history_lines[-1]) if history_lines else {}
 
+    step = _classic_step(objective, optimizer, device, config)
+    if config.engine == "fast":
+        step = FastStep(objective, optimizer, device=device, bf16=config.precision == "bf16")
     with _stop_requests() as stop:
         for epoch in range(start, config.epochs):
-            terms = _train_epoch(objective, optimizer, loader, config, epoch=epoch, device=device, skip=skip,
+            terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress)
             skip, sums = 0, {}
             val_top1 = top1(predict_logits(objective.student, val_split.images, device=device), val_split.labels)
@@ -153,20 +157,35 @@ def train(
     return last
 
 
+def _classic_step(objective: Objective, optimizer: torch.optim.Optimizer, device: torch.device,
+                  config: TrainConfig) -> Callable[..., dict[str, torch.Tensor]]:
+    """The reference step: eager forward, backward, ``torch.optim.SGD.step``."""
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
+                              enabled=config.precision == "bf16" and device.type == "cuda")
+
+    def step(weak, labels, strong, *, lr: float, epoch: int) -> dict[str, torch.Tensor]:
+        with autocast:
+            out = objective(weak, labels, strong=strong, epoch=torch.tensor(float(epoch), device=device))
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        return {k: v.detach().float() for k, v in out.items() if k != "output"}
+
+    return step
+
+
 def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
-                 config: TrainConfig, *, epoch: int, device: torch.device, skip: int,
+                 config: TrainConfig, step_fn: Callable[..., dict[str, torch.Tensor]], *, epoch: int, device: torch.device, skip: int,
                  sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress: bool) -> dict[str, float]:
     """One epoch from step ``skip`` on; returns the epoch's mean of every loss term."""
     from tqdm.auto import tqdm
 
+    lr = config.lr_at(epoch)
     for group in optimizer.param_groups:
-        group["lr"] = config.lr_at(epoch)
+        group["lr"] = lr
     loader.set_epoch(epoch)
     objective.train()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=config.precision == "bf16" and device.type == "cuda")
     bad_step = torch.tensor(-1, device=device)
-    epoch_t = torch.tensor(float(epoch + 1), device=device)
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress)
     for step, (weak, labels, strong) in enumerate(bar):
@@ -174,17 +193,12 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
             continue
         if config.channels_last:
             weak = weak.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            out = objective(weak, labels, strong=strong, epoch=epoch_t)
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
+        out = step_fn(weak, labels, strong, lr=lr, epoch=epoch + 1)
         # Accumulate on the device; the host reads these once per epoch.
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"].detach()),
-                               torch.tensor(step, device=device), bad_step)
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), torch.tensor(step, device=device),
+                               bad_step)
         for key, value in out.items():
-            if key != "output":
-                sums[key] = sums.get(key, 0.0) + value.detach().float()
+            sums[key] = sums.get(key, 0.0) + value
         if stop and step + 1 < len(loader):
             _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
             raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")

@@ -21,8 +21,9 @@ test:  ## the test suite (a few minutes on 2 CPU cores)
 lint:
 	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
 
-bench:  ## speed benchmarks, JSON in bench/
-	$(BIN)/python benchmarks/latency.py --out bench/latency.json
+bench:  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
+	$(BIN)/python benchmarks/engine.py --out bench/engine.json
+	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
 
 compare:  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
 	$(BIN)/python benchmarks/compare_methods.py --root $(FASHION_ROOT) --out bench/compare.json

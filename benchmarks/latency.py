@@ -93,7 +93,7 @@ def main() -> None:
 
         cells = {"pytorch-eager": measure(eager, batch=batch, warmup=20, runs=args.runs)}
         for name, session in sessions.items():
-            cells[name] = measure(lambda s=session, i=images: run_batched(s, i, batch_size=batch), batch=batch,
+            cells[name] = measure(lambda s=session, i=images, b=batch: run_batched(s, i, batch_size=b), batch=batch,
                                   warmup=20, runs=args.runs)
         base = cells["onnx-fp32"]["throughput_ips"]
         for name, cell in cells.items():

@@ -11,9 +11,8 @@ from pathlib import Path
 
 def convert_fp16(fp32_path: Path, out_path: Path) -> Path:
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
     import onnx_ir as ir
+    from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(fp32_path)), keep_io_types=True)
     # The converter appends its input Casts at the end of the node list; ONNX requires

@@ -16,7 +16,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import EXIT_BAD_INPUT, EXIT_MISSING_BACKEND, EXIT_RUNTIME, ManifestError, PipelineError
+from pipeline.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_MISSING_BACKEND,
+    EXIT_RUNTIME,
+    ManifestError,
+    PipelineError,
+)
 
 DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
 

@@ -101,7 +101,7 @@ class Stage(ABC):
         """The kinds this stage reads; by default ``inputs``."""
         return self.inputs
 
-    def preflight(self, manifest: Manifest) -> None:
+    def preflight(self, manifest: Manifest) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise before any compute if something this stage needs is missing (a back-end, hardware)."""
 
     @abstractmethod

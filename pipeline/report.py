@@ -18,7 +18,6 @@ from pipeline.environment import environment
 from pipeline.manifest import Manifest
 from pipeline.store import Artifact
 
-
 _ORDER = {"teacher": 0, "student": 1, "onnx": 2}
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import shutil
 import time
-from pathlib import Path
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pipeline.contracts import DataProvider, StageContext
 from pipeline.environment import environment

@@ -8,7 +8,7 @@ import torch
 from cskd.data.augment import strong_view
 from cskd.fast_engine import FastStep
 from cskd.models import create_model
-from cskd.objectives import CSKDCore, CSKDPaper, CrossEntropy
+from cskd.objectives import CrossEntropy, CSKDCore, CSKDPaper
 
 
 def _setup(objective_cls, seed=0):

@@ -40,6 +40,9 @@ class _StrictLoader(yaml.SafeLoader):
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise ManifestError(f"line {key_node.start_mark.line + 1}: key {key!r} is not a plain string; "
+                                    f"manifest keys are field names")
             if key in seen:
                 raise ManifestError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; keep one")
             seen.add(key)

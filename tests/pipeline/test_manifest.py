@@ -45,6 +45,9 @@ BAD = {
     "a scalar": ("hello\n", "must be a mapping"),
     "bad yaml": ("name: [unclosed\n", "invalid YAML"),
     "tabs": ("name:\t\tx\n\tdata: 1\n", "invalid YAML"),
+    "list as key": ("? [a, b]\n: 1\n", "is not a plain string"),
+    "int as key": ("1: x\n", "key 1 is not a plain string"),
+    "binary tag": ("name: !!binary aGVsbG8=\n", "required field is missing"),
     "deep nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n", ""),
 }
 
@@ -126,3 +129,14 @@ def test_schema_lists_the_sections():
 
 def test_manifest_dir_has_quickstart():
     assert (Path(REPO) / "manifests" / "quickstart.yaml").is_file()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200) | st.sampled_from(["a: [", "? [x]\n: 1", "!!set {a}", "a: *b", "- - - -", "a: {b: {c: "])
+       .flatmap(lambda seed: st.just(seed) | st.text(alphabet=":-[]{}!&*?|>'\"#%@ \n\tab1", max_size=60)))
+def test_arbitrary_text_is_valid_or_one_line_error(text):
+    """Whatever the text, the loader answers with a manifest or a one-line ManifestError, never a crash."""
+    try:
+        manifest_from_text(text)
+    except ManifestError as exc:
+        assert "\n" not in str(exc)

@@ -4,12 +4,14 @@ for each batch size in the manifest, measured in one process side by side."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import torch
 
 from exports.latency import measure
 from pipeline.contracts import Stage, StageContext, StageResult, dump
+from pipeline.environment import environment
 from pipeline.manifest import Manifest
 from stages.backends import backend_runners, produced_kinds
 from stages.models import WEIGHTS_FILE, load_network
@@ -17,7 +19,7 @@ from stages.models import WEIGHTS_FILE, load_network
 
 class LatencyStage(Stage):
     kind = "latency"
-    version = 1
+    version = 2
 
     def enabled(self, manifest: Manifest) -> bool:
         return manifest.latency is not None
@@ -26,7 +28,10 @@ class LatencyStage(Stage):
         return ("distill", *produced_kinds(manifest))
 
     def config(self, manifest: Manifest) -> dict:
-        return {"latency": dump(manifest.latency), "data": dump(manifest.data)}
+        # Timings belong to the machine: a store shared between machines must not reuse them.
+        env = environment()
+        return {"latency": dump(manifest.latency), "data": dump(manifest.data),
+                "machine": {"device": env["device"], "platform": env["platform"], "cpu_count": os.cpu_count()}}
 
     def run(self, ctx: StageContext) -> StageResult:
         section = ctx.manifest.latency

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from exports.tensorrt import EngineSpec, build_engine, require_tensorrt
 from pipeline.contracts import Stage, StageContext, StageResult, dump
+from pipeline.environment import environment
 from pipeline.manifest import Manifest
 from stages.export import FP16_FILE, ONNX_FILE
 from stages.quantize import INT8_FILE
@@ -28,7 +29,9 @@ class TensorRTStage(Stage):
         require_tensorrt()
 
     def config(self, manifest: Manifest) -> dict:
-        return {"trt": dump(manifest.export.trt)}
+        # An engine is only valid for the TensorRT version and GPU it was built with.
+        env = environment()
+        return {"trt": dump(manifest.export.trt), "tensorrt": env["tensorrt"], "device": env["device"]}
 
     def run(self, ctx: StageContext) -> StageResult:
         section = ctx.manifest.export.trt

@@ -107,7 +107,7 @@ def run(manifest_opt: str | None, quiet: bool) -> None:
     manifest = _load(manifest_opt)
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
-    shipped = ship(manifest, outcome.artifacts, DataProvider(manifest))
+    shipped = ship(manifest, outcome.artifacts, DataProvider(manifest), outcome.report_dir)
     click.echo(f"report: {outcome.report_dir}/report.html")
     click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir()))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))

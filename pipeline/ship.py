@@ -51,16 +51,18 @@ def model_card(manifest: Manifest, artifacts: dict[str, Artifact], data: dict, f
     }
 
 
-def ship(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider) -> Path:
+def ship(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider,
+         report_dir: Path | None = None) -> Path:
     final = Path(manifest.ship.dir) / manifest.name
     final.parent.mkdir(parents=True, exist_ok=True)
     # Two runs shipping the same name take turns: the swap below is two renames.
     with open(final.parent / f".{manifest.name}.lock", "a") as lock:
         fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
-        return _ship_locked(manifest, artifacts, data, final)
+        return _ship_locked(manifest, artifacts, data, final, report_dir)
 
 
-def _ship_locked(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider, final: Path) -> Path:
+def _ship_locked(manifest: Manifest, artifacts: dict[str, Artifact], data: DataProvider, final: Path,
+                 report_dir: Path | None) -> Path:
     tmp = final.parent / f".{manifest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     tmp.mkdir()
     try:
@@ -68,6 +70,9 @@ def _ship_locked(manifest: Manifest, artifacts: dict[str, Artifact], data: DataP
         for target, (kind, name) in SHIPPED_FILES.items():
             if kind in artifacts:
                 shutil.copy2(artifacts[kind].file(name), tmp / target)
+        for name in ("report.json", "report.html"):
+            if report_dir is not None and (report_dir / name).is_file():
+                shutil.copy2(report_dir / name, tmp / name)
         files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir())}
         card = model_card(manifest, artifacts, data.describe(), files)
         (tmp / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")

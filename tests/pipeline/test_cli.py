@@ -31,6 +31,10 @@ def test_run_ships_onnx_and_model_card(shipped_run):
     ship = folder / "shipped" / "tiny"
     card = json.loads((ship / "model_card.json").read_text())
     assert (ship / "student.onnx").is_file() and (ship / "student.safetensors").is_file()
+    assert (ship / "report.html").is_file() and set(card["files"]) >= {"student.onnx", "report.json"}
+    from pipeline.store import file_sha256
+
+    assert all(file_sha256(ship / name) == digest for name, digest in card["files"].items())
     metrics = card["metrics"]
     assert metrics["split"] == "test" and metrics["samples"] == 359
     assert metrics["onnx_agreement"] >= 99.9  # ONNX and PyTorch agree on the top-1 class

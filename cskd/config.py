@@ -34,6 +34,9 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast; applies on a GPU only")
     channels_last: bool = False
+    cs_batch: Literal["global", "replica"] = Field(
+        "global", description="under data parallelism: batch-wise losses over the gathered global batch, "
+                              "or over each replica's own batch")
     engine: Literal["classic", "fast"] = Field(
         "classic", description="classic: the reference loop; fast: the whole step as one CUDA graph on a GPU")
 

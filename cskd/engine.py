@@ -43,6 +43,51 @@ class Interrupted(Exception):  # noqa: N818 - it is a signal, not an error
         self.signum = signum
 
 
+def _world() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
+    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+
+
+def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """All replicas' rows, in rank order, with gradient flowing back to each replica's own rows."""
+    import warnings
+
+    from torch.distributed.nn.functional import all_gather
+
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(tensor), dim=0)
+
+
+def _data_parallel(objective: Objective, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """Wrap the student in DDP when a process group is up; returns the plain student."""
+    net = objective.student
+    if _world() == 1:
+        return net
+    if config.engine == "fast":
+        raise ValueError("engine: fast runs in one process (one CUDA graph); use engine: classic with several processes")
+    if config.batch_size % _world():
+        raise ValueError(f"train.batch_size {config.batch_size} is not divisible by {_world()} processes")
+    if device.type == "cuda":  # global batch statistics, as one process would compute them
+        net = objective.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
+    objective.student = torch.nn.parallel.DistributedDataParallel(
+        net, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.cs_batch == "global":
+        objective.gather = _gather_rows
+    return net
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -68,7 +113,9 @@ def _stop_requests() -> Iterator[list[int]]:
 
 def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, *, epochs_done: int,
                      steps_done: int = 0, sums: dict[str, torch.Tensor] | None = None) -> None:
-    tensors = {f"model.{k}": v for k, v in objective.student.state_dict().items()}
+    if _rank() != 0:  # replicas hold identical weights; one writer
+        return
+    tensors = {f"model.{k}": v for k, v in _unwrap(objective.student).state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
@@ -85,7 +132,7 @@ def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Op
     tensors = load_tensors(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    objective.student.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    _unwrap(objective.student).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -114,14 +161,31 @@ def train(
     Raises ``Interrupted`` (after checkpointing) on SIGINT/SIGTERM.
     """
     device = resolve_device(config.device)
+    if device.type == "cuda" and _world() > 1:
+        device = torch.device("cuda", _rank() % torch.cuda.device_count())
     objective.to(device)
     if config.channels_last:
         objective.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(objective.trainable_parameters(), lr=config.lr, momentum=config.momentum,
+    net = _data_parallel(objective, config, device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     loader = DeviceLoader(train_split, batch_size=config.batch_size, device=device, shuffle=True,
                           drop_last=True, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                          strong=objective.needs_strong_view, seed=config.seed)
+                          strong=objective.needs_strong_view, seed=config.seed, shard=(_rank(), _world()))
+    try:
+        return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
+                           work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch)
+    finally:
+        objective.student, objective.gather = net, None
+        net.to("cpu").eval()
+        if config.channels_last:
+            net.to(memory_format=torch.contiguous_format)
+
+
+def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader, train_split: Split,
+                val_split: Split, config: TrainConfig, *, device: torch.device, work_dir: Path, metrics_path: Path,
+                progress: bool, on_epoch: Callable[[dict], None] | None) -> dict:
+    writer = _rank() == 0
 
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / _CKPT
@@ -129,7 +193,8 @@ def train(
     start, skip, sums = _load_checkpoint(ckpt, objective, optimizer, device) if ckpt.is_file() else (0, 0, {})
     # Keep the lines of the epochs the checkpoint covers; later ones are recomputed.
     history_lines = history.read_text().splitlines()[:start] if history.is_file() else []
-    history.write_text("".join(line + "\n" for line in history_lines))
+    if writer:
+        history.write_text("".join(line + "\n" for line in history_lines))
     last: dict = json.loads(history_lines[-1]) if history_lines else {}
 
     step = _classic_step(objective, optimizer, device, config)
@@ -140,20 +205,20 @@ def train(
             terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress)
             skip, sums = 0, {}
-            val_top1 = top1(predict_logits(objective.student, val_split.images, device=device), val_split.labels)
+            val_top1 = top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
+                            val_split.labels)
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
-            with open(history, "a") as f:
-                f.write(json.dumps(last) + "\n")
+            if writer:
+                with open(history, "a") as f:
+                    f.write(json.dumps(last) + "\n")
             if on_epoch is not None:
                 on_epoch(last)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
                 _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch + 1)
             if stop:
                 raise Interrupted(stop[0], f"the end of epoch {epoch + 1}")
-    shutil.copyfile(history, metrics_path)
-    objective.student.to("cpu").eval()
-    if config.channels_last:
-        objective.student.to(memory_format=torch.contiguous_format)
+    if writer:
+        shutil.copyfile(history, metrics_path)
     return last
 
 
@@ -203,6 +268,13 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
             _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
             raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
     steps = max(len(loader), 1)
+    if _world() > 1:  # every replica reports the mean over the global batch
+        import torch.distributed as dist
+
+        keys = sorted(sums)
+        stacked = torch.stack([torch.as_tensor(sums[k], device=device, dtype=torch.float32) for k in keys])
+        dist.all_reduce(stacked)
+        sums = dict(zip(keys, stacked / _world(), strict=True))
     terms = {k: float(v) / steps for k, v in sums.items()}
     if int(bad_step) >= 0:
         broken = [k for k, v in terms.items() if v != v or abs(v) == float("inf")]

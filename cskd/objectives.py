@@ -24,6 +24,9 @@ class Objective(nn.Module):
         super().__init__()
         self.student = student
         self.teacher = teacher
+        # Under data parallelism: a function that concatenates a tensor's rows from every
+        # replica (with gradient), so batch-wise losses see the global batch. None: local batch.
+        self.gather = None
         if teacher is not None:
             for p in teacher.parameters():
                 p.requires_grad_(False)
@@ -42,6 +45,10 @@ class Objective(nn.Module):
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher(images).float()
+
+    def batch_view(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The tensors over the batch the batch-wise losses see (gathered across replicas if set)."""
+        return tensors if self.gather is None else tuple(self.gather(t) for t in tensors)
 
 
 class CrossEntropy(Objective):
@@ -111,8 +118,7 @@ class CSKDCore(Objective):
 
     def forward(self, images, labels, *, strong=None, epoch=None):
         zs = self.student(images)
-        zt = self.teacher_logits(images)
-        zs32 = zs.float()
+        zs32, zt = self.batch_view(zs.float(), self.teacher_logits(images))
         t_i = losses.cswt_temperatures(zs32, zt, low=self.low, high=self.high)
         ce = self.ce_weight * F.cross_entropy(zs, labels)
         cs = self.kd_weight * losses.cs_loss(zs32, zt, temperature=self.temperature, alpha=self.alpha)
@@ -149,7 +155,7 @@ class CSKDPaper(CSKDCore):
         zs_s = self.student(strong)
         zt_w = self.teacher_logits(images)
         zt_s = self.teacher_logits(strong)
-        sw, ss = zs_w.float(), zs_s.float()
+        sw, ss, zt_w, zt_s = self.batch_view(zs_w.float(), zs_s.float(), zt_w, zt_s)
         t_fixed, alpha = self.temperature, self.alpha
         t_i = losses.cswt_temperatures(sw, zt_w, low=self.low, high=self.high)
 

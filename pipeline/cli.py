@@ -97,14 +97,18 @@ def main() -> None:
 @main.command()
 @manifest_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--nproc", type=click.IntRange(1, 64), default=None,
+              help="processes for the training stages (overrides distributed.nproc)")
 @handle_errors
-def run(manifest_opt: str | None, quiet: bool) -> None:
+def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
     """Run every stage; reuse what is cached; ship the student if the gate passes."""
     from pipeline.contracts import DataProvider
     from pipeline.runner import run_pipeline
     from pipeline.ship import ship
 
     manifest = _load(manifest_opt)
+    if nproc is not None:
+        manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = ship(manifest, outcome.artifacts, DataProvider(manifest), outcome.report_dir)

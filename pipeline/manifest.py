@@ -221,6 +221,10 @@ class ShipSection(Strict):
     dir: RelativePath = Field("shipped", description="the model ships into <dir>/<manifest name>/")
 
 
+class DistributedSection(Strict):
+    nproc: int = Field(1, ge=1, le=64, description="processes for the training stages (DDP; NCCL on GPUs, gloo on CPUs)")
+
+
 class ReportSection(Strict):
     dir: RelativePath = Field("reports", description="report.json and report.html go to <dir>/<manifest name>/")
 
@@ -238,6 +242,7 @@ class Manifest(Strict):
     gate: GateSection
     ship: ShipSection = ShipSection()
     report: ReportSection = ReportSection()
+    distributed: DistributedSection = DistributedSection()
 
     @model_validator(mode="after")
     def _latency_rule_measurable(self) -> Manifest:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from cskd.engine import train
 from pipeline.contracts import Stage, StageContext, StageResult, dump
 from pipeline.manifest import Manifest
-from stages.models import WEIGHTS_FILE, build_network, load_network, save_network
-from stages.objectives import build_objective
+from stages.models import WEIGHTS_FILE
+from stages.training import run_training
 
 
 class DistillStage(Stage):
@@ -15,15 +14,10 @@ class DistillStage(Stage):
     inputs = ("teacher",)
 
     def config(self, manifest: Manifest) -> dict:
-        return {"data": dump(manifest.data), "student": dump(manifest.student)}
+        return {"data": dump(manifest.data), "student": dump(manifest.student),
+                "distributed": dump(manifest.distributed)}
 
     def run(self, ctx: StageContext) -> StageResult:
-        manifest = ctx.manifest
-        teacher = load_network(manifest.teacher.model, ctx.data, ctx.inputs["teacher"].file(WEIGHTS_FILE))
-        student = build_network(manifest.student.model, ctx.data, seed=manifest.student.train.seed)
-        objective = build_objective(manifest.student.loss, student, teacher)
-        last = train(objective, ctx.data.train, ctx.data.val, manifest.student.train,
-                     work_dir=ctx.work_dir, metrics_path=ctx.out_dir / "metrics.jsonl", progress=ctx.progress)
-        save_network(student, ctx.out_dir)
-        params = sum(p.numel() for p in student.net.parameters())
-        return StageResult({**last, "parameters": params}, f"val top-1 {last['val_top1']:.2f}")
+        last = run_training("distill", ctx.manifest, ctx.data, teacher_weights=ctx.inputs["teacher"].file(WEIGHTS_FILE),
+                            work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress)
+        return StageResult(last, f"val top-1 {last['val_top1']:.2f}")

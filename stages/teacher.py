@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from cskd.engine import train
-from cskd.objectives import CrossEntropy
 from pipeline.contracts import Stage, StageContext, StageResult, dump
 from pipeline.manifest import Manifest
-from stages.models import build_network, load_network, save_network
+from stages.models import load_network, save_network
+from stages.training import run_training
 
 
 class TeacherStage(Stage):
@@ -18,7 +17,7 @@ class TeacherStage(Stage):
         if manifest.teacher.checkpoint is not None:
             # The file's content, not where it lies, defines the teacher.
             teacher["checkpoint"] = {"sha256": manifest.teacher.checkpoint.sha256.lower()}
-        return {"data": dump(manifest.data), "teacher": teacher}
+        return {"data": dump(manifest.data), "teacher": teacher, "distributed": dump(manifest.distributed)}
 
     def run(self, ctx: StageContext) -> StageResult:
         section = ctx.manifest.teacher
@@ -27,8 +26,6 @@ class TeacherStage(Stage):
             model = load_network(section.model, ctx.data, ref.path, sha256=ref.sha256)
             save_network(model, ctx.out_dir)
             return StageResult({"source": "checkpoint"}, "loaded checkpoint")
-        model = build_network(section.model, ctx.data, seed=section.train.seed)
-        last = train(CrossEntropy(model), ctx.data.train, ctx.data.val, section.train,
-                     work_dir=ctx.work_dir, metrics_path=ctx.out_dir / "metrics.jsonl", progress=ctx.progress)
-        save_network(model, ctx.out_dir)
+        last = run_training("teacher", ctx.manifest, ctx.data, teacher_weights=None, work_dir=ctx.work_dir,
+                            out_dir=ctx.out_dir, progress=ctx.progress)
         return StageResult({"source": "trained", **last}, f"val top-1 {last['val_top1']:.2f}")

@@ -19,7 +19,7 @@ from cskd.data.datasets import Split
 class DeviceLoader:
     def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu",
                  shuffle: bool = True, drop_last: bool = True, crop_padding: int = 0,
-                 flip: bool = False, strong: bool = False, seed: int = 0):
+                 flip: bool = False, strong: bool = False, seed: int = 0, shard: tuple[int, int] = (0, 1)):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.device = torch.device(device)
@@ -27,6 +27,9 @@ class DeviceLoader:
         self.shuffle, self.drop_last = shuffle, drop_last
         self.crop_padding, self.flip, self.strong = crop_padding, flip, strong
         self.seed = seed
+        # (rank, world): every replica draws the same global batch (same stream) and keeps
+        # its slice, so N replicas see exactly what one process would at the global batch size.
+        self.rank, self.world = shard
         self.epoch = 0
         # A batch larger than the data set would yield nothing with drop_last.
         if drop_last and len(self.labels) < batch_size:
@@ -55,4 +58,9 @@ class DeviceLoader:
             if self.crop_padding or self.flip:
                 weak = random_crop_flip(raw, gen, padding=self.crop_padding, flip=self.flip)
             strong = strong_view(raw, gen, padding=self.crop_padding, flip=self.flip) if self.strong else None
-            yield weak, self.labels[idx], strong
+            labels = self.labels[idx]
+            if self.world > 1:
+                part = slice(self.rank, None, self.world)
+                weak, labels = weak[part], labels[part]
+                strong = strong[part] if strong is not None else None
+            yield weak, labels, strong

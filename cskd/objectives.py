@@ -39,9 +39,6 @@ class Objective(nn.Module):
             self.teacher.eval()
         return self
 
-    def trainable_parameters(self):
-        return self.student.parameters()
-
     @torch.no_grad()
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher(images).float()

@@ -43,13 +43,15 @@ class Interrupted(Exception):  # noqa: N818 - it is a signal, not an error
         self.signum = signum
 
 
-def _world() -> int:
+def world_size() -> int:
+    """Processes in the current process group (1 without one)."""
     import torch.distributed as dist
 
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def _rank() -> int:
+def rank() -> int:
+    """This process's rank (0 without a process group; rank 0 writes files)."""
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
@@ -73,12 +75,12 @@ def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 def _data_parallel(objective: Objective, config: TrainConfig, device: torch.device) -> torch.nn.Module:
     """Wrap the student in DDP when a process group is up; returns the plain student."""
     net = objective.student
-    if _world() == 1:
+    if world_size() == 1:
         return net
     if config.engine == "fast":
         raise ValueError("engine: fast runs in one process (one CUDA graph); use engine: classic with several processes")
-    if config.batch_size % _world():
-        raise ValueError(f"train.batch_size {config.batch_size} is not divisible by {_world()} processes")
+    if config.batch_size % world_size():
+        raise ValueError(f"train.batch_size {config.batch_size} is not divisible by {world_size()} processes")
     if device.type == "cuda":  # global batch statistics, as one process would compute them
         net = objective.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     objective.student = torch.nn.parallel.DistributedDataParallel(
@@ -113,7 +115,7 @@ def _stop_requests() -> Iterator[list[int]]:
 
 def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, *, epochs_done: int,
                      steps_done: int = 0, sums: dict[str, torch.Tensor] | None = None) -> None:
-    if _rank() != 0:  # replicas hold identical weights; one writer
+    if rank() != 0:  # replicas hold identical weights; one writer
         return
     tensors = {f"model.{k}": v for k, v in _unwrap(objective.student).state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
@@ -161,8 +163,8 @@ def train(
     Raises ``Interrupted`` (after checkpointing) on SIGINT/SIGTERM.
     """
     device = resolve_device(config.device)
-    if device.type == "cuda" and _world() > 1:
-        device = torch.device("cuda", _rank() % torch.cuda.device_count())
+    if device.type == "cuda" and world_size() > 1:
+        device = torch.device("cuda", rank() % torch.cuda.device_count())
     objective.to(device)
     if config.channels_last:
         objective.to(memory_format=torch.channels_last)
@@ -171,7 +173,7 @@ def train(
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     loader = DeviceLoader(train_split, batch_size=config.batch_size, device=device, shuffle=True,
                           drop_last=True, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                          strong=objective.needs_strong_view, seed=config.seed, shard=(_rank(), _world()))
+                          strong=objective.needs_strong_view, seed=config.seed, shard=(rank(), world_size()))
     try:
         return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
                            work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch)
@@ -185,7 +187,7 @@ def train(
 def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader, train_split: Split,
                 val_split: Split, config: TrainConfig, *, device: torch.device, work_dir: Path, metrics_path: Path,
                 progress: bool, on_epoch: Callable[[dict], None] | None) -> dict:
-    writer = _rank() == 0
+    writer = rank() == 0
 
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / _CKPT
@@ -228,9 +230,14 @@ def _classic_step(objective: Objective, optimizer: torch.optim.Optimizer, device
     autocast = torch.autocast(device.type, dtype=torch.bfloat16,
                               enabled=config.precision == "bf16" and device.type == "cuda")
 
+    epochs: dict[int, torch.Tensor] = {}  # one device tensor per epoch, not a host copy per step
+
     def step(weak, labels, strong, *, lr: float, epoch: int) -> dict[str, torch.Tensor]:
+        if epoch not in epochs:
+            epochs.clear()
+            epochs[epoch] = torch.tensor(float(epoch), device=device)
         with autocast:
-            out = objective(weak, labels, strong=strong, epoch=torch.tensor(float(epoch), device=device))
+            out = objective(weak, labels, strong=strong, epoch=epochs[epoch])
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
         optimizer.step()
@@ -251,6 +258,7 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
     loader.set_epoch(epoch)
     objective.train()
     bad_step = torch.tensor(-1, device=device)
+    step_t = torch.tensor(skip, device=device)  # the step index on the device, advanced in place
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress)
     for step, (weak, labels, strong) in enumerate(bar):
@@ -260,21 +268,21 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
             weak = weak.contiguous(memory_format=torch.channels_last)
         out = step_fn(weak, labels, strong, lr=lr, epoch=epoch + 1)
         # Accumulate on the device; the host reads these once per epoch.
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), torch.tensor(step, device=device),
-                               bad_step)
+        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), step_t, bad_step)
+        step_t += 1
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + value
         if stop and step + 1 < len(loader):
             _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
             raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
     steps = max(len(loader), 1)
-    if _world() > 1:  # every replica reports the mean over the global batch
+    if world_size() > 1:  # every replica reports the mean over the global batch
         import torch.distributed as dist
 
         keys = sorted(sums)
         stacked = torch.stack([torch.as_tensor(sums[k], device=device, dtype=torch.float32) for k in keys])
         dist.all_reduce(stacked)
-        sums = dict(zip(keys, stacked / _world(), strict=True))
+        sums = dict(zip(keys, stacked / world_size(), strict=True))
     terms = {k: float(v) / steps for k, v in sums.items()}
     if int(bad_step) >= 0:
         broken = [k for k, v in terms.items() if v != v or abs(v) == float("inf")]

@@ -58,7 +58,10 @@ class FastStep:
             update = self.buffers
         torch._foreach_add_(self.params, torch._foreach_mul(update, -self.lr))
         for p in self.params:
-            p.grad = None if not self.use_graph else p.grad.zero_()
+            if self.use_graph:  # the captured graph owns these gradient tensors: keep them, zeroed
+                p.grad.zero_()
+            else:
+                p.grad = None
 
     def __call__(self, weak, labels, strong, *, lr: float, epoch: int) -> dict[str, torch.Tensor]:
         self.lr.fill_(lr)

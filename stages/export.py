@@ -34,7 +34,6 @@ def parity(model_logits: np.ndarray, reference: np.ndarray) -> dict:
 class ExportStage(Stage):
     kind = "export"
     version = 2
-
     inputs = ("distill",)
 
     def config(self, manifest: Manifest) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from cskd.engine import train
+from cskd.engine import rank, train
 from cskd.objectives import CrossEntropy
 from pipeline.contracts import DataProvider
 from pipeline.manifest import Manifest
@@ -34,15 +34,9 @@ def train_role(role: str, manifest: Manifest, data: DataProvider, *, teacher_wei
         objective, config = build_objective(manifest.student.loss, model, teacher), manifest.student.train
     last = train(objective, data.train, data.val, config, work_dir=work_dir, metrics_path=out_dir / "metrics.jsonl",
                  progress=progress)
-    if _rank() == 0:
+    if rank() == 0:  # replicas hold identical weights; one writer
         save_network(model, out_dir)
     return {**last, "parameters": sum(p.numel() for p in model.net.parameters())}
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_initialized() else 0
 
 
 def _worker(manifest_json: str, role: str, teacher_weights: str | None, work_dir: str, out_dir: str) -> dict:

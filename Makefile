@@ -10,7 +10,7 @@ FASHION_ROOT ?= ../shared/data/fashion-mnist
 install:  ## create .venv with the project (editable) and its dev tools
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,openvino]'
 
 pipeline:  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
@@ -18,8 +18,9 @@ pipeline:  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 test:  ## the test suite (a few minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q
 
-lint:
+lint:  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
+	$(BIN)/lint-imports
 
 bench:  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
 	$(BIN)/python benchmarks/engine.py --out bench/engine.json

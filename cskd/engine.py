@@ -258,6 +258,8 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
     loader.set_epoch(epoch)
     objective.train()
     bad_step = torch.tensor(-1, device=device)
+    bad_state_step = torch.tensor(-1, device=device)
+    state = _float_state(objective.student)
     step_t = torch.tensor(skip, device=device)  # the step index on the device, advanced in place
     bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
                disable=not progress)
@@ -269,6 +271,10 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
         out = step_fn(weak, labels, strong, lr=lr, epoch=epoch + 1)
         # Accumulate on the device; the host reads these once per epoch.
         bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), step_t, bad_step)
+        # A loss can stay finite while the weights or BatchNorm statistics overflow (lr 10,
+        # momentum 0.99): the max-norm of every tensor is inf or NaN exactly when one entry is.
+        state_ok = torch.stack(torch._foreach_norm(list(state.values()), ord=float("inf"))).isfinite().all()
+        bad_state_step = torch.where((bad_state_step < 0) & ~state_ok, step_t, bad_state_step)
         step_t += 1
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + value
@@ -288,4 +294,14 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
         broken = [k for k, v in terms.items() if v != v or abs(v) == float("inf")]
         raise NumericalError(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1} "
                              f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data")
+    if int(bad_state_step) >= 0:
+        name = next((n for n, t in state.items() if not bool(torch.isfinite(t).all())), "a parameter")
+        raise NumericalError(f"{name} became non-finite at epoch {epoch + 1}, step {int(bad_state_step) + 1}; "
+                             f"the training diverged: lower the learning rate or the momentum")
     return terms
+
+
+def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every floating-point parameter and buffer (BatchNorm running statistics) by name."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return {name.removeprefix("module."): t.detach() for name, t in named if t.is_floating_point()}

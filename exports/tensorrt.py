@@ -12,7 +12,6 @@ are marked ``tensorrt`` and run where TensorRT and a GPU exist.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,12 +42,12 @@ class EngineSpec:
     workspace_mib: int = 1024
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def build_engine(onnx_path: Path, engine_path: Path, *, onnx_sha256: str, spec: EngineSpec,
+                 timing_cache: Path | None = None) -> dict:
+    """Build and serialize an engine; returns (and writes beside it) the binding metadata.
 
-
-def build_engine(onnx_path: Path, engine_path: Path, *, spec: EngineSpec, timing_cache: Path | None = None) -> dict:
-    """Build and serialize an engine; returns (and writes beside it) the binding metadata."""
+    ``onnx_sha256`` is the source model's digest (the caller has it), recorded so that an
+    engine is refused later if its ONNX file changed."""
     import torch
 
     trt = require_tensorrt()
@@ -77,7 +76,7 @@ def build_engine(onnx_path: Path, engine_path: Path, *, spec: EngineSpec, timing
     engine_path.write_bytes(bytes(serialized))
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = {"onnx_sha256": _sha256(onnx_path), "tensorrt": trt.__version__,
+    meta = {"onnx_sha256": onnx_sha256, "tensorrt": trt.__version__,
             "gpu": torch.cuda.get_device_name(0), "spec": spec.__dict__}
     engine_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
@@ -86,12 +85,12 @@ def build_engine(onnx_path: Path, engine_path: Path, *, spec: EngineSpec, timing
 class TrtRunner:
     """Runs a deserialized engine on torch CUDA tensors (no pycuda)."""
 
-    def __init__(self, engine_path: Path, *, onnx_path: Path):
+    def __init__(self, engine_path: Path, *, onnx_sha256: str):
         import torch
 
         trt = require_tensorrt()
         meta = json.loads(engine_path.with_suffix(".json").read_text())
-        expected = {"onnx_sha256": _sha256(onnx_path), "tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(0)}
+        expected = {"onnx_sha256": onnx_sha256, "tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(0)}
         stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
         if stale:
             raise ExportError(f"{engine_path}: engine is stale ({', '.join(f'{k}: built {a}, now {b}' for k, (a, b) in stale.items())}); rebuild it")

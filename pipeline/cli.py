@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.errors import (
+from pipeline.core.errors import (
     EXIT_BAD_INPUT,
     EXIT_MISSING_BACKEND,
     EXIT_RUNTIME,
@@ -102,16 +102,14 @@ def main() -> None:
 @handle_errors
 def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
     """Run every stage; reuse what is cached; ship the student if the gate passes."""
-    from pipeline.contracts import DataProvider
-    from pipeline.runner import run_pipeline
-    from pipeline.ship import ship
+    from pipeline.orchestrator import run_pipeline
 
     manifest = _load(manifest_opt)
     if nproc is not None:
         manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
-    shipped = ship(manifest, outcome.artifacts, DataProvider(manifest), outcome.report_dir)
+    shipped = outcome.shipped
     click.echo(f"report: {outcome.report_dir}/report.html")
     click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir()))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
@@ -122,8 +120,8 @@ def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
 @handle_errors
 def plan(manifest_opt: str | None) -> None:
     """Each stage's artifact id and whether it is cached (no compute)."""
-    from pipeline.graph import plan as plan_graph
-    from pipeline.store import ArtifactStore
+    from pipeline.core.store import ArtifactStore
+    from pipeline.orchestrator import plan as plan_graph
 
     manifest = _load(manifest_opt)
     store = ArtifactStore(manifest.store)
@@ -149,34 +147,67 @@ def validate(manifest_opt: str | None) -> None:
 @handle_errors
 def schema() -> None:
     """Print the manifest's JSON schema."""
-    from pipeline.manifest import Manifest
+    from pipeline.manifest_io import Manifest
 
     click.echo(json.dumps(Manifest.model_json_schema(by_alias=True), indent=2))
 
 
+def _registered_backends() -> dict:
+    import stages  # noqa: F401 - registers the back-ends
+    from pipeline.core.backends import backends
+
+    return backends()
+
+
+class TargetType(click.ParamType):
+    """An export target of the back-end registry, checked when the command runs (so that
+    ``import pipeline.cli`` and ``--help`` stay light)."""
+
+    name = "target"
+
+    def convert(self, value, param, ctx):
+        known = _registered_backends()
+        if value not in known:
+            self.fail(f"{value!r} is not an export target; choose from {', '.join(known)}", param, ctx)
+        return value
+
+
+@main.command()
+def targets() -> None:
+    """List the export targets (registered back-ends) and what each is."""
+    for name, spec in _registered_backends().items():
+        click.echo(f"{name:<14} {spec.description}")
+
+
 @main.command()
 @manifest_option
-@click.option("--target", type=click.Choice(["onnx", "onnx-fp16", "onnx-int8", "trt"]), default="onnx",
-              show_default=True, help="what to export")
+@click.option("--target", type=TargetType(), default="onnx", show_default=True,
+              help="what to export: onnx, onnx-fp16, onnx-int8, trt, openvino, openvino-int8, or any other "
+                   "registered back-end (`cskd-pipeline targets`)")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @handle_errors
 def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
     """Export the student (training teacher and student first if they are not cached)."""
-    from pipeline.runner import run_pipeline
-    from stages.backends import ONNX_TARGETS, TARGET_KINDS
-    from stages.tensorrt import ENGINE_FILE
+    from pipeline.core.backends import backend
+    from pipeline.core.manifest import Manifest
+    from pipeline.orchestrator import run_pipeline
 
     manifest = _load(manifest_opt)
-    if target not in manifest.export.targets:  # export what was asked even if the manifest did not list it
-        export_section = manifest.export.model_copy(update={"targets": [*manifest.export.targets, target]})
-        if target == "trt" and manifest.export.trt.source not in export_section.targets:
-            export_section = export_section.model_copy(
-                update={"targets": [*export_section.targets, manifest.export.trt.source]})
-        manifest = manifest.model_copy(update={"export": export_section})
-    kind = TARGET_KINDS[target]
-    outcome = run_pipeline(manifest, until=kind, progress=not quiet and sys.stderr.isatty())
-    name = ONNX_TARGETS[target][1] if target in ONNX_TARGETS else ENGINE_FILE
-    click.echo(str(outcome.artifacts[kind].file(name)))
+    # Export what was asked even if the manifest does not list it, with what it is built from.
+    wanted, todo = list(manifest.export.targets), [target]
+    while todo:
+        name = todo.pop()
+        if name not in wanted:
+            wanted.append(name)
+            todo.extend(backend(name).requires)
+            if name == "trt":
+                todo.append(manifest.export.trt.source)
+    data = manifest.model_dump(mode="json", by_alias=True)
+    data["export"]["targets"] = wanted
+    manifest = Manifest.model_validate(data)
+    spec = backend(target)
+    outcome = run_pipeline(manifest, until=spec.kind, progress=not quiet and sys.stderr.isatty())
+    click.echo(str(outcome.artifacts[spec.kind].file(spec.file)))
 
 
 @main.command()
@@ -188,7 +219,7 @@ def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
 @handle_errors
 def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None) -> None:
     """CI regression gate: compare a run's report with a baseline; exit 1 on a regression."""
-    from pipeline.errors import GateFailed
+    from pipeline.core.errors import GateFailed
     from pipeline.regression import compare, load_baseline, load_json, markdown
 
     baseline = load_baseline(baseline_path)
@@ -206,19 +237,20 @@ def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None
 @manifest_option
 @handle_errors
 def verify(manifest_opt: str | None) -> None:
-    """Check the sha256 of every file of every artifact in the manifest's store."""
-    from pipeline.errors import StoreError
-    from pipeline.store import ArtifactStore
+    """Check every artifact in the store against its seal: record and files, nothing missing or extra."""
+    from pipeline.core.errors import StoreError
+    from pipeline.core.store import ArtifactStore
 
     manifest = _load(manifest_opt)
     store = ArtifactStore(manifest.store)
-    artifacts = store.all_artifacts()
-    problems = [p for a in artifacts for p in store.verify(a)]
+    ids = store.all_ids()
+    problems = [p for kind, art_id in ids for p in store.problems(kind, art_id)]
     for p in problems:
         click.echo(p)
     if problems:
-        raise StoreError(f"{len(problems)} problem(s) in {store.root}; rerun `cskd-pipeline run` to recompute")
-    click.echo(f"{len(artifacts)} artifacts in {store.root}: all files match their sha256")
+        raise StoreError(f"{len(problems)} problem(s) in {store.root}; `cskd-pipeline run` quarantines and "
+                         f"recomputes those artifacts")
+    click.echo(f"{len(ids)} artifacts in {store.root}: every record and file matches its seal")
 
 
 if __name__ == "__main__":

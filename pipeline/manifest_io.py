@@ -12,8 +12,9 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from pipeline.errors import ManifestError
-from pipeline.manifest import Manifest
+import stages  # noqa: F401 - registers the stages, export back-ends and losses a manifest may name
+from pipeline.core.errors import ManifestError
+from pipeline.core.manifest import Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20
 

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError
 
 from cskd.config import Strict
-from pipeline.errors import ManifestError
+from pipeline.core.errors import ManifestError
 
 
 class BaselineMetric(Strict):

@@ -8,15 +8,12 @@ import base64
 import html
 import io
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
-from pipeline.contracts import dump
-from pipeline.environment import environment
-from pipeline.manifest import Manifest
-from pipeline.store import Artifact
+from pipeline.core.environment import environment
+from pipeline.core.files import replace_output_dir
+from pipeline.core.manifest import Manifest
+from pipeline.core.store import Artifact
 
 _ORDER = {"teacher": 0, "student": 1, "onnx": 2}
 
@@ -28,8 +25,11 @@ def _curves(artifact: Artifact | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def build_report(manifest: Manifest, artifacts: dict[str, Artifact], data: dict) -> dict:
+def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
     validate = artifacts["validate"].metrics
+    distill = artifacts["distill"].metrics
+    data = {**artifacts["validate"].record.get("data", {}), "train": distill.get("train_samples"),
+            "val": distill.get("val_samples"), "test": validate["samples"]}
     return {
         "name": manifest.name,
         "environment": environment(),
@@ -42,7 +42,7 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact], data: dict)
         "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
         "gate": artifacts["gate"].metrics,
         "training": {"teacher": _curves(artifacts.get("teacher")), "student": _curves(artifacts.get("distill"))},
-        "manifest": dump(manifest),
+        "manifest": manifest.model_dump(mode="json", by_alias=True),
     }
 
 
@@ -112,8 +112,8 @@ def render_html(report: dict) -> str:
         f"<tr><td>{esc(name)}</td><td>{v['top1']:.2f}</td><td>{v['top5']:.2f}</td><td>{v['teacher_agreement']:.2f}</td>"
         f"<td>{v['flip_rate']:.2f}</td><td>{v['max_logit_diff']:.2e}</td></tr>" for name, v in sorted(m["models"].items(), key=lambda kv: _ORDER.get(kv[0], 9)))
     verdicts = "".join(
-        f"<tr class='{'pass' if r['passed'] else 'fail'}'><td>{esc(r['rule'])}</td><td>{r['measured']:.3f}</td>"
-        f"<td>{'&le;' if r.get('direction') == 'at_most' else '&ge;'} {r['threshold']:.3f}</td>"
+        f"<tr class='{'pass' if r['passed'] else 'fail'}'><td>{esc(r['rule'])}</td><td>{r['measured']:.2f}</td>"
+        f"<td>{'&le;' if r.get('direction') == 'at_most' else '&ge;'} {r['threshold']:.2f}</td>"
         f"<td>{'PASS' if r['passed'] else 'FAIL'}</td></tr>" for r in gate["rules"])
     ci = m["student_vs_teacher"]["bootstrap"]
     mc = m["student_vs_teacher"]["mcnemar"]
@@ -146,21 +146,14 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
 """
 
 
-def write_report(manifest: Manifest, artifacts: dict[str, Artifact], data: dict) -> Path:
-    """Write report.json and report.html into ``<report.dir>/<name>/``, replacing it atomically."""
-    report = build_report(manifest, artifacts, data)
-    final = Path(manifest.report.dir) / manifest.name
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.parent / f".{manifest.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    tmp.mkdir()
-    try:
+def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path) -> Path:
+    """Write report.json and report.html into ``final`` (``<report.dir>/<name>/``), replacing a
+    report folder this pipeline made; any other folder there is refused, never deleted."""
+    report = build_report(manifest, artifacts)
+
+    def fill(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.html").write_text(render_html(report))
-        old = final.parent / f".{manifest.name}.old-{uuid.uuid4().hex[:6]}"
-        if final.exists():
-            os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    marker = {"manifest": manifest.name, "what": "run report", "gate_artifact": artifacts["gate"].id}
+    return replace_output_dir(final, fill, marker=marker, field="report.dir")

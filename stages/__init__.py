@@ -1,1 +1,12 @@
-"""One module per stage: typed config in, typed artifacts out."""
+"""One module per stage: typed config in, typed artifacts out.
+
+Importing this package imports every module in it, so each stage (and each
+export back-end its module registers) is in the registries: adding a stage or a
+back-end is adding a module here, with no list to edit.
+"""
+
+import importlib
+import pkgutil
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")

@@ -1,23 +1,39 @@
-"""Distill: train the student against the frozen teacher with the manifest's loss."""
+"""Distill: train the student against the frozen teacher with a registered loss."""
 
 from __future__ import annotations
 
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.manifest import Manifest
+from cskd.config import Strict, TrainConfig
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.manifest import LossField, Manifest, TrainData
 from stages.models import WEIGHTS_FILE
-from stages.training import run_training
+from stages.training import TrainingJob, run_training
+
+
+class DistillConfig(Strict):
+    model: str
+    loss: LossField
+    train: TrainConfig
+    teacher_model: str  # to rebuild the teacher network its weights belong to
+    data: TrainData
+    nproc: int
 
 
 class DistillStage(Stage):
     kind = "distill"
-    version = 1
-    inputs = ("teacher",)
+    version = 2
+    Config = DistillConfig
+    requires = ("teacher",)
 
-    def config(self, manifest: Manifest) -> dict:
-        return {"data": dump(manifest.data), "student": dump(manifest.student),
-                "distributed": dump(manifest.distributed)}
+    @classmethod
+    def configure(cls, manifest: Manifest) -> DistillConfig:
+        s = manifest.student
+        return DistillConfig(model=s.model, loss=s.loss, train=s.train, teacher_model=manifest.teacher.model,
+                             data=manifest.data.train_view(), nproc=manifest.distributed.nproc)
 
-    def run(self, ctx: StageContext) -> StageResult:
-        last = run_training("distill", ctx.manifest, ctx.data, teacher_weights=ctx.inputs["teacher"].file(WEIGHTS_FILE),
-                            work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress)
+    def run(self, config: DistillConfig, ctx: StageContext) -> StageResult:
+        job = TrainingJob(role="distill", model=config.model, train=config.train, data=config.data,
+                          loss=config.loss.model_dump(mode="json"), teacher_model=config.teacher_model,
+                          teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
+                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
+        last = run_training(job, nproc=config.nproc, progress=ctx.progress)
         return StageResult(last, f"val top-1 {last['val_top1']:.2f}")

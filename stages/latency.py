@@ -9,52 +9,62 @@ import os
 import numpy as np
 import torch
 
+from cskd.config import Strict
 from exports.latency import measure
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.environment import environment
-from pipeline.manifest import Manifest
-from stages.backends import backend_runners, produced_kinds
+from pipeline.core.backends import backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.environment import environment
+from pipeline.core.manifest import DataSource, LatencySection, Manifest
 from stages.models import WEIGHTS_FILE, load_network
+
+
+class LatencyConfig(Strict):
+    latency: LatencySection
+    student_model: str
+    targets: list[str]
+    data: DataSource  # the student network's input shape and classes
+    machine: dict  # timings belong to the machine: a store shared between machines must not reuse them
 
 
 class LatencyStage(Stage):
     kind = "latency"
-    version = 2
+    version = 3
+    Config = LatencyConfig
 
-    def enabled(self, manifest: Manifest) -> bool:
-        return manifest.latency is not None
-
-    def input_kinds(self, manifest: Manifest) -> tuple[str, ...]:
-        return ("distill", *produced_kinds(manifest))
-
-    def config(self, manifest: Manifest) -> dict:
-        # Timings belong to the machine: a store shared between machines must not reuse them.
+    @classmethod
+    def configure(cls, manifest: Manifest) -> LatencyConfig | None:
+        if manifest.latency is None:
+            return None
         env = environment()
-        return {"latency": dump(manifest.latency), "data": dump(manifest.data),
-                "machine": {"device": env["device"], "platform": env["platform"], "cpu_count": os.cpu_count()}}
+        return LatencyConfig(latency=manifest.latency, student_model=manifest.student.model,
+                             targets=manifest.export.targets, data=manifest.data.source(),
+                             machine={"device": env["device"], "platform": env["platform"], "cpu_count": os.cpu_count()})
 
-    def run(self, ctx: StageContext) -> StageResult:
-        section = ctx.manifest.latency
+    def inputs(self, config: LatencyConfig) -> tuple[str, ...]:
+        return ("distill", *(backend(t).kind for t in config.targets))
+
+    def run(self, config: LatencyConfig, ctx: StageContext) -> StageResult:
+        section = config.latency
         threads = section.threads or torch.get_num_threads()
         torch.set_num_threads(threads)
-        ds = ctx.data.dataset
-        model = load_network(ctx.manifest.student.model, ctx.data, ctx.inputs["distill"].file(WEIGHTS_FILE))
-        runners = backend_runners(ctx.manifest, ctx.inputs, batch_size=max(section.batch_sizes), threads=threads)
+        shape = ctx.inputs["export"].record["input"]["shape"][1:]
+        model = load_network(config.student_model, config.data, ctx.inputs["distill"].file(WEIGHTS_FILE))
+        runners = {t: backend(t).runner(ctx.inputs, batch_size=max(section.batch_sizes), threads=threads)
+                   for t in config.targets}
         results = []
         for batch in section.batch_sizes:
-            images = np.zeros((batch, ds.in_channels, *ds.image_size), dtype=np.uint8)
+            images = np.zeros((batch, *shape), dtype=np.uint8)
             x = torch.from_numpy(images).float() / 255.0
 
             def eager(x=x):
                 with torch.inference_mode():
                     model(x)
 
-            results.append({"backend": "pytorch-eager", **measure(eager, batch=batch, warmup=section.warmup,
-                                                                 runs=section.runs)})
+            timing = {"batch": batch, "warmup": section.warmup, "runs": section.runs}
+            results.append({"backend": "pytorch-eager", **measure(eager, **timing)})
             for target, run in runners.items():
-                results.append({"backend": target, **measure(lambda r=run, i=images: r(i), batch=batch,
-                                                              warmup=section.warmup, runs=section.runs,
-                                                              cuda=target == "trt")})
+                results.append({"backend": target, **measure(lambda r=run, i=images: r(i), **timing,
+                                                              cuda=backend(target).device == "cuda")})
         (ctx.out_dir / "latency.json").write_text(json.dumps({"threads": threads, "results": results}, indent=2) + "\n")
         best = max((r for r in results if r["batch"] == max(section.batch_sizes)), key=lambda r: r["throughput_ips"])
         return StageResult({"threads": threads, "device": "cpu", "results": results},

@@ -13,13 +13,14 @@ import torch
 
 from cskd.checkpoint import load_weights, save_weights
 from cskd.models import Preprocessed, create_model
-from pipeline.contracts import DataProvider
+from pipeline.core.manifest import DataSource
+from stages.data import dataset
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def build_network(name: str, data: DataProvider, *, seed: int | None = None) -> Preprocessed:
-    ds = data.dataset
+def build_network(name: str, source: DataSource, *, seed: int | None = None) -> Preprocessed:
+    ds = dataset(source)
     if seed is not None:
         torch.manual_seed(seed)  # weight initialisation is part of the recipe
     net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
@@ -32,7 +33,7 @@ def save_network(model: Preprocessed, out_dir: Path) -> Path:
     return path
 
 
-def load_network(name: str, data: DataProvider, path: Path, *, sha256: str | None = None) -> Preprocessed:
-    model = build_network(name, data)
+def load_network(name: str, source: DataSource, path: Path, *, sha256: str | None = None) -> Preprocessed:
+    model = build_network(name, source)
     load_weights(model.net, path, expected_sha256=sha256)
     return model.eval()

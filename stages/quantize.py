@@ -1,5 +1,5 @@
 """Quantize: INT8 QDQ with ONNX Runtime, calibrated on training images, with the
-accuracy-targeted fallback measured on the val split."""
+accuracy-targeted fallback measured on the val split. Registers ``onnx-int8``."""
 
 from __future__ import annotations
 
@@ -7,31 +7,40 @@ import json
 
 import numpy as np
 
+from cskd.config import Strict
 from exports.quantize import Int8Settings, count_qdq, preprocess, quantize_with_fallback
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.manifest import Manifest
-from stages.export import ONNX_FILE, input_contract
+from pipeline.core.backends import Backend, register_backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.manifest import Int8Section, Manifest, TrainData
+from stages.data import train_val
+from stages.export import ONNX_FILE, onnx_loader
 
 INT8_FILE = "model_int8.onnx"
 
 
+class QuantizeConfig(Strict):
+    int8: Int8Section
+    data: TrainData  # calibration images from train, the fallback's accuracy on val
+
+
 class QuantizeStage(Stage):
     kind = "quantize"
-    version = 1
-    inputs = ("export",)
+    version = 2
+    Config = QuantizeConfig
+    requires = ("export",)
 
-    def enabled(self, manifest: Manifest) -> bool:
-        return "onnx-int8" in manifest.export.targets
+    @classmethod
+    def configure(cls, manifest: Manifest) -> QuantizeConfig | None:
+        if "onnx-int8" not in manifest.export.targets:
+            return None
+        return QuantizeConfig(int8=manifest.export.int8, data=manifest.data.train_view())
 
-    def config(self, manifest: Manifest) -> dict:
-        return {"int8": dump(manifest.export.int8), "data": dump(manifest.data)}
-
-    def run(self, ctx: StageContext) -> StageResult:
-        section = ctx.manifest.export.int8
+    def run(self, config: QuantizeConfig, ctx: StageContext) -> StageResult:
+        section = config.int8
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
                                 per_channel=section.per_channel)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
-        train, val = ctx.data.train, ctx.data.val
+        train, val = train_val(config.data)
         calibration = train.images[:section.calibration_images].numpy().astype(np.float32) / 255.0
         report = quantize_with_fallback(
             prepared, ctx.out_dir / INT8_FILE, calibration_images=calibration, val_images_u8=val.images.numpy(),
@@ -46,4 +55,9 @@ class QuantizeStage(Stage):
                    "kept_float": report.kept_float}
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
         return StageResult(metrics, f"val top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",
-                           extra={"input": input_contract(ctx)})
+                           extra={"input": ctx.inputs["export"].record["input"]})
+
+
+register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),
+                         budget_field="export.int8.max_drop", shipped={"student_int8.onnx": INT8_FILE},
+                         description="ONNX INT8 QDQ, ONNX Runtime CPU"))

@@ -6,9 +6,8 @@ which is far tighter than comparing two accuracies as if they were independent.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
+from scipy.stats import binomtest
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
@@ -32,7 +31,9 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples:
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """Exact McNemar test: ``b`` = a right and b wrong, ``c`` = a wrong and b right.
 
-    Two-sided p-value from the binomial distribution of ``min(b, c)`` under p = 0.5.
+    Two-sided p-value of ``min(b, c)`` under Binomial(b + c, 0.5), from scipy's binomial
+    test, which stays exact for any number of discordant pairs (summing ``comb(n, i) / 2**n``
+    overflows a float once n passes 1,023).
     """
     a = np.asarray(correct_a, dtype=bool)
     b_ = np.asarray(correct_b, dtype=bool)
@@ -41,9 +42,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     n = only_a + only_b
     if n == 0:
         return {"only_a": 0, "only_b": 0, "p_value": 1.0}
-    k = min(only_a, only_b)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0**n
-    return {"only_a": only_a, "only_b": only_b, "p_value": min(1.0, 2.0 * tail)}
+    p_value = binomtest(min(only_a, only_b), n, 0.5, alternative="two-sided").pvalue
+    return {"only_a": only_a, "only_b": only_b, "p_value": float(min(1.0, p_value))}
 
 
 def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:

@@ -2,30 +2,39 @@
 
 from __future__ import annotations
 
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.manifest import Manifest
+from cskd.config import Strict, TrainConfig
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.manifest import CheckpointRef, Manifest, TrainData
 from stages.models import load_network, save_network
-from stages.training import run_training
+from stages.training import TrainingJob, run_training
+
+
+class TeacherConfig(Strict):
+    model: str
+    train: TrainConfig | None
+    checkpoint: CheckpointRef | None  # its path is Located: only the sha256 is in the id
+    data: TrainData
+    nproc: int
 
 
 class TeacherStage(Stage):
     kind = "teacher"
-    version = 1
+    version = 2
+    Config = TeacherConfig
 
-    def config(self, manifest: Manifest) -> dict:
-        teacher = dump(manifest.teacher)
-        if manifest.teacher.checkpoint is not None:
-            # The file's content, not where it lies, defines the teacher.
-            teacher["checkpoint"] = {"sha256": manifest.teacher.checkpoint.sha256.lower()}
-        return {"data": dump(manifest.data), "teacher": teacher, "distributed": dump(manifest.distributed)}
+    @classmethod
+    def configure(cls, manifest: Manifest) -> TeacherConfig:
+        t = manifest.teacher
+        return TeacherConfig(model=t.model, train=t.train, checkpoint=t.checkpoint, data=manifest.data.train_view(),
+                             nproc=manifest.distributed.nproc)
 
-    def run(self, ctx: StageContext) -> StageResult:
-        section = ctx.manifest.teacher
-        if section.checkpoint is not None:
-            ref = section.checkpoint
-            model = load_network(section.model, ctx.data, ref.path, sha256=ref.sha256)
+    def run(self, config: TeacherConfig, ctx: StageContext) -> StageResult:
+        if config.checkpoint is not None:
+            ref = config.checkpoint
+            model = load_network(config.model, config.data.source, ref.path, sha256=ref.sha256)
             save_network(model, ctx.out_dir)
             return StageResult({"source": "checkpoint"}, "loaded checkpoint")
-        last = run_training("teacher", ctx.manifest, ctx.data, teacher_weights=None, work_dir=ctx.work_dir,
-                            out_dir=ctx.out_dir, progress=ctx.progress)
+        job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
+                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
+        last = run_training(job, nproc=config.nproc, progress=ctx.progress)
         return StageResult({"source": "trained", **last}, f"val top-1 {last['val_top1']:.2f}")

@@ -1,43 +1,78 @@
-"""TensorRT: an engine built from one of the ONNX models (its precision is the engine's)."""
+"""TensorRT: an engine built from one of the ONNX models (its precision is the engine's).
+Registers the ``trt`` target (GPU only)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
+import numpy as np
+
+from cskd.config import Strict
 from exports.tensorrt import EngineSpec, build_engine, require_tensorrt
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.environment import environment
-from pipeline.manifest import Manifest
-from stages.export import FP16_FILE, ONNX_FILE
-from stages.quantize import INT8_FILE
+from pipeline.core.backends import Backend, backend, register_backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.environment import environment
+from pipeline.core.files import sha256_file
+from pipeline.core.manifest import Manifest
 
 ENGINE_FILE = "model.engine"
 ENGINE_META_FILE = "model.json"  # written by build_engine beside the engine: ONNX hash, TensorRT version, GPU
-# target name -> (stage kind, file in that artifact)
-SOURCES = {"onnx": ("export", ONNX_FILE), "onnx-fp16": ("export_fp16", FP16_FILE), "onnx-int8": ("quantize", INT8_FILE)}
+
+
+class TensorRTConfig(Strict):
+    source: Literal["onnx", "onnx-fp16", "onnx-int8"]
+    spec: dict
+    tensorrt: str | None  # an engine is only valid for the TensorRT version and GPU it was built with
+    device: str
 
 
 class TensorRTStage(Stage):
     kind = "tensorrt"
-    version = 1
+    version = 2
+    Config = TensorRTConfig
 
-    def enabled(self, manifest: Manifest) -> bool:
-        return "trt" in manifest.export.targets
+    @classmethod
+    def configure(cls, manifest: Manifest) -> TensorRTConfig | None:
+        if "trt" not in manifest.export.targets:
+            return None
+        trt, env = manifest.export.trt, environment()
+        spec = EngineSpec(trt.min_batch, trt.opt_batch, trt.max_batch, trt.workspace_mib)
+        return TensorRTConfig(source=trt.source, spec=spec.__dict__, tensorrt=env["tensorrt"], device=env["device"])
 
-    def input_kinds(self, manifest: Manifest) -> tuple[str, ...]:
-        return ("export", SOURCES[manifest.export.trt.source][0]) if manifest.export.trt.source != "onnx" else ("export",)
+    def inputs(self, config: TensorRTConfig) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("export", backend(config.source).kind)))
 
-    def preflight(self, manifest: Manifest) -> None:
+    def preflight(self, config: TensorRTConfig) -> None:
         require_tensorrt()
 
-    def config(self, manifest: Manifest) -> dict:
-        # An engine is only valid for the TensorRT version and GPU it was built with.
-        env = environment()
-        return {"trt": dump(manifest.export.trt), "tensorrt": env["tensorrt"], "device": env["device"]}
-
-    def run(self, ctx: StageContext) -> StageResult:
-        section = ctx.manifest.export.trt
+    def run(self, config: TensorRTConfig, ctx: StageContext) -> StageResult:
         ctx.cache_dir.mkdir(parents=True, exist_ok=True)
-        kind, name = SOURCES[section.source]
-        spec = EngineSpec(section.min_batch, section.opt_batch, section.max_batch, section.workspace_mib)
-        meta = build_engine(ctx.inputs[kind].file(name), ctx.out_dir / ENGINE_FILE, spec=spec,
-                            timing_cache=ctx.cache_dir / "trt-timing.cache")
-        return StageResult({"source": section.source, **meta}, f"{section.source} engine for {meta['gpu']}")
+        source = backend(config.source)
+        onnx = ctx.inputs[source.kind].file(source.file)
+        meta = build_engine(onnx, ctx.out_dir / ENGINE_FILE, onnx_sha256=sha256_file(onnx),
+                            spec=EngineSpec(**config.spec), timing_cache=ctx.cache_dir / "trt-timing.cache")
+        return StageResult({"source": config.source, **meta}, f"{config.source} engine for {meta['gpu']}")
+
+
+def _load(artifacts, *, batch_size: int, threads: int | None):
+    import torch
+
+    from exports.tensorrt import TrtRunner
+
+    source = backend(artifacts["tensorrt"].metrics["source"])
+    runner = TrtRunner(artifacts["tensorrt"].file(ENGINE_FILE),
+                       onnx_sha256=sha256_file(artifacts[source.kind].file(source.file)))
+
+    def run(images: np.ndarray) -> np.ndarray:
+        out = []
+        for start in range(0, len(images), batch_size):
+            batch = torch.from_numpy(images[start:start + batch_size]).cuda().float() / 255.0
+            out.append(runner(batch).cpu().numpy())
+        return np.concatenate(out)
+
+    return run
+
+
+register_backend(Backend("trt", kind="tensorrt", file=ENGINE_FILE, load=_load, budget_field="export.trt.max_drop",
+                         shipped={"student.engine": ENGINE_FILE, "student.json": ENGINE_META_FILE}, device="cuda",
+                         description="TensorRT engine (NVIDIA GPU)"))

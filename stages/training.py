@@ -1,9 +1,10 @@
 """Training for the teacher and distill stages, in this process or in N processes.
 
-With ``distributed.nproc > 1`` the training runs under torch's elastic launcher
-(the API behind ``torchrun``): N worker processes, DistributedDataParallel, NCCL
-on GPUs and gloo on CPUs. Rank 0 writes the checkpoints and the final weights;
-the store commit stays in the pipeline's own process.
+With ``nproc > 1`` the training runs under torch's elastic launcher (the API
+behind ``torchrun``): N worker processes, DistributedDataParallel, NCCL on GPUs
+and gloo on CPUs. Rank 0 writes the checkpoints and the final weights; the store
+commit stays in the pipeline's own process. Workers receive the stage's config
+as JSON, never the manifest.
 """
 
 from __future__ import annotations
@@ -12,66 +13,78 @@ import uuid
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 
+from cskd.config import TrainConfig
 from cskd.engine import rank, train
+from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
-from pipeline.contracts import DataProvider
-from pipeline.manifest import Manifest
+from pipeline.core.manifest import TrainData
+from stages.data import dataset, train_val
 from stages.models import build_network, load_network, save_network
-from stages.objectives import build_objective
 
 
-def train_role(role: str, manifest: Manifest, data: DataProvider, *, teacher_weights: Path | None,
-               work_dir: Path, out_dir: Path, progress: bool) -> dict:
-    """Train the teacher (``role="teacher"``) or distill the student; save weights into ``out_dir``."""
-    if role == "teacher":
-        section = manifest.teacher
-        model = build_network(section.model, data, seed=section.train.seed)
-        objective, config = CrossEntropy(model), section.train
+class TrainingJob(BaseModel):
+    """One training run: what the teacher and distill stages hand to a (worker) process."""
+
+    role: str  # "teacher" or "distill"
+    model: str
+    train: TrainConfig
+    data: TrainData
+    loss: dict | None = None  # distill: the loss config's data
+    teacher_model: str | None = None
+    teacher_weights: str | None = None
+    work_dir: str
+    out_dir: str
+
+
+def train_job(job: TrainingJob, *, progress: bool) -> dict:
+    """Train the teacher (CE) or distill the student; save weights into ``job.out_dir``."""
+    source = job.data.source
+    model = build_network(job.model, source, seed=job.train.seed)
+    if job.role == "teacher":
+        objective = CrossEntropy(model)
     else:
-        teacher = load_network(manifest.teacher.model, data, teacher_weights)
-        model = build_network(manifest.student.model, data, seed=manifest.student.train.seed)
-        objective, config = build_objective(manifest.student.loss, model, teacher), manifest.student.train
-    last = train(objective, data.train, data.val, config, work_dir=work_dir, metrics_path=out_dir / "metrics.jsonl",
-                 progress=progress)
+        from cskd.loss_registry import parse_loss
+
+        teacher = load_network(job.teacher_model, source, Path(job.teacher_weights))
+        objective = build_objective(parse_loss(job.loss), model, teacher)
+    train_split, val_split = train_val(job.data)
+    out_dir = Path(job.out_dir)
+    last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
+                 metrics_path=out_dir / "metrics.jsonl", progress=progress)
     if rank() == 0:  # replicas hold identical weights; one writer
         save_network(model, out_dir)
-    return {**last, "parameters": sum(p.numel() for p in model.net.parameters())}
+    return {**last, "parameters": sum(p.numel() for p in model.net.parameters()),
+            "train_samples": len(train_split), "val_samples": len(val_split)}
 
 
-def _worker(manifest_json: str, role: str, teacher_weights: str | None, work_dir: str, out_dir: str) -> dict:
+def _worker(job_json: str) -> dict:
     """One rank: join the process group the launcher set up, train, leave."""
     import torch.distributed as dist
 
-    from pipeline.manifest import Manifest
+    import stages  # noqa: F401 - registries (losses, back-ends) as in the parent process
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        manifest = Manifest.model_validate_json(manifest_json)
-        return train_role(role, manifest, DataProvider(manifest),
-                          teacher_weights=Path(teacher_weights) if teacher_weights else None,
-                          work_dir=Path(work_dir), out_dir=Path(out_dir), progress=False)
+        return train_job(TrainingJob.model_validate_json(job_json), progress=False)
     finally:
         dist.destroy_process_group()
 
 
-def run_training(role: str, manifest: Manifest, data: DataProvider, *, teacher_weights: Path | None,
-                 work_dir: Path, out_dir: Path, progress: bool) -> dict:
-    nproc = manifest.distributed.nproc
+def run_training(job: TrainingJob, *, nproc: int, progress: bool) -> dict:
+    dataset(job.data.source)  # decode once here: a data error stops the run before any worker starts
     if nproc == 1:
-        return train_role(role, manifest, data, teacher_weights=teacher_weights, work_dir=work_dir,
-                          out_dir=out_dir, progress=progress)
+        return train_job(job, progress=progress)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1)
     try:
-        results = elastic_launch(config, _worker)(manifest.model_dump_json(by_alias=True), role,
-                                                  str(teacher_weights) if teacher_weights else None,
-                                                  str(work_dir), str(out_dir))
+        results = elastic_launch(config, _worker)(job.model_dump_json())
     except ChildFailedError as exc:
         first = next(iter(exc.failures.values()))
-        raise RuntimeError(f"{role} training failed in a worker process ({first.message or first.error_file}); "
+        raise RuntimeError(f"{job.role} training failed in a worker process ({first.message or first.error_file}); "
                            f"rerun to resume from the last checkpoint") from None
     return results[0]

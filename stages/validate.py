@@ -11,47 +11,62 @@ import numpy as np
 import torch
 
 from cskd.checkpoint import save_tensors
+from cskd.config import Strict
 from cskd.evaluate import predict_logits
-from pipeline.contracts import Stage, StageContext, StageResult, dump
-from pipeline.manifest import Manifest
-from stages.backends import backend_runners, produced_kinds
+from pipeline.core.backends import backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.manifest import Manifest, TestData, ValidateSection
+from stages.data import describe, test_split
 from stages.models import WEIGHTS_FILE, load_network
 from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 
 PREDICTIONS_FILE = "predictions.safetensors"
 
 
+class ValidateConfig(Strict):
+    teacher_model: str
+    student_model: str
+    targets: list[str]
+    data: TestData
+    settings: ValidateSection
+
+
 class ValidateStage(Stage):
     kind = "validate"
-    version = 2
+    version = 3
+    Config = ValidateConfig
 
-    def input_kinds(self, manifest: Manifest) -> tuple[str, ...]:
-        return ("teacher", "distill", *produced_kinds(manifest))
+    @classmethod
+    def configure(cls, manifest: Manifest) -> ValidateConfig:
+        return ValidateConfig(teacher_model=manifest.teacher.model, student_model=manifest.student.model,
+                              targets=manifest.export.targets, data=manifest.data.test_view(),
+                              settings=manifest.validate_)
 
-    def config(self, manifest: Manifest) -> dict:
-        return {"data": dump(manifest.data), "validate": dump(manifest.validate_)}
+    def inputs(self, config: ValidateConfig) -> tuple[str, ...]:
+        return ("teacher", "distill", *(backend(t).kind for t in config.targets))
 
-    def run(self, ctx: StageContext) -> StageResult:
-        m = ctx.manifest
-        test = ctx.data.test
-        bs = m.validate_.batch_size
-        teacher = load_network(m.teacher.model, ctx.data, ctx.inputs["teacher"].file(WEIGHTS_FILE))
-        student = load_network(m.student.model, ctx.data, ctx.inputs["distill"].file(WEIGHTS_FILE))
+    def run(self, config: ValidateConfig, ctx: StageContext) -> StageResult:
+        test, source, bs = test_split(config.data), config.data.source, config.settings.batch_size
+        teacher = load_network(config.teacher_model, source, ctx.inputs["teacher"].file(WEIGHTS_FILE))
+        student = load_network(config.student_model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
         logits = {"teacher": predict_logits(teacher, test.images, batch_size=bs).numpy(),
                   "student": predict_logits(student, test.images, batch_size=bs).numpy()}
-        for target, run in backend_runners(m, ctx.inputs, batch_size=bs).items():
-            logits[target] = run(test.images.numpy())
+        for target in config.targets:
+            logits[target] = backend(target).runner(ctx.inputs, batch_size=bs)(test.images.numpy())
         labels = test.labels.numpy()
         save_tensors({"labels": test.labels, **{k: torch.from_numpy(v) for k, v in logits.items()}},
                      ctx.out_dir / PREDICTIONS_FILE)
-        models = {name: describe(out, labels, teacher=logits["teacher"], student=logits["student"],
-                                 num_classes=ctx.data.dataset.num_classes) for name, out in logits.items()}
+        data = {**describe(source), "test_samples": len(test)}
+        models = {name: summarize(out, labels, teacher=logits["teacher"], student=logits["student"],
+                                  num_classes=data["num_classes"]) for name, out in logits.items()}
         correct_s = logits["student"].argmax(1) == labels
         correct_t = logits["teacher"].argmax(1) == labels
         onnx = models["onnx"]
+        v = config.settings
         metrics = {
             "split": "test",
             "samples": len(test),
+            "num_classes": data["num_classes"],
             "teacher_top1": models["teacher"]["top1"],
             "student_top1": models["student"]["top1"],
             "onnx_top1": onnx["top1"],
@@ -59,19 +74,19 @@ class ValidateStage(Stage):
             "onnx_max_logit_diff": onnx["max_logit_diff"],
             "teacher_student_agreement": models["student"]["teacher_agreement"],
             "models": models,
-            "exports": {t: models[t] for t in m.export.targets},
-            "student_vs_teacher": {"bootstrap": paired_bootstrap(correct_s, correct_t, seed=m.validate_.seed,
-                                                                 resamples=m.validate_.bootstrap_resamples),
+            "exports": {t: models[t] for t in config.targets},
+            "student_vs_teacher": {"bootstrap": paired_bootstrap(correct_s, correct_t, seed=v.seed,
+                                                                 resamples=v.bootstrap_resamples),
                                    "mcnemar": mcnemar(correct_s, correct_t)},
         }
-        others = "".join(f" / {t} {models[t]['top1']:.2f}" for t in m.export.targets if t != "onnx")
+        others = "".join(f" / {t} {models[t]['top1']:.2f}" for t in config.targets if t != "onnx")
         headline = (f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
                     f"onnx {onnx['top1']:.2f} (agree {onnx['agreement']:.2f}%){others}")
-        return StageResult(metrics, headline)
+        return StageResult(metrics, headline, extra={"data": data})
 
 
-def describe(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,
-             num_classes: int) -> dict:
+def summarize(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,
+              num_classes: int) -> dict:
     """Accuracy and agreement of one model's test logits ``[N, classes]``."""
     pred = logits.argmax(1)
     agreement = float((pred == student.argmax(1)).mean() * 100.0)
@@ -81,6 +96,6 @@ def describe(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, stu
         "per_class": per_class_accuracy(pred, labels, num_classes),
         "teacher_agreement": float((pred == teacher.argmax(1)).mean() * 100.0),
         "agreement": agreement,  # with the FP32 PyTorch student
-        "flip_rate": 100.0 - agreement,
+        "flip_rate": float((pred != student.argmax(1)).mean() * 100.0),
         "max_logit_diff": float(np.abs(logits - student).max()),
     }

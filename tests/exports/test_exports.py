@@ -168,9 +168,13 @@ def test_tensorrt_engine_matches_onnx(resnet_onnx, digits, tmp_path):
     from exports.tensorrt import EngineSpec, TrtRunner, build_engine
 
     _, path, _ = resnet_onnx
-    meta = build_engine(path, tmp_path / "m.engine", spec=EngineSpec(1, 64, 512), timing_cache=tmp_path / "tc")
+    from pipeline.core.files import sha256_file
+
+    digest = sha256_file(path)
+    meta = build_engine(path, tmp_path / "m.engine", onnx_sha256=digest, spec=EngineSpec(1, 64, 512),
+                        timing_cache=tmp_path / "tc")
     assert meta["onnx_sha256"] and (tmp_path / "tc").is_file()
-    runner = TrtRunner(tmp_path / "m.engine", onnx_path=path)
+    runner = TrtRunner(tmp_path / "m.engine", onnx_sha256=digest)
     x = torch.from_numpy(digits.test.images.numpy()).cuda().float() / 255.0
     trt_logits = runner(x).cpu().numpy()
     onnx_logits = run_batched(create_session(path), digits.test.images.numpy())

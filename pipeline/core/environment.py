@@ -7,7 +7,7 @@ import platform
 from functools import lru_cache
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
     try:
         return importlib.metadata.version(dist)
     except importlib.metadata.PackageNotFoundError:
@@ -26,8 +26,9 @@ def environment() -> dict:
         "cuda": torch.version.cuda if cuda else None,
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
         "cpu_threads": torch.get_num_threads(),
-        "onnx": _version("onnx"),
-        "onnxruntime": _version("onnxruntime") or _version("onnxruntime-gpu"),
-        "tensorrt": _version("tensorrt"),
-        "cskd_pipeline": _version("cskd-pipeline"),
+        "onnx": package_version("onnx"),
+        "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),
+        "tensorrt": package_version("tensorrt"),
+        "openvino": package_version("openvino"),
+        "cskd_pipeline": package_version("cskd-pipeline"),
     }

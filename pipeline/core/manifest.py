@@ -1,8 +1,12 @@
 """The manifest schema (pydantic v2, unknown keys forbidden everywhere).
 
 One YAML file describes the whole run: data, teacher, student and its
-distillation loss, export, validation, the gate and where to ship.
-``pipeline.manifest_io.load_manifest`` reads and validates it before any compute.
+distillation loss, export, validation, the gate and where to ship. Stages never
+see this object: each projects the part it reads into its own config (its
+``configure``), and that config is what its artifact id is made of. The data
+section offers the three projections stages declare: ``source`` (which data
+set), ``train_view`` (the train/val split) and ``test_view`` (the test split).
+``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
 """
 
 from __future__ import annotations
@@ -10,10 +14,18 @@ from __future__ import annotations
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SerializeAsAny, model_validator
 
 from cskd.config import Strict, TrainConfig
 from cskd.data.datasets import DATASETS
+from cskd.loss_configs import CSKDLoss
+from cskd.loss_registry import LossConfig, parse_loss
+from pipeline.core.backends import backends
+from pipeline.core.contracts import Located
+
+# Folders of the project itself: no output location may be one of them or inside one.
+PROJECT_FOLDERS = (".git", ".venv", "pipeline", "stages", "cskd", "exports", "tests", "manifests", "baselines",
+                   "benchmarks")
 
 
 def _relative_inside(value: str) -> str:
@@ -37,8 +49,43 @@ def _known_model(name: str) -> str:
 
 RelativePath = Annotated[str, Field(max_length=4096), AfterValidator(_relative_inside)]
 ModelName = Annotated[str, Field(max_length=128), AfterValidator(_known_model)]
-Temperature = Annotated[float, Field(gt=0, le=1000)]
-Weight = Annotated[float, Field(ge=0, le=1000)]
+Points = Annotated[float, Field(ge=0, le=100)]
+
+
+def _known_target(name: str) -> str:
+    if name not in backends():
+        raise ValueError(f"unknown export target {name!r}; known: {', '.join(backends())}")
+    return name
+
+
+Target = Annotated[str, AfterValidator(_known_target)]
+LossField = Annotated[SerializeAsAny[LossConfig], BeforeValidator(parse_loss)]
+
+
+class DataSource(Strict):
+    """Which data set: what every stage that reads data, or its shape, depends on."""
+
+    name: str
+    root: str | None
+    image_size: int | None
+    grayscale: bool
+    download: bool = Located(False, description="where files may come from, not what they are")
+
+
+class TrainData(Strict):
+    """The training split as the training, export and quantize stages read it (train and val)."""
+
+    source: DataSource
+    val_fraction: float
+    split_seed: int
+    max_train_samples: int | None
+
+
+class TestData(Strict):
+    """The test split, read by validation only."""
+
+    source: DataSource
+    max_test_samples: int | None
 
 
 class DataSection(Strict):
@@ -58,10 +105,23 @@ class DataSection(Strict):
             raise ValueError(f"data set {self.name!r} needs 'root': the folder that holds its files")
         return self
 
+    def source(self) -> DataSource:
+        return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
+                          download=self.download)
+
+    def train_view(self) -> TrainData:
+        return TrainData(source=self.source(), val_fraction=self.val_fraction, split_seed=self.split_seed,
+                         max_train_samples=self.max_train_samples)
+
+    def test_view(self) -> TestData:
+        return TestData(source=self.source(), max_test_samples=self.max_test_samples)
+
 
 class CheckpointRef(Strict):
-    path: str = Field(max_length=4096, description="a safetensors file")
-    sha256: str = Field(pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits")
+    # The file's content (its sha256), not where it lies, defines the teacher.
+    path: str = Located(max_length=4096, description="a safetensors file")
+    sha256: Annotated[str, AfterValidator(str.lower)] = Field(
+        pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits")
 
 
 class TeacherSection(Strict):
@@ -76,63 +136,10 @@ class TeacherSection(Strict):
         return self
 
 
-# ---- distillation losses: a discriminated union on `kind` ---------------------------------
-class CELoss(Strict):
-    kind: Literal["ce"]
-
-
-class KDLoss(Strict):
-    kind: Literal["kd"]
-    temperature: Temperature = 4.0
-    ce_weight: Weight = 0.1
-    kd_weight: Weight = 0.9
-    standardize: bool = Field(False, description="logit standardization before KD")
-
-
-class DKDLoss(Strict):
-    kind: Literal["dkd"]
-    alpha: Weight = 1.0
-    beta: Weight = 8.0
-    temperature: Temperature = 4.0
-    ce_weight: Weight = 1.0
-    warmup_epochs: int = Field(20, ge=0, le=10_000)
-
-
-class DISTLoss(Strict):
-    kind: Literal["dist"]
-    tau: Temperature = 4.0
-    weight: Weight = 2.0
-    ce_weight: Weight = 1.0
-
-
-class CSKDLoss(Strict):
-    kind: Literal["cskd"]
-    preset: Literal["core", "paper"] = Field(
-        "core", description="core: CE + CS(T) + CS(CSWT); paper: the authors' full objective")
-    temperature: Temperature = 4.0
-    alpha: Weight = 2.0
-    cswt_low: Temperature = 2.0
-    cswt_high: Temperature = 6.0
-    ce_weight: Weight = 1.0
-    kd_weight: Weight = 1.0
-
-    @model_validator(mode="after")
-    def _range(self) -> CSKDLoss:
-        if self.cswt_low > self.cswt_high:
-            raise ValueError("cswt_low must not exceed cswt_high")
-        return self
-
-
-LossConfig = Annotated[CELoss | KDLoss | DKDLoss | DISTLoss | CSKDLoss, Field(discriminator="kind")]
-
-
 class StudentSection(Strict):
     model: ModelName
-    loss: LossConfig = CSKDLoss(kind="cskd")
+    loss: LossField = Field(CSKDLoss(kind="cskd"), description="a registered loss: {kind: ..., settings}")
     train: TrainConfig
-
-
-Target = Literal["onnx", "onnx-fp16", "onnx-int8", "trt"]
 
 
 class Int8Section(Strict):
@@ -141,7 +148,7 @@ class Int8Section(Strict):
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
     per_channel: bool = True
-    max_drop: float = Field(1.0, ge=0, le=100, description="top-1 points INT8 may lose against the FP32 student")
+    max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
     fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
 
 
@@ -161,12 +168,17 @@ class TrtSection(Strict):
         return self
 
 
+class OpenVinoSection(Strict):
+    max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
+
+
 class ExportSection(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based exporter writes 18 natively)")
-    targets: list[Target] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=4)
-    fp16_max_drop: float = Field(0.5, ge=0, le=100, description="top-1 points FP16 may lose against FP32")
+    targets: list[Target] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=16)
+    fp16_max_drop: Points = Field(0.5, description="top-1 points FP16 may lose against FP32")
     int8: Int8Section = Int8Section()
     trt: TrtSection = TrtSection()
+    openvino: OpenVinoSection = OpenVinoSection()
 
     @model_validator(mode="after")
     def _consistent(self) -> ExportSection:
@@ -174,6 +186,10 @@ class ExportSection(Strict):
             raise ValueError("targets must not repeat")
         if "onnx" not in self.targets:
             raise ValueError("targets must include 'onnx' (every other target is made from it)")
+        for target in self.targets:
+            missing = [t for t in backends()[target].requires if t not in self.targets]
+            if missing:
+                raise ValueError(f"target {target!r} is built from {', '.join(missing)}: add it to targets")
         if "trt" in self.targets:
             if self.trt.source not in self.targets:
                 raise ValueError(f"trt.source is {self.trt.source!r}: add it to targets")
@@ -188,8 +204,12 @@ class ValidateSection(Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
 
 
+def _measured_backend(name: str) -> str:
+    return name if name == "pytorch-eager" else _known_target(name)
+
+
 class LatencyRule(Strict):
-    backend: Literal["pytorch-eager", "onnx", "onnx-fp16", "onnx-int8", "trt"] = "onnx"
+    backend: Annotated[str, AfterValidator(_measured_backend)] = "onnx"
     batch: int = Field(1, ge=1, le=65_536)
     max_p90_ms: float = Field(gt=0, le=1e6)
 
@@ -201,6 +221,9 @@ class GateSection(Strict):
     max_class_drop: float | None = Field(None, ge=0, le=100,
                                          description="no class may lose more top-1 points against the teacher")
     require_ci: bool = Field(False, description="the bootstrap CI's lower bound of student - teacher must clear -max_drop")
+    min_teacher_top1: Points | None = Field(
+        None, description="the teacher must reach this test top-1 (default: 1.5 times chance), or it did not learn")
+    min_student_top1: Points | None = Field(None, description="the student must reach this test top-1 (default: off)")
     latency: LatencyRule | None = Field(None, description="p90 latency budget; needs the latency section")
 
 
@@ -236,13 +259,32 @@ class Manifest(Strict):
     data: DataSection
     teacher: TeacherSection
     student: StudentSection
-    export: ExportSection = ExportSection()
+    export: ExportSection = Field(default_factory=ExportSection)
     validate_: ValidateSection = Field(ValidateSection(), alias="validate")
     latency: LatencySection | None = Field(None, description="measure latency of every exported model")
     gate: GateSection
     ship: ShipSection = ShipSection()
     report: ReportSection = ReportSection()
     distributed: DistributedSection = DistributedSection()
+
+    @model_validator(mode="after")
+    def _outputs_apart(self) -> Manifest:
+        """The store and the report and ship folders (``<dir>/<name>``) may not hold one another,
+        be the working directory, or lie in the project's own folders."""
+        places = {"store": self.store, "report.dir": f"{self.report.dir}/{self.name}",
+                  "ship.dir": f"{self.ship.dir}/{self.name}"}
+        parts = {f: tuple(p for p in PurePosixPath(v.replace("\\", "/")).parts if p != ".") for f, v in places.items()}
+        for field, own in parts.items():
+            if not own or own[0] in PROJECT_FOLDERS:
+                raise ValueError(f"{field}: {places[field]!r} is the working directory or in a project folder; "
+                                 f"use a folder of its own, e.g. the default")
+        fields = list(parts)
+        for i, a in enumerate(fields):
+            for b in fields[i + 1:]:
+                shorter = min(len(parts[a]), len(parts[b]))
+                if parts[a][:shorter] == parts[b][:shorter]:
+                    raise ValueError(f"{a} ({places[a]!r}) and {b} ({places[b]!r}) overlap; give each its own folder")
+        return self
 
     @model_validator(mode="after")
     def _latency_rule_measurable(self) -> Manifest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-EXIT_OK = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_BACKEND = 3
@@ -19,9 +18,15 @@ class ManifestError(PipelineError):
     exit_code = EXIT_BAD_INPUT
 
 
+class OutputError(PipelineError):
+    """An output location would overwrite or leave what the pipeline may touch (exit 2)."""
+
+    exit_code = EXIT_BAD_INPUT
+
+
 class GateFailed(PipelineError):
     exit_code = EXIT_GATE_FAILED
 
 
 class StoreError(PipelineError):
-    """The artifact store is inconsistent (a digest mismatch, a missing file)."""
+    """The artifact store is inconsistent (a digest mismatch, a missing or extra file)."""

@@ -1,0 +1,69 @@
+"""The deployment back-end registry: one ``Backend`` per export target.
+
+A back-end module under ``exports/`` holds the runtime; its stage module under
+``stages/`` builds the artifact and registers the target here. Everything that
+lists targets (the manifest's ``export.targets``, the CLI's ``--target``, the
+validate and latency stages, the gate's per-artifact budgets, the shipped
+bundle) reads this registry, so adding a back-end touches no other module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from pipeline.core.store import Artifact
+
+# uint8 images [N, C, H, W] -> float32 logits [N, classes]
+Runner = Callable[["np.ndarray"], "np.ndarray"]
+
+
+@dataclass(frozen=True)
+class Backend:
+    target: str  # the name in export.targets and `export --target`
+    kind: str  # the stage kind whose artifact holds the model
+    file: str  # the model file inside that artifact
+    load: Callable[..., Runner]  # load(artifacts by kind, batch_size=, threads=) -> Runner
+    budget_field: str | None = None  # dotted manifest field: top-1 points it may lose against FP32
+    shipped: dict[str, str] = field(default_factory=dict)  # bundle file name -> file in the artifact
+    requires: tuple[str, ...] = ()  # targets it is built from (must be in export.targets too)
+    device: str = "cpu"  # "cuda": timed with CUDA events
+    description: str = ""
+
+    def runner(self, artifacts: dict[str, Artifact], *, batch_size: int = 256, threads: int | None = None) -> Runner:
+        return self.load(artifacts, batch_size=batch_size, threads=threads)
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    known = _BACKENDS.get(backend.target)
+    if known is not None and known.kind != backend.kind:
+        raise TypeError(f"export target {backend.target!r} is registered twice")
+    _BACKENDS[backend.target] = backend
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    """Registered back-ends by target name, in registration order."""
+    if not _BACKENDS:
+        raise RuntimeError("no export back-ends are registered; import the 'stages' package first")
+    return dict(_BACKENDS)
+
+
+def backend(target: str) -> Backend:
+    return backends()[target]
+
+
+def manifest_value(manifest: object, dotted: str) -> object:
+    """The value at a dotted manifest path (``export.int8.max_drop``); aliases such as
+    ``validate`` map to their attribute."""
+    node = manifest
+    for part in dotted.split("."):
+        node = getattr(node, part if hasattr(node, part) else f"{part}_")
+    return node

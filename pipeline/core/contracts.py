@@ -1,0 +1,109 @@
+"""The stage contract and the stage registry.
+
+A stage is a class with a ``kind`` (its name in the graph), an integer
+``version`` (bump it when its semantics change: that changes every id it
+produces) and a frozen pydantic ``Config`` holding exactly what it reads. It
+registers itself when the class is defined. The orchestrator asks each
+registered stage to ``configure`` itself from the manifest (None: not asked
+for), then calls ``run(config, ctx)``: the stage never sees the manifest, so
+everything it can read is in its config, and its config is in its id.
+The runner, not the stage, does hashing, caching, temporary folders, the
+atomic commit and sealing.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, Field
+
+from pipeline.core.store import Artifact
+
+if TYPE_CHECKING:
+    from pipeline.core.manifest import Manifest
+
+NOT_IN_ID = "not_in_id"
+
+
+def Located(default: Any = ..., **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """A config field that says *where* to find something whose identity is covered by another
+    field (a file given with its sha256, a data folder that may be downloaded). It reaches the
+    stage but not the artifact id, so moving a file does not rerun the graph."""
+    return Field(default, json_schema_extra={NOT_IN_ID: True}, **kwargs)
+
+
+def _exclusions(model: BaseModel) -> dict:
+    out: dict = {}
+    for name, info in type(model).model_fields.items():
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and extra.get(NOT_IN_ID):
+            out[name] = True
+            continue
+        value = getattr(model, name)
+        if isinstance(value, BaseModel) and (inner := _exclusions(value)):
+            out[name] = inner
+    return out
+
+
+def recipe(config: BaseModel) -> dict:
+    """The JSON data of ``config`` that defines the result: every field but ``Located`` ones."""
+    return config.model_dump(mode="json", by_alias=True, exclude=_exclusions(config) or None)
+
+
+@dataclass
+class StageContext:
+    out_dir: Path  # write outputs here (a temporary folder the runner commits)
+    work_dir: Path  # resumable scratch that survives a killed run
+    cache_dir: Path  # shared caches kept across artifacts (e.g. TensorRT timing cache)
+    inputs: dict[str, Artifact]  # verified input artifacts by kind
+    progress: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class StageResult:
+    metrics: dict
+    headline: str = ""  # the main metric, for the one-line summary
+    extra: dict = field(default_factory=dict)  # other record entries (e.g. the input contract)
+
+
+class Stage(ABC):
+    """Subclass with ``kind``, ``version``, ``Config``, ``configure`` and ``run`` to add a stage."""
+
+    kind: ClassVar[str]
+    version: ClassVar[int]
+    Config: ClassVar[type[BaseModel]]
+    requires: ClassVar[tuple[str, ...]] = ()  # input kinds, unless ``inputs`` says otherwise
+    registry: ClassVar[dict[str, type[Stage]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "kind" not in cls.__dict__:  # an intermediate base, not a stage
+            return
+        if cls.kind in Stage.registry and Stage.registry[cls.kind].__qualname__ != cls.__qualname__:
+            raise TypeError(f"stage kind {cls.kind!r} is registered twice")
+        Stage.registry[cls.kind] = cls
+
+    @classmethod
+    @abstractmethod
+    def configure(cls, manifest: Manifest) -> BaseModel | None:
+        """This stage's config from the manifest, or None when the manifest does not ask for it."""
+
+    def inputs(self, config: BaseModel) -> tuple[str, ...]:
+        """The kinds this stage reads; by default ``requires``."""
+        return self.requires
+
+    def preflight(self, config: BaseModel) -> None:  # noqa: B027 - optional hook, no-op by default
+        """Raise before any compute if something this stage needs is missing (a back-end, hardware)."""
+
+    @abstractmethod
+    def run(self, config: BaseModel, ctx: StageContext) -> StageResult:
+        """Compute the outputs into ``ctx.out_dir``."""
+
+
+def registered_stages() -> dict[str, type[Stage]]:
+    return dict(Stage.registry)

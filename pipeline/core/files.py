@@ -1,0 +1,98 @@
+"""Files the pipeline writes: hashing, canonical JSON, confined paths, and the one
+atomic swap of an output folder.
+
+An output folder (a report, a shipped bundle) carries a marker file naming what
+made it. The swap replaces only a folder that has such a marker: a folder the
+pipeline did not make is never deleted, whatever the manifest says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from cskd.checkpoint import sha256_file
+from pipeline.core.errors import OutputError
+
+__all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "replace_output_dir", "read_marker",
+           "OUTPUT_MARKER"]
+
+OUTPUT_MARKER = ".cskd-output.json"
+
+
+def canonical_json(obj: object) -> str:
+    """Sorted keys, no spaces, ASCII, no NaN: the same data always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def confined(path: str | Path, *, field: str, base: Path | None = None) -> Path:
+    """``path`` resolved (symlinks followed) and checked to lie strictly inside ``base`` (the cwd).
+
+    Checking the resolved path, not the text, is what stops a symlinked folder from
+    sending output elsewhere. Raises ``OutputError`` naming the manifest field.
+    """
+    base = (base or Path.cwd()).resolve()
+    resolved = (base / path).resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        where = "is the working directory itself" if resolved == base else f"resolves to {resolved}, outside {base}"
+        raise OutputError(f"{field}: {path!r} {where}; use a sub-folder of the working directory "
+                          f"(and no symlink that leaves it)")
+    return resolved
+
+
+def read_marker(folder: Path) -> dict | None:
+    """The marker of an output folder the pipeline made, or None (not ours, or unreadable)."""
+    marker = folder / OUTPUT_MARKER
+    if folder.is_symlink() or not marker.is_file() or marker.is_symlink():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("made_by") == "cskd-pipeline" else None
+
+
+def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dict, field: str) -> Path:
+    """Build a folder with ``fill(tmp)``, then swap it in for ``final`` atomically.
+
+    ``final`` may be absent or a folder this pipeline made (it has the marker). Anything
+    else there (a user's folder, a file, a symlink) is refused with ``OutputError``; nothing
+    is deleted. The folder is built in a hidden sibling and renamed, so a reader never sees
+    a half-written folder; the old one is renamed aside before it is removed.
+    """
+    if final.is_symlink() or (final.exists() and read_marker(final) is None):
+        raise OutputError(f"{field}: {final} exists and was not made by cskd-pipeline (no {OUTPUT_MARKER} "
+                          f"inside); move it away or choose another {field}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:6]}"
+    tmp.mkdir()
+    try:
+        fill(tmp)
+        (tmp / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline", **marker}, indent=2) + "\n")
+        for path in tmp.iterdir():
+            if path.is_file():
+                path.chmod(0o644)  # bundles are read by other users and services
+        if final.exists():
+            os.rename(final, old)
+        os.rename(tmp, final)
+        fsync_dir(final.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(old)
+    return final

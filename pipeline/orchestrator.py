@@ -1,0 +1,194 @@
+"""Plan a manifest's stage graph from the stage registry and run it against the store.
+
+``plan`` asks every registered stage for its config (the stages it does not
+need say None), orders them by their declared inputs, and chains the ids.
+``run_pipeline`` reuses every artifact that verifies completely, quarantines and
+recomputes any that does not (a forged verdict is recomputed, never trusted),
+commits each new one atomically, writes the report, and publishes the bundle
+only when the gate passed. This module imports no concrete stage.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+
+from pydantic import BaseModel
+
+import stages  # noqa: F401 - registers every stage and back-end
+from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
+from pipeline.core.environment import environment
+from pipeline.core.errors import GateFailed, OutputError
+from pipeline.core.files import confined, replace_output_dir
+from pipeline.core.manifest import Manifest
+from pipeline.core.store import Artifact, ArtifactStore, artifact_id
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: Stage
+    config: BaseModel
+    id: str
+    inputs: dict[str, str]  # input kind -> artifact id
+
+    @property
+    def kind(self) -> str:
+        return self.stage.kind
+
+
+def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
+    """The stages the manifest asks for, in dependency order, with their ids.
+
+    With ``until``, only that stage and the stages it depends on.
+    """
+    chosen: dict[str, tuple[Stage, BaseModel]] = {}
+    for kind, cls in registered_stages().items():
+        config = cls.configure(manifest)
+        if config is not None:
+            chosen[kind] = (cls(), config)
+    needs = {kind: stage.inputs(config) for kind, (stage, config) in chosen.items()}
+    for kind, inputs in needs.items():
+        missing = [k for k in inputs if k not in chosen]
+        if missing:
+            raise RuntimeError(f"stage {kind!r} reads {missing} but the manifest enables no such stage")
+    try:
+        order = list(TopologicalSorter(needs).static_order())
+    except CycleError as exc:
+        raise RuntimeError(f"the stages' inputs form a cycle: {exc.args[1]}") from None
+    if until is not None:
+        keep, todo = set(), [until]
+        while todo:
+            kind = todo.pop()
+            if kind not in keep:
+                keep.add(kind)
+                todo.extend(needs[kind])
+        order = [k for k in order if k in keep]
+    ids: dict[str, str] = {}
+    planned = []
+    for kind in order:
+        stage, config = chosen[kind]
+        inputs = {k: ids[k] for k in needs[kind]}
+        ids[kind] = artifact_id(kind, stage.version, recipe(config), inputs)
+        planned.append(PlannedStage(stage, config, ids[kind], inputs))
+    return planned
+
+
+def output_folders(manifest: Manifest) -> dict[str, Path]:
+    """The store and the report and ship folders, resolved (symlinks followed) and checked to
+    stay inside the working directory and apart from one another. Raises ``OutputError``."""
+    places = {"store": confined(manifest.store, field="store"),
+              "report.dir": confined(Path(manifest.report.dir) / manifest.name, field="report.dir"),
+              "ship.dir": confined(Path(manifest.ship.dir) / manifest.name, field="ship.dir")}
+    names = list(places)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if places[a].is_relative_to(places[b]) or places[b].is_relative_to(places[a]):
+                raise OutputError(f"{a} ({places[a]}) and {b} ({places[b]}) overlap once symlinks are "
+                                  f"followed; give each its own folder")
+    return places
+
+
+@dataclass
+class StageReport:
+    kind: str
+    id: str
+    status: str  # "ran" or "cached"
+    wall_s: float
+    headline: str
+
+    def line(self) -> str:
+        return f"[{self.kind:<8}] {self.status:<6} {self.wall_s:7.1f}s  {self.id[:12]}  {self.headline}"
+
+
+@dataclass
+class RunOutcome:
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    reports: list[StageReport] = field(default_factory=list)
+    report_dir: Path | None = None
+    shipped: Path | None = None
+
+
+def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None]) -> Artifact | None:
+    """The verified artifact, or None after moving anything broken at its place aside."""
+    if not store.exists(step.kind, step.id):
+        return None
+    problems = store.problems(step.kind, step.id)
+    if not problems:
+        return store.get(step.kind, step.id)
+    moved = store.quarantine(step.kind, step.id)
+    echo(f"[{step.kind:<8}] artifact failed verification ({problems[0]}); moved to {moved}, recomputing")
+    return None
+
+
+def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: bool) -> Artifact:
+    tmp = store.new_tmp_dir(step.kind, step.id)
+    try:
+        ctx = StageContext(out_dir=tmp, work_dir=store.work_dir(step.kind, step.id), cache_dir=store.root / "cache",
+                           inputs=inputs, progress=progress)
+        started = time.perf_counter()
+        result = step.stage.run(step.config, ctx)
+        record = {"version": step.stage.version, "config": recipe(step.config), "inputs": step.inputs,
+                  "metrics": result.metrics, "headline": result.headline, "environment": environment(),
+                  "wall_s": round(time.perf_counter() - started, 3), **result.extra}
+        return store.commit(tmp, kind=step.kind, art_id=step.id, record=record)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True,
+                 echo: Callable[[str], None] = print) -> RunOutcome:
+    """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate."""
+    from pipeline.report import write_report
+
+    folders = output_folders(manifest)
+    store = ArtifactStore(manifest.store)
+    steps = plan(manifest, until=until)
+    store.claim()
+    for step in steps:  # fail before any compute if a back-end or device is missing
+        if not store.has(step.kind, step.id):
+            step.stage.preflight(step.config)
+    store.clean_tmp()
+    outcome = RunOutcome()
+    for step in steps:
+        if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
+            break  # the report below says why; nothing ships
+        started = time.perf_counter()
+        with store.lock(step.kind, step.id):  # a concurrent run of the same recipe waits, then reuses
+            artifact = _usable(store, step, echo)
+            status = "cached"
+            if artifact is None:
+                inputs = {kind: outcome.artifacts[kind] for kind in step.inputs}
+                artifact, status = _compute(store, step, inputs, progress), "ran"
+        report = StageReport(step.kind, step.id, status, time.perf_counter() - started,
+                             artifact.record.get("headline", ""))
+        outcome.artifacts[step.kind] = artifact
+        outcome.reports.append(report)
+        echo(report.line())
+    if until is not None:
+        return outcome
+    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"])
+    gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
+    if gate.metrics.get("passed") is not True:
+        reason = gate.record.get("headline", "").removeprefix("FAIL: ")
+        raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {outcome.report_dir}/report.html)")
+    outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"])
+    return outcome
+
+
+def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, final: Path) -> Path:
+    """Copy the verified bundle and the run's report into ``<ship.dir>/<name>/``."""
+    bundle = store.get("ship", outcome.artifacts["ship"].id)
+
+    def fill(tmp: Path) -> None:
+        for name in bundle.metrics["files"]:
+            shutil.copyfile(bundle.file(name), tmp / name)
+        for name in ("report.json", "report.html"):
+            shutil.copyfile(outcome.report_dir / name, tmp / name)
+
+    marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}
+    return replace_output_dir(final, fill, marker=marker, field="ship.dir")

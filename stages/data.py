@@ -1,0 +1,44 @@
+"""Data for stages, through the views they declare in their configs.
+
+A stage that reads the training split puts a ``TrainData`` in its config, one
+that reads the test split a ``TestData``: the view is part of the stage's id, and
+the stage gets exactly that split. A data set is decoded once per process
+however many stages read it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from cskd.data import DataSet, Split, load_dataset, split_train_val
+from pipeline.core.manifest import DataSource, TestData, TrainData
+
+
+@lru_cache(maxsize=2)
+def dataset(source: DataSource) -> DataSet:
+    return load_dataset(source.name, root=source.root, download=source.download, image_size=source.image_size,
+                        grayscale=source.grayscale)
+
+
+def _first(split: Split, limit: int | None) -> Split:
+    return split if limit is None else split.subset(torch.arange(min(len(split), limit)))
+
+
+def train_val(view: TrainData) -> tuple[Split, Split]:
+    """The seeded (train, val) split of the training split; the test split is never touched here."""
+    train = _first(dataset(view.source).train, view.max_train_samples)
+    return split_train_val(train, val_fraction=view.val_fraction, seed=view.split_seed)
+
+
+def test_split(view: TestData) -> Split:
+    return _first(dataset(view.source).test, view.max_test_samples)
+
+
+def describe(source: DataSource) -> dict:
+    """What a reader of a report or a model card needs to know about the data set."""
+    ds = dataset(source)
+    return {"name": ds.name, "num_classes": ds.num_classes, "in_channels": ds.in_channels,
+            "image_size": list(ds.image_size), "mean": list(ds.mean), "std": list(ds.std),
+            "class_names": list(ds.class_names)}

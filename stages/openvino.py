@@ -1,0 +1,71 @@
+"""OpenVINO IR from the FP32 ONNX model (``openvino``) or from the INT8 QDQ model
+(``openvino-int8``). Both are validated, gated and timed like every other target."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from cskd.config import Strict
+from exports.openvino import compile_ir, convert_to_ir, require_openvino, run_batched
+from pipeline.core.backends import Backend, backend, register_backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.environment import package_version
+from pipeline.core.manifest import Manifest
+
+IR_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
+
+
+class OpenVinoConfig(Strict):
+    source: Literal["onnx", "onnx-int8"]
+    openvino: str | None  # the converter's version shapes the IR
+
+
+class _OpenVinoStage(Stage):
+    Config = OpenVinoConfig
+    source: str
+    target: str
+
+    @classmethod
+    def configure(cls, manifest: Manifest) -> OpenVinoConfig | None:
+        if cls.target not in manifest.export.targets:
+            return None
+        return OpenVinoConfig(source=cls.source, openvino=package_version("openvino"))
+
+    def inputs(self, config: OpenVinoConfig) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(("export", backend(config.source).kind)))
+
+    def preflight(self, config: OpenVinoConfig) -> None:
+        require_openvino()
+
+    def run(self, config: OpenVinoConfig, ctx: StageContext) -> StageResult:
+        source = backend(config.source)
+        xml = convert_to_ir(ctx.inputs[source.kind].file(source.file), ctx.out_dir / IR_FILE)
+        size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
+        return StageResult({"ir_bytes": size, "source": config.source, "openvino": config.openvino},
+                           f"{size / 1024:.0f} KiB OpenVINO IR from {config.source}",
+                           extra={"input": ctx.inputs["export"].record["input"]})
+
+
+class OpenVinoStage(_OpenVinoStage):
+    kind, version, source, target = "openvino", 1, "onnx", "openvino"
+
+
+class OpenVinoInt8Stage(_OpenVinoStage):
+    kind, version, source, target = "openvino_int8", 1, "onnx-int8", "openvino-int8"
+
+
+def _loader(kind: str):
+    def load(artifacts, *, batch_size: int, threads: int | None):
+        compiled = compile_ir(artifacts[kind].file(IR_FILE), threads=threads)
+        return lambda images: run_batched(compiled, images, batch_size=batch_size)
+
+    return load
+
+
+_SHIPPED = {"openvino": "student_openvino", "openvino_int8": "student_openvino_int8"}
+for _stage, _budget in ((OpenVinoStage, "export.openvino.max_drop"), (OpenVinoInt8Stage, "export.int8.max_drop")):
+    _name = _SHIPPED[_stage.kind]
+    register_backend(Backend(_stage.target, kind=_stage.kind, file=IR_FILE, load=_loader(_stage.kind),
+                             budget_field=_budget, requires=(_stage.source,),
+                             shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE},
+                             description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU"))

@@ -1,0 +1,78 @@
+"""Ship: the bundle of a student that passed its gate (weights, every export, a model card),
+built from verified input artifacts only: no data is loaded. The orchestrator
+publishes the committed bundle into ``<ship.dir>/<name>/``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+from cskd.config import Strict
+from pipeline.core.backends import backend
+from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.environment import environment
+from pipeline.core.errors import GateFailed
+from pipeline.core.files import sha256_file
+from pipeline.core.manifest import Manifest
+from pipeline.core.store import Artifact
+from stages.models import WEIGHTS_FILE
+
+CARD_FILE = "model_card.json"
+
+
+class ShipConfig(Strict):
+    name: str
+    targets: list[str]
+    latency: bool
+
+
+def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str]) -> dict:
+    validate, distill = artifacts["validate"], artifacts["distill"]
+    data = {**validate.record.get("data", {}), "train_samples": distill.metrics.get("train_samples"),
+            "val_samples": distill.metrics.get("val_samples")}
+    return {
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "student": {"model": distill.record["config"]["model"], "parameters": distill.metrics.get("parameters"),
+                    "loss": distill.record["config"]["loss"]},
+        "teacher": {"model": artifacts["teacher"].record["config"]["model"]},
+        "data": {k: v for k, v in data.items() if k != "class_names"},
+        "input": artifacts["export"].record.get("input"),
+        "metrics": validate.metrics,
+        "exports": {kind: {"metrics": art.metrics, "headline": art.record.get("headline")}
+                    for kind, art in artifacts.items() if kind not in ("teacher", "distill", "validate", "gate")},
+        "gate": artifacts["gate"].metrics,
+        "artifacts": {kind: art.id for kind, art in artifacts.items()},
+        "recipe": {kind: art.record.get("config") for kind, art in artifacts.items()},
+        "files": files,
+        "environment": environment(),
+    }
+
+
+class ShipStage(Stage):
+    kind = "ship"
+    version = 1
+    Config = ShipConfig
+
+    @classmethod
+    def configure(cls, manifest: Manifest) -> ShipConfig:
+        return ShipConfig(name=manifest.name, targets=manifest.export.targets, latency=manifest.latency is not None)
+
+    def inputs(self, config: ShipConfig) -> tuple[str, ...]:
+        kinds = dict.fromkeys(backend(t).kind for t in config.targets)
+        return ("teacher", "distill", *kinds, "validate", *(("latency",) if config.latency else ()), "gate")
+
+    def run(self, config: ShipConfig, ctx: StageContext) -> StageResult:
+        gate = ctx.inputs["gate"]  # verified by the runner: a forged verdict never gets here
+        if gate.metrics.get("passed") is not True:
+            raise GateFailed(f"gate {gate.id[:12]} did not pass; nothing shipped")
+        out = ctx.out_dir
+        shutil.copyfile(ctx.inputs["distill"].file(WEIGHTS_FILE), out / "student.safetensors")
+        for target in config.targets:
+            spec = backend(target)
+            for shipped, name in spec.shipped.items():
+                shutil.copyfile(ctx.inputs[spec.kind].file(name), out / shipped)
+        files = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
+        (out / CARD_FILE).write_text(json.dumps(model_card(config.name, ctx.inputs, files), indent=2) + "\n")
+        return StageResult({"files": sorted([*files, CARD_FILE])}, f"bundle of {len(files) + 1} files")

@@ -111,7 +111,7 @@ def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = outcome.shipped
     click.echo(f"report: {outcome.report_dir}/report.html")
-    click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir()))}); "
+    click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir() if not p.name.startswith('.')))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
 
 

@@ -25,6 +25,17 @@ def _curves(artifact: Artifact | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def fastest_passing(latency: dict, gate: dict) -> dict[str, dict]:
+    """Per batch size (as a string key): the lowest-p50 back-end whose accuracy rule passed."""
+    failed = {r["target"] for r in gate["rules"] if r.get("target") and not r["passed"]}
+    best: dict[str, dict] = {}
+    for cell in latency["results"]:
+        key = str(cell["batch"])
+        if cell["backend"] not in failed and (key not in best or cell["p50_ms"] < best[key]["p50_ms"]):
+            best[key] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
+    return best
+
+
 def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
     validate = artifacts["validate"].metrics
     distill = artifacts["distill"].metrics
@@ -39,6 +50,8 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
         "metrics": validate,
         "latency": artifacts["latency"].metrics if "latency" in artifacts else None,
+        "fastest": (fastest_passing(artifacts["latency"].metrics, artifacts["gate"].metrics)
+                    if "latency" in artifacts else None),
         "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
         "gate": artifacts["gate"].metrics,
         "training": {"teacher": _curves(artifacts.get("teacher")), "student": _curves(artifacts.get("distill"))},
@@ -120,6 +133,9 @@ def render_html(report: dict) -> str:
     charts = "".join(f"<figure><img alt='{k}' src='data:image/png;base64,{v}'></figure>"
                      for k, v in _charts(report).items())
     status = "PASS: shipped" if gate["passed"] else "FAIL: nothing shipped"
+    fastest = ("<p>Fastest artifact within its accuracy budget: " + "; ".join(
+        f"batch {batch}: <b>{esc(cell['backend'])}</b> ({cell['p50_ms']:.3f} ms p50)"
+        for batch, cell in report["fastest"].items()) + ".</p>") if report.get("fastest") else ""
     env = report["environment"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(report['name'])}: cskd-pipeline report</title>
@@ -136,7 +152,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
 <p>Test split: {m['samples']} samples of {esc(report['data']['name'])}. Student - teacher top-1: {ci['difference']:+.2f} points,
 {ci['confidence']:.0%} paired-bootstrap CI [{ci['ci_low']:+.2f}, {ci['ci_high']:+.2f}]; McNemar p = {mc['p_value']:.3g}
 (student right only: {mc['only_a']}, teacher right only: {mc['only_b']}).</p>
-<h2>Models</h2>
+{fastest}<h2>Models</h2>
 <table><tr><th>model</th><th>top-1</th><th>top-5</th><th>agrees with teacher %</th><th>flip rate vs student %</th><th>max |logit diff|</th></tr>{rows}</table>
 <h2>Gate</h2>
 <table><tr><th>rule</th><th>measured</th><th>threshold</th><th>verdict</th></tr>{verdicts}</table>

@@ -24,11 +24,15 @@ from pipeline.core.manifest import GateSection, Manifest
 DECIMALS = 2
 
 
-def _rule(name: str, measured: float, threshold: float, *, at_most: bool = False, why: str = "") -> dict:
-    """A rule passes when ``measured >= threshold`` (or ``<=`` with ``at_most``), both rounded to DECIMALS."""
+def _rule(name: str, measured: float, threshold: float, *, at_most: bool = False, why: str = "",
+          target: str | None = None) -> dict:
+    """A rule passes when ``measured >= threshold`` (or ``<=`` with ``at_most``), both rounded to
+    DECIMALS. ``target``: the export the rule judges (the report ranks only passing exports)."""
     m, t = round(float(measured), DECIMALS), round(float(threshold), DECIMALS)
     rule = {"rule": name, "measured": m, "threshold": t, "passed": m <= t if at_most else m >= t,
             "direction": "at_most" if at_most else "at_least", "measured_exact": float(measured)}
+    if target is not None:
+        rule["target"] = target
     return {**rule, "why": why} if why and not rule["passed"] else rule
 
 
@@ -39,7 +43,8 @@ def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, 
         _rule("teacher_top1 >= min_teacher_top1", metrics["teacher_top1"], min_teacher,
               why=f"the teacher did not learn (chance is {chance:.2f}); fix its training before distilling"),
         _rule("student_top1 >= teacher_top1 - max_drop", metrics["student_top1"], metrics["teacher_top1"] - gate.max_drop),
-        _rule("onnx_agreement >= min_onnx_agreement", metrics["onnx_agreement"], gate.min_onnx_agreement),
+        _rule("onnx_agreement >= min_onnx_agreement", metrics["onnx_agreement"], gate.min_onnx_agreement,
+              target="onnx"),
     ]
     if gate.min_student_top1 is not None:
         rules.append(_rule("student_top1 >= min_student_top1", metrics["student_top1"], gate.min_student_top1))
@@ -50,7 +55,7 @@ def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, 
     for target, values in metrics.get("exports", {}).items():
         if target in budgets:
             rules.append(_rule(f"{target}_top1 >= student_top1 - {target} budget", values["top1"],
-                               metrics["student_top1"] - budgets[target]))
+                               metrics["student_top1"] - budgets[target], target=target))
     if gate.max_class_drop is not None:
         models = metrics["models"]
         drops = [(t - s, c) for c, (s, t) in enumerate(zip(models["student"]["per_class"],

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from pipeline.graph import plan
+from pipeline.orchestrator import plan
 from pipeline.manifest_io import manifest_from_text
 from tests.conftest import edited, write_manifest
 

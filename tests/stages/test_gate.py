@@ -5,20 +5,25 @@ from __future__ import annotations
 import pytest
 
 from pipeline.manifest_io import manifest_from_text
-from stages.gate import evaluate_rules
+from stages.gate import GateStage, describe_failures, evaluate_rules
 from tests.conftest import edited
 
 
 def _metrics(student=90.0, teacher=92.0, agreement=100.0, int8=89.5, per_class_s=(90, 80), per_class_t=(90, 90),
              ci_low=-3.0):
     models = {"student": {"per_class": list(per_class_s)}, "teacher": {"per_class": list(per_class_t)}}
-    return {"student_top1": student, "teacher_top1": teacher, "onnx_agreement": agreement,
+    return {"student_top1": student, "teacher_top1": teacher, "onnx_agreement": agreement, "num_classes": 10,
             "exports": {"onnx": {"top1": student}, "onnx-int8": {"top1": int8}}, "models": models,
             "student_vs_teacher": {"bootstrap": {"ci_low": ci_low, "confidence": 0.95}}}
 
 
+def _rules(manifest_text, metrics, latency=None):
+    config = GateStage.configure(manifest_from_text(manifest_text))  # the stage's own projection
+    return evaluate_rules(config.gate, config.budgets, metrics, latency)
+
+
 def _verdicts(manifest_text, metrics, latency=None):
-    return {r["rule"]: r["passed"] for r in evaluate_rules(manifest_from_text(manifest_text), metrics, latency)}
+    return {r["rule"]: r["passed"] for r in _rules(manifest_text, metrics, latency)}
 
 
 def _rule(verdicts, prefix):
@@ -45,10 +50,10 @@ def test_export_budget_rule():
 
 def test_per_class_rule_names_the_worst_class():
     text = edited(gate__max_class_drop=10.0)
-    rules = evaluate_rules(manifest_from_text(text), _metrics(per_class_s=(90, 80), per_class_t=(90, 90)))
+    rules = _rules(text, _metrics(per_class_s=(90, 80), per_class_t=(90, 90)))
     rule = next(r for r in rules if "class" in r["rule"])
     assert rule["passed"] and rule["measured"] == 10 and "class 1" in rule["rule"]
-    rules = evaluate_rules(manifest_from_text(edited(gate__max_class_drop=9.0)), _metrics())
+    rules = _rules(edited(gate__max_class_drop=9.0), _metrics())
     assert next(r for r in rules if "class" in r["rule"])["passed"] is False
 
 
@@ -68,9 +73,39 @@ def test_latency_rule():
 
 
 def test_latency_rule_needs_a_measurement():
-    from pipeline.errors import ManifestError
+    from pipeline.core.errors import ManifestError
 
     with pytest.raises(ManifestError, match="needs a 'latency' section"):
         manifest_from_text(edited(gate__latency={"max_p90_ms": 5.0}))
     with pytest.raises(ManifestError, match="not in latency.batch_sizes"):
         manifest_from_text(edited(latency={"batch_sizes": [1]}, gate__latency={"batch": 8, "max_p90_ms": 5.0}))
+
+
+def test_teacher_at_chance_fails_and_says_it_did_not_learn():
+    # 10 classes: chance is 10 points, the default floor 1.5 times that. The diverged teacher
+    # of the red-team run scored 10.58 and its student passed "within 3 points" of it.
+    rules = _rules(edited(gate__max_drop=3.0), _metrics(teacher=10.58, student=8.0))
+    teacher = next(r for r in rules if r["rule"].startswith("teacher_top1"))
+    assert teacher["passed"] is False and teacher["threshold"] == 15.0
+    assert "teacher did not learn" in describe_failures(rules)
+    assert _rule(_verdicts(edited(), _metrics(teacher=15.0)), "teacher_top1") is True
+    assert _rule(_verdicts(edited(gate__min_teacher_top1=95.0), _metrics(teacher=92.0)), "teacher_top1") is False
+
+
+def test_student_floor_is_off_by_default_and_applies_when_set():
+    assert not any(k.startswith("student_top1 >= min") for k in _verdicts(edited(), _metrics()))
+    assert _rule(_verdicts(edited(gate__min_student_top1=91.0), _metrics(student=90.0)), "student_top1 >= min") is False
+
+
+def test_a_verdict_never_contradicts_its_printed_numbers():
+    # INT8 lost exactly the budget: 13.0 against 14.0 - 1.0, which floats make 13.000000000000002.
+    text = edited(export={"targets": ["onnx", "onnx-int8"], "int8": {"max_drop": 1.0}})
+    metrics = _metrics(student=14.0, teacher=14.0, int8=13.0)
+    metrics["student_top1"] = 13.000000000000002 + 1.0
+    rule = next(r for r in _rules(text, metrics) if r["rule"].startswith("onnx-int8"))
+    assert rule["passed"] is True and f"{rule['measured']:.2f}" == f"{rule['threshold']:.2f}" == "13.00"
+    for measured, needed in ((12.996, 13.0), (13.004, 13.0)):  # round to the same printed value: same verdict
+        metrics["exports"]["onnx-int8"]["top1"], metrics["student_top1"] = measured, needed + 1.0
+        rule = next(r for r in _rules(text, metrics) if r["rule"].startswith("onnx-int8"))
+        printed_ok = float(f"{rule['measured']:.2f}") >= float(f"{rule['threshold']:.2f}")
+        assert rule["passed"] is printed_ok

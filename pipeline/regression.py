@@ -11,17 +11,24 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from cskd.config import Strict
 from pipeline.core.errors import ManifestError
 
 
 class BaselineMetric(Strict):
-    value: float
-    tolerance: float = Field(ge=0)
+    # Finite and bounded: NaN compares false with everything, and an infinite tolerance passes anything.
+    value: float = Field(allow_inf_nan=False, ge=-1e9, le=1e9)
+    tolerance: float = Field(ge=0, le=1e6, allow_inf_nan=False)
     mode: Literal["absolute", "relative"] = "absolute"
     direction: Literal["higher", "lower"] = Field("higher", description="which direction is better")
+
+    @model_validator(mode="after")
+    def _sane_relative(self) -> BaselineMetric:
+        if self.mode == "relative" and self.tolerance > 1.0:
+            raise ValueError(f"a relative tolerance is a fraction of the value; {self.tolerance} is over 1 (100%)")
+        return self
 
     def allowed(self) -> float:
         """The worst value that still passes."""
@@ -36,13 +43,28 @@ class Baseline(Strict):
     metrics: dict[str, BaselineMetric] = Field(min_length=1)
 
 
+MAX_JSON_BYTES = 64 << 20
+
+
 def load_json(path: Path, what: str) -> dict:
+    """A JSON object from ``path``; every way it can be wrong is a ``ManifestError`` (exit 2)."""
+    if path.is_dir():
+        raise ManifestError(f"{path}: is a folder; give the {what} file")
     try:
-        return json.loads(path.read_text())
+        if path.stat().st_size > MAX_JSON_BYTES:
+            raise ManifestError(f"{path}: {what} is over {MAX_JSON_BYTES >> 20} MiB; that is not a {what}")
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ManifestError(f"{path}: {what} not found") from None
+    except OSError as exc:
+        raise ManifestError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+    except RecursionError:
+        raise ManifestError(f"{path}: {what} is nested too deeply to be a {what}") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path}: {what} is not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: {what} must be a JSON object, found {type(data).__name__}")
+    return data
 
 
 def load_baseline(path: Path) -> Baseline:
@@ -60,8 +82,8 @@ def lookup(report: dict, dotted: str, report_path: Path) -> float:
         if not isinstance(node, dict) or part not in node:
             raise ManifestError(f"{report_path}: no metric {dotted!r} in the report (fix the baseline's key)")
         node = node[part]
-    if not isinstance(node, (int, float)) or isinstance(node, bool):
-        raise ManifestError(f"{report_path}: {dotted!r} is not a number")
+    if not isinstance(node, (int, float)) or isinstance(node, bool) or node != node or abs(node) == float("inf"):
+        raise ManifestError(f"{report_path}: {dotted!r} is not a finite number ({node!r})")
     return float(node)
 
 

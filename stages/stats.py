@@ -14,14 +14,17 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples:
                      confidence: float = 0.95) -> dict:
     """CI of ``mean(correct_a) - mean(correct_b)`` in points, resampling samples with replacement.
 
-    ``correct_*`` are boolean arrays over the same samples (percentile bootstrap).
+    ``correct_*`` are boolean arrays over the same samples (percentile bootstrap). Each paired
+    difference is -1, 0 or +1, so a resample is fully described by how many of each it drew:
+    drawing those counts from a multinomial is the same distribution as drawing n indices, in
+    O(resamples) memory instead of a ``resamples x n`` index matrix (800 MB at 50,000 images).
     """
-    a = np.asarray(correct_a, dtype=np.float64)
-    b = np.asarray(correct_b, dtype=np.float64)
-    diff = a - b
+    diff = np.asarray(correct_a, dtype=np.int8) - np.asarray(correct_b, dtype=np.int8)
+    n = len(diff)
+    counts = np.array([(diff == 1).sum(), (diff == -1).sum(), (diff == 0).sum()], dtype=np.float64)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    means = diff[idx].mean(axis=1) * 100.0
+    draws = rng.multinomial(n, counts / n, size=resamples)
+    means = (draws[:, 0] - draws[:, 1]) / n * 100.0
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return {"difference": float(diff.mean() * 100.0), "ci_low": float(low), "ci_high": float(high),

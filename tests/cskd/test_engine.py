@@ -79,3 +79,20 @@ def test_schedules():
     assert cosine.lr_at(9) < 0.01
     with pytest.raises(ValueError):
         TrainConfig(epochs=10, milestones=[5, 3])
+
+
+def test_diverged_weights_stop_with_the_tensor_named_while_the_loss_is_finite(digits, tmp_path):
+    # The red team's quickstart teacher: lr 10, momentum 0.99. The loss stays finite (1e10 and
+    # more) while a BatchNorm running variance overflows; without this check the run went on
+    # to a chance-level teacher and shipped a student.
+    ds, _, _ = digits
+    tr, va = split_train_val(ds.train, val_fraction=0.2, seed=0)
+    torch.manual_seed(0)
+    model = Preprocessed(create_model("resnet20", num_classes=10, in_channels=1), mean=ds.mean, std=ds.std)
+    cfg = TrainConfig(epochs=15, batch_size=64, lr=10, momentum=0.99, schedule="cosine",
+                      augment={"crop_padding": 1, "flip": False})
+    with pytest.raises(NumericalError, match=r"running_var became non-finite at epoch 3, step 17"):
+        train(CrossEntropy(model), tr, va, cfg, work_dir=tmp_path / "w", metrics_path=tmp_path / "m.jsonl",
+              progress=False)
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]
+    assert all(abs(v) < float("inf") for v in losses)  # the loss alone never said so

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from click.testing import CliRunner
 
 from pipeline.cli import main
@@ -20,7 +22,15 @@ def test_report_json_holds_per_class_flip_rates_and_ci(shipped_run):
     assert m["split"] == "test" and report["environment"]["torch"]
     student = m["models"]["student"]
     assert len(student["per_class"]) == 10 and all(0 <= v <= 100 for v in student["per_class"])
-    assert m["models"]["onnx"]["flip_rate"] == 100.0 - m["models"]["onnx"]["agreement"]
+    # Flip rates recomputed from the predictions the validate stage stored, not from each other.
+    from cskd.checkpoint import load_tensors
+
+    folder = shipped_run[0]
+    preds = load_tensors(folder / ".cskd" / "artifacts" / "validate" / report["artifacts"]["validate"]
+                         / "predictions.safetensors")
+    flips = (preds["onnx"].argmax(1) != preds["student"].argmax(1)).float().mean().item() * 100.0
+    assert m["models"]["onnx"]["flip_rate"] == pytest.approx(flips)
+    assert m["student_top1"] == pytest.approx((preds["student"].argmax(1) == preds["labels"]).float().mean().item() * 100)
     ci = m["student_vs_teacher"]["bootstrap"]
     assert ci["ci_low"] <= ci["difference"] <= ci["ci_high"]
     assert abs(ci["difference"] - (m["student_top1"] - m["teacher_top1"])) < 1e-9
@@ -83,3 +93,31 @@ def test_committed_baseline_is_valid():
     from pipeline.regression import load_baseline
 
     assert load_baseline(Path(__file__).parents[2] / "baselines" / "quickstart.json").metrics
+
+
+@pytest.mark.parametrize(("name", "text", "says"), [
+    ("nan value", '{"metrics": {"metrics.student_top1": {"value": NaN, "tolerance": 1}}}', "value"),
+    ("infinite tolerance", '{"metrics": {"metrics.student_top1": {"value": 90, "tolerance": Infinity}}}', "tolerance"),
+    ("overflowing tolerance", '{"metrics": {"metrics.student_top1": {"value": 90, "tolerance": 1e999}}}', "tolerance"),
+    ("absurd tolerance", '{"metrics": {"metrics.student_top1": {"value": 90, "tolerance": 1e300}}}', "tolerance"),
+    ("relative over 100%", '{"metrics": {"metrics.student_top1": {"value": 90, "tolerance": 3, "mode": "relative"}}}',
+     "relative tolerance"),
+    ("not an object", '[1, 2]', "JSON object"),
+    ("deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
+])
+def test_hostile_baselines_exit_2_with_one_line(shipped_run, tmp_path, name, text, says):
+    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    baseline = tmp_path / "b.json"
+    baseline.write_text(text)
+    r = CliRunner().invoke(main, ["gate", "--baseline", str(baseline), "--report", str(report_path)])
+    assert r.exit_code == 2, (name, r.output)
+    assert says in r.output and r.output.count("\n") == 1
+
+
+def test_a_folder_as_baseline_or_report_is_exit_2(shipped_run, tmp_path):
+    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    good = tmp_path / "good.json"
+    good.write_text('{"metrics": {"metrics.student_top1": {"value": 1, "tolerance": 1}}}')
+    for args in (["--baseline", str(tmp_path), "--report", str(report_path)], ["--baseline", str(good), "--report", str(tmp_path)]):
+        r = CliRunner().invoke(main, ["gate", *args])
+        assert r.exit_code == 2 and "is a folder" in r.output, r.output

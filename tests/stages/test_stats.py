@@ -39,3 +39,45 @@ def test_per_class_and_topk():
     assert topk(logits, np.array([1, 0]), 1) == 0.0
     assert topk(logits, np.array([1, 0]), 2) == 50.0
     assert topk(logits, np.array([1, 0]), 5) == 100.0
+
+
+def _log_space_mcnemar(only_a: int, only_b: int) -> float:
+    """An independent reference: the two-sided binomial tail summed in log space (lgamma)."""
+    import math
+
+    n, k = only_a + only_b, min(only_a, only_b)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) - n * math.log(2) for i in range(k + 1)]
+    top = max(logs)
+    return min(1.0, 2.0 * math.exp(top) * sum(math.exp(v - top) for v in logs))
+
+
+@pytest.mark.parametrize(("only_a", "only_b"), [(6_200, 5_800), (7_000, 5_000), (1_024, 1_000), (25_000, 24_990)])
+def test_mcnemar_at_the_size_of_a_real_test_split(only_a, only_b):
+    # 50,000 test images (ImageNet's val split); the old sum of comb(n, i) / 2**n overflowed past n = 1,023.
+    n_total = 50_000
+    a = np.zeros(n_total, dtype=bool)
+    b = np.zeros(n_total, dtype=bool)
+    a[:only_a] = True
+    b[only_a:only_a + only_b] = True
+    both = n_total - only_a - only_b
+    a[-both // 2:] = b[-both // 2:] = True  # concordant pairs do not enter the test
+    r = mcnemar(a, b)
+    assert (r["only_a"], r["only_b"]) == (only_a, only_b)
+    assert r["p_value"] == pytest.approx(_log_space_mcnemar(only_a, only_b), rel=1e-6, abs=1e-300)
+
+
+def test_paired_bootstrap_at_50000_images_matches_theory_and_index_resampling():
+    rng = np.random.default_rng(0)
+    n = 50_000
+    a = rng.random(n) < 0.76
+    b = np.where(rng.random(n) < 0.9, a, rng.random(n) < 0.75)  # paired: mostly the same answers
+    r = paired_bootstrap(a, b, resamples=4000, seed=3)
+    diff = a.astype(float) - b.astype(float)
+    sd = diff.std() / np.sqrt(n) * 100.0  # the normal approximation of the mean's spread, in points
+    assert r["difference"] == pytest.approx(diff.mean() * 100.0)
+    assert r["ci_low"] == pytest.approx(r["difference"] - 1.96 * sd, abs=0.1 * sd + 1e-9)
+    assert r["ci_high"] == pytest.approx(r["difference"] + 1.96 * sd, abs=0.1 * sd + 1e-9)
+    # The estimator it replaces: resample n indices (here 400 resamples to bound memory).
+    idx = np.random.default_rng(4).integers(0, n, size=(400, n), dtype=np.int32)
+    means = diff[idx].mean(axis=1) * 100.0
+    assert np.std(means) == pytest.approx(sd, rel=0.15)

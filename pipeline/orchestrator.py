@@ -23,7 +23,7 @@ import stages  # noqa: F401 - registers every stage and back-end
 from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, OutputError
-from pipeline.core.files import confined, replace_output_dir
+from pipeline.core.files import check_replaceable, confined, replace_output_dir
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
 
@@ -89,6 +89,8 @@ def output_folders(manifest: Manifest) -> dict[str, Path]:
             if places[a].is_relative_to(places[b]) or places[b].is_relative_to(places[a]):
                 raise OutputError(f"{a} ({places[a]}) and {b} ({places[b]}) overlap once symlinks are "
                                   f"followed; give each its own folder")
+    for name in ("report.dir", "ship.dir"):  # refuse before any compute, not after hours of training
+        check_replaceable(places[name], field=name)
     return places
 
 

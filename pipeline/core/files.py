@@ -19,8 +19,8 @@ from pathlib import Path
 from cskd.checkpoint import sha256_file
 from pipeline.core.errors import OutputError
 
-__all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "replace_output_dir", "read_marker",
-           "OUTPUT_MARKER"]
+__all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
+           "read_marker", "OUTPUT_MARKER"]
 
 OUTPUT_MARKER = ".cskd-output.json"
 
@@ -65,6 +65,13 @@ def read_marker(folder: Path) -> dict | None:
     return data if isinstance(data, dict) and data.get("made_by") == "cskd-pipeline" else None
 
 
+def check_replaceable(final: Path, *, field: str) -> None:
+    """Raise ``OutputError`` unless ``final`` is absent or a folder this pipeline made."""
+    if final.is_symlink() or (final.exists() and read_marker(final) is None):
+        raise OutputError(f"{field}: {final} exists and was not made by cskd-pipeline (no {OUTPUT_MARKER} "
+                          f"inside); move it away or choose another {field}")
+
+
 def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dict, field: str) -> Path:
     """Build a folder with ``fill(tmp)``, then swap it in for ``final`` atomically.
 
@@ -73,9 +80,7 @@ def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dic
     is deleted. The folder is built in a hidden sibling and renamed, so a reader never sees
     a half-written folder; the old one is renamed aside before it is removed.
     """
-    if final.is_symlink() or (final.exists() and read_marker(final) is None):
-        raise OutputError(f"{field}: {final} exists and was not made by cskd-pipeline (no {OUTPUT_MARKER} "
-                          f"inside); move it away or choose another {field}")
+    check_replaceable(final, field=field)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:6]}"

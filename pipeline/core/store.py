@@ -100,7 +100,9 @@ class ArtifactStore:
         if self.root.is_symlink() or (self.root.exists() and not self.root.is_dir()):
             raise OutputError(f"store: {self.root} is not a folder; choose another store path")
         if self.root.is_dir() and not (self.root / STORE_MARKER).is_file():
-            foreign = sorted(p.name for p in self.root.iterdir() if p.name not in _STORE_PARTS)
+            names = {p.name for p in self.root.iterdir()}
+            # A store made before the marker existed holds artifacts/ and store folders only.
+            foreign = sorted(names - _STORE_PARTS) if "artifacts" in names else sorted(names)
             if foreign:
                 raise OutputError(f"store: {self.root} already holds files the pipeline did not make "
                                   f"({', '.join(foreign[:3])}); choose an empty or new folder for 'store'")

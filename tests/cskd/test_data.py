@@ -125,7 +125,17 @@ def test_crop_flip_and_strong_view_shapes_ranges_and_determinism():
     x = torch.rand(32, 3, 16, 16, generator=g)
     y = random_crop_flip(x, torch.Generator().manual_seed(1), padding=4, flip=True)
     assert y.shape == x.shape
-    # each output is a shifted (and maybe mirrored) copy: its non-zero pixels are original pixels
+    # each output is exactly a crop of the zero-padded input at some shift in [-4, 4], maybe mirrored
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    shifts_seen, flips_seen = set(), set()
+    for i in range(len(x)):
+        match = next(((dy, dx, f) for dy in range(9) for dx in range(9) for f in (False, True)
+                      if torch.equal(y[i], (lambda c: c.flip(-1) if f else c)(padded[i, :, dy:dy + 16, dx:dx + 16]))),
+                     None)
+        assert match is not None, f"image {i} is not a padded crop of its input"
+        shifts_seen.add(match[:2])
+        flips_seen.add(match[2])
+    assert len(shifts_seen) > 5 and flips_seen == {False, True}  # the crops and flips really vary
     s1 = strong_view(x, torch.Generator().manual_seed(2), padding=4, flip=True)
     s2 = strong_view(x, torch.Generator().manual_seed(2), padding=4, flip=True)
     assert torch.equal(s1, s2) and s1.shape == x.shape

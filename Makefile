@@ -24,6 +24,7 @@ lint:  ## ruff, and the import layers (import-linter contracts in pyproject.toml
 
 bench:  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
 	$(BIN)/python benchmarks/engine.py --out bench/engine.json
+	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
 
 compare:  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)

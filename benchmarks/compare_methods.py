@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.manifest_io import manifest_from_text  # noqa: E402
-from pipeline.runner import run_pipeline  # noqa: E402
+from pipeline.orchestrator import run_pipeline  # noqa: E402
 
 METHODS = {
     "CE (no teacher)": {"kind": "ce"},

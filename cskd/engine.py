@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,18 +26,10 @@ from cskd.data.loader import DeviceLoader
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1
 from cskd.fast_engine import FastStep
+from cskd.interrupts import Interrupted, stop_requests
 from cskd.objectives import Objective
 
 _CKPT = "checkpoint.safetensors"
-
-
-class Interrupted(Exception):  # noqa: N818 - it is a signal, not an error
-    """Training stopped on SIGINT/SIGTERM after saving a checkpoint."""
-
-    def __init__(self, signum: int, where: str):
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at {where}; checkpoint saved, "
-                         f"rerun the same command to resume")
-        self.signum = signum
 
 
 def world_size() -> int:
@@ -94,23 +83,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-@contextmanager
-def _stop_requests() -> Iterator[list[int]]:
-    """Collect SIGINT/SIGTERM instead of dying mid-step; the loop checks at step boundaries."""
-    received: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield received
-        return
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    for s in previous:
-        signal.signal(s, lambda signum, frame: received.append(signum))
-    try:
-        yield received
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, *, epochs_done: int,
@@ -202,7 +174,7 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
     step = _classic_step(objective, optimizer, device, config)
     if config.engine == "fast":
         step = FastStep(objective, optimizer, device=device, bf16=config.precision == "bf16")
-    with _stop_requests() as stop:
+    with stop_requests() as stop:
         for epoch in range(start, config.epochs):
             terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress)

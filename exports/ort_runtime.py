@@ -7,12 +7,6 @@ from pathlib import Path
 import numpy as np
 
 
-def available_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
-
-
 def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None):
     """An InferenceSession on the given providers (default: CPU only, for reproducible numbers)."""
     import onnxruntime as ort

@@ -26,7 +26,6 @@ class Int8Settings:
     calibration: str = "minmax"  # minmax | entropy | percentile
     activation_type: str = "uint8"  # uint8 | int8
     per_channel: bool = True
-    preprocess: bool = True  # ORT's quant_pre_process (shape inference + graph optimisation) first
 
 
 @dataclass

@@ -95,8 +95,8 @@ def test_export_and_verify(shipped_run, monkeypatch):
 def test_tampered_artifact_is_detected_and_recomputed(shipped_run, monkeypatch):
     folder, manifest, _, _ = shipped_run
     monkeypatch.chdir(folder)
-    from pipeline.orchestrator import plan
     from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import plan
 
     export_id = next(p.id for p in plan(load_manifest(manifest)) if p.kind == "export")
     onnx_file = folder / ".cskd" / "artifacts" / "export" / export_id / "model.onnx"

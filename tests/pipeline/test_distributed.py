@@ -7,8 +7,8 @@ import json
 import subprocess
 import sys
 
-from pipeline.orchestrator import plan
 from pipeline.manifest_io import manifest_from_text
+from pipeline.orchestrator import plan
 from tests.conftest import edited, write_manifest
 
 

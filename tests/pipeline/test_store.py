@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-from pipeline.orchestrator import plan
-from pipeline.manifest_io import manifest_from_text
 from pipeline.core.store import ArtifactStore, artifact_id
+from pipeline.manifest_io import manifest_from_text
+from pipeline.orchestrator import plan
 from tests.conftest import TINY_MANIFEST, edited
 
 

@@ -132,7 +132,7 @@ def test_openvino_missing_is_exit_3_with_one_line(workdir, monkeypatch):
 def test_a_loss_registered_by_a_test_runs_through_the_distill_stage(workdir):
     import torch.nn.functional as F
 
-    from cskd.loss_registry import LossConfig, registered_losses, register_loss
+    from cskd.loss_registry import LossConfig, register_loss, registered_losses
     from cskd.objectives import Objective
 
     def l1_logits(student_logits, teacher_logits):  # the pure function: [B, C], [B, C] -> scalar

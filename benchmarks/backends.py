@@ -63,7 +63,7 @@ def main() -> None:
             }
             for batch in (1, 64):
                 images = np.random.default_rng(1).integers(0, 256, (batch, channels, size, size), dtype=np.uint8)
-                cells = {b: measure(lambda r=r: r(images), batch=batch, warmup=20, runs=args.runs)
+                cells = {b: measure(lambda r=r, x=images: r(x), batch=batch, warmup=20, runs=args.runs)
                          for b, r in runners.items()}
                 base = cells["onnxruntime-fp32"]["p50_ms"]
                 for backend, cell in cells.items():

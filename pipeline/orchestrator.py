@@ -20,6 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 import stages  # noqa: F401 - registers every stage and back-end
+from cskd.data.fingerprint import forget as forget_fingerprints
 from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, OutputError
@@ -45,6 +46,7 @@ def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
 
     With ``until``, only that stage and the stages it depends on.
     """
+    forget_fingerprints()  # read the data folders as they are now, once for this plan
     chosen: dict[str, tuple[Stage, BaseModel]] = {}
     for kind, cls in registered_stages().items():
         config = cls.configure(manifest)

@@ -1,0 +1,56 @@
+"""What a data set's files are, as one sha256: part of the id of every stage that reads data.
+
+``stat`` hashes each file's relative path, size and modification time (cheap:
+one ``stat`` per file, fine for 100,000 images); ``content`` hashes the bytes.
+Image folders get one fingerprint per split, so changing a test image reruns
+validation only; the test split's fingerprint also covers the class list (the
+train folder's subfolders), which defines its labels. Fingerprints are cached per
+folder until ``forget()``; the planner calls it once per plan, so a plan sees the
+folder as it is now.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+
+from cskd.checkpoint import sha256_file
+
+
+@lru_cache(maxsize=64)
+def folder_fingerprint(folder: str, mode: str = "stat") -> str:
+    """sha256 over every file below ``folder`` (sorted relative paths); ``"missing"`` if absent."""
+    root = Path(folder)
+    if not root.is_dir():
+        return "missing"
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        if mode == "content":
+            digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
+        else:
+            st = path.stat()
+            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def split_fingerprints(name: str, root: str | None, mode: str = "stat") -> tuple[str, str]:
+    """(train fingerprint, test fingerprint) of a data set as the loaders read it."""
+    if name == "digits":  # shipped inside scikit-learn: its version says which file it is
+        import sklearn
+
+        return (f"sklearn-digits-{sklearn.__version__}",) * 2
+    base = Path(root or ".").expanduser()
+    if name == "imagefolder":
+        train_dir = base / "train"
+        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
+        test = hashlib.sha256(f"{folder_fingerprint(str(base / 'test'), mode)}\0{classes}".encode()).hexdigest()
+        return folder_fingerprint(str(train_dir), mode), test
+    whole = folder_fingerprint(str(base), mode)  # one set of files holds both splits
+    return whole, whole
+
+
+def forget() -> None:
+    """Drop the cached fingerprints (the next look reads the folders again)."""
+    folder_fingerprint.cache_clear()

@@ -1,0 +1,78 @@
+"""The manifest's ``data`` section and the three views of it that stages declare:
+``DataSource`` (which data set: its shape and classes), ``TrainData`` (the train/val
+split, with the training files' fingerprint) and ``TestData`` (the test split, with
+the test files' fingerprint). A stage's id covers exactly the view it declares."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from cskd.config import Strict
+from cskd.data.datasets import DATASETS
+from cskd.data.fingerprint import split_fingerprints
+from pipeline.core.contracts import Located
+
+__all__ = ["DataSection", "DataSource", "TestData", "TrainData"]
+
+
+class DataSource(Strict):
+    """Which data set: what every stage that reads data, or its shape, depends on."""
+
+    name: str
+    root: str | None
+    image_size: int | None
+    grayscale: bool
+    download: bool = Located(False, description="where files may come from, not what they are")
+
+
+class TrainData(Strict):
+    """The training split as the training, export and quantize stages read it (train and val)."""
+
+    source: DataSource
+    fingerprint: str  # of the training files: a changed folder reruns what reads it
+    val_fraction: float
+    split_seed: int
+    max_train_samples: int | None
+
+
+class TestData(Strict):
+    """The test split, read by validation only."""
+
+    source: DataSource
+    fingerprint: str  # of the test files and the class list
+    max_test_samples: int | None
+
+
+class DataSection(Strict):
+    name: Literal[DATASETS]  # type: ignore[valid-type]
+    root: str | None = Field(None, max_length=4096, description="folder holding the data set's files")
+    download: bool = Field(False, description="let torchvision download missing files")
+    val_fraction: float = Field(0.1, gt=0, le=0.5, description="held-out slice of the training split")
+    split_seed: int = Field(0, ge=0, le=2**31 - 1)
+    image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize to this square size")
+    grayscale: bool = Field(False, description="imagefolder: read images as one channel")
+    max_train_samples: int | None = Field(None, ge=16, description="use only the first N training samples")
+    max_test_samples: int | None = Field(None, ge=16, description="validate on the first N test samples")
+    fingerprint: Literal["stat", "content"] = Field(
+        "stat", description="stat: paths, sizes and times of the files; content: their bytes (slower)")
+
+    @model_validator(mode="after")
+    def _root_needed(self) -> DataSection:
+        if self.name != "digits" and self.root is None:
+            raise ValueError(f"data set {self.name!r} needs 'root': the folder that holds its files")
+        return self
+
+    def source(self) -> DataSource:
+        return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
+                          download=self.download)
+
+    def train_view(self) -> TrainData:
+        return TrainData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[0],
+                         val_fraction=self.val_fraction, split_seed=self.split_seed,
+                         max_train_samples=self.max_train_samples)
+
+    def test_view(self) -> TestData:
+        return TestData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[1],
+                        max_test_samples=self.max_test_samples)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,10 +104,23 @@ _FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sand
                     "Sneaker", "Bag", "Ankle boot")
 
 
+def _check_labels(labels: np.ndarray, *, images: int, num_classes: int, path: Path) -> None:
+    """Labels must match the images one to one and lie in ``[0, num_classes)``."""
+    if len(labels) != images:
+        raise DataError(f"{path}: {len(labels)} labels for {images} images; the files do not belong together")
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    if bad.size:
+        raise DataError(f"{path}: label {int(labels[bad[0]])} at index {int(bad[0])} is outside [0, {num_classes}); "
+                        f"fix or replace the file")
+
+
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated file ({exc}); replace it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
         raise DataError(f"{path}: not an IDX file of unsigned bytes (bad magic number)")
     ndim = data[3]
@@ -138,6 +152,8 @@ def load_fashion_mnist(root: Path, *, download: bool = False) -> DataSet:
     if any(p is None for p in paths):
         raise _missing("fashion_mnist", root, "train-images-idx3-ubyte.gz and the three other IDX files")
     arrays = [_read_idx(p) for p in paths]
+    for images, labels, path in ((arrays[0], arrays[1], paths[1]), (arrays[2], arrays[3], paths[3])):
+        _check_labels(labels, images=len(images), num_classes=10, path=path)
     train = Split(torch.from_numpy(arrays[0].copy())[:, None], torch.from_numpy(arrays[1].astype(np.int64)))
     test = Split(torch.from_numpy(arrays[2].copy())[:, None], torch.from_numpy(arrays[3].astype(np.int64)))
     mean, std = _measured_stats(train.images)
@@ -177,14 +193,20 @@ def _unpickle(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _cifar_split(folder: Path, files: list[str], label_key: str) -> Split:
+def _cifar_split(folder: Path, files: list[str], label_key: str, num_classes: int) -> Split:
     images, labels = [], []
     for name in files:
         batch = _unpickle(folder / name)
         if "data" not in batch or label_key not in batch:
             raise DataError(f"{folder / name}: missing 'data' or {label_key!r}")
-        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.extend(int(v) for v in batch[label_key])
+        try:
+            data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        except ValueError as exc:
+            raise DataError(f"{folder / name}: 'data' is not 32x32x3 images ({exc})") from None
+        batch_labels = np.asarray(batch[label_key], dtype=np.int64)
+        _check_labels(batch_labels, images=len(data), num_classes=num_classes, path=folder / name)
+        images.append(data)
+        labels.extend(batch_labels.tolist())
     return Split(torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.int64))
 
 
@@ -208,51 +230,8 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
     classes: tuple[str, ...] = ()
     if (folder / meta_file).is_file():
         classes = tuple(str(c) for c in _unpickle(folder / meta_file).get(names_key, ()))
-    return DataSet(name, _cifar_split(folder, train_files, label_key), _cifar_split(folder, test_files, label_key),
-                   n_cls, mean, std, classes)
-
-
-# ---------------------------------------------------------------- image folders
-_IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
-
-
-def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) -> Split:
-    from PIL import Image
-
-    images, labels = [], []
-    for label, cls in enumerate(classes):
-        cls_dir = folder / cls
-        files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if cls_dir.is_dir() else []
-        for path in files:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if size is not None and img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-            if images and arr.shape != images[0].shape:
-                raise DataError(f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; set data.image_size")
-            images.append(arr)
-            labels.append(label)
-    if not images:
-        raise DataError(f"{folder}: no images found (expected {folder}/<class>/*.jpg)")
-    stack = np.stack(images)
-    stack = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
-    return Split(torch.from_numpy(np.ascontiguousarray(stack)), torch.tensor(labels, dtype=torch.int64))
-
-
-def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False) -> DataSet:
-    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes are the train folder's subfolders."""
-    train_dir, test_dir = root / "train", root / "test"
-    if not train_dir.is_dir() or not test_dir.is_dir():
-        raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg")
-    classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
-    if len(classes) < 2:
-        raise DataError(f"{train_dir}: found {len(classes)} class folders, need at least 2")
-    mode = "L" if grayscale else "RGB"
-    train = _read_folder(train_dir, classes, image_size, mode)
-    test = _read_folder(test_dir, classes, image_size, mode)
-    mean, std = _measured_stats(train.images)
-    return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
+    return DataSet(name, _cifar_split(folder, train_files, label_key, n_cls),
+                   _cifar_split(folder, test_files, label_key, n_cls), n_cls, mean, std, classes)
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
@@ -268,5 +247,7 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root, download=download)
     if name == "imagefolder":
+        from cskd.data.imagefolder import load_imagefolder
+
         return load_imagefolder(root, image_size=image_size, grayscale=grayscale)
     raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")

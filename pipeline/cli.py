@@ -28,7 +28,8 @@ DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
 
 
 def _fail(message: str, code: int) -> None:
-    click.echo(f"cskd-pipeline: error: {message}", err=True)
+    for line in message.splitlines() or [""]:  # one line per problem, each with the prefix
+        click.echo(f"cskd-pipeline: error: {line}", err=True)
     sys.exit(code)
 
 

@@ -1,11 +1,13 @@
 """Read a manifest file: bounded, UTF-8, plain YAML data, then the pydantic schema.
 
-Every failure is a ``ManifestError`` with one line: the file, the field path,
-what was found and what is allowed.
+Every failure is a ``ManifestError``: one line per problem (up to
+``MAX_PROBLEMS``), each naming the file, the field path, what was found and what
+is allowed; an unknown key gets the nearest allowed key as "did you mean".
 """
 
 from __future__ import annotations
 
+import difflib
 import typing
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20
+MAX_PROBLEMS = 10
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -55,7 +58,7 @@ def parse_yaml(text: str) -> object:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"line {mark.line + 1}: " if mark else ""
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = (exc.problem or str(exc)).strip()
         if "could not determine a constructor" in str(exc):
             problem = "tags such as '!!python/object' are not allowed; a manifest holds plain data only"
@@ -98,23 +101,30 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    errors = exc.errors()
-    first = errors[0]
-    loc = tuple(first["loc"])
-    path = ".".join(str(p) for p in loc) or "(top level)"
-    if first["type"] == "extra_forbidden":
+def _describe(error: dict) -> str:
+    loc = tuple(error["loc"])
+    # A key is user text: a control character in it must not break the one-line-per-problem form.
+    path = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
         parent = _field_model(Manifest, loc[:-1])
         allowed = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
-        line = f"{path}: unknown key {loc[-1]!r}" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-    elif first["type"] == "missing":
-        line = f"{path}: required field is missing; add it"
-    else:
-        msg = first["msg"].removeprefix("Value error, ")
-        line = f"{path}: found {_short(first.get('input'))}; {msg}"
-    if len(errors) > 1:
-        line += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return line
+        near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        return f"{path}: unknown key {loc[-1]!r}{hint}" + (f" (allowed keys: {', '.join(allowed)})" if allowed else "")
+    if error["type"] == "missing":
+        return f"{path}: required field is missing; add it"
+    msg = error["msg"].removeprefix("Value error, ")
+    return f"{path}: found {_short(error.get('input'))}; {msg}"
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem, unknown keys first (a misspelt key also shows as a missing one,
+    and the misspelling is the thing to fix)."""
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    lines = list(dict.fromkeys(_describe(e) for e in errors))
+    if len(lines) > MAX_PROBLEMS:
+        lines = [*lines[:MAX_PROBLEMS], f"... and {len(lines) - MAX_PROBLEMS} more problems"]
+    return "\n".join(lines)
 
 
 def manifest_from_text(text: str) -> Manifest:
@@ -147,6 +157,6 @@ def load_manifest(path: str | Path) -> Manifest:
             raise ManifestError("contains NUL bytes; a manifest is plain text")
         return manifest_from_text(text)
     except ManifestError as exc:
-        raise ManifestError(f"{path}: {exc}") from None
+        raise ManifestError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read ({exc.strerror})") from None

@@ -7,27 +7,36 @@ FASHION_ROOT ?= ../shared/data/fashion-mnist
 
 .PHONY: install pipeline test test-all lint bench compare clean
 
-install:  ## create .venv with the project (editable) and its dev tools
+# The environment is a file target: `make pipeline` and `make test` build it when it is
+# missing or older than pyproject.toml, so a fresh clone needs one command for each.
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,openvino]'
+	touch $(STAMP)
 
-pipeline:  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
+install:  ## (re)create .venv with the project (editable), OpenVINO and the dev tools
+	rm -f $(STAMP)
+	$(MAKE) $(STAMP)
+
+pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
-test:  ## the test suite (a few minutes on 2 CPU cores)
+test: $(STAMP)  ## the test suite (a few minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q
 
-lint:  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
+lint: $(STAMP)  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
 	$(BIN)/lint-imports
 
-bench:  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
+bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
 	$(BIN)/python benchmarks/engine.py --out bench/engine.json
 	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
 
-compare:  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
+compare: $(STAMP)  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
 	$(BIN)/python benchmarks/compare_methods.py --root $(FASHION_ROOT) --out bench/compare.json
 
 clean:

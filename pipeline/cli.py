@@ -110,8 +110,8 @@ def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
         manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
-    shipped = outcome.shipped
-    click.echo(f"report: {outcome.report_dir}/report.html")
+    shipped = Path(os.path.relpath(outcome.shipped))  # the folders as the user named them
+    click.echo(f"report: {os.path.relpath(outcome.report_dir)}/report.html")
     click.echo(f"shipped {shipped}/ ({', '.join(sorted(p.name for p in shipped.iterdir() if not p.name.startswith('.')))}); "
                + (f"ran: {', '.join(ran)}" if ran else "nothing recomputed: every stage was cached"))
 

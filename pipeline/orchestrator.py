@@ -10,6 +10,7 @@ only when the gate passed. This module imports no concrete stage.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -179,7 +180,7 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")
-        raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {outcome.report_dir}/report.html)")
+        raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
     outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"])
     return outcome
 

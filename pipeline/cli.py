@@ -97,7 +97,7 @@ def main() -> None:
 
 @main.command()
 @manifest_option
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars and no per-epoch lines (the run's log keeps them)")
 @click.option("--nproc", type=click.IntRange(1, 64), default=None,
               help="processes for the training stages (overrides distributed.nproc)")
 @handle_errors
@@ -108,7 +108,7 @@ def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
     manifest = _load(manifest_opt)
     if nproc is not None:
         manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
-    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty())
+    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet)
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = Path(os.path.relpath(outcome.shipped))  # the folders as the user named them
     click.echo(f"report: {os.path.relpath(outcome.report_dir)}/report.html")

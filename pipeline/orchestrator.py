@@ -129,11 +129,12 @@ def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None
     return None
 
 
-def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: bool) -> Artifact:
+def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: bool,
+             log: Callable[[str], None]) -> Artifact:
     tmp = store.new_tmp_dir(step.kind, step.id)
     try:
         ctx = StageContext(out_dir=tmp, work_dir=store.work_dir(step.kind, step.id), cache_dir=store.root / "cache",
-                           inputs=inputs, progress=progress)
+                           inputs=inputs, progress=progress, log=log)
         started = time.perf_counter()
         result = step.stage.run(step.config, ctx)
         record = {"version": step.stage.version, "config": recipe(step.config), "inputs": step.inputs,
@@ -145,15 +146,40 @@ def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifac
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True,
+class RunLog:
+    """Every line a run prints, also appended to ``<store>/logs/<name>-<time>.log`` as it happens
+    (``tail -f`` it); the report folder gets a copy as ``run.log``."""
+
+    def __init__(self, store: ArtifactStore, name: str, echo: Callable[[str], None], *, quiet: bool):
+        self.path = store.root / "logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.echo, self.quiet = echo, quiet
+
+    def __call__(self, line: str, *, detail: bool = False) -> None:
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+        if not (detail and self.quiet):
+            self.echo(line)
+
+    def detail(self, line: str) -> None:
+        """A per-epoch line: in the log always, on screen unless quiet."""
+        self(line, detail=True)
+
+
+def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True, quiet: bool = False,
                  echo: Callable[[str], None] = print) -> RunOutcome:
-    """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate."""
+    """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate.
+
+    ``progress``: progress bars (a terminal); ``quiet``: no per-epoch lines on screen (the log keeps them).
+    """
     from pipeline.report import write_report
 
     folders = output_folders(manifest)
     store = ArtifactStore(manifest.store)
     steps = plan(manifest, until=until)
     store.claim()
+    log = RunLog(store, manifest.name, echo, quiet=quiet)
+    echo = log
     for step in steps:  # fail before any compute if a back-end or device is missing
         if not store.has(step.kind, step.id):
             step.stage.preflight(step.config)
@@ -168,7 +194,7 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             status = "cached"
             if artifact is None:
                 inputs = {kind: outcome.artifacts[kind] for kind in step.inputs}
-                artifact, status = _compute(store, step, inputs, progress), "ran"
+                artifact, status = _compute(store, step, inputs, progress, log.detail), "ran"
         report = StageReport(step.kind, step.id, status, time.perf_counter() - started,
                              artifact.record.get("headline", ""))
         outcome.artifacts[step.kind] = artifact
@@ -176,7 +202,7 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         echo(report.line())
     if until is not None:
         return outcome
-    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"])
+    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], log=log.path)
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")

@@ -8,6 +8,7 @@ import base64
 import html
 import io
 import json
+import shutil
 from pathlib import Path
 
 from pipeline.core.environment import environment
@@ -162,7 +163,7 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
 """
 
 
-def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path) -> Path:
+def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path, *, log: Path | None = None) -> Path:
     """Write report.json and report.html into ``final`` (``<report.dir>/<name>/``), replacing a
     report folder this pipeline made; any other folder there is refused, never deleted."""
     report = build_report(manifest, artifacts)
@@ -170,6 +171,8 @@ def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path
     def fill(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.html").write_text(render_html(report))
+        if log is not None and log.is_file():
+            shutil.copyfile(log, tmp / "run.log")
 
     marker = {"manifest": manifest.name, "what": "run report", "gate_artifact": artifacts["gate"].id}
     return replace_output_dir(final, fill, marker=marker, field="report.dir")

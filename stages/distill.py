@@ -35,5 +35,5 @@ class DistillStage(Stage):
                           loss=config.loss.model_dump(mode="json"), teacher_model=config.teacher_model,
                           teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
-        last = run_training(job, nproc=config.nproc, progress=ctx.progress)
+        last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
         return StageResult(last, f"val top-1 {last['val_top1']:.2f}")

@@ -36,5 +36,5 @@ class TeacherStage(Stage):
             return StageResult({"source": "checkpoint"}, "loaded checkpoint")
         job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
-        last = run_training(job, nproc=config.nproc, progress=ctx.progress)
+        last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
         return StageResult({"source": "trained", **last}, f"val top-1 {last['val_top1']:.2f}")

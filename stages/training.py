@@ -9,7 +9,9 @@ as JSON, never the manifest.
 
 from __future__ import annotations
 
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,7 +40,25 @@ class TrainingJob(BaseModel):
     out_dir: str
 
 
-def train_job(job: TrainingJob, *, progress: bool) -> dict:
+def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> Callable[[dict], None]:
+    """An ``on_epoch`` callback printing one plain line per epoch: the stage, model, epoch,
+    every loss term, val top-1, images/s and the time left (readable under CI, nohup or tee)."""
+    started = time.perf_counter()
+    last = [started]
+
+    def line(row: dict) -> None:
+        now = time.perf_counter()
+        done, total = row["epoch"], job.train.epochs
+        terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "val_top1"))
+        eta = (now - started) / max(done, 1) * (total - done)
+        log(f"[{job.role:<8}] {job.model} epoch {done}/{total}  {terms}  val top-1 {row['val_top1']:.2f}  "
+            f"{samples / max(now - last[0], 1e-9):.0f} img/s  ETA {int(eta // 60)}:{int(eta % 60):02d}")
+        last[0] = now
+
+    return line
+
+
+def train_job(job: TrainingJob, *, progress: bool, log: Callable[[str], None] | None = None) -> dict:
     """Train the teacher (CE) or distill the student; save weights into ``job.out_dir``."""
     source = job.data.source
     model = build_network(job.model, source, seed=job.train.seed)
@@ -52,7 +72,8 @@ def train_job(job: TrainingJob, *, progress: bool) -> dict:
     train_split, val_split = train_val(job.data)
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
-                 metrics_path=out_dir / "metrics.jsonl", progress=progress)
+                 metrics_path=out_dir / "metrics.jsonl", progress=progress,
+                 on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None)
     if rank() == 0:  # replicas hold identical weights; one writer
         save_network(model, out_dir)
     return {**last, "parameters": sum(p.numel() for p in model.net.parameters()),
@@ -67,15 +88,16 @@ def _worker(job_json: str) -> dict:
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
-        return train_job(TrainingJob.model_validate_json(job_json), progress=False)
+        return train_job(TrainingJob.model_validate_json(job_json), progress=False,
+                         log=lambda line: print(line, flush=True))  # rank 0's lines reach the parent's stdout
     finally:
         dist.destroy_process_group()
 
 
-def run_training(job: TrainingJob, *, nproc: int, progress: bool) -> dict:
+def run_training(job: TrainingJob, *, nproc: int, progress: bool, log: Callable[[str], None] | None = None) -> dict:
     dataset(job.data.source)  # decode once here: a data error stops the run before any worker starts
     if nproc == 1:
-        return train_job(job, progress=progress)
+        return train_job(job, progress=progress, log=log)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 

@@ -187,3 +187,17 @@ gate: {{max_drop: 100.0}}
     assert card["metrics"]["student_top1"] > 60  # 3 epochs on 5,400 images: far above chance (10%)
     assert card["metrics"]["onnx_agreement"] >= 99.9
     assert np.isfinite(card["metrics"]["onnx_max_logit_diff"])
+
+
+def test_a_run_off_a_terminal_prints_one_line_per_epoch_and_keeps_a_log(workdir):
+    path = write_manifest(workdir, edited(teacher__train__epochs=2, student__train__epochs=2))
+    proc = _subprocess(["run", "-m", str(path)], workdir)  # stdout and stderr are pipes, not a terminal
+    assert proc.returncode == 0, proc.stderr
+    epochs = [line for line in proc.stdout.splitlines() if " epoch " in line]
+    assert [line.split(" epoch ")[1].split()[0] for line in epochs] == ["1/2", "2/2", "1/2", "2/2"]
+    assert epochs[0].startswith("[teacher ] resnet8 epoch 1/2") and "val top-1" in epochs[0] and "ETA" in epochs[0]
+    assert "cs_cswt" in epochs[2] and "img/s" in epochs[2]  # the student's lines carry every loss term
+    log = (workdir / "reports" / "tiny" / "run.log").read_text()
+    assert all(line in log for line in epochs) and "[gate    ] ran" in log
+    quiet = _subprocess(["run", "-m", str(path), "--quiet"], workdir)
+    assert quiet.returncode == 0 and " epoch " not in quiet.stdout

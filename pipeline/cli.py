@@ -226,12 +226,63 @@ def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None
     baseline = load_baseline(baseline_path)
     if report_path is None:
         manifest = _load(manifest_opt)
-        report_path = Path(manifest.report.dir) / manifest.name / "report.json"
+        report_path = Path(manifest.report.dir) / manifest.name / "latest" / "report.json"
     rows = compare(baseline, load_json(report_path, "report (run the pipeline first)"), report_path)
     click.echo(markdown(rows, report_path=report_path, baseline_path=baseline_path))
     failed = [r["metric"] for r in rows if not r["passed"]]
     if failed:
         raise GateFailed(f"regression in {', '.join(failed)} against {baseline_path}")
+
+
+@main.command()
+@click.option("-m", "--manifest", "manifest_opt", metavar="PATH", help="only the runs of this manifest's name")
+@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=None,
+              help="report folder to read (default: the manifest's report.dir, else ./reports)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> None:
+    """List past runs with their key metrics and gate verdicts (oldest first).
+
+    \b
+    Example:  cskd-pipeline runs -m quickstart
+    """
+    from pipeline.history import list_runs
+
+    name = None
+    if manifest_opt is not None:
+        manifest = _load(manifest_opt)
+        name, report_root = manifest.name, report_root or Path(manifest.report.dir)
+    rows = list_runs(report_root or Path("reports"), name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("| run | name | teacher top-1 | student top-1 | gate | duration s |\n|---|---|---|---|---|---|")
+    for r in rows:
+        click.echo(f"| {r['run']} | {r['name']} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | {r['gate']} | "
+                   f"{r['duration_s'] if r['duration_s'] is not None else '-'} |")
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=Path("reports"),
+              show_default=True, help="report folder holding <name>/runs/<run id>/")
+@handle_errors
+def diff(run_a: str, run_b: str, report_root: Path) -> None:
+    """The manifest settings and metrics that differ between two runs, as a Markdown table.
+
+    \b
+    Example:  cskd-pipeline diff 20261128T031500Z 20261128T032210Z   (a unique prefix is enough)
+    """
+    from pipeline.history import diff_runs, find_run
+
+    a, b = find_run(report_root, run_a), find_run(report_root, run_b)
+    click.echo(f"| setting or metric | {a['run']['id']} | {b['run']['id']} |\n|---|---|---|")
+    def show(value) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    for key, left, right in diff_runs(a, b):
+        click.echo(f"| `{key}` | {show(left)} | {show(right)} |")
 
 
 @main.command()

@@ -25,9 +25,10 @@ from cskd.data.fingerprint import forget as forget_fingerprints
 from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, OutputError
-from pipeline.core.files import check_replaceable, confined, replace_output_dir
+from pipeline.core.files import check_replaceable, confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
+from pipeline.history import new_run_id, publish_version
 
 
 @dataclass(frozen=True)
@@ -180,6 +181,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     store.claim()
     log = RunLog(store, manifest.name, echo, quiet=quiet)
     echo = log
+    run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    clock = time.perf_counter()
     for step in steps:  # fail before any compute if a back-end or device is missing
         if not store.has(step.kind, step.id):
             step.stage.preflight(step.config)
@@ -202,7 +205,9 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         echo(report.line())
     if until is not None:
         return outcome
-    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], log=log.path)
+    run.update(duration_s=round(time.perf_counter() - clock, 1), stages_ran=[r.kind for r in outcome.reports
+                                                                               if r.status == "ran"])
+    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=log.path)
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")
@@ -211,8 +216,9 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     return outcome
 
 
-def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, final: Path) -> Path:
-    """Copy the verified bundle and the run's report into ``<ship.dir>/<name>/``."""
+def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path) -> Path:
+    """The verified bundle and the run's report as a version under ``<ship.dir>/<name>/``: the
+    existing version when this lineage shipped before, else a new one (never overwritten)."""
     bundle = store.get("ship", outcome.artifacts["ship"].id)
 
     def fill(tmp: Path) -> None:
@@ -221,5 +227,5 @@ def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, final
         for name in ("report.json", "report.html"):
             shutil.copyfile(outcome.report_dir / name, tmp / name)
 
-    marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}
-    return replace_output_dir(final, fill, marker=marker, field="ship.dir")
+    marker = {"manifest": manifest.name, "what": "shipped bundle"}
+    return publish_version(folder, bundle.id, fill, marker=marker)

@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 from pipeline.core.environment import environment
-from pipeline.core.files import replace_output_dir
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
 
@@ -163,10 +162,13 @@ figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
 """
 
 
-def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path, *, log: Path | None = None) -> Path:
-    """Write report.json and report.html into ``final`` (``<report.dir>/<name>/``), replacing a
-    report folder this pipeline made; any other folder there is refused, never deleted."""
-    report = build_report(manifest, artifacts)
+def write_report(manifest: Manifest, artifacts: dict[str, Artifact], folder: Path, *, run: dict,
+                 log: Path | None = None) -> Path:
+    """Write report.json, report.html and run.log into ``<folder>/runs/<run id>/`` (``folder`` is
+    ``<report.dir>/<name>``, made and marked by the pipeline) and point ``latest`` at it."""
+    from pipeline.history import write_run
+
+    report = {**build_report(manifest, artifacts), "run": run}
 
     def fill(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -175,4 +177,4 @@ def write_report(manifest: Manifest, artifacts: dict[str, Artifact], final: Path
             shutil.copyfile(log, tmp / "run.log")
 
     marker = {"manifest": manifest.name, "what": "run report", "gate_artifact": artifacts["gate"].id}
-    return replace_output_dir(final, fill, marker=marker, field="report.dir")
+    return write_run(folder, run["id"], fill, marker=marker)

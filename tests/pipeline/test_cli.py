@@ -28,7 +28,7 @@ def test_run_ships_onnx_and_model_card(shipped_run):
     assert code == 0, out
     for kind in ("teacher", "distill", "export", "validate", "gate", "ship"):
         assert f"[{kind:<8}] ran" in out
-    ship = folder / "shipped" / "tiny"
+    ship = folder / "shipped" / "tiny" / "latest"
     card = json.loads((ship / "model_card.json").read_text())
     assert (ship / "student.onnx").is_file() and (ship / "student.safetensors").is_file()
     assert (ship / "report.html").is_file() and (ship / "report.json").is_file()
@@ -49,9 +49,9 @@ def test_shipped_onnx_reproduces_reported_accuracy(shipped_run):
     from exports.ort_runtime import create_session, run_batched
 
     folder = shipped_run[0]
-    card = json.loads((folder / "shipped" / "tiny" / "model_card.json").read_text())
+    card = json.loads((folder / "shipped" / "tiny" / "latest" / "model_card.json").read_text())
     test = load_dataset("digits").test
-    logits = run_batched(create_session(folder / "shipped" / "tiny" / "student.onnx"), test.images.numpy())
+    logits = run_batched(create_session(folder / "shipped" / "tiny" / "latest" / "student.onnx"), test.images.numpy())
     acc = float((logits.argmax(1) == test.labels.numpy()).mean() * 100)
     assert acc == pytest.approx(card["metrics"]["onnx_top1"], abs=1e-6)
 
@@ -182,7 +182,7 @@ gate: {{max_drop: 100.0}}
     manifest = write_manifest(workdir, text, "fashion.yaml")
     code, out = _cli("run", "-m", str(manifest), "--quiet")
     assert code == 0, out
-    card = json.loads((workdir / "shipped" / "fashion" / "model_card.json").read_text())
+    card = json.loads((workdir / "shipped" / "fashion" / "latest" / "model_card.json").read_text())
     assert card["data"]["test_samples"] == 2000 and card["data"]["in_channels"] == 1
     assert card["metrics"]["student_top1"] > 60  # 3 epochs on 5,400 images: far above chance (10%)
     assert card["metrics"]["onnx_agreement"] >= 99.9
@@ -197,7 +197,28 @@ def test_a_run_off_a_terminal_prints_one_line_per_epoch_and_keeps_a_log(workdir)
     assert [line.split(" epoch ")[1].split()[0] for line in epochs] == ["1/2", "2/2", "1/2", "2/2"]
     assert epochs[0].startswith("[teacher ] resnet8 epoch 1/2") and "val top-1" in epochs[0] and "ETA" in epochs[0]
     assert "cs_cswt" in epochs[2] and "img/s" in epochs[2]  # the student's lines carry every loss term
-    log = (workdir / "reports" / "tiny" / "run.log").read_text()
+    log = (workdir / "reports" / "tiny" / "latest" / "run.log").read_text()
     assert all(line in log for line in epochs) and "[gate    ] ran" in log
     quiet = _subprocess(["run", "-m", str(path), "--quiet"], workdir)
     assert quiet.returncode == 0 and " epoch " not in quiet.stdout
+
+
+def test_two_edited_copies_of_one_name_keep_both_reports_and_bundles(shipped_run, monkeypatch):
+    # Copy-tweak-run: the second run of the same name must not destroy the first one's result.
+    folder, manifest, _, _ = shipped_run
+    monkeypatch.chdir(folder)
+    first = (folder / "shipped" / "tiny" / "latest").resolve()
+    tweaked = write_manifest(folder, edited(student__train__lr=0.02), "tweaked.yaml")
+    code, out = _cli("run", "-m", str(tweaked), "--quiet")
+    assert code == 0, out
+    second = (folder / "shipped" / "tiny" / "latest").resolve()
+    assert first != second and (first / "student.onnx").is_file() and (second / "student.onnx").is_file()
+    code, out = _cli("runs", "-m", str(tweaked), "--json")
+    runs = json.loads(out)
+    assert code == 0 and len(runs) >= 2 and all(Path(r["report"]).is_file() for r in runs)
+    code, out = _cli("diff", runs[0]["run"], runs[-1]["run"])
+    assert code == 0 and "| `manifest.student.train.lr` | 0.05 | 0.02 |" in out, out
+    # Rerunning a lineage that already shipped reuses its version instead of writing a new one.
+    code, _ = _cli("run", "-m", str(tweaked), "--quiet")
+    assert code == 0 and (folder / "shipped" / "tiny" / "latest").resolve() == second
+    assert _cli("diff", "no-such-run", runs[0]["run"])[0] == 2

@@ -19,7 +19,7 @@ def test_run_with_two_processes(workdir):
                           cwd=workdir, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "[distill ] ran" in proc.stdout
-    card = json.loads((workdir / "shipped" / "tiny" / "model_card.json").read_text())
+    card = json.loads((workdir / "shipped" / "tiny" / "latest" / "model_card.json").read_text())
     assert card["metrics"]["onnx_agreement"] >= 99.0
     history = next((workdir / ".cskd" / "artifacts" / "distill").glob("*/metrics.jsonl")).read_text().splitlines()
     assert len(history) == 1  # one writer (rank 0)

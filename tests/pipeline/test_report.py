@@ -12,7 +12,7 @@ from pipeline.cli import main
 
 def _report(shipped_run):
     folder = shipped_run[0]
-    return folder, json.loads((folder / "reports" / "tiny" / "report.json").read_text())
+    return folder, json.loads((folder / "reports" / "tiny" / "latest" / "report.json").read_text())
 
 
 def test_report_json_holds_per_class_flip_rates_and_ci(shipped_run):
@@ -40,7 +40,7 @@ def test_report_json_holds_per_class_flip_rates_and_ci(shipped_run):
 
 def test_report_html_is_self_contained(shipped_run):
     folder = shipped_run[0]
-    page = (folder / "reports" / "tiny" / "report.html").read_text()
+    page = (folder / "reports" / "tiny" / "latest" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # accuracy, per-class delta, training curves
     assert "PASS" in page and "student_top1 &gt;= teacher_top1 - max_drop" in page
     assert "http://" not in page and "https://" not in page  # opens offline
@@ -57,7 +57,7 @@ def _baseline(folder, report, *, bump=0.0):
 def test_regression_gate_passes_and_fails_naming_the_metric(shipped_run, monkeypatch):
     folder, report = _report(shipped_run)
     monkeypatch.chdir(folder)
-    report_path = folder / "reports" / "tiny" / "report.json"
+    report_path = folder / "reports" / "tiny" / "latest" / "report.json"
     ok = CliRunner().invoke(main, ["gate", "--baseline", str(_baseline(folder, report)), "--report", str(report_path)])
     assert ok.exit_code == 0 and "PASS (0 of 2 metrics regressed)" in ok.output
     doctored = _baseline(folder, report, bump=5.0)  # expects 5 points more top-1
@@ -71,7 +71,7 @@ def test_regression_gate_passes_and_fails_naming_the_metric(shipped_run, monkeyp
 
 
 def test_regression_gate_bad_inputs_exit_2(shipped_run, tmp_path):
-    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    report_path = shipped_run[0] / "reports" / "tiny" / "latest" / "report.json"
     missing = tmp_path / "b.json"
     missing.write_text(json.dumps({"metrics": {"metrics.nope": {"value": 1, "tolerance": 0}}}))
     r = CliRunner().invoke(main, ["gate", "--baseline", str(missing), "--report", str(report_path)])
@@ -105,7 +105,7 @@ def test_committed_baseline_is_valid():
     ("deep", "[" * 100_000 + "]" * 100_000, "nested too deeply"),
 ])
 def test_hostile_baselines_exit_2_with_one_line(shipped_run, tmp_path, name, text, says):
-    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    report_path = shipped_run[0] / "reports" / "tiny" / "latest" / "report.json"
     baseline = tmp_path / "b.json"
     baseline.write_text(text)
     r = CliRunner().invoke(main, ["gate", "--baseline", str(baseline), "--report", str(report_path)])
@@ -114,7 +114,7 @@ def test_hostile_baselines_exit_2_with_one_line(shipped_run, tmp_path, name, tex
 
 
 def test_a_folder_as_baseline_or_report_is_exit_2(shipped_run, tmp_path):
-    report_path = shipped_run[0] / "reports" / "tiny" / "report.json"
+    report_path = shipped_run[0] / "reports" / "tiny" / "latest" / "report.json"
     good = tmp_path / "good.json"
     good.write_text('{"metrics": {"metrics.student_top1": {"value": 1, "tolerance": 1}}}')
     for args in (["--baseline", str(tmp_path), "--report", str(report_path)], ["--baseline", str(good), "--report", str(tmp_path)]):

@@ -39,7 +39,7 @@ def pristine(tmp_path_factory):
         assert _cli("run", "-m", "pass.yaml", "--quiet")[0] == 0
         code, out = _cli("run", "-m", "refused.yaml", "--quiet")
         assert code == 1 and "p90 latency" in out
-        card = json.loads((folder / "shipped" / "tiny" / "model_card.json").read_text())
+        card = json.loads((folder / "shipped" / "tiny" / "latest" / "model_card.json").read_text())
         yield folder, card
     finally:
         os.chdir(cwd)
@@ -119,7 +119,7 @@ def test_tamper_corpus(pristine, tmp_path, monkeypatch, case):
         assert code == 1 and "failed verification" in out and not (work / "shipped" / "refused").exists(), out
     code, out = _cli("run", "-m", "pass.yaml", "--quiet")
     assert code == 0, out
-    shipped = json.loads((work / "shipped" / "tiny" / "model_card.json").read_text())
+    shipped = json.loads((work / "shipped" / "tiny" / "latest" / "model_card.json").read_text())
     # Nothing stale: the shipped numbers and files are the honest ones of the pristine run.
     assert shipped["metrics"]["student_top1"] == card["metrics"]["student_top1"]
     assert shipped["files"] == card["files"] and shipped["artifacts"] == card["artifacts"]

@@ -91,7 +91,7 @@ def test_every_cpu_backend_is_built_validated_timed_and_shipped(full_run):
     assert result.exit_code == 0, result.output
     for kind in ("export_fp16", "quantize", "openvino", "openvino_int8", "latency"):
         assert f"[{kind:<8}] ran" in result.output
-    report = json.loads((folder / "reports" / "tiny" / "report.json").read_text())
+    report = json.loads((folder / "reports" / "tiny" / "latest" / "report.json").read_text())
     exports = report["metrics"]["exports"]
     assert set(exports) == set(ALL_CPU_TARGETS)
     # Every back-end computes the same network: it agrees with the PyTorch student nearly always.
@@ -104,7 +104,7 @@ def test_every_cpu_backend_is_built_validated_timed_and_shipped(full_run):
     fastest = report["fastest"]
     assert set(fastest) == {"1", "16"} and all(f["backend"] in ["pytorch-eager", *ALL_CPU_TARGETS]
                                                for f in fastest.values())
-    shipped = {p.name for p in (folder / "shipped" / "tiny").iterdir()}
+    shipped = {p.name for p in (folder / "shipped" / "tiny" / "latest").iterdir()}
     assert {"student_fp16.onnx", "student_int8.onnx", "student_openvino.xml", "student_openvino.bin",
             "student_openvino_int8.xml", "student_openvino_int8.bin"} <= shipped
 

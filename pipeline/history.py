@@ -1,0 +1,118 @@
+"""Run history: every run keeps its report, every lineage keeps its bundle.
+
+    reports/<name>/runs/<run-id>/   report.json, report.html, run.log of one run
+    reports/<name>/latest           -> runs/<newest run-id>
+    shipped/<name>/v<N>/            one bundle per lineage (a different ship artifact: a new version)
+    shipped/<name>/latest           -> the newest version
+
+The ``<name>`` folders carry the pipeline's marker: a folder there that the
+pipeline did not make is refused, never written into. ``latest`` is replaced
+with an atomic rename of a new symlink, so readers never see it missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.core.errors import ManifestError
+from pipeline.core.files import OUTPUT_MARKER, check_replaceable, read_marker, replace_output_dir
+
+RUNS, LATEST = "runs", "latest"
+_VERSION = re.compile(r"^v(\d+)$")
+
+
+def new_run_id() -> str:
+    """Sortable by time, unique across concurrent runs: ``20261128T031500Z-1a2b3c``."""
+    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+
+
+def owned_folder(folder: Path, *, field: str, what: str) -> Path:
+    """``folder``, made with the pipeline's marker if absent; refused if someone else's."""
+    check_replaceable(folder, field=field)
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        (folder / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline", "what": what}, indent=2) + "\n")
+    return folder
+
+
+def point_latest(folder: Path, target: str) -> None:
+    tmp = folder / f".{LATEST}-{uuid.uuid4().hex[:6]}"
+    os.symlink(target, tmp)
+    os.replace(tmp, folder / LATEST)
+
+
+def write_run(folder: Path, run_id: str, fill: Callable[[Path], None], *, marker: dict) -> Path:
+    """A new ``runs/<run_id>/`` under ``folder``; ``latest`` then points at it."""
+    owned_folder(folder, field="report.dir", what="run reports")
+    final = replace_output_dir(folder / RUNS / run_id, fill, marker={**marker, "run": run_id}, field="report.dir")
+    point_latest(folder, f"{RUNS}/{run_id}")
+    return final
+
+
+def publish_version(folder: Path, bundle_id: str, fill: Callable[[Path], None], *, marker: dict) -> Path:
+    """The bundle of ``bundle_id`` as ``v<N>``: the existing version if this lineage shipped
+    before, else a new one. A version folder is never rewritten."""
+    owned_folder(folder, field="ship.dir", what="shipped bundles")
+    versions = {int(m.group(1)): p for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
+    for _, path in sorted(versions.items(), reverse=True):
+        if (read_marker(path) or {}).get("ship_artifact") == bundle_id:
+            point_latest(folder, path.name)
+            return path
+    name = f"v{max(versions, default=0) + 1}"
+    final = replace_output_dir(folder / name, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
+    point_latest(folder, name)
+    return final
+
+
+# ---- reading the history --------------------------------------------------------------
+def list_runs(report_root: Path, name: str | None = None) -> list[dict]:
+    """Every recorded run (oldest first): id, name, its report.json path and headline figures."""
+    names = [name] if name else sorted(p.name for p in report_root.iterdir() if p.is_dir()) if report_root.is_dir() else []
+    rows = []
+    for n in names:
+        runs = report_root / n / RUNS
+        for run in sorted(runs.iterdir()) if runs.is_dir() else []:
+            path = run / "report.json"
+            if not path.is_file():
+                continue
+            report = json.loads(path.read_text())
+            m = report["metrics"]
+            rows.append({"run": run.name, "name": n, "report": str(path), "teacher_top1": m["teacher_top1"],
+                         "student_top1": m["student_top1"], "gate": "PASS" if report["gate"]["passed"] else "FAIL",
+                         "duration_s": report.get("run", {}).get("duration_s")})
+    return sorted(rows, key=lambda r: r["run"])
+
+
+def find_run(report_root: Path, run_id: str) -> dict:
+    matches = [r for r in list_runs(report_root) if r["run"] == run_id or r["run"].startswith(run_id)]
+    if len(matches) != 1:
+        known = ", ".join(r["run"] for r in list_runs(report_root)[-5:]) or "none yet"
+        raise ManifestError(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous'} under {report_root} "
+                            f"(latest: {known}); see `cskd-pipeline runs`")
+    return json.loads(Path(matches[0]["report"]).read_text())
+
+
+def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        out: dict[str, object] = {}
+        for key, value in node.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
+    """(key, value in a, value in b) for every manifest setting and headline metric that differs."""
+    keys = ("student_top1", "teacher_top1", "onnx_top1", "onnx_agreement", "teacher_student_agreement")
+    flat_a = {**{f"manifest.{k}": v for k, v in _flatten(a["manifest"]).items()},
+              **{f"metrics.{k}": a["metrics"].get(k) for k in keys}, "gate.passed": a["gate"]["passed"]}
+    flat_b = {**{f"manifest.{k}": v for k, v in _flatten(b["manifest"]).items()},
+              **{f"metrics.{k}": b["metrics"].get(k) for k in keys}, "gate.passed": b["gate"]["passed"]}
+    return [(k, flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b))
+            if flat_a.get(k) != flat_b.get(k)]

@@ -29,6 +29,7 @@ from pipeline.core.files import check_replaceable, confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
 from pipeline.history import new_run_id, publish_version
+from pipeline.tracking import track
 
 
 @dataclass(frozen=True)
@@ -210,9 +211,11 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=log.path)
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
+        track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
     outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"])
+    track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
     return outcome
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 from cskd.config import Strict
 from pipeline.core.backends import backend
@@ -19,6 +20,29 @@ from pipeline.core.store import Artifact
 from stages.models import WEIGHTS_FILE
 
 CARD_FILE = "model_card.json"
+PREDICT_SCRIPT = Path(__file__).parent / "bundle" / "predict.py"
+
+
+def describe_io(artifacts: dict[str, Artifact]) -> dict:
+    """What a user of the bundle must know to feed the model and read its output."""
+    data = artifacts["validate"].record.get("data", {})
+    return {"input": {**artifacts["export"].record["input"],
+                      "normalisation": "inside the model: feed pixels scaled to [0, 1], do not normalise again"},
+            "output": {"name": "logits", "shape": ["batch", data.get("num_classes")],
+                       "meaning": "unnormalised scores; softmax gives probabilities, argmax the class"},
+            "class_names": data.get("class_names") or [str(i) for i in range(data.get("num_classes", 0))]}
+
+
+def add_onnx_metadata(path: Path, io: dict) -> None:
+    """Write the class names and the input/output spec into the ONNX file's metadata_props."""
+    import onnx
+
+    model = onnx.load(str(path))
+    entries = {"cskd.class_names": io["class_names"], "cskd.input": io["input"], "cskd.output": io["output"]}
+    for key, value in entries.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, json.dumps(value)
+    onnx.save(model, str(path))
 
 
 class ShipConfig(Strict):
@@ -38,7 +62,7 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
                     "loss": distill.record["config"]["loss"]},
         "teacher": {"model": artifacts["teacher"].record["config"]["model"]},
         "data": {k: v for k, v in data.items() if k != "class_names"},
-        "input": artifacts["export"].record.get("input"),
+        **describe_io(artifacts),
         "metrics": validate.metrics,
         "exports": {kind: {"metrics": art.metrics, "headline": art.record.get("headline")}
                     for kind, art in artifacts.items() if kind not in ("teacher", "distill", "validate", "gate")},
@@ -52,7 +76,7 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
 
 class ShipStage(Stage):
     kind = "ship"
-    version = 1
+    version = 2
     Config = ShipConfig
 
     @classmethod
@@ -69,10 +93,15 @@ class ShipStage(Stage):
             raise GateFailed(f"gate {gate.id[:12]} did not pass; nothing shipped")
         out = ctx.out_dir
         shutil.copyfile(ctx.inputs["distill"].file(WEIGHTS_FILE), out / "student.safetensors")
+        io = describe_io(ctx.inputs)
         for target in config.targets:
             spec = backend(target)
             for shipped, name in spec.shipped.items():
                 shutil.copyfile(ctx.inputs[spec.kind].file(name), out / shipped)
+                if shipped.endswith(".onnx"):
+                    add_onnx_metadata(out / shipped, io)
+        (out / "labels.txt").write_text("".join(f"{name}\n" for name in io["class_names"]))
+        shutil.copyfile(PREDICT_SCRIPT, out / "predict.py")
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
         (out / CARD_FILE).write_text(json.dumps(model_card(config.name, ctx.inputs, files), indent=2) + "\n")
         return StageResult({"files": sorted([*files, CARD_FILE])}, f"bundle of {len(files) + 1} files")

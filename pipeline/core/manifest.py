@@ -197,6 +197,15 @@ class ReportSection(Strict):
     dir: RelativePath = Field("reports", description="report.json and report.html go to <dir>/<manifest name>/")
 
 
+class MlflowSection(Strict):
+    uri: str | None = Field(None, max_length=4096, description="tracking URI (default: $MLFLOW_TRACKING_URI)")
+    experiment: str | None = Field(None, max_length=256, description="experiment name (default: the manifest name)")
+
+
+class TrackingSection(Strict):
+    mlflow: MlflowSection | None = Field(None, description="log runs to MLflow (the [mlflow] extra)")
+
+
 class Manifest(Strict):
     version: Literal[1] = 1
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -211,6 +220,7 @@ class Manifest(Strict):
     ship: ShipSection = ShipSection()
     report: ReportSection = ReportSection()
     distributed: DistributedSection = DistributedSection()
+    tracking: TrackingSection = TrackingSection()
 
     @model_validator(mode="after")
     def _outputs_apart(self) -> Manifest:

@@ -222,3 +222,34 @@ def test_two_edited_copies_of_one_name_keep_both_reports_and_bundles(shipped_run
     code, _ = _cli("run", "-m", str(tweaked), "--quiet")
     assert code == 0 and (folder / "shipped" / "tiny" / "latest").resolve() == second
     assert _cli("diff", "no-such-run", runs[0]["run"])[0] == 2
+
+
+def test_the_bundle_says_how_to_feed_the_model_and_predict_py_reaches_the_reported_accuracy(shipped_run, tmp_path):
+    import stat
+
+    from PIL import Image
+
+    from cskd.data import load_dataset
+
+    bundle = shipped_run[0] / "shipped" / "tiny" / "latest"
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert card["input"]["range"] == [0.0, 1.0] and "do not normalise again" in card["input"]["normalisation"]
+    assert card["output"]["shape"] == ["batch", 10] and card["class_names"] == [str(i) for i in range(10)]
+    assert (bundle / "labels.txt").read_text().split() == card["class_names"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o644 for p in bundle.iterdir())
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(bundle / "student.onnx")).metadata_props}
+    assert json.loads(meta["cskd.class_names"]) == card["class_names"] and "cskd.input" in meta
+    # The digits' test images as the PNG files a user would have; predict.py sees only those.
+    test = load_dataset("digits").test
+    files = []
+    for i, image in enumerate(test.images[:, 0].numpy()):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image, mode="L").save(files[-1])
+    proc = subprocess.run([sys.executable, str(bundle / "predict.py"), str(bundle / "student.onnx"), *map(str, files)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    predicted = [line.split("\t")[1] for line in proc.stdout.splitlines()]
+    accuracy = np.mean([p == str(int(y)) for p, y in zip(predicted, test.labels, strict=True)]) * 100
+    assert accuracy == pytest.approx(card["metrics"]["onnx_top1"], abs=1e-9)

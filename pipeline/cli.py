@@ -80,35 +80,55 @@ def resolve_manifest_path(value: str | None) -> Path:
     return path  # load_manifest reports it as not found
 
 
-def _load(manifest_opt: str | None):
+def _load(manifest_opt: str | None, overrides: tuple[str, ...] = ()):
     from pipeline.manifest_io import load_manifest
 
-    return load_manifest(resolve_manifest_path(manifest_opt))
+    return load_manifest(resolve_manifest_path(manifest_opt), overrides)
 
 
 manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
                                help="manifest file, or a name in ./manifests (default: manifests/quickstart.yaml)")
+set_option = click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                          help="override a manifest value, e.g. -o student.train.epochs=3 (repeatable; validated "
+                               "like the file and part of the ids)")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="cskd-pipeline", prog_name="cskd-pipeline")
 def main() -> None:
-    """Declarative compression pipeline: teacher, CS-KD distillation, export, validation, gate, ship."""
+    """Declarative compression pipeline: teacher, CS-KD distillation, export, validation, gate, ship.
+
+    \b
+    Start:    cskd-pipeline init my-project && cd my-project && cskd-pipeline run
+    Examples: cskd-pipeline run -m quickstart -o student.train.epochs=5
+              cskd-pipeline plan --json
+    """
 
 
 @main.command()
 @manifest_option
+@set_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars and no per-epoch lines (the run's log keeps them)")
 @click.option("--nproc", type=click.IntRange(1, 64), default=None,
               help="processes for the training stages (overrides distributed.nproc)")
+@click.option("--force", "force", multiple=True, metavar="STAGE",
+              help="recompute STAGE and what depends on it even if cached (e.g. --force latency to remeasure)")
 @handle_errors
-def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
-    """Run every stage; reuse what is cached; ship the student if the gate passes."""
+def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc: int | None,
+        force: tuple[str, ...]) -> None:
+    """Run every stage; reuse what is cached; ship the student if the gate passes.
+
+    \b
+    Examples: cskd-pipeline run -m resnet8x4
+              cskd-pipeline run -o 'student.loss={kind: kd}' -o student.train.seed=1
+              cskd-pipeline run --force latency
+    """
     from pipeline.orchestrator import run_pipeline
 
-    manifest = _load(manifest_opt)
+    manifest = _load(manifest_opt, overrides)
     if nproc is not None:
         manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
-    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet)
+    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet, force=force)
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = Path(os.path.relpath(outcome.shipped))  # the folders as the user named them
     click.echo(f"report: {os.path.relpath(outcome.report_dir)}/report.html")
@@ -118,39 +138,44 @@ def run(manifest_opt: str | None, quiet: bool, nproc: int | None) -> None:
 
 @main.command()
 @manifest_option
+@set_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
-def plan(manifest_opt: str | None) -> None:
-    """Each stage's artifact id and whether it is cached (no compute)."""
+def plan(manifest_opt: str | None, overrides: tuple[str, ...], as_json: bool) -> None:
+    """Each stage's artifact id and whether it is cached (no compute).
+
+    \b
+    Example:  cskd-pipeline plan -o data.max_test_samples=500   (what would rerun)
+    """
     from pipeline.core.store import ArtifactStore
     from pipeline.orchestrator import plan as plan_graph
 
-    manifest = _load(manifest_opt)
+    manifest = _load(manifest_opt, overrides)
     store = ArtifactStore(manifest.store)
-    for step in plan_graph(manifest):
-        state = "cached" if store.has(step.kind, step.id) else "to run"
-        click.echo(f"{step.kind:<9} {step.id}  {state}")
+    rows = [{"stage": step.kind, "id": step.id, "cached": store.has(step.kind, step.id)} for step in plan_graph(manifest)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for row in rows:
+        click.echo(f"{row['stage']:<9} {row['id']}  {'cached' if row['cached'] else 'to run'}")
 
 
 @main.command()
 @manifest_option
+@set_option
 @handle_errors
-def validate(manifest_opt: str | None) -> None:
-    """Check the manifest completely; no compute."""
+def validate(manifest_opt: str | None, overrides: tuple[str, ...]) -> None:
+    """Check the manifest completely; no compute.
+
+    \b
+    Example:  cskd-pipeline validate -m manifests/resnet8x4.yaml
+    """
     path = resolve_manifest_path(manifest_opt)
     from pipeline.manifest_io import load_manifest
 
-    manifest = load_manifest(path)
+    manifest = load_manifest(path, overrides)
     click.echo(f"{path}: valid ({manifest.name}: {manifest.teacher.model} -> {manifest.student.model}, "
                f"loss {manifest.student.loss.kind}, data {manifest.data.name})")
-
-
-@main.command()
-@handle_errors
-def schema() -> None:
-    """Print the manifest's JSON schema."""
-    from pipeline.manifest_io import Manifest
-
-    click.echo(json.dumps(Manifest.model_json_schema(by_alias=True), indent=2))
 
 
 def _registered_backends() -> dict:
@@ -174,26 +199,25 @@ class TargetType(click.ParamType):
 
 
 @main.command()
-def targets() -> None:
-    """List the export targets (registered back-ends) and what each is."""
-    for name, spec in _registered_backends().items():
-        click.echo(f"{name:<14} {spec.description}")
-
-
-@main.command()
 @manifest_option
 @click.option("--target", type=TargetType(), default="onnx", show_default=True,
               help="what to export: onnx, onnx-fp16, onnx-int8, trt, openvino, openvino-int8, or any other "
                    "registered back-end (`cskd-pipeline targets`)")
-@click.option("--quiet", is_flag=True, help="no progress bars")
+@set_option
+@click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @handle_errors
-def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
-    """Export the student (training teacher and student first if they are not cached)."""
+def export(manifest_opt: str | None, target: str, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Export the student (training teacher and student first if they are not cached); print its path.
+
+    \b
+    Examples: cskd-pipeline export --target trt
+              cskd-pipeline export --target openvino-int8 -m resnet8x4
+    """
     from pipeline.core.backends import backend
     from pipeline.core.manifest import Manifest
     from pipeline.orchestrator import run_pipeline
 
-    manifest = _load(manifest_opt)
+    manifest = _load(manifest_opt, overrides)
     # Export what was asked even if the manifest does not list it, with what it is built from.
     wanted, todo = list(manifest.export.targets), [target]
     while todo:
@@ -211,99 +235,7 @@ def export(manifest_opt: str | None, target: str, quiet: bool) -> None:
     click.echo(str(outcome.artifacts[spec.kind].file(spec.file)))
 
 
-@main.command()
-@manifest_option
-@click.option("--baseline", "baseline_path", required=True, type=click.Path(path_type=Path),
-              help="committed baseline JSON (metrics, tolerances, directions)")
-@click.option("--report", "report_path", type=click.Path(path_type=Path),
-              help="report.json of a run (default: the manifest's report folder)")
-@handle_errors
-def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None) -> None:
-    """CI regression gate: compare a run's report with a baseline; exit 1 on a regression."""
-    from pipeline.core.errors import GateFailed
-    from pipeline.regression import compare, load_baseline, load_json, markdown
-
-    baseline = load_baseline(baseline_path)
-    if report_path is None:
-        manifest = _load(manifest_opt)
-        report_path = Path(manifest.report.dir) / manifest.name / "latest" / "report.json"
-    rows = compare(baseline, load_json(report_path, "report (run the pipeline first)"), report_path)
-    click.echo(markdown(rows, report_path=report_path, baseline_path=baseline_path))
-    failed = [r["metric"] for r in rows if not r["passed"]]
-    if failed:
-        raise GateFailed(f"regression in {', '.join(failed)} against {baseline_path}")
-
-
-@main.command()
-@click.option("-m", "--manifest", "manifest_opt", metavar="PATH", help="only the runs of this manifest's name")
-@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=None,
-              help="report folder to read (default: the manifest's report.dir, else ./reports)")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-@handle_errors
-def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> None:
-    """List past runs with their key metrics and gate verdicts (oldest first).
-
-    \b
-    Example:  cskd-pipeline runs -m quickstart
-    """
-    from pipeline.history import list_runs
-
-    name = None
-    if manifest_opt is not None:
-        manifest = _load(manifest_opt)
-        name, report_root = manifest.name, report_root or Path(manifest.report.dir)
-    rows = list_runs(report_root or Path("reports"), name)
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-        return
-    click.echo("| run | name | teacher top-1 | student top-1 | gate | duration s |\n|---|---|---|---|---|---|")
-    for r in rows:
-        click.echo(f"| {r['run']} | {r['name']} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | {r['gate']} | "
-                   f"{r['duration_s'] if r['duration_s'] is not None else '-'} |")
-
-
-@main.command()
-@click.argument("run_a")
-@click.argument("run_b")
-@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=Path("reports"),
-              show_default=True, help="report folder holding <name>/runs/<run id>/")
-@handle_errors
-def diff(run_a: str, run_b: str, report_root: Path) -> None:
-    """The manifest settings and metrics that differ between two runs, as a Markdown table.
-
-    \b
-    Example:  cskd-pipeline diff 20261128T031500Z 20261128T032210Z   (a unique prefix is enough)
-    """
-    from pipeline.history import diff_runs, find_run
-
-    a, b = find_run(report_root, run_a), find_run(report_root, run_b)
-    click.echo(f"| setting or metric | {a['run']['id']} | {b['run']['id']} |\n|---|---|---|")
-    def show(value) -> str:
-        return f"{value:.2f}" if isinstance(value, float) else str(value)
-
-    for key, left, right in diff_runs(a, b):
-        click.echo(f"| `{key}` | {show(left)} | {show(right)} |")
-
-
-@main.command()
-@manifest_option
-@handle_errors
-def verify(manifest_opt: str | None) -> None:
-    """Check every artifact in the store against its seal: record and files, nothing missing or extra."""
-    from pipeline.core.errors import StoreError
-    from pipeline.core.store import ArtifactStore
-
-    manifest = _load(manifest_opt)
-    store = ArtifactStore(manifest.store)
-    ids = store.all_ids()
-    problems = [p for kind, art_id in ids for p in store.problems(kind, art_id)]
-    for p in problems:
-        click.echo(p)
-    if problems:
-        raise StoreError(f"{len(problems)} problem(s) in {store.root}; `cskd-pipeline run` quarantines and "
-                         f"recomputes those artifacts")
-    click.echo(f"{len(ids)} artifacts in {store.root}: every record and file matches its seal")
-
+from pipeline import cli_manage  # noqa: E402, F401 - registers runs, diff, init and gc on `main`
 
 if __name__ == "__main__":
     main()

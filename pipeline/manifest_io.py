@@ -127,19 +127,37 @@ def format_validation_error(exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def manifest_from_text(text: str) -> Manifest:
+def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
+    """``key.path=value`` edits (Hydra/OmegaConf dotlists); values are YAML (``3``, ``true``,
+    ``[1, 64]``). The result is validated like the file, so overrides are part of the ids."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ManifestError(f"--set {item!r}: write key.path=value, e.g. student.train.epochs=3")
+        node = data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part, {}), dict):
+                raise ManifestError(f"--set {item!r}: {part!r} is not a section")
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parse_yaml(text) if text.strip() else None
+    return data
+
+
+def manifest_from_text(text: str, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:
     data = parse_yaml(text)
     if data is None:
         raise ManifestError("the manifest is empty; see `cskd-pipeline schema` or manifests/quickstart.yaml")
     if not isinstance(data, dict):
         raise ManifestError(f"the manifest must be a mapping of sections, found a {type(data).__name__}")
+    data = apply_overrides(data, overrides)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(format_validation_error(exc)) from None
 
 
-def load_manifest(path: str | Path) -> Manifest:
+def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:
     """Read and validate ``path``; raises ``ManifestError`` whose message starts with the path."""
     path = Path(path)
     try:
@@ -155,7 +173,7 @@ def load_manifest(path: str | Path) -> Manifest:
             raise ManifestError(f"not UTF-8 text (byte {exc.start}); save the file as UTF-8") from None
         if "\x00" in text:
             raise ManifestError("contains NUL bytes; a manifest is plain text")
-        return manifest_from_text(text)
+        return manifest_from_text(text, overrides)
     except ManifestError as exc:
         raise ManifestError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
     except OSError as exc:

@@ -24,7 +24,7 @@ import stages  # noqa: F401 - registers every stage and back-end
 from cskd.data.fingerprint import forget as forget_fingerprints
 from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
 from pipeline.core.environment import environment
-from pipeline.core.errors import GateFailed, OutputError
+from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import check_replaceable, confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
@@ -169,7 +169,7 @@ class RunLog:
 
 
 def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True, quiet: bool = False,
-                 echo: Callable[[str], None] = print) -> RunOutcome:
+                 force: tuple[str, ...] = (), echo: Callable[[str], None] = print) -> RunOutcome:
     """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate.
 
     ``progress``: progress bars (a terminal); ``quiet``: no per-epoch lines on screen (the log keeps them).
@@ -179,6 +179,13 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     folders = output_folders(manifest)
     store = ArtifactStore(manifest.store)
     steps = plan(manifest, until=until)
+    unknown = sorted(set(force) - {s.kind for s in steps})
+    if unknown:
+        raise ManifestError(f"--force {unknown[0]}: not a stage of this plan; stages: {', '.join(s.kind for s in steps)}")
+    forced = set(force)
+    for step in steps:  # a forced stage's dependents are recomputed too: they read its new result
+        if set(step.inputs) & forced:
+            forced.add(step.kind)
     store.claim()
     log = RunLog(store, manifest.name, echo, quiet=quiet)
     echo = log
@@ -194,6 +201,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             break  # the report below says why; nothing ships
         started = time.perf_counter()
         with store.lock(step.kind, step.id):  # a concurrent run of the same recipe waits, then reuses
+            if step.kind in forced and store.exists(step.kind, step.id):
+                store.quarantine(step.kind, step.id, into="superseded")
             artifact = _usable(store, step, echo)
             status = "cached"
             if artifact is None:

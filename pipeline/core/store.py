@@ -42,7 +42,7 @@ from pipeline.core.files import canonical_json, fsync_dir, sha256_file
 RECORD_FILE = "artifact.json"
 SEAL_FILE = "seal.json"
 STORE_MARKER = ".cskd-store"
-_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "locks", "cache", STORE_MARKER}
+_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "superseded", "locks", "cache", "logs", STORE_MARKER}
 _TMP_NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{16}-(\d+)-[0-9a-f]{8}$")
 
 
@@ -207,10 +207,11 @@ class ArtifactStore:
         with FileLock(lock_dir / f"{kind}-{art_id}.lock"):
             yield
 
-    def quarantine(self, kind: str, art_id: str) -> Path:
-        """Move a broken artifact aside (kept for inspection, never used again)."""
+    def quarantine(self, kind: str, art_id: str, *, into: str = "quarantine") -> Path:
+        """Move a broken artifact aside (kept for inspection, never used again); ``into="superseded"``
+        for a sound one that ``run --force`` recomputes. ``gc`` removes both."""
         src = self.artifact_dir(kind, art_id)
-        dst = self.root / "quarantine" / f"{kind}-{art_id}-{uuid.uuid4().hex[:8]}"
+        dst = self.root / into / f"{kind}-{art_id}-{uuid.uuid4().hex[:8]}"
         dst.parent.mkdir(parents=True, exist_ok=True)
         os.rename(src, dst)
         return dst

@@ -1,0 +1,203 @@
+"""The commands that read or tidy what runs leave behind: runs, diff, verify, gate, gc, init,
+plus schema and targets. They register on ``pipeline.cli.main``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from pipeline.cli import _load, _registered_backends, handle_errors, main, manifest_option
+
+
+@main.command()
+@handle_errors
+def schema() -> None:
+    """Print the manifest's JSON schema.
+
+    \b
+    Example:  cskd-pipeline schema > manifest.schema.json   (for editor completion)
+    """
+    from pipeline.manifest_io import Manifest
+
+    click.echo(json.dumps(Manifest.model_json_schema(by_alias=True), indent=2))
+
+
+
+@main.command()
+def targets() -> None:
+    """List the export targets (registered back-ends) and what each is.
+
+    \b
+    Example:  cskd-pipeline targets
+    """
+    for name, spec in _registered_backends().items():
+        click.echo(f"{name:<14} {spec.description}")
+
+
+
+@main.command()
+@manifest_option
+@click.option("--baseline", "baseline_path", required=True, type=click.Path(path_type=Path),
+              help="committed baseline JSON (metrics, tolerances, directions)")
+@click.option("--report", "report_path", type=click.Path(path_type=Path),
+              help="report.json of a run (default: the manifest's report folder)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None, as_json: bool) -> None:
+    """CI regression gate: compare a run's report with a baseline; exit 1 on a regression.
+
+    \b
+    Example:  cskd-pipeline gate --baseline baselines/quickstart.json
+    """
+    from pipeline.core.errors import GateFailed
+    from pipeline.regression import compare, load_baseline, load_json, markdown
+
+    baseline = load_baseline(baseline_path)
+    if report_path is None:
+        manifest = _load(manifest_opt)
+        report_path = Path(manifest.report.dir) / manifest.name / "latest" / "report.json"
+    rows = compare(baseline, load_json(report_path, "report (run the pipeline first)"), report_path)
+    click.echo(json.dumps(rows, indent=2) if as_json else markdown(rows, report_path=report_path,
+                                                                    baseline_path=baseline_path))
+    failed = [r["metric"] for r in rows if not r["passed"]]
+    if failed:
+        raise GateFailed(f"regression in {', '.join(failed)} against {baseline_path}")
+
+
+
+@main.command()
+@manifest_option
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def verify(manifest_opt: str | None, as_json: bool) -> None:
+    """Check every artifact in the store against its seal: record and files, nothing missing or extra.
+
+    \b
+    Example:  cskd-pipeline verify --json
+    """
+    from pipeline.core.errors import StoreError
+    from pipeline.core.store import ArtifactStore
+
+    manifest = _load(manifest_opt)
+    store = ArtifactStore(manifest.store)
+    ids = store.all_ids()
+    problems = [p for kind, art_id in ids for p in store.problems(kind, art_id)]
+    if as_json:
+        click.echo(json.dumps({"store": str(store.root), "artifacts": len(ids), "problems": problems}, indent=2))
+    for p in [] if as_json else problems:
+        click.echo(p)
+    if problems:
+        raise StoreError(f"{len(problems)} problem(s) in {store.root}; `cskd-pipeline run` quarantines and "
+                         f"recomputes those artifacts")
+    if not as_json:
+        click.echo(f"{len(ids)} artifacts in {store.root}: every record and file matches its seal")
+
+
+@main.command()
+@click.option("-m", "--manifest", "manifest_opt", metavar="PATH", help="only the runs of this manifest's name")
+@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=None,
+              help="report folder to read (default: the manifest's report.dir, else ./reports)")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> None:
+    """List past runs with their key metrics and gate verdicts (oldest first).
+
+    \b
+    Example:  cskd-pipeline runs -m quickstart
+    """
+    from pipeline.history import list_runs
+
+    name = None
+    if manifest_opt is not None:
+        manifest = _load(manifest_opt)
+        name, report_root = manifest.name, report_root or Path(manifest.report.dir)
+    rows = list_runs(report_root or Path("reports"), name)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo("| run | name | teacher top-1 | student top-1 | gate | duration s |\n|---|---|---|---|---|---|")
+    for r in rows:
+        click.echo(f"| {r['run']} | {r['name']} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | {r['gate']} | "
+                   f"{r['duration_s'] if r['duration_s'] is not None else '-'} |")
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=Path("reports"),
+              show_default=True, help="report folder holding <name>/runs/<run id>/")
+@handle_errors
+def diff(run_a: str, run_b: str, report_root: Path) -> None:
+    """The manifest settings and metrics that differ between two runs, as a Markdown table.
+
+    \b
+    Example:  cskd-pipeline diff 20261128T031500Z 20261128T032210Z   (a unique prefix is enough)
+    """
+    from pipeline.history import diff_runs, find_run
+
+    a, b = find_run(report_root, run_a), find_run(report_root, run_b)
+    click.echo(f"| setting or metric | {a['run']['id']} | {b['run']['id']} |\n|---|---|---|")
+    def show(value) -> str:
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    for key, left, right in diff_runs(a, b):
+        click.echo(f"| `{key}` | {show(left)} | {show(right)} |")
+
+
+@main.command()
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
+@handle_errors
+def init(directory: Path) -> None:
+    """Write a commented starter manifest, DIRECTORY/manifest.yaml, that runs as written.
+
+    \b
+    Example:  cskd-pipeline init my-project && cd my-project && cskd-pipeline run -m manifest.yaml
+    """
+    from pipeline.core.errors import OutputError
+
+    target = directory / "manifest.yaml"
+    if target.exists():
+        raise OutputError(f"{target} already exists; it is not overwritten (choose another folder)")
+    directory.mkdir(parents=True, exist_ok=True)
+    target.write_text((Path(__file__).parent / "starter.yaml").read_text())
+    click.echo(f"wrote {target}; next: cskd-pipeline run -m {target}")
+
+
+@main.command()
+@manifest_option
+@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=None,
+              help="report folder whose latest runs are kept (default: the manifest's report.dir)")
+@click.option("--yes", "really", is_flag=True, help="remove; without it, only list what would go")
+@handle_errors
+def gc(manifest_opt: str | None, report_root: Path | None, really: bool) -> None:
+    """Keep the artifacts the latest run of each manifest uses; remove the rest of the store
+    (other artifacts, their scratch, quarantined and superseded ones, stale locks).
+
+    \b
+    Examples: cskd-pipeline gc          (dry run: what would be removed)
+              cskd-pipeline gc --yes
+    """
+    from pipeline.core.store import ArtifactStore
+
+    manifest = _load(manifest_opt)
+    store = ArtifactStore(manifest.store)
+    root = report_root or Path(manifest.report.dir)
+    keep = set()
+    for latest in sorted(root.glob("*/latest/report.json")):
+        keep |= {(kind, art_id) for kind, art_id in json.loads(latest.read_text())["artifacts"].items()}
+    doomed = [store.artifact_dir(k, i) for k, i in store.all_ids() if (k, i) not in keep]
+    for part in ("quarantine", "superseded", "work", "locks"):  # set aside, or scratch of what goes
+        for p in sorted((store.root / part).iterdir()) if (store.root / part).is_dir() else []:
+            if part in ("quarantine", "superseded") or not any(p.name.startswith(f"{k}-{i}") for k, i in keep):
+                doomed.append(p)
+    for path in doomed:
+        click.echo(f"{'removing' if really else 'would remove'} {path}")
+    if really:
+        import shutil
+
+        for path in doomed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    click.echo(f"{len(keep)} artifacts kept (the latest run of {len(list(root.glob('*/latest')))} manifest(s)); "
+               f"{len(doomed)} {'removed' if really else 'to remove: rerun with --yes'}")

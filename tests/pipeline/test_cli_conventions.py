@@ -1,0 +1,81 @@
+"""CLI conventions: --version, init, -o/--set overrides, --json, gc, run --force, examples in --help."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from tests.conftest import edited, write_manifest
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.output
+
+
+def test_version_and_examples_in_every_help():
+    code, out = _cli("--version")
+    assert code == 0 and out.startswith("cskd-pipeline, version ")
+    for name in main.commands:
+        code, out = _cli(name, "--help")
+        assert code == 0 and "Example" in out, name
+
+
+def test_init_writes_a_starter_that_runs_as_written_and_never_overwrites(workdir):
+    code, out = _cli("init", "project")
+    assert code == 0 and (workdir / "project" / "manifest.yaml").is_file()
+    assert _cli("validate", "-m", "project/manifest.yaml")[0] == 0
+    before = (workdir / "project" / "manifest.yaml").read_text()
+    assert _cli("init", "project")[0] == 2 and (workdir / "project" / "manifest.yaml").read_text() == before
+
+
+def test_overrides_validate_like_the_file_and_enter_the_ids(workdir):
+    write_manifest(workdir)
+    write_manifest(workdir, edited(student__train__epochs=5, student__loss={"kind": "kd"}), "edited.yaml")
+    _, by_file = _cli("plan", "-m", "edited.yaml", "--json")
+    _, by_set = _cli("plan", "-m", "tiny.yaml", "--json", "-o", "student.train.epochs=5", "-o", "student.loss={kind: kd}")
+    assert json.loads(by_file) == json.loads(by_set)
+    code, out = _cli("plan", "-m", "tiny.yaml", "-o", "student.train.epoch=5")
+    assert code == 2 and "did you mean 'epochs'" in out
+    assert _cli("plan", "-m", "tiny.yaml", "-o", "no-equals-sign")[0] == 2
+
+
+@pytest.fixture
+def copied_run(shipped_run, tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    shutil.copytree(shipped_run[0], work, symlinks=True)
+    monkeypatch.chdir(work)
+    return work, work / "tiny.yaml"
+
+
+def test_json_outputs_parse(copied_run):
+    work, manifest = copied_run
+    assert all(row["cached"] for row in json.loads(_cli("plan", "-m", str(manifest), "--json")[1]))
+    assert json.loads(_cli("verify", "-m", str(manifest), "--json")[1])["problems"] == []
+    assert json.loads(_cli("runs", "-m", str(manifest), "--json")[1])[0]["gate"] == "PASS"
+
+
+def test_force_recomputes_the_stage_and_what_reads_it(copied_run):
+    work, manifest = copied_run
+    code, out = _cli("run", "-m", str(manifest), "--quiet", "--force", "gate")
+    assert code == 0 and "[gate    ] ran" in out and "[ship    ] ran" in out and "[validate] cached" in out, out
+    assert any((work / ".cskd" / "superseded").iterdir())
+    assert _cli("run", "-m", str(manifest), "--force", "nonsense")[0] == 2
+
+
+def test_gc_keeps_what_the_latest_run_uses_and_is_a_dry_run_by_default(copied_run):
+    work, manifest = copied_run
+    other = write_manifest(work, edited(student__train__epochs=1, name="other-name"), "other.yaml")
+    assert _cli("run", "-m", str(other), "--quiet")[0] == 0
+    assert _cli("run", "-m", str(manifest), "--quiet", "--force", "gate")[0] == 0  # leaves a superseded gate
+    artifacts = sorted((work / ".cskd" / "artifacts").glob("*/*"))
+    code, out = _cli("gc", "-m", str(manifest))
+    assert code == 0 and "would remove" in out and sorted((work / ".cskd" / "artifacts").glob("*/*")) == artifacts
+    code, out = _cli("gc", "-m", str(manifest), "--yes")
+    assert code == 0 and "removing" in out and not any((work / ".cskd" / "superseded").iterdir())
+    for m in (manifest, other):  # both manifests' latest runs are still complete in the store
+        assert all(row["cached"] for row in json.loads(_cli("plan", "-m", str(m), "--json")[1])), m

@@ -55,19 +55,30 @@ def write_run(folder: Path, run_id: str, fill: Callable[[Path], None], *, marker
     return final
 
 
+def _versions(folder: Path) -> dict[int, Path]:
+    if not folder.is_dir():
+        return {}
+    return {int(m.group(1)): p for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
+
+
+def planned_version(folder: Path, bundle_id: str) -> Path:
+    """Where ``publish_version`` will put ``bundle_id``: its existing version, or the next one."""
+    versions = _versions(folder)
+    for _, path in sorted(versions.items(), reverse=True):
+        if (read_marker(path) or {}).get("ship_artifact") == bundle_id:
+            return path
+    return folder / f"v{max(versions, default=0) + 1}"
+
+
 def publish_version(folder: Path, bundle_id: str, fill: Callable[[Path], None], *, marker: dict) -> Path:
     """The bundle of ``bundle_id`` as ``v<N>``: the existing version if this lineage shipped
     before, else a new one. A version folder is never rewritten."""
     owned_folder(folder, field="ship.dir", what="shipped bundles")
-    versions = {int(m.group(1)): p for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
-    for _, path in sorted(versions.items(), reverse=True):
-        if (read_marker(path) or {}).get("ship_artifact") == bundle_id:
-            point_latest(folder, path.name)
-            return path
-    name = f"v{max(versions, default=0) + 1}"
-    final = replace_output_dir(folder / name, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
-    point_latest(folder, name)
-    return final
+    target = planned_version(folder, bundle_id)
+    if not target.exists():
+        replace_output_dir(target, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
+    point_latest(folder, target.name)
+    return target
 
 
 # ---- reading the history --------------------------------------------------------------

@@ -28,7 +28,7 @@ from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import check_replaceable, confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
-from pipeline.history import new_run_id, publish_version
+from pipeline.history import new_run_id, planned_version, publish_version
 from pipeline.tracking import track
 
 
@@ -217,7 +217,9 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         return outcome
     run.update(duration_s=round(time.perf_counter() - clock, 1), stages_ran=[r.kind for r in outcome.reports
                                                                                if r.status == "ran"])
-    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=log.path)
+    bundle = planned_version(folders["ship.dir"], outcome.artifacts["ship"].id) if "ship" in outcome.artifacts else None
+    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=log.path,
+                                      bundle=bundle)
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
         track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)

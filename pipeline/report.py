@@ -1,13 +1,16 @@
 """Run reports: ``report.json`` (everything, machine-readable) and a self-contained
-``report.html`` (summary, accuracy-versus-latency, per-class deltas, training
-curves, gate verdicts) that opens offline: charts are inline PNGs."""
+``report.html`` rendered from a Jinja2 template (``report.html.j2``): the compression
+story (teacher against student: size, accuracy, latency), the full latency table
+with warnings, confusion matrices, per-class accuracy with class names, training
+curves of every loss term, the gate's verdicts, the manifest, the lineage and
+links to the shipped files. Charts are inline PNGs, so the page opens offline."""
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -15,7 +18,35 @@ from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
 
-_ORDER = {"teacher": 0, "student": 1, "onnx": 2}
+WEIGHTS = "model.safetensors"
+
+
+def fastest_passing(latency: dict, gate: dict) -> dict[str, dict]:
+    """Per batch size (as a string key): the lowest-p50 student artifact whose accuracy rule passed."""
+    failed = {r["target"] for r in gate["rules"] if r.get("target") and not r["passed"]}
+    best: dict[str, dict] = {}
+    for cell in latency["results"]:
+        key = str(cell["batch"])
+        if cell["backend"] in failed or cell["backend"] == "teacher-eager":
+            continue
+        if key not in best or cell["p50_ms"] < best[key]["p50_ms"]:
+            best[key] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
+    return best
+
+
+def latency_warnings(latency: dict) -> list[str]:
+    """Cells a reader should not miss: a reduced-precision model slower than FP32, or a long tail."""
+    cells = {(c["backend"], c["batch"]): c for c in latency["results"]}
+    warnings = []
+    for (backend, batch), cell in sorted(cells.items()):
+        fp32 = cells.get(("onnx", batch))
+        if fp32 and any(t in backend for t in ("int8", "fp16")) and cell["p50_ms"] > fp32["p50_ms"]:
+            warnings.append(f"{backend} at batch {batch} is slower than FP32 ONNX "
+                            f"({cell['p50_ms']:.3f} ms against {fp32['p50_ms']:.3f} ms p50)")
+        if cell["p90_ms"] > 3 * cell["p50_ms"]:
+            warnings.append(f"{backend} at batch {batch}: p90 {cell['p90_ms']:.3f} ms is over 3x its p50 "
+                            f"({cell['p50_ms']:.3f} ms); the machine was busy or the runtime stalls")
+    return warnings
 
 
 def _curves(artifact: Artifact | None) -> list[dict]:
@@ -25,15 +56,34 @@ def _curves(artifact: Artifact | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def fastest_passing(latency: dict, gate: dict) -> dict[str, dict]:
-    """Per batch size (as a string key): the lowest-p50 back-end whose accuracy rule passed."""
-    failed = {r["target"] for r in gate["rules"] if r.get("target") and not r["passed"]}
-    best: dict[str, dict] = {}
-    for cell in latency["results"]:
-        key = str(cell["batch"])
-        if cell["backend"] not in failed and (key not in best or cell["p50_ms"] < best[key]["p50_ms"]):
-            best[key] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
-    return best
+def _compression(artifacts: dict[str, Artifact], latency: dict | None) -> list[dict]:
+    """Teacher against student: parameters, weights size, test top-1, eager latency per batch."""
+    validate = artifacts["validate"].metrics
+    rows = []
+    for who, kind, backend in (("teacher", "teacher", "teacher-eager"), ("student", "distill", "pytorch-eager")):
+        art = artifacts[kind]
+        cells = {c["batch"]: c for c in (latency or {"results": []})["results"] if c["backend"] == backend}
+        rows.append({"model": who, "architecture": art.record["config"]["model"],
+                     "parameters": art.metrics.get("parameters"), "bytes": art.file(WEIGHTS).stat().st_size,
+                     "top1": validate[f"{who}_top1"], "latency": cells})
+    teacher, student = rows
+    student["size_ratio"] = (teacher["parameters"] / student["parameters"]
+                             if teacher["parameters"] and student["parameters"] else None)
+    student["speedup"] = {b: teacher["latency"][b]["p50_ms"] / c["p50_ms"]
+                          for b, c in student["latency"].items() if b in teacher["latency"]}
+    return rows
+
+
+def _confusion(artifacts: dict[str, Artifact]) -> dict[str, list[list[int]]]:
+    from sklearn.metrics import confusion_matrix
+
+    from cskd.checkpoint import load_tensors
+
+    preds = load_tensors(artifacts["validate"].file("predictions.safetensors"))
+    labels = preds["labels"].numpy()
+    classes = list(range(artifacts["validate"].metrics["num_classes"]))
+    return {who: confusion_matrix(labels, preds[who].numpy().argmax(1), labels=classes).tolist()
+            for who in ("student", "teacher")}
 
 
 def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
@@ -41,6 +91,9 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
     distill = artifacts["distill"].metrics
     data = {**artifacts["validate"].record.get("data", {}), "train": distill.get("train_samples"),
             "val": distill.get("val_samples"), "test": validate["samples"]}
+    latency = artifacts["latency"].metrics if "latency" in artifacts else None
+    names = data.get("class_names") or [str(i) for i in range(validate["num_classes"])]
+    models = validate["models"]
     return {
         "name": manifest.name,
         "environment": environment(),
@@ -48,11 +101,20 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
         "splits": {"training": "train (minus val)", "early_stopping_and_calibration": "val (from train)",
                    "metrics": validate["split"]},
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
+        "lineage": [{"kind": kind, "id": art.id, "inputs": art.record.get("inputs", {}),
+                     "headline": art.record.get("headline", ""), "wall_s": art.record.get("wall_s")}
+                    for kind, art in artifacts.items()],
         "metrics": validate,
-        "latency": artifacts["latency"].metrics if "latency" in artifacts else None,
-        "fastest": (fastest_passing(artifacts["latency"].metrics, artifacts["gate"].metrics)
-                    if "latency" in artifacts else None),
+        "compression": _compression(artifacts, latency),
+        "latency": latency,
+        "latency_warnings": latency_warnings(latency) if latency else [],
+        "fastest": fastest_passing(latency, artifacts["gate"].metrics) if latency else None,
         "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
+        "confusion": _confusion(artifacts),
+        "per_class": [{"class": names[c], "teacher": t, "student": s,
+                       "delta": (s - t) if s is not None and t is not None else None}
+                      for c, (s, t) in enumerate(zip(models["student"]["per_class"], models["teacher"]["per_class"],
+                                                     strict=True))],
         "gate": artifacts["gate"].metrics,
         "training": {"teacher": _curves(artifacts.get("teacher")), "student": _curves(artifacts.get("distill"))},
         "manifest": manifest.model_dump(mode="json", by_alias=True),
@@ -72,107 +134,71 @@ def _charts(report: dict) -> dict[str, str]:
     import matplotlib.pyplot as plt
 
     charts = {}
-    models = report["metrics"]["models"]
-    latency = report["latency"]
+    models, latency = report["metrics"]["models"], report["latency"]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     if latency:
         batch = max(r["batch"] for r in latency["results"])
-        names = {"pytorch-eager": "student"}
+        names = {"pytorch-eager": "student", "teacher-eager": "teacher"}
         for r in (r for r in latency["results"] if r["batch"] == batch):
             top1 = models[names.get(r["backend"], r["backend"])]["top1"]
             ax.scatter(r["p50_ms"], top1, s=60)
             ax.annotate(r["backend"], (r["p50_ms"], top1), textcoords="offset points", xytext=(5, 5))
-        ax.axhline(models["teacher"]["top1"], color="grey", linestyle="--", label="teacher")
         ax.set_xlabel(f"p50 latency at batch {batch} (ms, CPU)")
-        ax.legend()
     else:
-        names = list(models)
-        ax.bar(names, [models[n]["top1"] for n in names], color="tab:blue")
+        ax.bar(list(models), [m["top1"] for m in models.values()], color="tab:blue")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("accuracy vs latency" if latency else "accuracy")
-    charts["accuracy"] = _png(fig)
+    charts["accuracy vs latency"] = _png(fig)
     plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    student, teacher = models["student"]["per_class"], models["teacher"]["per_class"]
-    deltas = [(s - t) if s is not None and t is not None else 0.0 for s, t in zip(student, teacher, strict=True)]
-    ax.bar(range(len(deltas)), deltas, color=["tab:red" if d < 0 else "tab:green" for d in deltas])
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xlabel("class")
-    ax.set_ylabel("student - teacher top-1 (points)")
-    ax.set_title("per-class delta")
-    charts["per_class"] = _png(fig)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for who, rows in report["training"].items():
-        if rows:
-            ax.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label=f"{who} val top-1")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("val top-1 (%)")
-    ax.set_title("training curves (val split)")
-    ax.legend()
-    charts["training"] = _png(fig)
-    plt.close(fig)
+        if not rows:
+            continue
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
+        skip = {"epoch", "lr", "val_top1", "mean_temperature", "frac_mask_b", "frac_mask_c", "loss"}
+        for term in [k for k in rows[0] if k not in skip] + ["loss"]:
+            left.plot([r["epoch"] for r in rows], [r[term] for r in rows], marker="o", label=term)
+        left.set_xlabel("epoch")
+        left.set_title(f"{who}: loss terms per epoch (train)")
+        left.legend(fontsize=8)
+        right.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label="val top-1 (%)")
+        if "mean_temperature" in rows[0]:
+            twin = right.twinx()
+            twin.plot([r["epoch"] for r in rows], [r["mean_temperature"] for r in rows], color="tab:orange",
+                      marker="s", label="mean CSWT temperature")
+            twin.set_ylabel("mean CSWT temperature")
+        right.set_xlabel("epoch")
+        right.set_title(f"{who}: val top-1" + (" and CSWT temperature" if "mean_temperature" in rows[0] else ""))
+        charts[f"{who} training"] = _png(fig)
+        plt.close(fig)
     return charts
 
 
-def render_html(report: dict) -> str:
-    esc = html.escape
-    m = report["metrics"]
-    gate = report["gate"]
-    rows = "".join(
-        f"<tr><td>{esc(name)}</td><td>{v['top1']:.2f}</td><td>{v['top5']:.2f}</td><td>{v['teacher_agreement']:.2f}</td>"
-        f"<td>{v['flip_rate']:.2f}</td><td>{v['max_logit_diff']:.2e}</td></tr>" for name, v in sorted(m["models"].items(), key=lambda kv: _ORDER.get(kv[0], 9)))
-    verdicts = "".join(
-        f"<tr class='{'pass' if r['passed'] else 'fail'}'><td>{esc(r['rule'])}</td><td>{r['measured']:.2f}</td>"
-        f"<td>{'&le;' if r.get('direction') == 'at_most' else '&ge;'} {r['threshold']:.2f}</td>"
-        f"<td>{'PASS' if r['passed'] else 'FAIL'}</td></tr>" for r in gate["rules"])
-    ci = m["student_vs_teacher"]["bootstrap"]
-    mc = m["student_vs_teacher"]["mcnemar"]
-    charts = "".join(f"<figure><img alt='{k}' src='data:image/png;base64,{v}'></figure>"
-                     for k, v in _charts(report).items())
-    status = "PASS: shipped" if gate["passed"] else "FAIL: nothing shipped"
-    fastest = ("<p>Fastest artifact within its accuracy budget: " + "; ".join(
-        f"batch {batch}: <b>{esc(cell['backend'])}</b> ({cell['p50_ms']:.3f} ms p50)"
-        for batch, cell in report["fastest"].items()) + ".</p>") if report.get("fastest") else ""
-    env = report["environment"]
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(report['name'])}: cskd-pipeline report</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }} td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right; }}
-td:first-child, th:first-child {{ text-align: left; }}
-.pass td:last-child {{ color: #1a7f37; font-weight: bold; }} .fail td:last-child {{ color: #c62828; font-weight: bold; }}
-.status {{ font-size: 1.3em; font-weight: bold; color: {'#1a7f37' if gate['passed'] else '#c62828'}; }}
-figure {{ display: inline-block; margin: 0.5em; }} img {{ max-width: 520px; }}
-</style></head><body>
-<h1>{esc(report['name'])}</h1>
-<p class="status">Gate: {status}</p>
-<p>Test split: {m['samples']} samples of {esc(report['data']['name'])}. Student - teacher top-1: {ci['difference']:+.2f} points,
-{ci['confidence']:.0%} paired-bootstrap CI [{ci['ci_low']:+.2f}, {ci['ci_high']:+.2f}]; McNemar p = {mc['p_value']:.3g}
-(student right only: {mc['only_a']}, teacher right only: {mc['only_b']}).</p>
-{fastest}<h2>Models</h2>
-<table><tr><th>model</th><th>top-1</th><th>top-5</th><th>agrees with teacher %</th><th>flip rate vs student %</th><th>max |logit diff|</th></tr>{rows}</table>
-<h2>Gate</h2>
-<table><tr><th>rule</th><th>measured</th><th>threshold</th><th>verdict</th></tr>{verdicts}</table>
-<h2>Charts</h2>{charts}
-<h2>Environment</h2><p>{esc(', '.join(f'{k} {v}' for k, v in env.items() if v))}</p>
-</body></html>
-"""
+def render_html(report: dict, links: dict[str, str] | None = None) -> str:
+    import jinja2
+    import yaml
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
+                             undefined=jinja2.StrictUndefined)
+    return env.get_template("report.html.j2").render(
+        r=report, charts=_charts(report), links=links or {},
+        manifest_yaml=yaml.safe_dump(report["manifest"], sort_keys=False))
 
 
 def write_report(manifest: Manifest, artifacts: dict[str, Artifact], folder: Path, *, run: dict,
-                 log: Path | None = None) -> Path:
+                 log: Path | None = None, bundle: Path | None = None) -> Path:
     """Write report.json, report.html and run.log into ``<folder>/runs/<run id>/`` (``folder`` is
-    ``<report.dir>/<name>``, made and marked by the pipeline) and point ``latest`` at it."""
-    from pipeline.history import write_run
+    ``<report.dir>/<name>``, made and marked by the pipeline) and point ``latest`` at it.
+    ``bundle``: the shipped folder this run publishes into; the page links its files."""
+    from pipeline.history import RUNS, write_run
 
     report = {**build_report(manifest, artifacts), "run": run}
+    here = folder / RUNS / run["id"]
+    links = {name: os.path.relpath(bundle / name, here) for name in artifacts["ship"].metrics["files"]} \
+        if bundle is not None and "ship" in artifacts else {}
 
     def fill(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        (tmp / "report.html").write_text(render_html(report))
+        (tmp / "report.html").write_text(render_html(report, links))
         if log is not None and log.is_file():
             shutil.copyfile(log, tmp / "run.log")
 

@@ -33,7 +33,8 @@ class TeacherStage(Stage):
             ref = config.checkpoint
             model = load_network(config.model, config.data.source, ref.path, sha256=ref.sha256)
             save_network(model, ctx.out_dir)
-            return StageResult({"source": "checkpoint"}, "loaded checkpoint")
+            parameters = sum(p.numel() for p in model.net.parameters())
+            return StageResult({"source": "checkpoint", "parameters": parameters}, "loaded checkpoint")
         job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
         last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)

@@ -120,3 +120,44 @@ def test_a_folder_as_baseline_or_report_is_exit_2(shipped_run, tmp_path):
     for args in (["--baseline", str(tmp_path), "--report", str(report_path)], ["--baseline", str(good), "--report", str(tmp_path)]):
         r = CliRunner().invoke(main, ["gate", *args])
         assert r.exit_code == 2 and "is a folder" in r.output, r.output
+
+
+def test_report_tells_the_compression_story_with_confusion_lineage_and_working_links(shipped_run):
+    import numpy as np
+
+    from cskd.checkpoint import load_tensors
+
+    folder, report = _report(shipped_run)
+    preds = load_tensors(folder / ".cskd" / "artifacts" / "validate" / report["artifacts"]["validate"]
+                         / "predictions.safetensors")
+    for who in ("student", "teacher"):  # the matrices count the stored predictions, class by class
+        cm = np.array(report["confusion"][who])
+        expected = np.zeros((10, 10), dtype=int)
+        np.add.at(expected, (preds["labels"].numpy(), preds[who].numpy().argmax(1)), 1)
+        assert (cm == expected).all()
+    teacher, student = report["compression"]
+    assert teacher["parameters"] > 0 and student["parameters"] > 0 and teacher["bytes"] > 0
+    assert [row["class"] for row in report["per_class"]] == [str(i) for i in range(10)]
+    assert {a["kind"] for a in report["lineage"]} >= {"teacher", "distill", "validate", "gate", "ship"}
+    assert report["run"]["id"] and report["run"]["duration_s"] >= 0
+    page_path = (folder / "reports" / "tiny" / "latest" / "report.html").resolve()
+    page = page_path.read_text()
+    for needle in ("Teacher against student", "Confusion matrices", "Per class", "Lineage", "Manifest (resolved)"):
+        assert needle in page
+    import re
+
+    hrefs = re.findall(r'<a href="([^"]+)">', page)
+    assert hrefs and all((page_path.parent / href).resolve().is_file() for href in hrefs)  # links reach the bundle
+
+
+def test_latency_warnings_flag_slow_int8_and_long_tails():
+    from pipeline.report import latency_warnings
+
+    cells = {"results": [{"backend": "onnx", "batch": 1, "p50_ms": 0.52, "p90_ms": 0.6},
+                         {"backend": "onnx-int8", "batch": 1, "p50_ms": 0.78, "p90_ms": 0.8},
+                         {"backend": "pytorch-eager", "batch": 1, "p50_ms": 0.58, "p90_ms": 98.0}]}
+    warnings = latency_warnings(cells)
+    assert len(warnings) == 2 and "onnx-int8 at batch 1 is slower than FP32" in warnings[0]
+    assert "pytorch-eager at batch 1: p90" in warnings[1]
+    cells["results"][1]["p50_ms"], cells["results"][2]["p90_ms"] = 0.3, 1.0
+    assert latency_warnings(cells) == []

@@ -98,7 +98,7 @@ def test_every_cpu_backend_is_built_validated_timed_and_shipped(full_run):
     assert exports["openvino"]["agreement"] >= 99.0 and exports["openvino"]["max_logit_diff"] < 1e-3
     assert exports["onnx-fp16"]["agreement"] >= 95.0 and exports["openvino-int8"]["agreement"] >= 80.0
     cells = {(r["backend"], r["batch"]) for r in report["latency"]["results"]}
-    assert cells == {(b, n) for b in ["pytorch-eager", *ALL_CPU_TARGETS] for n in (1, 16)}
+    assert cells == {(b, n) for b in ["pytorch-eager", "teacher-eager", *ALL_CPU_TARGETS] for n in (1, 16)}
     gate_rules = {r["rule"] for r in report["gate"]["rules"]}
     assert {f"{t}_top1 >= student_top1 - {t} budget" for t in ALL_CPU_TARGETS if t != "onnx"} <= gate_rules
     fastest = report["fastest"]

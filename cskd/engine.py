@@ -28,6 +28,7 @@ from cskd.evaluate import predict_logits, top1
 from cskd.fast_engine import FastStep
 from cskd.interrupts import Interrupted, stop_requests
 from cskd.objectives import Objective
+from cskd.progress import epoch_steps
 
 _CKPT = "checkpoint.safetensors"
 
@@ -125,8 +126,9 @@ def train(
     *,
     work_dir: Path,
     metrics_path: Path,
-    progress: bool = True,
+    progress=True,
     on_epoch: Callable[[dict], None] | None = None,
+    label: str = "training",
 ) -> dict:
     """Train ``objective.student`` in place; returns the last epoch's metrics.
 
@@ -148,7 +150,8 @@ def train(
                           strong=objective.needs_strong_view, seed=config.seed, shard=(rank(), world_size()))
     try:
         return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
-                           work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch)
+                           work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch,
+                           label=label)
     finally:
         objective.student, objective.gather = net, None
         net.to("cpu").eval()
@@ -158,7 +161,7 @@ def train(
 
 def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader, train_split: Split,
                 val_split: Split, config: TrainConfig, *, device: torch.device, work_dir: Path, metrics_path: Path,
-                progress: bool, on_epoch: Callable[[dict], None] | None) -> dict:
+                progress, on_epoch: Callable[[dict], None] | None, label: str) -> dict:
     writer = rank() == 0
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -177,7 +180,7 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
     with stop_requests() as stop:
         for epoch in range(start, config.epochs):
             terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
-                                 sums=sums, stop=stop, ckpt=ckpt, progress=progress)
+                                 sums=sums, stop=stop, ckpt=ckpt, progress=progress, label=label)
             skip, sums = 0, {}
             val_top1 = top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
                             val_split.labels)
@@ -220,10 +223,10 @@ def _classic_step(objective: Objective, optimizer: torch.optim.Optimizer, device
 
 def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
                  config: TrainConfig, step_fn: Callable[..., dict[str, torch.Tensor]], *, epoch: int, device: torch.device, skip: int,
-                 sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress: bool) -> dict[str, float]:
-    """One epoch from step ``skip`` on; returns the epoch's mean of every loss term."""
-    from tqdm.auto import tqdm
+                 sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress, label: str) -> dict[str, float]:
+    """One epoch from step ``skip`` on; returns the epoch's mean of every loss term.
 
+    ``progress``: False, True, or a ``rich.progress.Progress`` to add this epoch's bar to."""
     lr = config.lr_at(epoch)
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -233,26 +236,27 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
     bad_state_step = torch.tensor(-1, device=device)
     state = _float_state(objective.student)
     step_t = torch.tensor(skip, device=device)  # the step index on the device, advanced in place
-    bar = tqdm(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", leave=False,
-               disable=not progress)
-    for step, (weak, labels, strong) in enumerate(bar):
-        if step < skip:  # resuming mid-epoch: the batch was drawn (same RNG stream), not trained on
-            continue
-        if config.channels_last:
-            weak = weak.contiguous(memory_format=torch.channels_last)
-        out = step_fn(weak, labels, strong, lr=lr, epoch=epoch + 1)
-        # Accumulate on the device; the host reads these once per epoch.
-        bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), step_t, bad_step)
-        # A loss can stay finite while the weights or BatchNorm statistics overflow (lr 10,
-        # momentum 0.99): the max-norm of every tensor is inf or NaN exactly when one entry is.
-        state_ok = torch.stack(torch._foreach_norm(list(state.values()), ord=float("inf"))).isfinite().all()
-        bad_state_step = torch.where((bad_state_step < 0) & ~state_ok, step_t, bad_state_step)
-        step_t += 1
-        for key, value in out.items():
-            sums[key] = sums.get(key, 0.0) + value
-        if stop and step + 1 < len(loader):
-            _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
-            raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
+    with epoch_steps(progress, loader, total=len(loader), label=f"{label} epoch {epoch + 1}/{config.epochs}") as (
+            advance, batches):
+        for step, (weak, labels, strong) in enumerate(batches):
+            if step < skip:  # resuming mid-epoch: the batch was drawn (same RNG stream), not trained on
+                continue
+            if config.channels_last:
+                weak = weak.contiguous(memory_format=torch.channels_last)
+            out = step_fn(weak, labels, strong, lr=lr, epoch=epoch + 1)
+            # Accumulate on the device; the host reads these once per epoch.
+            bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), step_t, bad_step)
+            # A loss can stay finite while the weights or BatchNorm statistics overflow (lr 10,
+            # momentum 0.99): the max-norm of every tensor is inf or NaN exactly when one entry is.
+            state_ok = torch.stack(torch._foreach_norm(list(state.values()), ord=float("inf"))).isfinite().all()
+            bad_state_step = torch.where((bad_state_step < 0) & ~state_ok, step_t, bad_state_step)
+            step_t += 1
+            advance(out["loss"])
+            for key, value in out.items():
+                sums[key] = sums.get(key, 0.0) + value
+            if stop and step + 1 < len(loader):
+                _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
+                raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
     steps = max(len(loader), 1)
     if world_size() > 1:  # every replica reports the mean over the global batch
         import torch.distributed as dist

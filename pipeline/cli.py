@@ -111,10 +111,12 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars and no per-epoch lines (the run's log keeps them)")
 @click.option("--nproc", type=click.IntRange(1, 64), default=None,
               help="processes for the training stages (overrides distributed.nproc)")
+@click.option("-v", "--verbose", is_flag=True,
+              help="print each stage's recipe and inputs as it starts, and the traceback of an unexpected error")
 @click.option("--force", "force", multiple=True, metavar="STAGE",
               help="recompute STAGE and what depends on it even if cached (e.g. --force latency to remeasure)")
 @handle_errors
-def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc: int | None,
+def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc: int | None, verbose: bool,
         force: tuple[str, ...]) -> None:
     """Run every stage; reuse what is cached; ship the student if the gate passes.
 
@@ -128,7 +130,10 @@ def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc
     manifest = _load(manifest_opt, overrides)
     if nproc is not None:
         manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
-    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet, force=force)
+    if verbose:
+        os.environ["CSKD_DEBUG"] = "1"  # handle_errors re-raises unexpected errors with their traceback
+    outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet, force=force,
+                           verbose=verbose)
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = Path(os.path.relpath(outcome.shipped))  # the folders as the user named them
     click.echo(f"report: {os.path.relpath(outcome.report_dir)}/report.html")

@@ -47,11 +47,19 @@ def point_latest(folder: Path, target: str) -> None:
     os.replace(tmp, folder / LATEST)
 
 
+def _lock(folder: Path):
+    """Runs of the same name take turns choosing a version and moving ``latest``."""
+    from filelock import FileLock
+
+    return FileLock(folder / ".lock")
+
+
 def write_run(folder: Path, run_id: str, fill: Callable[[Path], None], *, marker: dict) -> Path:
     """A new ``runs/<run_id>/`` under ``folder``; ``latest`` then points at it."""
     owned_folder(folder, field="report.dir", what="run reports")
-    final = replace_output_dir(folder / RUNS / run_id, fill, marker={**marker, "run": run_id}, field="report.dir")
-    point_latest(folder, f"{RUNS}/{run_id}")
+    with _lock(folder):
+        final = replace_output_dir(folder / RUNS / run_id, fill, marker={**marker, "run": run_id}, field="report.dir")
+        point_latest(folder, f"{RUNS}/{run_id}")
     return final
 
 
@@ -74,10 +82,11 @@ def publish_version(folder: Path, bundle_id: str, fill: Callable[[Path], None], 
     """The bundle of ``bundle_id`` as ``v<N>``: the existing version if this lineage shipped
     before, else a new one. A version folder is never rewritten."""
     owned_folder(folder, field="ship.dir", what="shipped bundles")
-    target = planned_version(folder, bundle_id)
-    if not target.exists():
-        replace_output_dir(target, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
-    point_latest(folder, target.name)
+    with _lock(folder):
+        target = planned_version(folder, bundle_id)
+        if not target.exists():
+            replace_output_dir(target, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
+        point_latest(folder, target.name)
     return target
 
 

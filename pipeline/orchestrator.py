@@ -10,6 +10,8 @@ only when the gate passed. This module imports no concrete stage.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import shutil
 import time
@@ -131,7 +133,7 @@ def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None
     return None
 
 
-def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: bool,
+def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: object,
              log: Callable[[str], None]) -> Artifact:
     tmp = store.new_tmp_dir(step.kind, step.id)
     try:
@@ -169,13 +171,11 @@ class RunLog:
 
 
 def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True, quiet: bool = False,
-                 force: tuple[str, ...] = (), echo: Callable[[str], None] = print) -> RunOutcome:
+                 force: tuple[str, ...] = (), verbose: bool = False, echo: Callable[[str], None] = print) -> RunOutcome:
     """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate.
 
     ``progress``: progress bars (a terminal); ``quiet``: no per-epoch lines on screen (the log keeps them).
     """
-    from pipeline.report import write_report
-
     folders = output_folders(manifest)
     store = ArtifactStore(manifest.store)
     steps = plan(manifest, until=until)
@@ -188,7 +188,6 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             forced.add(step.kind)
     store.claim()
     log = RunLog(store, manifest.name, echo, quiet=quiet)
-    echo = log
     run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     clock = time.perf_counter()
     for step in steps:  # fail before any compute if a back-end or device is missing
@@ -196,29 +195,67 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             step.stage.preflight(step.config)
     store.clean_tmp()
     outcome = RunOutcome()
-    for step in steps:
+    with _display(progress) as display:
+        _run_steps(store, steps, outcome, forced, display, log, verbose=verbose)
+    if until is not None:
+        return outcome
+    _finish(manifest, store, outcome, folders, run, clock, log)
+    return outcome
+
+
+@contextlib.contextmanager
+def _display(progress: bool):
+    """On a terminal: one rich display, an overall line per run and the stages' own bars. Lines the
+    run prints go above it."""
+    if not progress:
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=True) as display:
+        yield display
+
+
+def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutcome, forced: set[str], display,
+               log: RunLog, *, verbose: bool = False) -> None:
+    overall = display.add_task("pipeline", total=len(steps)) if display else None
+    for number, step in enumerate(steps, 1):
+        if display:
+            display.update(overall, description=f"stage {number}/{len(steps)}: {step.kind}")
         if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
             break  # the report below says why; nothing ships
+        if verbose:
+            log(f"[{step.kind:<8}] {step.id} recipe {json.dumps(recipe(step.config), sort_keys=True)} "
+                f"inputs {json.dumps({k: v[:12] for k, v in step.inputs.items()})}")
         started = time.perf_counter()
         with store.lock(step.kind, step.id):  # a concurrent run of the same recipe waits, then reuses
             if step.kind in forced and store.exists(step.kind, step.id):
                 store.quarantine(step.kind, step.id, into="superseded")
-            artifact = _usable(store, step, echo)
+            artifact = _usable(store, step, log)
             status = "cached"
             if artifact is None:
                 inputs = {kind: outcome.artifacts[kind] for kind in step.inputs}
-                artifact, status = _compute(store, step, inputs, progress, log.detail), "ran"
+                artifact, status = _compute(store, step, inputs, display or False, log.detail), "ran"
         report = StageReport(step.kind, step.id, status, time.perf_counter() - started,
                              artifact.record.get("headline", ""))
         outcome.artifacts[step.kind] = artifact
         outcome.reports.append(report)
-        echo(report.line())
-    if until is not None:
-        return outcome
+        log(report.line())
+        if display:
+            display.advance(overall)
+
+
+def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folders: dict[str, Path], run: dict,
+            clock: float, echo: RunLog) -> None:
+    """Report, gate verdict from the verified record, bundle, tracking."""
+    from pipeline.report import write_report
+
     run.update(duration_s=round(time.perf_counter() - clock, 1), stages_ran=[r.kind for r in outcome.reports
                                                                                if r.status == "ran"])
     bundle = planned_version(folders["ship.dir"], outcome.artifacts["ship"].id) if "ship" in outcome.artifacts else None
-    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=log.path,
+    outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=echo.path,
                                       bundle=bundle)
     gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
     if gate.metrics.get("passed") is not True:
@@ -227,7 +264,6 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
     outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"])
     track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
-    return outcome
 
 
 def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path) -> Path:

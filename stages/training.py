@@ -58,7 +58,8 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
     return line
 
 
-def train_job(job: TrainingJob, *, progress: bool, log: Callable[[str], None] | None = None) -> dict:
+def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None = None) -> dict:
+    """``progress``: False, or the run's ``rich.progress.Progress`` (the engine adds its bars)."""
     """Train the teacher (CE) or distill the student; save weights into ``job.out_dir``."""
     source = job.data.source
     model = build_network(job.model, source, seed=job.train.seed)
@@ -72,7 +73,7 @@ def train_job(job: TrainingJob, *, progress: bool, log: Callable[[str], None] | 
     train_split, val_split = train_val(job.data)
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
-                 metrics_path=out_dir / "metrics.jsonl", progress=progress,
+                 metrics_path=out_dir / "metrics.jsonl", progress=progress, label=f"[{job.role}] {job.model}",
                  on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None)
     if rank() == 0:  # replicas hold identical weights; one writer
         save_network(model, out_dir)
@@ -94,7 +95,7 @@ def _worker(job_json: str) -> dict:
         dist.destroy_process_group()
 
 
-def run_training(job: TrainingJob, *, nproc: int, progress: bool, log: Callable[[str], None] | None = None) -> dict:
+def run_training(job: TrainingJob, *, nproc: int, progress, log: Callable[[str], None] | None = None) -> dict:
     dataset(job.data.source)  # decode once here: a data error stops the run before any worker starts
     if nproc == 1:
         return train_job(job, progress=progress, log=log)

@@ -60,7 +60,7 @@ class StageContext:
     work_dir: Path  # resumable scratch that survives a killed run
     cache_dir: Path  # shared caches kept across artifacts (e.g. TensorRT timing cache)
     inputs: dict[str, Artifact]  # verified input artifacts by kind
-    progress: bool = True
+    progress: object = False  # False, or the run's rich Progress display (a stage may add bars to it)
     log: Callable[[str], None] = print
 
 

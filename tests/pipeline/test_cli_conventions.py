@@ -79,3 +79,18 @@ def test_gc_keeps_what_the_latest_run_uses_and_is_a_dry_run_by_default(copied_ru
     assert code == 0 and "removing" in out and not any((work / ".cskd" / "superseded").iterdir())
     for m in (manifest, other):  # both manifests' latest runs are still complete in the store
         assert all(row["cached"] for row in json.loads(_cli("plan", "-m", str(m), "--json")[1])), m
+
+
+def test_terminal_progress_and_verbose_run_end_to_end(workdir):
+    # progress=True drives the rich display (an overall line, the engine's per-epoch bars with the loss)
+    # through a real training; verbose adds each stage's recipe.
+    from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import run_pipeline
+
+    manifest = load_manifest(write_manifest(workdir, edited(teacher__train__epochs=1, student__train__epochs=1)))
+    lines: list[str] = []
+    outcome = run_pipeline(manifest, progress=True, verbose=True, echo=lines.append)
+    assert outcome.shipped is not None
+    recipes = [line for line in lines if " recipe " in line]
+    assert len(recipes) == len(outcome.reports) and '"epochs": 1' in recipes[0]
+    assert any(line.startswith("[teacher ] resnet8 epoch 1/1") for line in lines)

@@ -1,0 +1,47 @@
+"""Step progress for training on a terminal (rich), and nothing off a terminal.
+
+The caller passes a ``rich.progress.Progress`` it owns (the pipeline shows an
+overall line in the same display), ``True`` for a display of the engine's own,
+or ``False``. Reading the loss needs a host sync, so it is read every
+``LOSS_EVERY`` steps and only while someone is watching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator
+
+LOSS_EVERY = 20
+
+
+@contextlib.contextmanager
+def epoch_steps(progress, items: Iterable, *, total: int, label: str) -> Iterator:
+    """Yield ``(advance, items)``: call ``advance(loss_tensor)`` after each step."""
+    if not progress:
+        yield (lambda loss: None), items
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    own = not isinstance(progress, Progress)
+    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                       transient=True) if own else progress
+    with display if own else contextlib.nullcontext():
+        task = display.add_task(label, total=total)
+        count = [0]
+
+        def advance(loss) -> None:
+            count[0] += 1
+            if count[0] % LOSS_EVERY == 1:
+                display.update(task, description=f"{label}  loss {float(loss):.4g}")
+            display.advance(task)
+
+        try:
+            yield advance, items
+        finally:
+            display.remove_task(task)

@@ -243,4 +243,8 @@ def export(manifest_opt: str | None, target: str, overrides: tuple[str, ...], qu
 from pipeline import cli_manage  # noqa: E402, F401 - registers runs, diff, init and gc on `main`
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m pipeline.cli` this file is __main__: the commands in cli_manage were
+    # registered on the importable pipeline.cli module, so run that module's group.
+    from pipeline.cli import main as registered_main
+
+    registered_main()

@@ -118,11 +118,12 @@ def find_run(report_root: Path, run_id: str) -> dict:
     return json.loads(Path(matches[0]["report"]).read_text())
 
 
-def _flatten(node: object, prefix: str = "") -> dict[str, object]:
+def flatten(node: object, prefix: str = "") -> dict[str, object]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists stay values."""
     if isinstance(node, dict):
         out: dict[str, object] = {}
         for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         return out
     return {prefix.rstrip("."): node}
 
@@ -130,9 +131,9 @@ def _flatten(node: object, prefix: str = "") -> dict[str, object]:
 def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
     """(key, value in a, value in b) for every manifest setting and headline metric that differs."""
     keys = ("student_top1", "teacher_top1", "onnx_top1", "onnx_agreement", "teacher_student_agreement")
-    flat_a = {**{f"manifest.{k}": v for k, v in _flatten(a["manifest"]).items()},
+    flat_a = {**{f"manifest.{k}": v for k, v in flatten(a["manifest"]).items()},
               **{f"metrics.{k}": a["metrics"].get(k) for k in keys}, "gate.passed": a["gate"]["passed"]}
-    flat_b = {**{f"manifest.{k}": v for k, v in _flatten(b["manifest"]).items()},
+    flat_b = {**{f"manifest.{k}": v for k, v in flatten(b["manifest"]).items()},
               **{f"metrics.{k}": b["metrics"].get(k) for k in keys}, "gate.passed": b["gate"]["passed"]}
     return [(k, flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b))
             if flat_a.get(k) != flat_b.get(k)]

@@ -16,20 +16,12 @@ from pathlib import Path
 
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
+from pipeline.history import flatten
 
 
 def tracking_uri(manifest: Manifest) -> str | None:
     section = manifest.tracking.mlflow
     return (section.uri if section is not None and section.uri else None) or os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def _flatten(node: object, prefix: str = "") -> dict[str, str]:
-    if isinstance(node, dict):
-        out: dict[str, str] = {}
-        for key, value in node.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): json.dumps(node) if isinstance(node, list | dict) else str(node)}
 
 
 def _epochs(artifact: Artifact | None) -> list[dict]:
@@ -56,7 +48,8 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment((section.experiment if section is not None else None) or manifest.name)
         with mlflow.start_run(run_name=run["id"]) as active:
-            mlflow.log_params(_flatten(manifest.model_dump(mode="json", by_alias=True)))
+            params = flatten(manifest.model_dump(mode="json", by_alias=True))
+            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
             mlflow.set_tags({"cskd.run": run["id"], **{f"cskd.artifact.{k}": a.id for k, a in artifacts.items()}})
             for role in ("teacher", "distill"):
                 for row in _epochs(artifacts.get(role)):

@@ -32,11 +32,31 @@ def new_run_id() -> str:
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
 
 
-def owned_folder(folder: Path, *, field: str, what: str) -> Path:
-    """``folder``, made with the pipeline's marker if absent; refused if someone else's."""
+# What versions before markers wrote into reports/<name>/ and shipped/<name>/: a folder holding
+# only these files (and nothing else) was made by this pipeline and is adopted, not refused.
+_UNMARKED_OUTPUTS = {"report.json", "report.html", "model_card.json", "student.onnx", "student.safetensors",
+                     "student_int8.onnx", "student_fp16.onnx", "student.engine", "student.json"}
+
+
+def _made_before_markers(folder: Path) -> bool:
+    entries = list(folder.iterdir())
+    return bool(entries) and {p.name for p in entries} <= _UNMARKED_OUTPUTS and all(
+        p.is_file() and not p.is_symlink() for p in entries)
+
+
+def check_owned(folder: Path, *, field: str) -> None:
+    """Raise ``OutputError`` unless ``folder`` is absent, marked by the pipeline, or an output
+    folder of an earlier version (only files it wrote). Called before any compute."""
+    if folder.is_dir() and not folder.is_symlink() and read_marker(folder) is None and _made_before_markers(folder):
+        return
     check_replaceable(folder, field=field)
-    if not folder.exists():
-        folder.mkdir(parents=True)
+
+
+def owned_folder(folder: Path, *, field: str, what: str) -> Path:
+    """``folder``, made (or adopted) with the pipeline's marker; refused if someone else's."""
+    check_owned(folder, field=field)
+    if not (folder / OUTPUT_MARKER).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
         (folder / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline", "what": what}, indent=2) + "\n")
     return folder
 

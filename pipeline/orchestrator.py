@@ -27,10 +27,10 @@ from cskd.data.fingerprint import forget as forget_fingerprints
 from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
-from pipeline.core.files import check_replaceable, confined
+from pipeline.core.files import confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
-from pipeline.history import new_run_id, planned_version, publish_version
+from pipeline.history import check_owned, new_run_id, planned_version, publish_version
 from pipeline.tracking import track
 
 
@@ -97,7 +97,7 @@ def output_folders(manifest: Manifest) -> dict[str, Path]:
                 raise OutputError(f"{a} ({places[a]}) and {b} ({places[b]}) overlap once symlinks are "
                                   f"followed; give each its own folder")
     for name in ("report.dir", "ship.dir"):  # refuse before any compute, not after hours of training
-        check_replaceable(places[name], field=name)
+        check_owned(places[name], field=name)
     return places
 
 

@@ -179,3 +179,22 @@ def test_a_ship_folder_symlinked_out_of_the_working_directory_is_refused(workdir
     code, out = _cli("run", "-m", "m.yaml", "--quiet")
     assert code == 2 and "outside" in out and "ship.dir" in out, out
     assert not any(outside.iterdir())
+
+
+def test_output_folders_of_the_version_before_markers_are_adopted_not_refused(workdir):
+    # Upgrading: reports/<name>/ and shipped/<name>/ as the previous version wrote them (no marker).
+    (workdir / "reports" / "tiny").mkdir(parents=True)
+    (workdir / "reports" / "tiny" / "report.json").write_text("{}")
+    (workdir / "shipped" / "tiny").mkdir(parents=True)
+    for name in ("student.onnx", "model_card.json"):
+        (workdir / "shipped" / "tiny" / name).write_text("old")
+    write_manifest(workdir, edited(), "m.yaml")
+    code, out = _cli("run", "-m", "m.yaml", "--quiet")
+    assert code == 0, out
+    assert (workdir / "shipped" / "tiny" / "student.onnx").read_text() == "old"  # kept, beside v1/
+    assert (workdir / "shipped" / "tiny" / "latest" / "student.onnx").is_file()
+    # A file the old version never wrote makes it someone else's folder again.
+    (workdir / "reports" / "other").mkdir()
+    (workdir / "reports" / "other" / "notes.txt").write_text("mine")
+    write_manifest(workdir, edited(name="other"), "o.yaml")
+    assert _cli("run", "-m", "o.yaml", "--quiet")[0] == 2

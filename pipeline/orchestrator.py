@@ -125,9 +125,9 @@ def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None
     """The verified artifact, or None after moving anything broken at its place aside."""
     if not store.exists(step.kind, step.id):
         return None
-    problems = store.problems(step.kind, step.id)
-    if not problems:
-        return store.get(step.kind, step.id)
+    artifact, problems = store.verified(step.kind, step.id)
+    if artifact is not None:
+        return artifact
     moved = store.quarantine(step.kind, step.id)
     echo(f"[{step.kind:<8}] artifact failed verification ({problems[0]}); moved to {moved}, recomputing")
     return None
@@ -190,8 +190,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     log = RunLog(store, manifest.name, echo, quiet=quiet)
     run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     clock = time.perf_counter()
-    for step in steps:  # fail before any compute if a back-end or device is missing
-        if not store.has(step.kind, step.id):
+    for step in steps:  # fail before any compute if a back-end or device is missing (verified later, once)
+        if not store.exists(step.kind, step.id):
             step.stage.preflight(step.config)
     store.clean_tmp()
     outcome = RunOutcome()

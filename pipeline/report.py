@@ -49,7 +49,8 @@ def latency_warnings(latency: dict) -> list[str]:
     return warnings
 
 
-def _curves(artifact: Artifact | None) -> list[dict]:
+def training_curves(artifact: Artifact | None) -> list[dict]:
+    """The per-epoch rows a training artifact recorded (metrics.jsonl); empty for any other."""
     path = artifact.file("metrics.jsonl") if artifact is not None else None
     if path is None or not path.is_file():
         return []
@@ -116,7 +117,8 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
                       for c, (s, t) in enumerate(zip(models["student"]["per_class"], models["teacher"]["per_class"],
                                                      strict=True))],
         "gate": artifacts["gate"].metrics,
-        "training": {"teacher": _curves(artifacts.get("teacher")), "student": _curves(artifacts.get("distill"))},
+        "training": {"teacher": training_curves(artifacts.get("teacher")),
+                     "student": training_curves(artifacts.get("distill"))},
         "manifest": manifest.model_dump(mode="json", by_alias=True),
     }
 

@@ -17,16 +17,12 @@ from pathlib import Path
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
 from pipeline.history import flatten
+from pipeline.report import training_curves
 
 
 def tracking_uri(manifest: Manifest) -> str | None:
     section = manifest.tracking.mlflow
     return (section.uri if section is not None and section.uri else None) or os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def _epochs(artifact: Artifact | None) -> list[dict]:
-    path = artifact.file("metrics.jsonl") if artifact is not None else None
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path and path.is_file() else []
 
 
 def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, report_dir: Path | None,
@@ -52,7 +48,7 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
             mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
             mlflow.set_tags({"cskd.run": run["id"], **{f"cskd.artifact.{k}": a.id for k, a in artifacts.items()}})
             for role in ("teacher", "distill"):
-                for row in _epochs(artifacts.get(role)):
+                for row in training_curves(artifacts.get(role)):
                     mlflow.log_metrics({f"{role}.{k}": float(v) for k, v in row.items() if k != "epoch"},
                                        step=int(row["epoch"]))
             _final_metrics(mlflow, artifacts)

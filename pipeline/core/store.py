@@ -154,13 +154,20 @@ class ArtifactStore:
                 problems.append(f"{folder / RECORD_FILE}: record does not belong to {kind}/{art_id}")
         return problems
 
-    def get(self, kind: str, art_id: str) -> Artifact:
-        """The artifact, verified; raises ``StoreError`` listing the first problem otherwise."""
+    def verified(self, kind: str, art_id: str) -> tuple[Artifact | None, list[str]]:
+        """The artifact and no problems, or None and its problems: every file is hashed once."""
         problems = self.problems(kind, art_id)
         if problems:
-            raise StoreError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else problems[0])
+            return None, problems
         path = self.artifact_dir(kind, art_id)
-        return Artifact(kind, art_id, path, json.loads((path / RECORD_FILE).read_text()))
+        return Artifact(kind, art_id, path, json.loads((path / RECORD_FILE).read_text())), []
+
+    def get(self, kind: str, art_id: str) -> Artifact:
+        """The artifact, verified; raises ``StoreError`` listing the first problem otherwise."""
+        artifact, problems = self.verified(kind, art_id)
+        if artifact is None:
+            raise StoreError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else problems[0])
+        return artifact
 
     def all_ids(self) -> list[tuple[str, str]]:
         """(kind, id) of every folder under artifacts/, complete or not."""
@@ -176,9 +183,8 @@ class ArtifactStore:
         If another process committed the same id first and its artifact verifies, it wins
         and ``tmp`` is removed. Anything else at that place is quarantined first.
         """
-        (tmp / RECORD_FILE).write_text(
-            json.dumps({**record, "id": art_id, "kind": kind, "committed_at": time.time()},
-                       indent=2, sort_keys=True, allow_nan=False) + "\n")
+        record = {**record, "id": art_id, "kind": kind, "committed_at": time.time()}
+        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
         files, links = _listing(tmp)
         if links:
             raise StoreError(f"{kind} wrote symlinks ({', '.join(links)}); artifacts hold plain files only")
@@ -190,14 +196,15 @@ class ArtifactStore:
         final = self.artifact_dir(kind, art_id)
         final.parent.mkdir(parents=True, exist_ok=True)
         if self.exists(kind, art_id):
-            if self.has(kind, art_id):
+            winner, _ = self.verified(kind, art_id)
+            if winner is not None:
                 shutil.rmtree(tmp, ignore_errors=True)
-                return self.get(kind, art_id)
+                return winner
             self.quarantine(kind, art_id)
         os.rename(tmp, final)
         fsync_dir(final.parent)
         shutil.rmtree(self.work_dir(kind, art_id), ignore_errors=True)
-        return self.get(kind, art_id)
+        return Artifact(kind, art_id, final, json.loads(json.dumps(record)))  # as sealed: no re-read
 
     @contextlib.contextmanager
     def lock(self, kind: str, art_id: str) -> Iterator[None]:

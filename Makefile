@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,openvino,mlflow]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,openvino,mlflow,cluster]'
 	touch $(STAMP)
 
 install:  ## (re)create .venv with the project (editable), OpenVINO and the dev tools

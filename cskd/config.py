@@ -29,6 +29,7 @@ class TrainConfig(Strict):
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0, le=10_000, description="linear lr warm-up")
     augment: AugmentConfig = AugmentConfig()
+    drop_last: bool = Field(True, description="drop the last partial batch of each epoch (the authors keep it: false)")
     seed: int = Field(0, ge=0, le=2**31 - 1)
     checkpoint_every: int = Field(1, ge=1, le=10_000, description="epochs between resumable checkpoints")
     device: Literal["auto", "cpu", "cuda"] = "auto"

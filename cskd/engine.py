@@ -146,7 +146,7 @@ def train(
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     loader = DeviceLoader(train_split, batch_size=config.batch_size, device=device, shuffle=True,
-                          drop_last=True, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
+                          drop_last=config.drop_last, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
                           strong=objective.needs_strong_view, seed=config.seed, shard=(rank(), world_size()))
     try:
         return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
@@ -182,8 +182,8 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
             terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress, label=label)
             skip, sums = 0, {}
-            val_top1 = top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
-                            val_split.labels)
+            val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
+                             val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
             if writer:
                 with open(history, "a") as f:

@@ -70,6 +70,8 @@ class FastStep:
             return self._compute(weak, labels, strong)
         if self.graph is None:
             self._capture(weak, labels, strong)
+        if weak.shape != self.static["weak"].shape:  # the last partial batch (drop_last: false): eager
+            return self._compute(weak, labels, strong)
         self.static["weak"].copy_(weak)
         self.static["labels"].copy_(labels)
         if strong is not None:

@@ -28,13 +28,25 @@ class KDLoss(LossConfig):
     standardize: bool = Field(False, description="logit standardization before KD")
 
 
+# mdistiller's DKD beta per CIFAR-100 pair (configs/cifar100/dkd/*.yaml); 8 for the rest.
+DKD_BETA_BY_PAIR = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,
+                    ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "vgg8"): 6.0}
+DKD_BETA_DEFAULT = 8.0
+
+
 class DKDLoss(LossConfig):
     kind: Literal["dkd"]
     alpha: Weight = 1.0
-    beta: Weight = 8.0
+    beta: Weight | None = Field(None, description="unset: mdistiller's value for the teacher/student pair "
+                                                  "(2 for resnet56/110 pairs, 6 for WRN and VGG pairs, else 8)")
     temperature: Temperature = 4.0
     ce_weight: Weight = 1.0
     warmup_epochs: int = Field(20, ge=0, le=10_000)
+
+    def for_pair(self, teacher: str, student: str) -> DKDLoss:
+        if self.beta is not None:
+            return self
+        return self.model_copy(update={"beta": DKD_BETA_BY_PAIR.get((teacher, student), DKD_BETA_DEFAULT)})
 
 
 class DISTLoss(LossConfig):
@@ -75,7 +87,8 @@ def _kd(cfg: KDLoss, student, teacher):
 
 @register_loss(DKDLoss)
 def _dkd(cfg: DKDLoss, student, teacher):
-    return obj.DKD(student, teacher, alpha=cfg.alpha, beta=cfg.beta, temperature=cfg.temperature,
+    beta = cfg.beta if cfg.beta is not None else DKD_BETA_DEFAULT
+    return obj.DKD(student, teacher, alpha=cfg.alpha, beta=beta, temperature=cfg.temperature,
                    ce_weight=cfg.ce_weight, warmup_epochs=cfg.warmup_epochs)
 
 

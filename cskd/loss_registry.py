@@ -25,6 +25,10 @@ class LossConfig(Strict):
 
     kind: str
 
+    def for_pair(self, teacher: str, student: str) -> LossConfig:
+        """This config with settings that depend on the teacher/student pair filled in."""
+        return self
+
 
 @dataclass(frozen=True)
 class RegisteredLoss:

@@ -9,6 +9,8 @@ captured as a CUDA graph.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -16,6 +18,25 @@ Temperature = float | torch.Tensor
 
 # The epsilon of the authors' cosine: |u.v| / (||u|| ||v|| + 1e-8).
 _COS_EPS = 1e-8
+
+
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def in_fp32(loss):
+    """Run ``loss`` in float32 with autocast off, as the authors compute every loss term.
+
+    Under ``precision: bf16`` the networks' forward passes run in bf16 autocast, and
+    autocast would also run the matrix products of the correlation terms
+    (``P^T P``, ``P P^T``) in bf16, moving those terms by several percent."""
+
+    @functools.wraps(loss)
+    def wrapped(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *args, **kwargs):
+        with torch.autocast(student_logits.device.type, enabled=False):
+            return loss(_at_least_fp32(student_logits), _at_least_fp32(teacher_logits), *args, **kwargs)
+
+    return wrapped
 
 
 def row_cosine(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -43,6 +64,7 @@ def _t_squared(temperature: Temperature) -> Temperature:
     return temperature**2
 
 
+@in_fp32
 def cs_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -63,6 +85,7 @@ def cs_loss(
 
 
 @torch.no_grad()
+@in_fp32
 def cswt_temperatures(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -89,6 +112,7 @@ def cswt_temperatures(
     return low + (high - low) * ratio.clamp(0.0, 1.0)
 
 
+@in_fp32
 def class_correlation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: Temperature
 ) -> torch.Tensor:
@@ -98,6 +122,7 @@ def class_correlation_loss(
     return cosine_distance(pt.t() @ pt, ps.t() @ ps)
 
 
+@in_fp32
 def batch_correlation_loss(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, *, temperature: Temperature
 ) -> torch.Tensor:
@@ -114,6 +139,7 @@ def standardize_logits(logits: torch.Tensor) -> torch.Tensor:
     return (logits - mean) / (std + 1e-7)
 
 
+@in_fp32
 def kd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -134,6 +160,7 @@ def kd_loss(
     return kl.mean() * temperature**2
 
 
+@in_fp32
 def dkd_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,
@@ -171,6 +198,7 @@ def _pearson_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return 1.0 - r.mean()
 
 
+@in_fp32
 def dist_loss(
     student_logits: torch.Tensor,
     teacher_logits: torch.Tensor,

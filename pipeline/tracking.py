@@ -49,7 +49,7 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
             mlflow.set_tags({"cskd.run": run["id"], **{f"cskd.artifact.{k}": a.id for k, a in artifacts.items()}})
             for role in ("teacher", "distill"):
                 for row in training_curves(artifacts.get(role)):
-                    mlflow.log_metrics({f"{role}.{k}": float(v) for k, v in row.items() if k != "epoch"},
+                    mlflow.log_metrics({f"{role}.{k}": float(v) for k, v in row.items() if k != "epoch" and v is not None},
                                        step=int(row["epoch"]))
             _final_metrics(mlflow, artifacts)
             if report_dir is not None:

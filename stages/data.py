@@ -32,6 +32,13 @@ def train_val(view: TrainData) -> tuple[Split, Split]:
     return split_train_val(train, val_fraction=view.val_fraction, seed=view.split_seed)
 
 
+def held_out(view: TrainData) -> tuple[Split, str]:
+    """Images for the checks made before validation (ONNX parity, the INT8 budget): the val
+    split, or with ``val_fraction: 0`` the training images, and which of the two it is."""
+    train, val = train_val(view)
+    return (val, "val") if len(val) else (train, "train")
+
+
 def test_split(view: TestData) -> Split:
     return _first(dataset(view.source).test, view.max_test_samples)
 

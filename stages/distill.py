@@ -6,7 +6,7 @@ from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import LossField, Manifest, TrainData
 from stages.models import WEIGHTS_FILE
-from stages.training import TrainingJob, run_training
+from stages.training import TrainingJob, run_training, val_summary
 
 
 class DistillConfig(Strict):
@@ -20,14 +20,14 @@ class DistillConfig(Strict):
 
 class DistillStage(Stage):
     kind = "distill"
-    version = 2
+    version = 3  # 3: the strong view draws from its own stream; PIL-exact geometric ops
     Config = DistillConfig
     requires = ("teacher",)
 
     @classmethod
     def configure(cls, manifest: Manifest) -> DistillConfig:
         s = manifest.student
-        return DistillConfig(model=s.model, loss=s.loss, train=s.train, teacher_model=manifest.teacher.model,
+        return DistillConfig(model=s.model, loss=s.loss.for_pair(manifest.teacher.model, s.model), train=s.train, teacher_model=manifest.teacher.model,
                              data=manifest.data.train_view(), nproc=manifest.distributed.nproc)
 
     def run(self, config: DistillConfig, ctx: StageContext) -> StageResult:
@@ -36,4 +36,4 @@ class DistillStage(Stage):
                           teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
         last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
-        return StageResult(last, f"val top-1 {last['val_top1']:.2f}")
+        return StageResult(last, val_summary(last))

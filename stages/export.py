@@ -13,7 +13,7 @@ from exports.ort_runtime import create_session, run_batched
 from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import Manifest, TrainData
-from stages.data import train_val
+from stages.data import held_out
 from stages.models import WEIGHTS_FILE, load_network
 
 ONNX_FILE = "model.onnx"
@@ -55,18 +55,18 @@ class ExportStage(Stage):
     def run(self, config: ExportConfig, ctx: StageContext) -> StageResult:
         source = config.data.source
         model = load_network(config.model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
-        _, val = train_val(config.data)
+        val, split_name = held_out(config.data)
         shape = list(val.images.shape[1:])
         path = export_onnx(model, sample=torch.zeros(2, *shape), path=ctx.out_dir / ONNX_FILE, opset=config.opset)
         # Parity on real validation images (the test split stays untouched until validate).
         images = val.images[:PARITY_SAMPLES]
         check = parity(run_batched(create_session(path), images.numpy()), predict_logits(model, images).numpy())
-        metrics = {"onnx_bytes": path.stat().st_size, "opset": config.opset, "parity_split": "val",
+        metrics = {"onnx_bytes": path.stat().st_size, "opset": config.opset, "parity_split": split_name,
                    "parity_samples": len(images), **{f"parity_{k}": v for k, v in check.items()}}
         contract = {"name": "images", "layout": "NCHW", "dtype": "float32", "range": [0.0, 1.0],
                     "shape": ["batch", *shape]}
         return StageResult(metrics, f"{path.stat().st_size / 1024:.0f} KiB, opset {config.opset}, "
-                                    f"val parity max |diff| {check['max_logit_diff']:.1e}", extra={"input": contract})
+                                    f"{split_name} parity max |diff| {check['max_logit_diff']:.1e}", extra={"input": contract})
 
 
 register_backend(Backend("onnx", kind="export", file=ONNX_FILE, load=onnx_loader("export", ONNX_FILE),

@@ -12,7 +12,7 @@ from exports.quantize import Int8Settings, count_qdq, preprocess, quantize_with_
 from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import Int8Section, Manifest, TrainData
-from stages.data import train_val
+from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
 
 INT8_FILE = "model_int8.onnx"
@@ -40,7 +40,8 @@ class QuantizeStage(Stage):
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
                                 per_channel=section.per_channel)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
-        train, val = train_val(config.data)
+        train, _ = train_val(config.data)
+        val, split_name = held_out(config.data)
         calibration = train.images[:section.calibration_images].numpy().astype(np.float32) / 255.0
         report = quantize_with_fallback(
             prepared, ctx.out_dir / INT8_FILE, calibration_images=calibration, val_images_u8=val.images.numpy(),
@@ -51,10 +52,10 @@ class QuantizeStage(Stage):
         metrics = {"format": "QDQ", "activation_type": section.activation_type, "weight_type": "int8",
                    "per_channel": section.per_channel, "calibration": section.calibration,
                    "calibration_split": "train", "calibration_images": len(calibration), **qdq,
-                   "val_fp32_top1": report.fp32_top1, "val_int8_top1": report.int8_top1, "val_drop": report.drop,
+                   "budget_split": split_name, "val_fp32_top1": report.fp32_top1, "val_int8_top1": report.int8_top1, "val_drop": report.drop,
                    "kept_float": report.kept_float}
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
-        return StageResult(metrics, f"val top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",
+        return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",
                            extra={"input": ctx.inputs["export"].record["input"]})
 
 

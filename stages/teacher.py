@@ -6,7 +6,7 @@ from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import CheckpointRef, Manifest, TrainData
 from stages.models import load_network, save_network
-from stages.training import TrainingJob, run_training
+from stages.training import TrainingJob, run_training, val_summary
 
 
 class TeacherConfig(Strict):
@@ -38,4 +38,4 @@ class TeacherStage(Stage):
         job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
         last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
-        return StageResult({"source": "trained", **last}, f"val top-1 {last['val_top1']:.2f}")
+        return StageResult({"source": "trained", **last}, val_summary(last))

@@ -50,12 +50,18 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
         now = time.perf_counter()
         done, total = row["epoch"], job.train.epochs
         terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "val_top1"))
+        val = f"val top-1 {row['val_top1']:.2f}" if row["val_top1"] is not None else "no val split"
         eta = (now - started) / max(done, 1) * (total - done)
-        log(f"[{job.role:<8}] {job.model} epoch {done}/{total}  {terms}  val top-1 {row['val_top1']:.2f}  "
+        log(f"[{job.role:<8}] {job.model} epoch {done}/{total}  {terms}  {val}  "
             f"{samples / max(now - last[0], 1e-9):.0f} img/s  ETA {int(eta // 60)}:{int(eta % 60):02d}")
         last[0] = now
 
     return line
+
+
+def val_summary(last: dict) -> str:
+    """The one-line summary of a training stage."""
+    return f"val top-1 {last['val_top1']:.2f}" if last.get("val_top1") is not None else "trained on all training images"
 
 
 def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None = None) -> dict:

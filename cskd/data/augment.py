@@ -15,8 +15,9 @@ import torch.nn.functional as F
 
 # Cutout fill of the authors' strong view, RGB (125, 123, 114).
 _CUTOUT_RGB = (125.0, 123.0, 114.0)
-# Fill for pixels that geometric ops move in from outside (FixMatch's grey).
-_GEOMETRIC_FILL = 128.0 / 255.0
+# Pixels that rotate, shear and translate move in from outside are black: PIL's
+# ``Image.transform`` and ``Image.rotate`` default, which the authors' ops use.
+_GEOMETRIC_FILL = 0.0
 
 
 def _uniform(b: int, lo: float, hi: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -93,13 +94,38 @@ def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return _blend(x, blurred, factor)
 
 
-def _affine(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-    """Nearest-neighbour affine warp; ``theta`` ``[B, 2, 3]`` maps output to input coordinates."""
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    warped = F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
-    inside = F.grid_sample(torch.ones_like(x[:, :1]), grid, mode="nearest", padding_mode="zeros",
-                           align_corners=False)
-    return torch.where(inside > 0.5, warped, torch.full_like(warped, _GEOMETRIC_FILL))
+def _affine(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
+    """PIL's ``Image.transform(size, AFFINE, (a, b, c, d, e, f))`` with NEAREST, batched.
+
+    ``coeffs`` ``[B, 6]`` map an output pixel to input coordinates in pixels, as PIL
+    does: the centre of output pixel (x, y) is (x + 0.5, y + 0.5), it reads input
+    pixel (floor(a*x' + b*y' + c), floor(d*x' + e*y' + f)), and anything outside is
+    filled with ``_GEOMETRIC_FILL``. So a shear is about the top-left corner, as in
+    the authors' ``img.transform(img.size, AFFINE, (1, v, 0, 0, 1, 0))``."""
+    b, c, h, w = x.shape
+    dev = x.device
+    k = coeffs.double() if dev.type == "cpu" else coeffs  # PIL computes in double
+    ys = (torch.arange(h, device=dev, dtype=k.dtype) + 0.5).view(1, h, 1)
+    xs = (torch.arange(w, device=dev, dtype=k.dtype) + 0.5).view(1, 1, w)
+    a, bb, cc, d, e, f = (k[:, i].view(b, 1, 1) for i in range(6))
+    src_x = torch.floor(a * xs + bb * ys + cc).long()
+    src_y = torch.floor(d * xs + e * ys + f).long()
+    inside = (src_x >= 0) & (src_x < w) & (src_y >= 0) & (src_y < h)
+    flat = (src_y.clamp(0, h - 1) * w + src_x.clamp(0, w - 1)).view(b, 1, h * w).expand(b, c, h * w)
+    moved = x.reshape(b, c, h * w).gather(2, flat).view(b, c, h, w)
+    return torch.where(inside[:, None], moved, torch.full_like(moved, _GEOMETRIC_FILL))
+
+
+def _rotation(angle_deg: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The coefficients ``Image.rotate(angle)`` passes to ``transform``: counter-clockwise
+    about the image centre (w/2, h/2), same size."""
+    theta = -angle_deg * (math.pi / 180.0)
+    a, b = torch.cos(theta), torch.sin(theta)
+    d, e = -torch.sin(theta), torch.cos(theta)
+    cx, cy = w / 2.0, h / 2.0
+    c = a * -cx + b * -cy + cx
+    f = d * -cx + e * -cy + cy
+    return torch.stack([a, b, c, d, e, f], 1)
 
 
 _OPS = ("identity", "autocontrast", "brightness", "color", "contrast", "equalize", "posterize",
@@ -112,20 +138,21 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dev = x.device
     op = torch.randint(0, len(_OPS), (b,), generator=gen, device=dev)
     factor = _uniform(b, 0.05, 0.95, gen, dev)  # Brightness/Color/Contrast/Sharpness
-    bits = torch.randint(4, 9, (b,), generator=gen, device=dev).float()
-    angle = _uniform(b, -30.0, 30.0, gen, dev) * (math.pi / 180.0)
+    # The authors: ``int(v)`` of v ~ U(4, 8), so 4 to 7 bits (8 only at v == 8 exactly).
+    bits = torch.randint(4, 8, (b,), generator=gen, device=dev).float()
+    angle = _uniform(b, -30.0, 30.0, gen, dev)  # degrees
     shear = _uniform(b, -0.3, 0.3, gen, dev)
-    shift = _uniform(b, -0.3, 0.3, gen, dev) * 2.0  # fraction of size -> normalised coords
+    shift = _uniform(b, -0.3, 0.3, gen, dev)  # fraction of the size, times the size in pixels below
     threshold = _uniform(b, 0.0, 256.0, gen, dev)
 
     u8 = (x * 255.0).round()
     gray = _grayscale(x)
+    h, w = x.shape[2], x.shape[3]
     one, zero = torch.ones_like(angle), torch.zeros_like(angle)
 
-    def theta(a, bb, c, d, e, f):
-        return torch.stack([torch.stack([a, bb, c], 1), torch.stack([d, e, f], 1)], 1)
+    def coeffs(a, bb, c, d, e, f):
+        return torch.stack([a, bb, c, d, e, f], 1)
 
-    cos, sin = torch.cos(angle), torch.sin(angle)
     quantum = torch.pow(2.0, 8.0 - bits)
     results = {
         "identity": x,
@@ -135,13 +162,13 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         "contrast": _blend(x, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor),
         "equalize": _equalize(x),
         "posterize": torch.floor(u8 / _per_sample(quantum)) * _per_sample(quantum) / 255.0,
-        "rotate": _affine(x, theta(cos, -sin, zero, sin, cos, zero)),
+        "rotate": _affine(x, _rotation(angle, h, w)),
         "sharpness": _sharpness(x, factor),
-        "shear_x": _affine(x, theta(one, shear, zero, zero, one, zero)),
-        "shear_y": _affine(x, theta(one, zero, zero, shear, one, zero)),
+        "shear_x": _affine(x, coeffs(one, shear, zero, zero, one, zero)),
+        "shear_y": _affine(x, coeffs(one, zero, zero, shear, one, zero)),
         "solarize": torch.where(u8 >= _per_sample(threshold), 255.0 - u8, u8) / 255.0,
-        "translate_x": _affine(x, theta(one, zero, shift, zero, one, zero)),
-        "translate_y": _affine(x, theta(one, zero, zero, zero, one, shift)),
+        "translate_x": _affine(x, coeffs(one, zero, shift * w, zero, one, zero)),
+        "translate_y": _affine(x, coeffs(one, zero, zero, zero, one, shift * h)),
     }
     out = x
     for k, name in enumerate(_OPS):
@@ -150,16 +177,24 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def cutout(x: torch.Tensor, gen: torch.Generator, *, max_fraction: float = 0.5) -> torch.Tensor:
-    """A square of side ``U(0, max_fraction) * H`` at a uniform centre, clipped, filled grey."""
+    """The authors' ``Cutout``/``CutoutAbs``: side ``v = U(0, max_fraction) * W``, a corner at
+    ``int(max(0, U(0, W) - v/2))`` (so a box near the top or left edge keeps its size),
+    the far corner ``min(W, corner + v)``, drawn by PIL's ``rectangle``, which fills
+    both corners inclusive at integer (truncated) coordinates. Filled RGB (125, 123, 114);
+    one-channel images get that colour's mean."""
     b, c, h, w = x.shape
     dev = x.device
-    side = _uniform(b, 0.0, max_fraction, gen, dev) * h
-    cy = _uniform(b, 0.0, float(h), gen, dev)
+    side = _uniform(b, 0.0, max_fraction, gen, dev) * w
     cx = _uniform(b, 0.0, float(w), gen, dev)
+    cy = _uniform(b, 0.0, float(h), gen, dev)
+    x0 = (cx - side / 2).clamp_min(0).floor()
+    y0 = (cy - side / 2).clamp_min(0).floor()
+    x1 = torch.minimum(x0 + side, torch.full_like(x0, float(w))).floor()
+    y1 = torch.minimum(y0 + side, torch.full_like(y0, float(h))).floor()
     ys = torch.arange(h, device=dev, dtype=x.dtype)[None, :]
     xs = torch.arange(w, device=dev, dtype=x.dtype)[None, :]
-    in_y = (ys >= (cy - side / 2).floor()[:, None]) & (ys < (cy + side / 2).floor()[:, None])
-    in_x = (xs >= (cx - side / 2).floor()[:, None]) & (xs < (cx + side / 2).floor()[:, None])
+    in_y = (ys >= y0[:, None]) & (ys <= y1[:, None])
+    in_x = (xs >= x0[:, None]) & (xs <= x1[:, None])
     box = (in_y[:, :, None] & in_x[:, None, :])[:, None]
     fill = torch.tensor(_CUTOUT_RGB, device=dev, dtype=x.dtype) / 255.0
     fill = fill.view(1, 3, 1, 1) if c == 3 else fill.mean().view(1, 1, 1, 1).expand(1, c, 1, 1)

@@ -59,9 +59,10 @@ class DataSet:
 
 
 def split_train_val(train: Split, *, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """A fixed, seeded split of the training split into (train, val)."""
+    """A fixed, seeded split of the training split into (train, val); ``val_fraction`` 0
+    keeps the whole split for training and an empty val split (the authors' recipe)."""
     n = len(train)
-    n_val = max(1, int(round(n * val_fraction)))
+    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return train.subset(perm[n_val:]), train.subset(perm[:n_val])
 

@@ -42,13 +42,17 @@ class DeviceLoader:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def _generator(self) -> torch.Generator:
-        # Distinct, reproducible stream per (seed, epoch).
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
+    def _generator(self, stream: int = 0) -> torch.Generator:
+        # Distinct, reproducible stream per (seed, epoch, stream).
+        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch + stream * 7_919)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Yields ``(weak [B,C,H,W] float in [0,1], labels [B], strong or None)``."""
         gen = self._generator()
+        # The strong view draws from its own stream, so the order and the weak view of a
+        # seed are the same whether or not a loss asks for a strong view: cells of a
+        # method comparison that share a seed see the same batches.
+        strong_gen = self._generator(stream=1) if self.strong else None
         n = len(self.labels)
         order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
         for i in range(len(self)):
@@ -57,7 +61,7 @@ class DeviceLoader:
             weak = raw
             if self.crop_padding or self.flip:
                 weak = random_crop_flip(raw, gen, padding=self.crop_padding, flip=self.flip)
-            strong = strong_view(raw, gen, padding=self.crop_padding, flip=self.flip) if self.strong else None
+            strong = strong_view(raw, strong_gen, padding=self.crop_padding, flip=self.flip) if self.strong else None
             labels = self.labels[idx]
             if self.world > 1:
                 part = slice(self.rank, None, self.world)

@@ -49,7 +49,8 @@ class DataSection(Strict):
     name: Literal[DATASETS]  # type: ignore[valid-type]
     root: str | None = Field(None, max_length=4096, description="folder holding the data set's files")
     download: bool = Field(False, description="let torchvision download missing files")
-    val_fraction: float = Field(0.1, gt=0, le=0.5, description="held-out slice of the training split")
+    val_fraction: float = Field(0.1, ge=0, le=0.5, description="held-out slice of the training split; 0: train on "
+                                "all of it (nothing is selected on val; INT8 and parity checks read training images)")
     split_seed: int = Field(0, ge=0, le=2**31 - 1)
     image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize to this square size")
     grayscale: bool = Field(False, description="imagefolder: read images as one channel")

@@ -186,3 +186,83 @@ def test_pixel_ops_match_pil():
     assert np.abs(_to_array(color) - np.asarray(ImageEnhance.Color(img).enhance(0.4), dtype=int)).max() <= 2
     bright = A._blend(x, torch.zeros_like(x), torch.tensor([0.5]))
     assert np.abs(_to_array(bright) - np.asarray(ImageEnhance.Brightness(img).enhance(0.5), dtype=int)).max() <= 1
+
+
+# --- The strong view's ops that move pixels, against PIL as the authors call it --------------------
+# (their RandAugment: ``img.rotate(v)``, ``img.transform(size, AFFINE, ...)``,
+#  ``ImageOps.posterize(img, int(v))``, ``CutoutAbs`` with ``ImageDraw.rectangle``).
+
+def _pil_affine(img, coeffs):
+    from PIL import Image
+
+    return img.transform(img.size, Image.AFFINE, tuple(coeffs), resample=Image.NEAREST)
+
+
+@pytest.mark.parametrize("size", [12, 32])
+def test_geometric_ops_match_pil_pixel_for_pixel(size):
+    from cskd.data import augment as A
+
+    for seed, v in enumerate((-0.3, -0.17, 0.05, 0.22, 0.3)):
+        img, x = _pil_and_tensor(seed, size)
+        cases = {
+            "shear_x": (1, v, 0, 0, 1, 0),      # about the top-left corner, as the authors' PIL call
+            "shear_y": (1, 0, 0, v, 1, 0),
+            "translate_x": (1, 0, v * size, 0, 1, 0),
+            "translate_y": (1, 0, 0, 0, 1, v * size),
+        }
+        for name, coeffs in cases.items():
+            ours = _to_array(A._affine(x, torch.tensor([coeffs], dtype=torch.float32)))
+            theirs = np.asarray(_pil_affine(img, coeffs), dtype=int)
+            assert np.array_equal(ours, theirs), f"{name}({v}) differs from PIL at {size}px"
+        angle = v * 100  # -30 .. 30 degrees
+        ours = _to_array(A._affine(x, A._rotation(torch.tensor([angle]), size, size)))
+        theirs = np.asarray(img.rotate(angle), dtype=int)  # PIL default: NEAREST, black fill
+        assert (ours == theirs).all(axis=-1).mean() >= 0.995, f"rotate({angle}) differs from PIL at {size}px"
+
+
+def test_posterize_draws_4_to_7_bits_and_matches_pil():
+    from PIL import ImageOps
+
+    from cskd.data import augment as A
+
+    img, x = _pil_and_tensor(3, 16)
+    for bits in (4, 5, 6, 7):
+        quantum = 2.0 ** (8 - bits)
+        ours = torch.floor((x * 255).round() / quantum) * quantum / 255.0
+        assert np.array_equal(_to_array(ours), np.asarray(ImageOps.posterize(img, bits), dtype=int))
+    # the op's own draw: with every sample forced to posterize, only 4..7 bits occur
+    g = torch.Generator().manual_seed(0)
+    flat = torch.linspace(0, 1, 256).view(1, 1, 1, 256).expand(512, 1, 1, 256).contiguous()
+    levels = set()
+    for _ in range(20):
+        out = A._random_op(flat, g)
+        for row in out[:, 0, 0]:
+            distinct = len(torch.unique((row * 255).round()))
+            if distinct in (16, 32, 64, 128):
+                levels.add(distinct)
+    assert levels and max(levels) <= 128  # 8 bits (256 levels) never drawn as posterize
+
+
+def test_cutout_matches_the_authors_cutoutabs_drawn_with_pil():
+    from PIL import Image, ImageDraw
+
+    from cskd.data import augment as A
+
+    b, size = 200, 32
+    x = torch.zeros(b, 3, size, size)
+    out = A.cutout(x, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)  # replay the same draws: side, centre x, centre y
+    side = A._uniform(b, 0.0, 0.5, g, "cpu") * size
+    cx, cy = A._uniform(b, 0.0, float(size), g, "cpu"), A._uniform(b, 0.0, float(size), g, "cpu")
+    areas = []
+    for i in range(b):
+        v = float(side[i])
+        x0 = int(max(0, float(cx[i]) - v / 2.0))
+        y0 = int(max(0, float(cy[i]) - v / 2.0))
+        x1, y1 = min(size, x0 + v), min(size, y0 + v)
+        img = Image.new("RGB", (size, size))
+        ImageDraw.Draw(img).rectangle((x0, y0, x1, y1), (125, 123, 114))
+        theirs = np.asarray(img, dtype=int)
+        assert np.array_equal(_to_array(out[i:i + 1]), theirs), f"box {i} differs from PIL's"
+        areas.append((theirs.sum(axis=-1) > 0).mean())
+    assert 0.07 < float(np.mean(areas)) < 0.10  # the authors' ~8.4% mean area, not the clipped 6.7%

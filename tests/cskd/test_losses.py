@@ -179,3 +179,25 @@ def test_gradients_float64(name):
         "bc": lambda s: losses.batch_correlation_loss(s, zt, temperature=4.0),
     }
     assert torch.autograd.gradcheck(fns[name], (zs,), eps=1e-6, atol=1e-5)
+
+
+def test_loss_terms_stay_fp32_under_bf16_autocast():
+    """precision: bf16 runs the networks in bf16; the loss terms (the correlation matrix
+    products especially) must stay the fp32 values, as in the authors' code."""
+    from cskd import losses as L
+
+    g = torch.Generator().manual_seed(0)
+    zs, zt = torch.randn(64, 100, generator=g) * 3, torch.randn(64, 100, generator=g) * 3
+    t = L.cswt_temperatures(zs, zt)
+    terms = {
+        "cc": lambda: L.class_correlation_loss(zs, zt, temperature=t),
+        "bc": lambda: L.batch_correlation_loss(zs, zt, temperature=4.0),
+        "cs": lambda: L.cs_loss(zs, zt, temperature=t),
+        "kd": lambda: L.kd_loss(zs, zt, temperature=4.0),
+    }
+    for name, term in terms.items():
+        exact = term()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_bf16 = term()
+        assert under_bf16.dtype == torch.float32
+        assert torch.allclose(under_bf16, exact, rtol=1e-6, atol=1e-7), name

@@ -1,0 +1,63 @@
+"""``cskd-pipeline study``: compare distillation losses on a manifest over seeds and batch sizes."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from pipeline.cli import _load, handle_errors, main, manifest_option, set_option
+from pipeline.core.errors import ManifestError
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ManifestError(f"{option}: {text!r} is not a comma-separated list of integers, e.g. 64,256") from None
+    if not values or min(values) < 1:
+        raise ManifestError(f"{option}: give positive integers, e.g. 64,256")
+    return sorted(set(values), key=values.index)
+
+
+@main.command()
+@manifest_option
+@click.option("--losses", default="kd,cskd-core", show_default=True, metavar="LIST",
+              help="losses to compare: ce, kd, dkd, dist, cskd-core, cskd-paper, or a variant "
+                   "kind:key=value,key=value (e.g. kd:temperature=2)")
+@click.option("--seeds", type=click.IntRange(1, 1000), default=3, show_default=True,
+              help="seeds 0..N-1 per loss and batch size; cells of one seed are paired")
+@click.option("--batch-sizes", default=None, metavar="LIST",
+              help="student batch sizes, e.g. 64,256 (default: the manifest's)")
+@click.option("--reference", default="kd", show_default=True, help="the loss every other is paired against")
+@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="cells at a time: local processes (one per GPU on a GPU machine), or Slurm jobs at once")
+@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+              show_default=True, help="local processes, Slurm jobs through submitit (extra [cluster]), or "
+                                      "submitit's local executor (the Slurm code path on this machine)")
+@click.option("--slurm-partition", default=None, help="Slurm partition for --launcher slurm")
+@click.option("--timeout-min", type=click.IntRange(1, 100_000), default=None, help="time limit of one cell's job")
+@set_option
+@handle_errors
+def study(manifest_opt, losses, seeds, batch_sizes, reference, jobs, launcher, slurm_partition, timeout_min,
+          overrides) -> None:
+    """Compare losses on this manifest: every loss x batch size x seed, paired statistics.
+
+    \b
+    Writes reports/<name>/study.json and study.html and prints the tables.
+    Every cell is cached; rerunning (or resuming an interrupted study) reuses them.
+    Examples: cskd-pipeline study -m quickstart --losses ce,kd,cskd-core --seeds 5
+              cskd-pipeline study -m resnet8x4 --losses kd,dkd,cskd-paper --seeds 3 --jobs 8
+              cskd-pipeline study -m resnet8x4 --launcher slurm --jobs 32 --slurm-partition gpu
+    """
+    from pipeline.study import StudyRequest, markdown, parse_losses, run_study
+
+    manifest = _load(manifest_opt, overrides)
+    specs = parse_losses(losses)
+    sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else [manifest.student.train.batch_size]
+    request = StudyRequest(losses=specs, seeds=seeds, batch_sizes=sizes, reference=reference, jobs=jobs,
+                           launcher=launcher, slurm={"slurm_partition": slurm_partition, "timeout_min": timeout_min})
+    result = run_study(manifest, request, echo=lambda line: click.echo(line, err=True))
+    click.echo(markdown(result))
+    folder = os.path.relpath(os.path.join(manifest.report.dir, manifest.name))
+    click.echo(f"\nstudy: {folder}/study.json, {folder}/study.html ({result['wall_s']:.0f} s)")

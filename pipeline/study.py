@@ -1,0 +1,315 @@
+"""``cskd-pipeline study``: a method comparison on the user's own manifest.
+
+A study is a grid of cells, loss x batch size x seed. Each cell is the manifest with
+``student.loss``, ``student.train.batch_size`` and ``student.train.seed`` replaced, run
+through the pipeline up to validation. The cells therefore share the teacher and
+everything upstream through the artifact store, a finished cell is cached like any
+run, and an interrupted study resumes where it stopped.
+
+Cells of the same seed are paired: the engine draws the student's initial weights from
+``train.seed`` before anything else, and the training order and the weak view from a
+stream that no loss changes (a strong view has its own stream), so a paired difference
+measures the loss and nothing else.
+
+Cells run here one after another (``--jobs 1``), as N local processes (``--jobs N``; one
+per GPU on a GPU machine), or as Slurm jobs through submitit (``--launcher slurm``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from pipeline.core.errors import EXIT_MISSING_BACKEND, ManifestError, PipelineError
+from pipeline.core.manifest import Manifest
+
+# The loss names a study takes, each a loss with its default settings.
+LOSS_PRESETS: dict[str, dict] = {
+    "ce": {"kind": "ce"},
+    "kd": {"kind": "kd"},
+    "dkd": {"kind": "dkd"},
+    "dist": {"kind": "dist"},
+    "cskd-core": {"kind": "cskd", "preset": "core"},
+    "cskd-paper": {"kind": "cskd", "preset": "paper"},
+}
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    label: str  # as the user wrote it: "kd", "kd:temperature=2"
+    loss: dict
+
+
+@dataclass(frozen=True)
+class Cell:
+    loss: LossSpec
+    batch_size: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.loss.label} b{self.batch_size} s{self.seed}"
+
+
+def parse_losses(text: str) -> list[LossSpec]:
+    """``ce,kd,cskd-core`` or variants ``kind:key=value,key=value``: a comma-separated item
+    with ``=`` and no ``:`` continues the variant before it."""
+    import yaml
+
+    from cskd.loss_registry import registered_losses
+
+    groups: list[list[str]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item.split("=", 1)[0]:
+            if not groups:
+                raise ManifestError(f"--losses: {item!r} has no loss before it; write kind:key=value")
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    if not groups:
+        raise ManifestError("--losses: name at least one loss, e.g. --losses kd,cskd-core")
+    specs = []
+    for group in groups:
+        head, _, first = group[0].partition(":")
+        if head in LOSS_PRESETS:
+            loss = dict(LOSS_PRESETS[head])
+        elif head in registered_losses():
+            loss = {"kind": head}
+        else:
+            raise ManifestError(f"--losses: unknown loss {head!r}; choose from "
+                                f"{', '.join([*LOSS_PRESETS, *sorted(set(registered_losses()) - {'cskd'})])}")
+        for setting in ([first] if first else []) + group[1:]:
+            key, sep, value = setting.partition("=")
+            if not sep or not key:
+                raise ManifestError(f"--losses: {setting!r} in {head!r} is not key=value")
+            loss[key.strip()] = yaml.safe_load(value)
+        label = head if len(group) == 1 and not first else ",".join([group[0], *group[1:]])
+        specs.append(LossSpec(label, loss))
+    labels = [s.label for s in specs]
+    if len(set(labels)) != len(labels):
+        raise ManifestError(f"--losses: {labels} names a loss twice")
+    return specs
+
+
+def cell_manifest(base: Manifest, cell: Cell) -> Manifest:
+    """The base manifest with the cell's loss, batch size and seed (validated like a file)."""
+    from pydantic import ValidationError
+
+    from pipeline.manifest_io import format_validation_error
+
+    data = base.model_dump(mode="json", by_alias=True)
+    data["student"]["loss"] = cell.loss.loss
+    data["student"]["train"]["batch_size"] = cell.batch_size
+    data["student"]["train"]["seed"] = cell.seed
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise ManifestError(f"study cell {cell.name}: {format_validation_error(exc)}") from None
+
+
+def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict:
+    """Run one cell up to validation (cached if done before); its result row. Runs in this
+    process, a ``--jobs`` worker, or a submitit job: everything it needs is in its arguments."""
+    import stages  # noqa: F401 - the registries, in a fresh worker process too
+    from pipeline.orchestrator import run_pipeline
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    manifest = cell_manifest(Manifest.model_validate_json(manifest_json), cell)
+    outcome = run_pipeline(manifest, until="validate", progress=False, quiet=True, echo=lambda line: None)
+    distill, validate = outcome.artifacts["distill"], outcome.artifacts["validate"]
+    epochs = manifest.student.train.epochs
+    samples = distill.metrics.get("train_samples", 0)
+    wall = float(distill.record.get("wall_s") or 0.0)
+    return {"loss": cell.loss.label, "loss_config": distill.record["config"]["loss"], "batch_size": cell.batch_size,
+            "seed": cell.seed, "student_top1": validate.metrics["student_top1"],
+            "teacher_top1": validate.metrics["teacher_top1"], "distill_id": distill.id,
+            "cached": all(r.status == "cached" for r in outcome.reports if r.kind in ("distill", "validate")),
+            "train_wall_s": wall, "images_per_s": round(samples * epochs / wall, 1) if wall else None,
+            "device": distill.record.get("environment", {}).get("device")}
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _pin_worker(slots) -> None:
+    """A ``--jobs`` worker takes one GPU (or nothing on a CPU machine) for its lifetime."""
+    gpu = slots.get()
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+
+
+def _run_local(manifest_json: str, cells: list[Cell], jobs: int, on_done: Callable[[dict], None]) -> list[dict]:
+    if jobs == 1:
+        rows = []
+        for cell in cells:
+            rows.append(run_cell(manifest_json, cell))
+            on_done(rows[-1])
+        return rows
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    gpus = _gpu_count()
+    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
+    slots = context.Manager().Queue()
+    for i in range(jobs):
+        slots.put(i % gpus if gpus else None)
+    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)  # CPU cells share the cores
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_worker, initargs=(slots,)) as pool:
+        futures = {pool.submit(run_cell, manifest_json, cell, threads): cell for cell in cells}
+        rows = []
+        for future in as_completed(futures):
+            rows.append(future.result())
+            on_done(rows[-1])
+    return rows
+
+
+def _run_submitit(manifest_json: str, cells: list[Cell], *, cluster: str, folder: Path, jobs: int,
+                  slurm: dict, on_done: Callable[[dict], None]) -> list[dict]:
+    try:
+        import submitit
+    except ImportError:
+        raise PipelineError("--launcher slurm needs submitit: pip install 'cskd-pipeline[cluster]'",
+                            EXIT_MISSING_BACKEND) from None
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    if cluster == "slurm":  # one GPU per cell; the scheduler spreads cells over its machines
+        executor.update_parameters(gpus_per_node=1, tasks_per_node=1, slurm_array_parallelism=jobs,
+                                   **{k: v for k, v in slurm.items() if v is not None})
+    else:
+        executor.update_parameters(timeout_min=slurm.get("timeout_min") or 60)
+    submitted = [executor.submit(run_cell, manifest_json, cell) for cell in cells]
+    rows = []
+    for job, cell in zip(submitted, cells, strict=True):
+        try:
+            rows.append(job.result())
+        except Exception as exc:  # submitit wraps the worker's exception with its log's path
+            raise PipelineError(f"study cell {cell.name} failed in job {job.job_id}: "
+                                f"{str(exc).strip().splitlines()[-1]} (logs: {folder})", 4) from None
+        on_done(rows[-1])
+    return rows
+
+
+@dataclass(frozen=True)
+class StudyRequest:
+    losses: list[LossSpec]
+    seeds: int
+    batch_sizes: list[int]
+    reference: str = "kd"
+    jobs: int = 1
+    launcher: str = "local"
+    slurm: dict | None = None
+
+    def cells(self) -> list[Cell]:
+        return [Cell(loss, batch, seed) for batch in self.batch_sizes for loss in self.losses
+                for seed in range(self.seeds)]
+
+
+def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], None] = print) -> dict:
+    """Run (or reuse) every cell, then the statistics; returns the study document."""
+    from pipeline.orchestrator import output_folders, run_pipeline
+    from pipeline.study_stats import summarize
+
+    labels = [s.label for s in request.losses]
+    if request.reference not in labels:
+        raise ManifestError(f"--reference {request.reference!r} is not among --losses ({', '.join(labels)})")
+    cells = request.cells()
+    for cell in cells:  # every cell is a valid manifest before anything runs
+        cell_manifest(base, cell)
+    folders = output_folders(base)
+    started = time.perf_counter()
+    # The shared upstream (data, teacher) once, here, before cells fan out: parallel cells
+    # must not all train the same teacher.
+    teacher = run_pipeline(cell_manifest(base, cells[0]), until="teacher", progress=False, quiet=True,
+                           echo=echo)
+    echo(f"teacher {base.teacher.model}: {teacher.artifacts['teacher'].record.get('headline', '')}")
+    echo(f"study {base.name}: {len(cells)} cells ({len(request.losses)} losses x {len(request.batch_sizes)} "
+         f"batch sizes x {request.seeds} seeds), launcher {request.launcher}, jobs {request.jobs}")
+    done = [0]
+
+    def on_done(row: dict) -> None:
+        done[0] += 1
+        echo(f"[{done[0]}/{len(cells)}] {row['loss']:<12} batch {row['batch_size']:<4} seed {row['seed']}: "
+             f"top-1 {row['student_top1']:.2f}" + ("  (cached)" if row["cached"] else
+                                                  f"  ({row['train_wall_s']:.0f} s, {row['images_per_s'] or 0:.0f} img/s)"))
+
+    manifest_json = base.model_dump_json(by_alias=True)
+    if request.launcher == "local":
+        rows = _run_local(manifest_json, cells, request.jobs, on_done)
+    else:
+        rows = _run_submitit(manifest_json, cells, cluster="slurm" if request.launcher == "slurm" else "local",
+                             folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},
+                             on_done=on_done)
+    order = {(c.loss.label, c.batch_size, c.seed): i for i, c in enumerate(cells)}
+    rows.sort(key=lambda r: order[(r["loss"], r["batch_size"], r["seed"])])
+    stats = summarize(rows, reference=request.reference)
+    from pipeline.core.environment import environment
+
+    study = {
+        "study": {"name": base.name, "losses": {s.label: s.loss for s in request.losses},
+                  "seeds": list(range(request.seeds)), "batch_sizes": request.batch_sizes,
+                  "reference": request.reference, "launcher": request.launcher, "jobs": request.jobs,
+                  "teacher": base.teacher.model, "student": base.student.model,
+                  "epochs": base.student.train.epochs, "data": base.data.name,
+                  "train_samples": teacher.artifacts["teacher"].metrics.get("train_samples")},
+        "teacher_top1": rows[0]["teacher_top1"],
+        "cells": rows,
+        **stats,
+        "wall_s": round(time.perf_counter() - started, 1),
+        "environment": environment(),
+    }
+    write_study(study, folders["report.dir"])
+    return study
+
+
+def write_study(study: dict, folder: Path) -> None:
+    """``study.json`` and ``study.html`` in the manifest's report folder, each replaced atomically."""
+    from pipeline.history import owned_folder
+    from pipeline.study_stats import render_html
+
+    owned_folder(folder, field="report.dir", what="run reports")
+    for name, text in (("study.json", json.dumps(study, indent=2, allow_nan=False) + "\n"),
+                       ("study.html", render_html(study))):
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+
+
+def markdown(study: dict) -> str:
+    """The tables a terminal, a README or a pull request shows."""
+    def fmt(v, digits=2):
+        return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
+
+    lines = [f"teacher {study['study']['teacher']}: {study['teacher_top1']:.2f} test top-1", "",
+             "| loss | batch | n | mean | std | 95% CI | seeds |", "|---|---|---|---|---|---|---|"]
+    for row in study["summary"]:
+        ci = f"[{fmt(row['ci95'][0])}, {fmt(row['ci95'][1])}]" if row["ci95"] else "-"
+        lines.append(f"| {row['loss']} | {row['batch_size']} | {row['n']} | {fmt(row['mean'])} | {fmt(row['std'])} "
+                     f"| {ci} | {', '.join(fmt(s) for s in row['scores'])} |")
+    if study["paired"]:
+        ref = study["study"]["reference"]
+        lines += ["", f"Paired by seed against {ref} (difference = loss - {ref}, test top-1 points):", "",
+                  "| loss | batch | n | mean diff | 95% t-interval | excludes 0 | wins/losses/ties | sign test p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in study["paired"]:
+            ci = f"[{fmt(row['ci95'][0])}, {fmt(row['ci95'][1])}]" if row["ci95"] else "-"
+            verdict = {True: "yes", False: "no", None: "-"}[row["excludes_zero"]]
+            lines.append(f"| {row['loss']} | {row['batch_size']} | {row['n']} | {fmt(row['mean_diff'])} | {ci} "
+                         f"| {verdict} | {row['wins']}/{row['losses']}/{row['ties']} | {fmt(row['sign_p'], 3)} |")
+    return "\n".join(lines)
+
+
+__all__ = ["LAUNCHERS", "LOSS_PRESETS", "Cell", "LossSpec", "StudyRequest", "asdict", "markdown", "parse_losses",
+           "run_study"]

@@ -1,0 +1,157 @@
+"""`cskd-pipeline study`: cells through the store, paired statistics, the same study
+from every launcher, and paired cells that really share their start."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from tests.conftest import edited, write_manifest
+
+# Two losses x two seeds of one-epoch students on digits: seconds per cell.
+STUDY = ["study", "-m", "tiny.yaml", "--losses", "kd,cskd-core", "--seeds", "2", "-o", "student.train.epochs=1"]
+
+
+def _cli(*args):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _numbers(study: dict) -> list[tuple]:
+    return [(c["loss"], c["batch_size"], c["seed"], c["student_top1"], c["distill_id"]) for c in study["cells"]]
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory):
+    """One study of the tiny manifest, and its rerun."""
+    import os
+
+    folder = tmp_path_factory.mktemp("study")
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        write_manifest(folder, edited(teacher__train__epochs=1))
+        first = _cli(*STUDY)
+        study = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
+        second = _cli(*STUDY)
+        again = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
+        yield folder, first, study, second, again
+    finally:
+        os.chdir(cwd)
+
+
+def test_a_study_completes_and_writes_its_statistics(studied):
+    folder, (code, out), study, _, _ = studied
+    assert code == 0, out
+    assert len(study["cells"]) == 4 and {c["loss"] for c in study["cells"]} == {"kd", "cskd-core"}
+    assert study["study"]["reference"] == "kd" and study["study"]["seeds"] == [0, 1]
+    for row in study["summary"]:
+        assert row["n"] == 2 and set(row) >= {"mean", "std", "ci95", "scores", "seeds"}
+        assert row["ci95"][0] <= row["mean"] <= row["ci95"][1]
+    (paired,) = study["paired"]
+    assert paired["loss"] == "cskd-core" and paired["n"] == 2
+    by_cell = {(c["loss"], c["seed"]): c["student_top1"] for c in study["cells"]}
+    assert paired["diffs"] == pytest.approx([by_cell["cskd-core", s] - by_cell["kd", s] for s in (0, 1)])
+    assert set(paired) >= {"mean_diff", "ci95", "excludes_zero", "wins", "losses", "ties", "sign_p"}
+    assert paired["wins"] + paired["losses"] + paired["ties"] == 2
+    html = (folder / "reports" / "tiny" / "study.html").read_text()
+    assert "Paired differences against kd" in html and "data:image/png;base64," in html
+    assert "| cskd-core | 64 |" not in out and "| cskd-core | 128 | 2 |" in out  # the printed table, the manifest's batch
+
+
+def test_a_rerun_reuses_every_cell(studied):
+    _, _, study, (code, out), again = studied
+    assert code == 0, out
+    assert all(c["cached"] for c in again["cells"]) and not any(c["cached"] for c in study["cells"])
+    assert _numbers(again) == _numbers(study)
+    assert out.count("(cached)") == 4
+
+
+def test_submitit_and_local_processes_give_the_same_study(studied, tmp_path, monkeypatch):
+    """The Slurm code path (submitit's local executor) and --jobs 2 recompute the cells in
+    other stores, sharing only the teacher, and must write the study.json of --jobs 1."""
+    pytest.importorskip("submitit")
+    folder, _, _, _, _ = studied
+    one_seed = [*STUDY[:-4], "--seeds", "1", *STUDY[-2:]]  # seed 0's cells: cached here, computed there
+    monkeypatch.chdir(folder)
+    assert _cli(*one_seed)[0] == 0
+    reference = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
+    for launcher, extra in (("submitit-local", []), ("local", ["--jobs", "2"])):
+        work = tmp_path / launcher
+        work.mkdir()
+        shutil.copy(folder / "tiny.yaml", work)
+        shutil.copytree(folder / ".cskd", work / ".cskd")
+        for kind in ("distill", "validate"):  # the cells' own artifacts go; the teacher stays
+            shutil.rmtree(work / ".cskd" / "artifacts" / kind)
+        monkeypatch.chdir(work)
+        code, out = _cli(*one_seed, "--launcher", launcher, *extra)
+        assert code == 0, out
+        other = json.loads((work / "reports" / "tiny" / "study.json").read_text())
+        assert not any(c["cached"] for c in other["cells"]), launcher
+        assert _numbers(other) == _numbers(reference), launcher
+        assert other["summary"] == reference["summary"] and other["paired"] == reference["paired"]
+
+
+def test_paired_cells_share_initialisation_and_data_order(tiny_manifest):
+    """Cells of one seed differ in their loss only: the same distill config otherwise, the
+    same initial student, and the same batches (a strong view draws from its own stream)."""
+    from cskd.data import DeviceLoader
+    from pipeline.manifest_io import load_manifest
+    from pipeline.study import Cell, cell_manifest, parse_losses
+    from stages.data import train_val
+    from stages.distill import DistillStage
+    from stages.models import build_network
+
+    base = load_manifest(tiny_manifest)
+    kd, paper = parse_losses("kd,cskd-paper")
+    configs = [DistillStage.configure(cell_manifest(base, Cell(loss, 64, 3))) for loss in (kd, paper)]
+    assert configs[0].model_dump(exclude={"loss"}) == configs[1].model_dump(exclude={"loss"})
+    assert configs[0].loss.kind == "kd" and configs[1].loss.kind == "cskd"
+    source = configs[0].data.source
+    nets = [build_network(c.model, source, seed=c.train.seed).state_dict() for c in configs]
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+    other_seed = build_network(configs[0].model, source, seed=4).state_dict()
+    assert not all(torch.equal(nets[0][k], other_seed[k]) for k in nets[0])
+    train, _ = train_val(configs[0].data)
+    t = configs[0].train
+    loaders = [DeviceLoader(train, batch_size=64, crop_padding=t.augment.crop_padding, flip=t.augment.flip,
+                            strong=strong, seed=t.seed) for strong in (False, True)]
+    for (w1, y1, _), (w2, y2, s2) in zip(*loaders, strict=True):
+        assert torch.equal(y1, y2) and torch.equal(w1, w2) and s2 is not None
+
+
+def test_paired_statistics_by_hand():
+    from pipeline.study_stats import summarize
+
+    rows = [{"loss": loss, "batch_size": 64, "seed": s, "student_top1": v}
+            for loss, values in (("kd", [80.0, 81.0, 82.0]), ("cskd-core", [81.0, 83.0, 85.0]))
+            for s, v in enumerate(values)]
+    stats = summarize(rows, reference="kd")
+    (paired,) = stats["paired"]
+    assert paired["diffs"] == [1.0, 2.0, 3.0] and paired["mean_diff"] == 2.0
+    half = 4.302652729911275 / 3 ** 0.5  # t(0.975, 2) * sd 1 / sqrt(3)
+    assert paired["ci95"] == pytest.approx((2.0 - half, 2.0 + half))
+    assert paired["excludes_zero"] is False and (paired["wins"], paired["losses"], paired["ties"]) == (3, 0, 0)
+    assert paired["sign_p"] == pytest.approx(0.25)
+    kd = next(r for r in stats["summary"] if r["loss"] == "kd")
+    assert kd["mean"] == 81.0 and kd["std"] == 1.0
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--losses", "kd,nonsense"], "unknown loss 'nonsense'"),
+    (["--losses", "cskd-core", "--reference", "kd"], "--reference 'kd' is not among --losses"),
+    (["--losses", "kd,kd"], "names a loss twice"),
+    (["--losses", "kd,kd:temperature=-1"], "study cell kd:temperature=-1"),
+    (["--batch-sizes", "64,x"], "--batch-sizes"),
+])
+def test_bad_study_options_exit_2_with_one_line(tiny_manifest, args, needle):
+    code, out = _cli("study", "-m", str(tiny_manifest), *args)
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and needle in lines[0], out
+    assert not (tiny_manifest.parent / ".cskd").exists()  # refused before anything ran

@@ -22,13 +22,20 @@ def dataset(source: DataSource) -> DataSet:
                         grayscale=source.grayscale)
 
 
-def _first(split: Split, limit: int | None) -> Split:
-    return split if limit is None else split.subset(torch.arange(min(len(split), limit)))
+def _limited(split: Split, limit: int | None, subset: str | None, seed: int | None) -> Split:
+    """``limit`` samples: a seeded random subset in the split's order (the first ``limit``
+    for artifacts made before subsets were random; an image folder is sorted by class)."""
+    if limit is None or limit >= len(split):
+        return split
+    if subset == "random":
+        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed or 0))[:limit]
+        return split.subset(pick.sort().values)
+    return split.subset(torch.arange(limit))
 
 
 def train_val(view: TrainData) -> tuple[Split, Split]:
     """The seeded (train, val) split of the training split; the test split is never touched here."""
-    train = _first(dataset(view.source).train, view.max_train_samples)
+    train = _limited(dataset(view.source).train, view.max_train_samples, view.subset, view.split_seed)
     return split_train_val(train, val_fraction=view.val_fraction, seed=view.split_seed)
 
 
@@ -40,7 +47,7 @@ def held_out(view: TrainData) -> tuple[Split, str]:
 
 
 def test_split(view: TestData) -> Split:
-    return _first(dataset(view.source).test, view.max_test_samples)
+    return _limited(dataset(view.source).test, view.max_test_samples, view.subset, view.split_seed)
 
 
 def describe(source: DataSource) -> dict:

@@ -27,6 +27,13 @@ if TYPE_CHECKING:
     from pipeline.core.manifest import Manifest
 
 NOT_IN_ID = "not_in_id"
+OMIT_IF_NONE = "omit_if_none"
+
+
+def Added(**kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
+    """A config field added after artifacts were made without it: while it is None it stays
+    out of the id, so adding it does not invalidate every artifact in every store."""
+    return Field(None, json_schema_extra={OMIT_IF_NONE: True}, **kwargs)
 
 
 def Located(default: Any = ..., **kwargs: Any) -> Any:  # noqa: N802 - used like pydantic's Field
@@ -40,10 +47,10 @@ def _exclusions(model: BaseModel) -> dict:
     out: dict = {}
     for name, info in type(model).model_fields.items():
         extra = info.json_schema_extra
-        if isinstance(extra, dict) and extra.get(NOT_IN_ID):
+        value = getattr(model, name)
+        if isinstance(extra, dict) and (extra.get(NOT_IN_ID) or (extra.get(OMIT_IF_NONE) and value is None)):
             out[name] = True
             continue
-        value = getattr(model, name)
         if isinstance(value, BaseModel) and (inner := _exclusions(value)):
             out[name] = inner
     return out

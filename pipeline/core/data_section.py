@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from cskd.config import Strict
 from cskd.data.datasets import DATASETS
 from cskd.data.fingerprint import split_fingerprints
-from pipeline.core.contracts import Located
+from pipeline.core.contracts import Added, Located
 
 __all__ = ["DataSection", "DataSource", "TestData", "TrainData"]
 
@@ -35,6 +35,7 @@ class TrainData(Strict):
     val_fraction: float
     split_seed: int
     max_train_samples: int | None
+    subset: Literal["random"] | None = Added()  # with max_train_samples: a seeded random N, every class
 
 
 class TestData(Strict):
@@ -43,6 +44,8 @@ class TestData(Strict):
     source: DataSource
     fingerprint: str  # of the test files and the class list
     max_test_samples: int | None
+    subset: Literal["random"] | None = Added()
+    split_seed: int | None = Added()
 
 
 class DataSection(Strict):
@@ -54,8 +57,9 @@ class DataSection(Strict):
     split_seed: int = Field(0, ge=0, le=2**31 - 1)
     image_size: int | None = Field(None, ge=8, le=1024, description="imagefolder: resize to this square size")
     grayscale: bool = Field(False, description="imagefolder: read images as one channel")
-    max_train_samples: int | None = Field(None, ge=16, description="use only the first N training samples")
-    max_test_samples: int | None = Field(None, ge=16, description="validate on the first N test samples")
+    max_train_samples: int | None = Field(None, ge=16, description="use only N training samples (a seeded random "
+                                                                   "subset, so an image folder keeps every class)")
+    max_test_samples: int | None = Field(None, ge=16, description="validate on N test samples (seeded random subset)")
     fingerprint: Literal["stat", "content"] = Field(
         "stat", description="stat: paths, sizes and times of the files; content: their bytes (slower)")
 
@@ -72,8 +76,11 @@ class DataSection(Strict):
     def train_view(self) -> TrainData:
         return TrainData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[0],
                          val_fraction=self.val_fraction, split_seed=self.split_seed,
-                         max_train_samples=self.max_train_samples)
+                         max_train_samples=self.max_train_samples,
+                         subset="random" if self.max_train_samples is not None else None)
 
     def test_view(self) -> TestData:
         return TestData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[1],
-                        max_test_samples=self.max_test_samples)
+                        max_test_samples=self.max_test_samples,
+                        subset="random" if self.max_test_samples is not None else None,
+                        split_seed=self.split_seed if self.max_test_samples is not None else None)

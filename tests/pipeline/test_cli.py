@@ -169,22 +169,22 @@ def test_kill_9_during_distill_then_rerun_completes(workdir):
 def test_fashion_mnist_end_to_end(workdir, fashion_root):
     text = f"""
 name: fashion
-data: {{name: fashion_mnist, root: "{fashion_root}", max_train_samples: 6000, max_test_samples: 2000}}
+data: {{name: fashion_mnist, root: "{fashion_root}", max_train_samples: 3000, max_test_samples: 1000}}
 teacher:
-  model: resnet14
+  model: resnet8
   train: {{epochs: 3, batch_size: 64, lr: 0.05, schedule: cosine, augment: {{crop_padding: 2, flip: true}}}}
 student:
   model: resnet8
   loss: {{kind: cskd, preset: core}}
-  train: {{epochs: 3, batch_size: 64, lr: 0.05, schedule: cosine, augment: {{crop_padding: 2, flip: true}}}}
+  train: {{epochs: 2, batch_size: 64, lr: 0.05, schedule: cosine, augment: {{crop_padding: 2, flip: true}}}}
 gate: {{max_drop: 100.0}}
 """
     manifest = write_manifest(workdir, text, "fashion.yaml")
     code, out = _cli("run", "-m", str(manifest), "--quiet")
     assert code == 0, out
     card = json.loads((workdir / "shipped" / "fashion" / "latest" / "model_card.json").read_text())
-    assert card["data"]["test_samples"] == 2000 and card["data"]["in_channels"] == 1
-    assert card["metrics"]["student_top1"] > 60  # 3 epochs on 5,400 images: far above chance (10%)
+    assert card["data"]["test_samples"] == 1000 and card["data"]["in_channels"] == 1
+    assert card["metrics"]["student_top1"] > 50  # 2 epochs on 2,700 images: far above chance (10%)
     assert card["metrics"]["onnx_agreement"] >= 99.9
     assert np.isfinite(card["metrics"]["onnx_max_logit_diff"])
 

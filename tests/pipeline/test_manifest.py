@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -166,3 +167,23 @@ def test_a_misspelt_key_is_named_with_a_suggestion_and_every_problem_listed(tmp_
 def test_yaml_errors_give_line_and_column():
     with pytest.raises(ManifestError, match=r"line 2, column 17: invalid YAML"):
         manifest_from_text("name: a\nteacher: {a: 1 b: 2}\n")
+
+
+def test_sample_limits_take_a_seeded_subset_of_every_class_and_leave_other_ids_alone():
+    """An image folder is read in class order: the first N training images would be one or
+    two classes. A limit takes a seeded random subset instead; without a limit the data
+    view's id data is what it was before the subset field existed."""
+    from cskd.data.datasets import Split
+    from pipeline.core.contracts import recipe
+    from pipeline.core.data_section import DataSection
+    from stages.data import _limited
+
+    plain = DataSection(name="digits")
+    assert "subset" not in recipe(plain.train_view()) and "subset" not in recipe(plain.test_view())
+    limited = DataSection(name="digits", max_train_samples=100, max_test_samples=50)
+    assert recipe(limited.train_view())["subset"] == "random" and recipe(limited.test_view())["subset"] == "random"
+    by_class = Split(torch.zeros(1000, 1, 2, 2, dtype=torch.uint8), torch.arange(10).repeat_interleave(100))
+    picked = _limited(by_class, 100, "random", 0)
+    assert len(picked) == 100 and set(picked.labels.tolist()) == set(range(10))
+    assert torch.equal(picked.labels, _limited(by_class, 100, "random", 0).labels)  # seeded
+    assert set(_limited(by_class, 100, None, None).labels.tolist()) == {0}  # the old first-N meaning

@@ -4,10 +4,10 @@
 #   carry: .whl (pydantic wheels for a machine without them), gpu/cifar10-jpeg.tar.gz
 #   bash benchmarks/gpu_study.sh [TEACHER_EPOCHS] [STUDENT_EPOCHS] [SEEDS] [STUDY_SECONDS]
 set -u
-TEACHER_EPOCHS=${1:-30}
+TEACHER_EPOCHS=${1:-20}
 STUDENT_EPOCHS=${2:-60}
 SEEDS=${3:-3}
-STUDY_SECONDS=${4:-470}
+STUDY_SECONDS=${4:-480}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -23,7 +23,7 @@ if [ ! -d /tmp/cifar10-jpeg/train ]; then
   mkdir -p /tmp/cifar10-jpeg && tar -xzf gpu/cifar10-jpeg.tar.gz -C /tmp/cifar10-jpeg
 fi
 if [ ! -f "$OUT/engine.json" ] && [ ! -f /tmp/engine.json ]; then
-  python3 benchmarks/engine.py --device cuda --out /tmp/engine.json --steps 200 2>&1 | tail -12
+  python3 benchmarks/engine.py --device cuda --out /tmp/engine.json --steps 200 --batches 64 128 2>&1 | tail -12
 fi
 cp /tmp/engine.json "$OUT/engine.json" 2>/dev/null
 start=$(date +%s)

@@ -220,7 +220,6 @@ class StudyRequest:
 def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every cell, then the statistics; returns the study document."""
     from pipeline.orchestrator import output_folders, run_pipeline
-    from pipeline.study_stats import summarize
 
     labels = [s.label for s in request.losses]
     if request.reference not in labels:
@@ -237,27 +236,41 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     echo(f"teacher {base.teacher.model}: {teacher.artifacts['teacher'].record.get('headline', '')}")
     echo(f"study {base.name}: {len(cells)} cells ({len(request.losses)} losses x {len(request.batch_sizes)} "
          f"batch sizes x {request.seeds} seeds), launcher {request.launcher}, jobs {request.jobs}")
-    done = [0]
+    finished: list[dict] = []
 
     def on_done(row: dict) -> None:
-        done[0] += 1
-        echo(f"[{done[0]}/{len(cells)}] {row['loss']:<12} batch {row['batch_size']:<4} seed {row['seed']}: "
+        finished.append(row)
+        echo(f"[{len(finished)}/{len(cells)}] {row['loss']:<12} batch {row['batch_size']:<4} seed {row['seed']}: "
              f"top-1 {row['student_top1']:.2f}" + ("  (cached)" if row["cached"] else
                                                   f"  ({row['train_wall_s']:.0f} s, {row['images_per_s'] or 0:.0f} img/s)"))
 
     manifest_json = base.model_dump_json(by_alias=True)
-    if request.launcher == "local":
-        rows = _run_local(manifest_json, cells, request.jobs, on_done)
-    else:
-        rows = _run_submitit(manifest_json, cells, cluster="slurm" if request.launcher == "slurm" else "local",
-                             folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},
-                             on_done=on_done)
-    order = {(c.loss.label, c.batch_size, c.seed): i for i, c in enumerate(cells)}
-    rows.sort(key=lambda r: order[(r["loss"], r["batch_size"], r["seed"])])
-    stats = summarize(rows, reference=request.reference)
-    from pipeline.core.environment import environment
+    try:
+        if request.launcher == "local":
+            _run_local(manifest_json, cells, request.jobs, on_done)
+        else:
+            _run_submitit(manifest_json, cells, cluster="slurm" if request.launcher == "slurm" else "local",
+                          folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},
+                          on_done=on_done)
+    except BaseException:  # interrupted or failed: keep what finished (complete: false); a rerun resumes
+        if finished:
+            write_study(_document(base, request, cells, finished, teacher, started, complete=False),
+                        folders["report.dir"])
+        raise
+    study = _document(base, request, cells, finished, teacher, started, complete=True)
+    write_study(study, folders["report.dir"])
+    return study
 
-    study = {
+
+def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: list[dict], teacher, started: float,
+              *, complete: bool) -> dict:
+    from pipeline.core.environment import environment
+    from pipeline.study_stats import summarize
+
+    order = {(c.loss.label, c.batch_size, c.seed): i for i, c in enumerate(cells)}
+    rows = sorted(rows, key=lambda r: order[(r["loss"], r["batch_size"], r["seed"])])
+    stats = summarize(rows, reference=request.reference)
+    return {
         "study": {"name": base.name, "losses": {s.label: s.loss for s in request.losses},
                   "seeds": list(range(request.seeds)), "batch_sizes": request.batch_sizes,
                   "reference": request.reference, "launcher": request.launcher, "jobs": request.jobs,
@@ -265,13 +278,12 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
                   "epochs": base.student.train.epochs, "data": base.data.name,
                   "train_samples": teacher.artifacts["teacher"].metrics.get("train_samples")},
         "teacher_top1": rows[0]["teacher_top1"],
+        "complete": complete,
         "cells": rows,
         **stats,
         "wall_s": round(time.perf_counter() - started, 1),
         "environment": environment(),
     }
-    write_study(study, folders["report.dir"])
-    return study
 
 
 def write_study(study: dict, folder: Path) -> None:

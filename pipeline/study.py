@@ -152,10 +152,12 @@ def _pin_worker(slots) -> None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
 
 
-def _run_local(manifest_json: str, cells: list[Cell], jobs: int, on_done: Callable[[dict], None]) -> list[dict]:
+def _run_local(manifest_json: str, cells: list[Cell], jobs: int, on_done: Callable[[dict], None],
+               echo: Callable[[str], None]) -> list[dict]:
     if jobs == 1:
         rows = []
         for cell in cells:
+            echo(f"      {cell.name} ...  (epoch lines: the store's logs/)")
             rows.append(run_cell(manifest_json, cell))
             on_done(rows[-1])
         return rows
@@ -231,8 +233,7 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     started = time.perf_counter()
     # The shared upstream (data, teacher) once, here, before cells fan out: parallel cells
     # must not all train the same teacher.
-    teacher = run_pipeline(cell_manifest(base, cells[0]), until="teacher", progress=False, quiet=True,
-                           echo=echo)
+    teacher = run_pipeline(cell_manifest(base, cells[0]), until="teacher", progress=False, echo=echo)
     echo(f"teacher {base.teacher.model}: {teacher.artifacts['teacher'].record.get('headline', '')}")
     echo(f"study {base.name}: {len(cells)} cells ({len(request.losses)} losses x {len(request.batch_sizes)} "
          f"batch sizes x {request.seeds} seeds), launcher {request.launcher}, jobs {request.jobs}")
@@ -247,7 +248,7 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     manifest_json = base.model_dump_json(by_alias=True)
     try:
         if request.launcher == "local":
-            _run_local(manifest_json, cells, request.jobs, on_done)
+            _run_local(manifest_json, cells, request.jobs, on_done, echo)
         else:
             _run_submitit(manifest_json, cells, cluster="slurm" if request.launcher == "slurm" else "local",
                           folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},

@@ -7,6 +7,8 @@ and it stores every logit for later analysis.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -49,8 +51,9 @@ class ValidateStage(Stage):
         test, source, bs = test_split(config.data), config.data.source, config.settings.batch_size
         teacher = load_network(config.teacher_model, source, ctx.inputs["teacher"].file(WEIGHTS_FILE))
         student = load_network(config.student_model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
-        logits = {"teacher": predict_logits(teacher, test.images, batch_size=bs).numpy(),
-                  "student": predict_logits(student, test.images, batch_size=bs).numpy()}
+        with _exact_gpu() as device:  # the GPU when there is one: a study validates every cell
+            logits = {"teacher": predict_logits(teacher.to(device), test.images, batch_size=bs, device=device).numpy(),
+                      "student": predict_logits(student.to(device), test.images, batch_size=bs, device=device).numpy()}
         for target in config.targets:
             logits[target] = backend(target).runner(ctx.inputs, batch_size=bs)(test.images.numpy())
         labels = test.labels.numpy()
@@ -83,6 +86,20 @@ class ValidateStage(Stage):
         headline = (f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
                     f"onnx {onnx['top1']:.2f} (agree {onnx['agreement']:.2f}%){others}")
         return StageResult(metrics, headline, extra={"data": data})
+
+
+@contextlib.contextmanager
+def _exact_gpu():
+    """The CUDA device with TF32 off (fp32 logits comparable with ONNX Runtime's), or the CPU."""
+    if not torch.cuda.is_available():
+        yield torch.device("cpu")
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield torch.device("cuda")
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def summarize(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,

@@ -140,6 +140,21 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _download(name: str, root: Path, fetch) -> None:
+    """torchvision's download, with a failure (no network, a proxy, a bad checksum) as one
+    ``DataError`` line; a folder the attempt created and left empty is removed again."""
+    made = [p for p in (root, *root.parents) if not p.exists()]  # folders the attempt may create
+    try:
+        fetch()
+    except Exception as exc:  # URLError, HTTPError, RuntimeError (checksum), OSError
+        for folder in made:  # innermost first; only if still empty
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        reason = str(getattr(exc, "reason", "") or exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{root}: downloading {name} failed ({reason}); check the network or put the files there "
+                        f"yourself and set data.download: false") from None
+
+
 def load_fashion_mnist(root: Path, *, download: bool = False) -> DataSet:
     """The four IDX files (``.gz`` or not) in ``root`` or ``root/FashionMNIST/raw``."""
     stems = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
@@ -147,8 +162,7 @@ def load_fashion_mnist(root: Path, *, download: bool = False) -> DataSet:
     if any(p is None for p in paths) and download:
         from torchvision.datasets import FashionMNIST
 
-        FashionMNIST(str(root), train=True, download=True)
-        FashionMNIST(str(root), train=False, download=True)
+        _download("fashion_mnist", root, lambda: [FashionMNIST(str(root), train=t, download=True) for t in (True, False)])
         paths = [_find_idx(root, s) for s in stems]
     if any(p is None for p in paths):
         raise _missing("fashion_mnist", root, "train-images-idx3-ubyte.gz and the three other IDX files")
@@ -225,7 +239,7 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
     if not all(p.is_file() for p in needed) and download:
         from torchvision.datasets import CIFAR10, CIFAR100
 
-        (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=True, download=True)
+        _download(name, root, lambda: (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=True, download=True))
     if not all(p.is_file() for p in needed):
         raise _missing(name, root, f"{folder.name}/{train_files[0]} ... {folder.name}/{test_files[0]}")
     classes: tuple[str, ...] = ()

@@ -253,3 +253,19 @@ def test_the_bundle_says_how_to_feed_the_model_and_predict_py_reaches_the_report
     predicted = [line.split("\t")[1] for line in proc.stdout.splitlines()]
     accuracy = np.mean([p == str(int(y)) for p, y in zip(predicted, test.labels, strict=True)]) * 100
     assert accuracy == pytest.approx(card["metrics"]["onnx_top1"], abs=1e-9)
+
+
+def test_a_failed_download_is_one_line_exit_2_and_leaves_no_folder(workdir):
+    """resnet8x4.yaml sets data.download: true; where the network is out of reach (here: a
+    proxy that refuses connections) the run stops at once, says so, and creates nothing."""
+    import shutil
+
+    shutil.copytree(REPO / "manifests", workdir / "manifests")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-m", "resnet8x4", "-q"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+    assert "data/cifar100: downloading cifar100 failed" in proc.stderr
+    assert not (workdir / "data").exists()  # the folders the attempt made are gone again

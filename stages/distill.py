@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import LossField, Manifest, TrainData
-from stages.models import WEIGHTS_FILE
+from pipeline.core.contracts import Added, Stage, StageContext, StageResult
+from pipeline.core.manifest import LossField, Manifest, Normalization, TrainData
+from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
 from stages.training import TrainingJob, run_training, val_summary
 
 
@@ -16,6 +16,8 @@ class DistillConfig(Strict):
     teacher_model: str  # to rebuild the teacher network its weights belong to
     data: TrainData
     nproc: int
+    init: InitRef | None = Added()
+    preprocess: Normalization | None = Added()  # None: the data set's statistics
 
 
 class DistillStage(Stage):
@@ -28,12 +30,15 @@ class DistillStage(Stage):
     def configure(cls, manifest: Manifest) -> DistillConfig:
         s = manifest.student
         return DistillConfig(model=s.model, loss=s.loss.for_pair(manifest.teacher.model, s.model), train=s.train, teacher_model=manifest.teacher.model,
-                             data=manifest.data.train_view(), nproc=manifest.distributed.nproc)
+                             data=manifest.data.train_view(), nproc=manifest.distributed.nproc,
+                             init=resolve_init(s.init, field="student.init"),
+                             preprocess=resolve_preprocess(s.model, s.preprocess))
 
     def run(self, config: DistillConfig, ctx: StageContext) -> StageResult:
         job = TrainingJob(role="distill", model=config.model, train=config.train, data=config.data,
                           loss=config.loss.model_dump(mode="json"), teacher_model=config.teacher_model,
                           teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
-                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
+                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
+                          preprocess=config.preprocess)
         last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
         return StageResult(last, val_summary(last))

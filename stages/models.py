@@ -1,39 +1,103 @@
 """Building, saving and loading the networks that stages pass to each other.
 
-Weights files hold the bare network (``state_dict`` of the registry model);
-normalisation is added from the data set's statistics when a model is built, so
-exported models take pixels in [0, 1].
+Weights files hold the bare network (``state_dict`` of the model) and, in their
+metadata, the normalisation the network was trained with; the model built around
+them normalises its own input, so exported models take pixels in [0, 1]. Each model
+has its own normalisation: the data set's statistics for registry models, ImageNet's
+for torchvision and timm models (what their pretrained weights expect), or the
+manifest's ``preprocess``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
-from cskd.checkpoint import load_weights, save_weights
+from cskd.checkpoint import load_weights, save_weights, sha256_file
+from cskd.config import Strict
 from cskd.models import Preprocessed, create_model
-from pipeline.core.manifest import DataSource
+from cskd.models.sources import IMAGENET_MEAN, IMAGENET_STD, is_external
+from pipeline.core.contracts import Located
+from pipeline.core.errors import ManifestError
+from pipeline.core.manifest import DataSource, Normalization, WeightsInit
 from stages.data import dataset
 
 WEIGHTS_FILE = "model.safetensors"
 
 
-def build_network(name: str, source: DataSource, *, seed: int | None = None) -> Preprocessed:
+class InitRef(Strict):
+    """Initial weights as a stage sees them: the file's sha256 is in the id, not its place."""
+
+    path: str = Located()
+    sha256: str
+    format: str = Field(description="auto | torchvision | timm | safetensors")
+
+
+def resolve_init(init: WeightsInit | None, *, field: str) -> InitRef | None:
+    if init is None:
+        return None
+    path = Path(init.path)
+    if not path.is_file():
+        raise ManifestError(f"{field}.path: {path} not found; give the weights file to start from")
+    digest = sha256_file(path)
+    if init.sha256 is not None and init.sha256 != digest:
+        raise ManifestError(f"{field}.sha256: {path} has sha256 {digest}, the manifest declares {init.sha256}; "
+                            f"fix the sha256 or the file")
+    return InitRef(path=str(path), sha256=digest, format=init.format)
+
+
+def resolve_preprocess(model: str, preprocess) -> Normalization | None:
+    """The normalisation a model is built with; None means the data set's statistics."""
+    choice = preprocess if preprocess is not None else ("imagenet" if is_external(model) else "dataset")
+    if choice == "dataset":
+        return None
+    if choice == "imagenet":
+        return Normalization(mean=list(IMAGENET_MEAN), std=list(IMAGENET_STD))
+    return choice
+
+
+def _fit_channels(values: list[float] | tuple[float, ...], channels: int, what: str) -> list[float]:
+    values = list(values)
+    if len(values) == channels:
+        return values
+    if channels == 1:  # a grayscale data set with RGB statistics (ImageNet's): their mean
+        return [sum(values) / len(values)]
+    raise ManifestError(f"preprocess {what} has {len(values)} values, the data has {channels} channels")
+
+
+def build_network(name: str, source: DataSource, *, seed: int | None = None,
+                  preprocess: Normalization | None = None) -> Preprocessed:
     ds = dataset(source)
     if seed is not None:
         torch.manual_seed(seed)  # weight initialisation is part of the recipe
-    net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
-    return Preprocessed(net, mean=ds.mean, std=ds.std)
+    try:
+        net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
+    except ValueError as exc:
+        raise ManifestError(f"model {name}: {exc}") from None
+    mean, std = (preprocess.mean, preprocess.std) if preprocess is not None else (ds.mean, ds.std)
+    return Preprocessed(net, mean=_fit_channels(mean, ds.in_channels, "mean"),
+                        std=_fit_channels(std, ds.in_channels, "std"))
 
 
 def save_network(model: Preprocessed, out_dir: Path) -> Path:
     path = out_dir / WEIGHTS_FILE
-    save_weights(model.net, path)
+    save_weights(model.net, path, metadata={"mean": json.dumps(model.mean.flatten().tolist()),
+                                            "std": json.dumps(model.std.flatten().tolist())})
     return path
 
 
 def load_network(name: str, source: DataSource, path: Path, *, sha256: str | None = None) -> Preprocessed:
+    """The network saved by ``save_network``, with the normalisation it was trained with."""
+    from safetensors import safe_open
+
     model = build_network(name, source)
     load_weights(model.net, path, expected_sha256=sha256)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "mean" in meta and "std" in meta:  # files from before per-model normalisation: the data set's
+        model.mean.copy_(torch.tensor(json.loads(meta["mean"])).view_as(model.mean))
+        model.std.copy_(torch.tensor(json.loads(meta["std"])).view_as(model.std))
     return model.eval()

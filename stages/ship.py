@@ -51,6 +51,12 @@ class ShipConfig(Strict):
     latency: bool
 
 
+def _origin(training: Artifact) -> dict:
+    """Where a trained model started (its init file, the head layers re-initialised for new
+    classes) and the input normalisation inside it."""
+    return {k: training.metrics[k] for k in ("init", "normalization") if k in training.metrics}
+
+
 def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str]) -> dict:
     validate, distill = artifacts["validate"], artifacts["distill"]
     data = {**validate.record.get("data", {}), "train_samples": distill.metrics.get("train_samples"),
@@ -59,8 +65,8 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "student": {"model": distill.record["config"]["model"], "parameters": distill.metrics.get("parameters"),
-                    "loss": distill.record["config"]["loss"]},
-        "teacher": {"model": artifacts["teacher"].record["config"]["model"]},
+                    "loss": distill.record["config"]["loss"], **_origin(distill)},
+        "teacher": {"model": artifacts["teacher"].record["config"]["model"], **_origin(artifacts["teacher"])},
         "data": {k: v for k, v in data.items() if k != "class_names"},
         **describe_io(artifacts),
         "metrics": validate.metrics,

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import CheckpointRef, Manifest, TrainData
-from stages.models import load_network, save_network
+from pipeline.core.contracts import Added, Stage, StageContext, StageResult
+from pipeline.core.manifest import CheckpointRef, Manifest, Normalization, TrainData
+from stages.models import (
+    InitRef,
+    build_network,
+    load_network,
+    resolve_init,
+    resolve_preprocess,
+    save_network,
+)
 from stages.training import TrainingJob, run_training, val_summary
 
 
@@ -15,6 +22,8 @@ class TeacherConfig(Strict):
     checkpoint: CheckpointRef | None  # its path is Located: only the sha256 is in the id
     data: TrainData
     nproc: int
+    init: InitRef | None = Added()
+    preprocess: Normalization | None = Added()  # None: the data set's statistics
 
 
 class TeacherStage(Stage):
@@ -26,16 +35,37 @@ class TeacherStage(Stage):
     def configure(cls, manifest: Manifest) -> TeacherConfig:
         t = manifest.teacher
         return TeacherConfig(model=t.model, train=t.train, checkpoint=t.checkpoint, data=manifest.data.train_view(),
-                             nproc=manifest.distributed.nproc)
+                             nproc=manifest.distributed.nproc, init=resolve_init(t.init, field="teacher.init"),
+                             preprocess=resolve_preprocess(t.model, t.preprocess))
 
     def run(self, config: TeacherConfig, ctx: StageContext) -> StageResult:
         if config.checkpoint is not None:
             ref = config.checkpoint
-            model = load_network(config.model, config.data.source, ref.path, sha256=ref.sha256)
+            if ref.format is None:  # this project's own weights file
+                model = load_network(config.model, config.data.source, ref.path, sha256=ref.sha256)
+            else:  # a torchvision/timm state dict, used as it is: its head must fit the classes
+                model = _load_foreign(config, ref)
             save_network(model, ctx.out_dir)
             parameters = sum(p.numel() for p in model.net.parameters())
             return StageResult({"source": "checkpoint", "parameters": parameters}, "loaded checkpoint")
         job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
-                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir))
+                          work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
+                          preprocess=config.preprocess)
         last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
         return StageResult({"source": "trained", **last}, val_summary(last))
+
+
+def _load_foreign(config: TeacherConfig, ref: CheckpointRef):
+    from cskd.checkpoint import sha256_file
+    from cskd.errors import CheckpointError
+    from cskd.models.init import load_initial_weights
+    from stages.data import dataset
+
+    actual = sha256_file(ref.path)
+    if actual != ref.sha256:
+        raise CheckpointError(f"{ref.path}: sha256 is {actual}, the manifest declares {ref.sha256}; "
+                              f"fix the sha256 or the file")
+    model = build_network(config.model, config.data.source, preprocess=config.preprocess)
+    load_initial_weights(model.net, ref.path, fmt=ref.format, num_classes=dataset(config.data.source).num_classes,
+                         allow_new_head=False)
+    return model.eval()

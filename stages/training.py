@@ -21,9 +21,9 @@ from cskd.config import TrainConfig
 from cskd.engine import rank, train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
-from pipeline.core.manifest import TrainData
+from pipeline.core.manifest import Normalization, TrainData
 from stages.data import dataset, train_val
-from stages.models import build_network, load_network, save_network
+from stages.models import InitRef, build_network, load_network, save_network
 
 
 class TrainingJob(BaseModel):
@@ -38,6 +38,8 @@ class TrainingJob(BaseModel):
     teacher_weights: str | None = None
     work_dir: str
     out_dir: str
+    init: InitRef | None = None  # weights to start from
+    preprocess: Normalization | None = None  # None: the data set's statistics
 
 
 def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> Callable[[dict], None]:
@@ -68,7 +70,15 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     """``progress``: False, or the run's ``rich.progress.Progress`` (the engine adds its bars)."""
     """Train the teacher (CE) or distill the student; save weights into ``job.out_dir``."""
     source = job.data.source
-    model = build_network(job.model, source, seed=job.train.seed)
+    model = build_network(job.model, source, seed=job.train.seed, preprocess=job.preprocess)
+    started_from = {}
+    if job.init is not None:
+        from cskd.models.init import load_initial_weights
+
+        fresh = load_initial_weights(model.net, job.init.path, fmt=job.init.format,
+                                     num_classes=dataset(source).num_classes)
+        # The model card says which layers did not come from the file (a new head for new classes).
+        started_from = {"init": {"sha256": job.init.sha256, "format": job.init.format, "reinitialised": fresh}}
     if job.role == "teacher":
         objective = CrossEntropy(model)
     else:
@@ -83,7 +93,9 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
                  on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None)
     if rank() == 0:  # replicas hold identical weights; one writer
         save_network(model, out_dir)
-    return {**last, "parameters": sum(p.numel() for p in model.net.parameters()),
+    return {**last, **started_from, "normalization": {"mean": model.mean.flatten().tolist(),
+                                                     "std": model.std.flatten().tolist()},
+            "parameters": sum(p.numel() for p in model.net.parameters()),
             "train_samples": len(train_split), "val_samples": len(val_split)}
 
 

@@ -23,6 +23,10 @@ def list_models() -> list[str]:
 
 def create_model(name: str, *, num_classes: int, in_channels: int = 3) -> nn.Module:
     """Build a registered model. ``forward`` returns logits ``[B, num_classes]`` only."""
+    if ":" in name:  # torchvision:<name>, timm:<name>
+        from cskd.models.sources import create_external
+
+        return create_external(name, num_classes=num_classes, in_channels=in_channels)
     try:
         factory = _FACTORIES[name]
     except KeyError:

@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,openvino,mlflow,cluster]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,openvino,mlflow,cluster,timm]'
 	touch $(STAMP)
 
 install:  ## (re)create .venv with the project (editable), OpenVINO and the dev tools
@@ -36,8 +36,14 @@ bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIS
 	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
 
-compare: $(STAMP)  ## CE vs KD vs DIST vs CS-KD on Fashion-MNIST (long; see README)
-	$(BIN)/python benchmarks/compare_methods.py --root $(FASHION_ROOT) --out bench/compare.json
+# The method study of the README on Fashion-MNIST (long: see "Studies"). COMPARE_SET adds
+# overrides, e.g. COMPARE_SET='-o data.max_train_samples=10000 -o student.train.epochs=4'.
+COMPARE_SET ?=
+compare: $(STAMP)  ## CE vs KD vs DIST vs CS-KD, 5 seeds, batch 64 and 256, on Fashion-MNIST (cskd-pipeline study)
+	$(BIN)/cskd-pipeline study -m fashion-mnist -o data.root=$(FASHION_ROOT) $(COMPARE_SET) \
+		--losses ce,kd,dist,cskd-core,cskd-paper --seeds 5 --batch-sizes 64
+	$(BIN)/cskd-pipeline study -m fashion-mnist -o data.root=$(FASHION_ROOT) $(COMPARE_SET) -o name=fashion-mnist-b256 \
+		--losses kd,cskd-core --seeds 5 --batch-sizes 256
 
 clean:
 	rm -rf .cskd shipped bench/*.json

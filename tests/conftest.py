@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import textwrap
 from pathlib import Path
 
@@ -51,6 +53,17 @@ def write_manifest(folder: Path, text: str = TINY_MANIFEST, name: str = "tiny.ya
     return path
 
 
+@contextlib.contextmanager
+def working_dir(folder: Path):
+    """Run the block in ``folder`` (module-scoped fixtures cannot use monkeypatch.chdir)."""
+    cwd = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(cwd)
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A temporary working directory (stores and ship folders are relative to it)."""
@@ -78,18 +91,12 @@ def shipped_run(tmp_path_factory):
     Yields (folder, manifest path, exit code, output); the run's store, report and
     ship folder are relative to ``folder``.
     """
-    import os
-
     from click.testing import CliRunner
 
     from pipeline.cli import main
 
     folder = tmp_path_factory.mktemp("run")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         manifest = write_manifest(folder)
         result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
         yield folder, manifest, result.exit_code, result.output
-    finally:
-        os.chdir(cwd)

@@ -11,7 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from tests.conftest import edited, write_manifest
+from tests.conftest import edited, working_dir, write_manifest
 
 # Two losses x two seeds of one-epoch students on digits: seconds per cell.
 STUDY = ["study", "-m", "tiny.yaml", "--losses", "kd,cskd-core", "--seeds", "2", "-o", "student.train.epochs=1"]
@@ -29,20 +29,14 @@ def _numbers(study: dict) -> list[tuple]:
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory):
     """One study of the tiny manifest, and its rerun."""
-    import os
-
     folder = tmp_path_factory.mktemp("study")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         write_manifest(folder, edited(teacher__train__epochs=1))
         first = _cli(*STUDY)
         study = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
         second = _cli(*STUDY)
         again = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
         yield folder, first, study, second, again
-    finally:
-        os.chdir(cwd)
 
 
 def test_a_study_completes_and_writes_its_statistics(studied):

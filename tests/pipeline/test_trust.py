@@ -5,7 +5,6 @@ refused or stale and repairs the store, and ``verify`` is clean again."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import main
-from tests.conftest import edited, write_manifest
+from tests.conftest import edited, working_dir, write_manifest
 
 PASS = edited(name="tiny")
 # Same graph up to the gate; the gate refuses on an impossible latency budget.
@@ -31,9 +30,7 @@ def _cli(*args):
 def pristine(tmp_path_factory):
     """A working folder with the passing and the refused manifest both run once."""
     folder = tmp_path_factory.mktemp("pristine")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         write_manifest(folder, PASS_WITH_LATENCY, "pass.yaml")
         write_manifest(folder, REFUSED, "refused.yaml")
         assert _cli("run", "-m", "pass.yaml", "--quiet")[0] == 0
@@ -41,8 +38,6 @@ def pristine(tmp_path_factory):
         assert code == 1 and "p90 latency" in out
         card = json.loads((folder / "shipped" / "tiny" / "latest" / "model_card.json").read_text())
         yield folder, card
-    finally:
-        os.chdir(cwd)
 
 
 def _artifact(kind: str, manifest: str = "pass.yaml") -> Path:

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.manifest_io import manifest_from_text
 from pipeline.orchestrator import plan
-from tests.conftest import edited, write_manifest
+from tests.conftest import edited, working_dir, write_manifest
 
 ALL_CPU_TARGETS = ["onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8"]
 FULL = edited(export={"targets": ALL_CPU_TARGETS, "int8": {"calibration_images": 128, "max_drop": 100.0},
@@ -73,17 +73,11 @@ def test_plan_after_a_real_run_shows_only_validation_to_run(shipped_run, monkeyp
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory):
     """The tiny manifest with every CPU back-end and the latency stage, run once."""
-    import os
-
     folder = tmp_path_factory.mktemp("full")
-    cwd = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         manifest = write_manifest(folder, FULL)
         result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
         yield folder, result
-    finally:
-        os.chdir(cwd)
 
 
 def test_every_cpu_backend_is_built_validated_timed_and_shipped(full_run):

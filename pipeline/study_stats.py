@@ -82,6 +82,7 @@ def _plot(study: dict) -> str:
                     capsize=4, label="mean, 95% CI" if i == 0 else None)
     ax.axhline(study["teacher_top1"], color="tab:red", linewidth=1, linestyle="--", label="teacher")
     ax.set_xticks(range(len(summary)), labels)
+    ax.set_xlim(-0.5, len(summary) - 0.5)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{study['study']['name']}: {study['study']['student']} from {study['study']['teacher']}")
     ax.legend(fontsize=7, loc="best")

@@ -47,6 +47,22 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def local_rank() -> int:
+    """This process's rank on its machine (the elastic launcher sets LOCAL_RANK)."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")) if world_size() > 1 else 0
+
+
+def _sync_buffers(module: torch.nn.Module) -> None:
+    """Every replica takes rank 0's buffers (BatchNorm running statistics, which each replica
+    updates from its own slice on CPUs): the model evaluated, and saved on any node, is rank 0's."""
+    import torch.distributed as dist
+
+    for buffer in _unwrap(module).buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
 
@@ -182,6 +198,8 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
             terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress, label=label)
             skip, sums = 0, {}
+            if world_size() > 1:
+                _sync_buffers(objective.student)
             val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
                              val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
@@ -194,7 +212,11 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
                 _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch + 1)
             if stop:
                 raise Interrupted(stop[0], f"the end of epoch {epoch + 1}")
-    if writer:
+    if world_size() > 1:  # rank 0 wrote the last line; each node's first worker copies it into its out_dir
+        import torch.distributed as dist
+
+        dist.barrier()
+    if local_rank() == 0:
         shutil.copyfile(history, metrics_path)
     return last
 

@@ -111,29 +111,39 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars and no per-epoch lines (the run's log keeps them)")
 @click.option("--nproc", type=click.IntRange(1, 64), default=None,
               help="processes for the training stages (overrides distributed.nproc)")
+@click.option("--nnodes", type=click.IntRange(1, 4096), default=None,
+              help="machines training together, one `run` each (overrides distributed.nnodes)")
+@click.option("--node-rank", type=click.IntRange(0, 4095), default=None,
+              help="this machine's number, 0..nnodes-1 (overrides distributed.node_rank)")
+@click.option("--rdzv-endpoint", default=None, metavar="HOST:PORT",
+              help="node 0's address for the c10d rendezvous, the same on every node (overrides distributed.rdzv_endpoint)")
 @click.option("-v", "--verbose", is_flag=True,
               help="print each stage's recipe and inputs as it starts, and the traceback of an unexpected error")
 @click.option("--force", "force", multiple=True, metavar="STAGE",
               help="recompute STAGE and what depends on it even if cached (e.g. --force latency to remeasure)")
 @handle_errors
-def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc: int | None, verbose: bool,
-        force: tuple[str, ...]) -> None:
+def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc: int | None, nnodes: int | None,
+        node_rank: int | None, rdzv_endpoint: str | None, verbose: bool, force: tuple[str, ...]) -> None:
     """Run every stage; reuse what is cached; ship the student if the gate passes.
 
     \b
     Examples: cskd-pipeline run -m resnet8x4
               cskd-pipeline run -o 'student.loss={kind: kd}' -o student.train.seed=1
               cskd-pipeline run --force latency
+              cskd-pipeline run --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29400   (and node 1 with --node-rank 1)
     """
     from pipeline.orchestrator import run_pipeline
 
+    flags = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}
+    overrides = (*overrides, *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None))
     manifest = _load(manifest_opt, overrides)
-    if nproc is not None:
-        manifest = manifest.model_copy(update={"distributed": manifest.distributed.model_copy(update={"nproc": nproc})})
     if verbose:
         os.environ["CSKD_DEBUG"] = "1"  # handle_errors re-raises unexpected errors with their traceback
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet, force=force,
                            verbose=verbose)
+    if manifest.distributed.node_rank != 0:
+        click.echo(f"node {manifest.distributed.node_rank}: training done; node 0 commits, validates and ships")
+        return
     ran = [r.kind for r in outcome.reports if r.status == "ran"]
     shipped = Path(os.path.relpath(outcome.shipped))  # the folders as the user named them
     click.echo(f"report: {os.path.relpath(outcome.report_dir)}/report.html")

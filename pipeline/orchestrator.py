@@ -188,6 +188,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             forced.add(step.kind)
     store.claim()
     log = RunLog(store, manifest.name, echo, quiet=quiet)
+    if manifest.distributed.node_rank != 0:
+        return _follow(store, steps, log, node=manifest.distributed.node_rank)
     run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     clock = time.perf_counter()
     for step in steps:  # fail before any compute if a back-end or device is missing (verified later, once)
@@ -245,6 +247,40 @@ def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutc
         log(report.line())
         if display:
             display.advance(overall)
+
+
+# How long a node other than 0 waits for node 0 to commit what they trained together.
+FOLLOWER_WAIT_S = 6 * 3600
+
+
+def _follow(store: ArtifactStore, steps: list[PlannedStage], log: RunLog, *, node: int) -> RunOutcome:
+    """Node ``node`` > 0 of a multi-node run: train with node 0 in every training stage, let node
+    0 commit, export, validate and ship (the store is on a file system every node sees), and
+    stop after the last training stage."""
+    outcome = RunOutcome()
+    training = [i for i, step in enumerate(steps) if step.stage.every_node]
+    for step in steps[:training[-1] + 1] if training else []:
+        started, status = time.perf_counter(), "cached"
+        if step.stage.every_node and not store.exists(step.kind, step.id):
+            tmp = store.new_tmp_dir(step.kind, step.id)  # this node's copy of the weights; node 0 commits its own
+            try:
+                inputs = {kind: outcome.artifacts[kind] for kind in step.inputs}
+                step.stage.run(step.config, StageContext(out_dir=tmp, work_dir=store.work_dir(step.kind, step.id),
+                                                         cache_dir=store.root / "cache", inputs=inputs, log=log.detail))
+                status = "trained"
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        deadline = time.monotonic() + FOLLOWER_WAIT_S
+        while (artifact := _usable(store, step, log)) is None:  # node 0 commits after the last rank finishes
+            if time.monotonic() > deadline:
+                raise OutputError(f"node {node}: node 0 did not commit {step.kind} {step.id[:12]} within "
+                                  f"{FOLLOWER_WAIT_S // 3600} h; is node 0 running with the same manifest and store?")
+            time.sleep(1.0)
+        outcome.artifacts[step.kind] = artifact
+        outcome.reports.append(StageReport(step.kind, step.id, status, time.perf_counter() - started,
+                                           f"node {node}; committed by node 0"))
+        log(outcome.reports[-1].line())
+    return outcome
 
 
 def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folders: dict[str, Path], run: dict,

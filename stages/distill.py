@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Added, Stage, StageContext, StageResult
+from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
 from pipeline.core.manifest import LossField, Manifest, Normalization, TrainData
 from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
-from stages.training import TrainingJob, run_training, val_summary
+from stages.training import Launch, TrainingJob, launch_of, nodes_in_id, run_training, val_summary
 
 
 class DistillConfig(Strict):
@@ -16,6 +16,8 @@ class DistillConfig(Strict):
     teacher_model: str  # to rebuild the teacher network its weights belong to
     data: TrainData
     nproc: int
+    nnodes: int | None = Added()  # None: one machine
+    launch: Launch = Located(Launch())  # where it trains: node rank and rendezvous, not part of the id
     init: InitRef | None = Added()
     preprocess: Normalization | None = Added()  # None: the data set's statistics
 
@@ -24,13 +26,16 @@ class DistillStage(Stage):
     kind = "distill"
     version = 3  # 3: the strong view draws from its own stream; PIL-exact geometric ops
     Config = DistillConfig
+    every_node = True
     requires = ("teacher",)
 
     @classmethod
     def configure(cls, manifest: Manifest) -> DistillConfig:
         s = manifest.student
-        return DistillConfig(model=s.model, loss=s.loss.for_pair(manifest.teacher.model, s.model), train=s.train, teacher_model=manifest.teacher.model,
-                             data=manifest.data.train_view(), nproc=manifest.distributed.nproc,
+        return DistillConfig(model=s.model, loss=s.loss.for_pair(manifest.teacher.model, s.model), train=s.train,
+                             teacher_model=manifest.teacher.model, data=manifest.data.train_view(),
+                             nproc=manifest.distributed.nproc,
+                             nnodes=nodes_in_id(manifest), launch=launch_of(manifest),
                              init=resolve_init(s.init, field="student.init"),
                              preprocess=resolve_preprocess(s.model, s.preprocess))
 
@@ -40,5 +45,5 @@ class DistillStage(Stage):
                           teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
                           preprocess=config.preprocess)
-        last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
+        last = run_training(job, launch=config.launch, progress=ctx.progress, log=ctx.log)
         return StageResult(last, val_summary(last))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Added, Stage, StageContext, StageResult
+from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
 from pipeline.core.manifest import CheckpointRef, Manifest, Normalization, TrainData
 from stages.models import (
     InitRef,
@@ -13,7 +13,7 @@ from stages.models import (
     resolve_preprocess,
     save_network,
 )
-from stages.training import TrainingJob, run_training, val_summary
+from stages.training import Launch, TrainingJob, launch_of, nodes_in_id, run_training, val_summary
 
 
 class TeacherConfig(Strict):
@@ -22,6 +22,8 @@ class TeacherConfig(Strict):
     checkpoint: CheckpointRef | None  # its path is Located: only the sha256 is in the id
     data: TrainData
     nproc: int
+    nnodes: int | None = Added()  # None: one machine
+    launch: Launch = Located(Launch())  # where it trains: node rank and rendezvous, not part of the id
     init: InitRef | None = Added()
     preprocess: Normalization | None = Added()  # None: the data set's statistics
 
@@ -30,12 +32,14 @@ class TeacherStage(Stage):
     kind = "teacher"
     version = 2
     Config = TeacherConfig
+    every_node = True
 
     @classmethod
     def configure(cls, manifest: Manifest) -> TeacherConfig:
         t = manifest.teacher
         return TeacherConfig(model=t.model, train=t.train, checkpoint=t.checkpoint, data=manifest.data.train_view(),
-                             nproc=manifest.distributed.nproc, init=resolve_init(t.init, field="teacher.init"),
+                             nproc=manifest.distributed.nproc, nnodes=nodes_in_id(manifest),
+                             launch=launch_of(manifest), init=resolve_init(t.init, field="teacher.init"),
                              preprocess=resolve_preprocess(t.model, t.preprocess))
 
     def run(self, config: TeacherConfig, ctx: StageContext) -> StageResult:
@@ -51,7 +55,7 @@ class TeacherStage(Stage):
         job = TrainingJob(role="teacher", model=config.model, train=config.train, data=config.data,
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
                           preprocess=config.preprocess)
-        last = run_training(job, nproc=config.nproc, progress=ctx.progress, log=ctx.log)
+        last = run_training(job, launch=config.launch, progress=ctx.progress, log=ctx.log)
         return StageResult({"source": "trained", **last}, val_summary(last))
 
 

@@ -17,13 +17,36 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from cskd.config import TrainConfig
-from cskd.engine import rank, train
+from cskd.config import Strict, TrainConfig
+from cskd.engine import local_rank, rank, train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
 from pipeline.core.manifest import Normalization, TrainData
 from stages.data import dataset, train_val
 from stages.models import InitRef, build_network, load_network, save_network
+
+
+class Launch(Strict):
+    """Where a training stage runs (not what it computes: declared Located in stage configs)."""
+
+    nproc: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc * self.nnodes
+
+
+def launch_of(manifest) -> Launch:
+    d = manifest.distributed
+    return Launch(nproc=d.nproc, nnodes=d.nnodes, node_rank=d.node_rank, rdzv_endpoint=d.rdzv_endpoint)
+
+
+def nodes_in_id(manifest) -> int | None:
+    """The node count as a stage id sees it: absent for one machine (ids made before it existed)."""
+    return manifest.distributed.nnodes if manifest.distributed.nnodes > 1 else None
 
 
 class TrainingJob(BaseModel):
@@ -91,7 +114,7 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
                  metrics_path=out_dir / "metrics.jsonl", progress=progress, label=f"[{job.role}] {job.model}",
                  on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None)
-    if rank() == 0:  # replicas hold identical weights; one writer
+    if local_rank() == 0:  # replicas hold identical weights (buffers synced): one writer per node, into its own out_dir
         save_network(model, out_dir)
     return {**last, **started_from, "normalization": {"mean": model.mean.flatten().tolist(),
                                                      "std": model.std.flatten().tolist()},
@@ -113,19 +136,27 @@ def _worker(job_json: str) -> dict:
         dist.destroy_process_group()
 
 
-def run_training(job: TrainingJob, *, nproc: int, progress, log: Callable[[str], None] | None = None) -> dict:
+def run_training(job: TrainingJob, *, launch: Launch, progress, log: Callable[[str], None] | None = None) -> dict:
+    """Train in this process, or in ``launch.nproc`` workers on each of ``launch.nnodes`` machines
+    through torch's elastic launcher (c10d rendezvous; node 0 hosts it at ``rdzv_endpoint``)."""
     dataset(job.data.source)  # decode once here: a data error stops the run before any worker starts
-    if nproc == 1:
+    if launch.world_size == 1:
         return train_job(job, progress=progress, log=log)
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=uuid.uuid4().hex,
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0, monitor_interval=0.1)
+    if launch.nnodes == 1:
+        endpoint, run_id, rdzv = "127.0.0.1:0", uuid.uuid4().hex, {}
+    else:  # every node must name the same run: the stage's work folder names its artifact
+        endpoint, run_id = launch.rdzv_endpoint, f"cskd-{job.role}-{Path(job.work_dir).name[-24:]}"
+        rdzv = {"is_host": launch.node_rank == 0}  # node 0 serves the rendezvous store; the others connect
+    config = LaunchConfig(min_nodes=launch.nnodes, max_nodes=launch.nnodes, nproc_per_node=launch.nproc,
+                          run_id=run_id, rdzv_backend="c10d", rdzv_endpoint=endpoint, rdzv_configs=rdzv,
+                          max_restarts=0, monitor_interval=0.1)
     try:
         results = elastic_launch(config, _worker)(job.model_dump_json())
     except ChildFailedError as exc:
         first = next(iter(exc.failures.values()))
         raise RuntimeError(f"{job.role} training failed in a worker process ({first.message or first.error_file}); "
                            f"rerun to resume from the last checkpoint") from None
-    return results[0]
+    return results[min(results)]  # keyed by global rank: this node's first worker (identical on every rank)

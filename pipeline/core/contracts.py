@@ -85,6 +85,8 @@ class Stage(ABC):
     version: ClassVar[int]
     Config: ClassVar[type[BaseModel]]
     requires: ClassVar[tuple[str, ...]] = ()  # input kinds, unless ``inputs`` says otherwise
+    # Runs on every node of a multi-node run (training); other stages run on node 0 only.
+    every_node: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Stage]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -253,7 +253,21 @@ class ShipSection(Strict):
 
 
 class DistributedSection(Strict):
-    nproc: int = Field(1, ge=1, le=64, description="processes for the training stages (DDP; NCCL on GPUs, gloo on CPUs)")
+    nproc: int = Field(1, ge=1, le=64, description="processes per node for the training stages (DDP; NCCL on GPUs, "
+                                                   "gloo on CPUs)")
+    nnodes: int = Field(1, ge=1, le=4096, description="machines that train together (one launcher each)")
+    node_rank: int = Field(0, ge=0, description="this machine's number, 0 to nnodes-1; node 0 hosts the rendezvous "
+                                               "and alone commits, exports, validates and ships")
+    rdzv_endpoint: str | None = Field(None, pattern=r"^[A-Za-z0-9_.\-\[\]:]+:\d{1,5}$",
+                                      description="HOST:PORT of node 0 for torch's c10d rendezvous (nnodes > 1)")
+
+    @model_validator(mode="after")
+    def _nodes(self) -> DistributedSection:
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"node_rank {self.node_rank} must be below nnodes {self.nnodes}")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError("nnodes > 1 needs rdzv_endpoint: node 0's HOST:PORT, the same on every node")
+        return self
 
 
 class ReportSection(Strict):

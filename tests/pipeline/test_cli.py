@@ -133,7 +133,8 @@ def test_default_manifest_from_the_repository_root():
 def test_resnet8x4_manifest_validates_and_stops_at_missing_data(workdir):
     proc = _subprocess(["validate", "-m", str(REPO / "manifests" / "resnet8x4.yaml")], workdir)
     assert proc.returncode == 0
-    proc = _subprocess(["run", "-m", str(REPO / "manifests" / "resnet8x4.yaml")], workdir)
+    # Without a download (the manifest asks for one; test_a_failed_download_... covers that path):
+    proc = _subprocess(["run", "-m", str(REPO / "manifests" / "resnet8x4.yaml"), "-o", "data.download=false"], workdir)
     assert proc.returncode == 2 and "cifar-100-python" in proc.stderr and "Traceback" not in proc.stderr
 
 

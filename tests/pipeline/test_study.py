@@ -32,7 +32,7 @@ def studied(tmp_path_factory):
     folder = tmp_path_factory.mktemp("study")
     with working_dir(folder):
         write_manifest(folder, edited(teacher__train__epochs=1))
-        first = _cli(*STUDY)
+        first = _cli(*STUDY, "--jobs", "2")  # two local worker processes compute the cells
         study = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
         second = _cli(*STUDY)
         again = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
@@ -67,15 +67,16 @@ def test_a_rerun_reuses_every_cell(studied):
 
 
 def test_submitit_and_local_processes_give_the_same_study(studied, tmp_path, monkeypatch):
-    """The Slurm code path (submitit's local executor) and --jobs 2 recompute the cells in
-    other stores, sharing only the teacher, and must write the study.json of --jobs 1."""
+    """The Slurm code path (submitit's local executor) recomputes seed 0's cells in another
+    store, sharing only the teacher, and must write the study.json that --jobs 2 computed and
+    --jobs 1 reads back."""
     pytest.importorskip("submitit")
     folder, _, _, _, _ = studied
     one_seed = [*STUDY[:-4], "--seeds", "1", *STUDY[-2:]]  # seed 0's cells: cached here, computed there
     monkeypatch.chdir(folder)
     assert _cli(*one_seed)[0] == 0
     reference = json.loads((folder / "reports" / "tiny" / "study.json").read_text())
-    for launcher, extra in (("submitit-local", []), ("local", ["--jobs", "2"])):
+    for launcher, extra in (("submitit-local", []),):
         work = tmp_path / launcher
         work.mkdir()
         shutil.copy(folder / "tiny.yaml", work)

@@ -22,7 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.core.errors import EXIT_MISSING_BACKEND, ManifestError, PipelineError
@@ -324,5 +324,5 @@ def markdown(study: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LAUNCHERS", "LOSS_PRESETS", "Cell", "LossSpec", "StudyRequest", "asdict", "markdown", "parse_losses",
+__all__ = ["LAUNCHERS", "LOSS_PRESETS", "Cell", "LossSpec", "StudyRequest", "markdown", "parse_losses",
            "run_study"]

@@ -23,6 +23,7 @@ from cskd.checkpoint import load_tensors, save_tensors
 from cskd.config import TrainConfig
 from cskd.data.datasets import Split
 from cskd.data.loader import DeviceLoader
+from cskd.data.streaming import StreamLoader
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1
 from cskd.fast_engine import FastStep
@@ -161,7 +162,9 @@ def train(
     net = _data_parallel(objective, config, device)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
-    loader = DeviceLoader(train_split, batch_size=config.batch_size, device=device, shuffle=True,
+    # Image folders larger than memory stream from disk (FileSplit); the rest live on the device.
+    loader_class = DeviceLoader if isinstance(train_split, Split) else StreamLoader
+    loader = loader_class(train_split, batch_size=config.batch_size, device=device, shuffle=True,
                           drop_last=config.drop_last, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
                           strong=objective.needs_strong_view, seed=config.seed, shard=(rank(), world_size()))
     try:
@@ -200,7 +203,7 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
             skip, sums = 0, {}
             if world_size() > 1:
                 _sync_buffers(objective.student)
-            val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split.images, device=device),
+            val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split, device=device),
                              val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
             if writer:

@@ -1,4 +1,4 @@
-"""Batched inference and accuracy on uint8 image tensors."""
+"""Batched inference and accuracy on uint8 images: a tensor, or a split (in memory or streamed)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,17 @@ import torch.nn as nn
 
 
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 512,
+def predict_logits(model: nn.Module, images, *, batch_size: int = 512,
                    device: torch.device | str = "cpu") -> torch.Tensor:
-    """Logits ``[N, C]`` (float32, on the CPU) for uint8 images ``[N, C, H, W]``."""
+    """Logits ``[N, C]`` (float32, on the CPU) for uint8 images ``[N, C, H, W]``, or for a
+    ``Split``/``FileSplit`` (anything with ``batches(batch_size)``)."""
     was_training = model.training
     model.eval()
     outputs = []
-    for start in range(0, images.shape[0], batch_size):
-        batch = images[start:start + batch_size].to(device).float() / 255.0
+    batches = (images[start:start + batch_size] for start in range(0, images.shape[0], batch_size)) \
+        if isinstance(images, torch.Tensor) else images.batches(batch_size)
+    for batch in batches:
+        batch = batch.to(device).float() / 255.0
         outputs.append(model(batch).float().cpu())
     model.train(was_training)
     return torch.cat(outputs)

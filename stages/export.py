@@ -56,10 +56,10 @@ class ExportStage(Stage):
         source = config.data.source
         model = load_network(config.model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
         val, split_name = held_out(config.data)
-        shape = list(val.images.shape[1:])
+        shape = list(val.sample_shape)
         path = export_onnx(model, sample=torch.zeros(2, *shape), path=ctx.out_dir / ONNX_FILE, opset=config.opset)
         # Parity on real validation images (the test split stays untouched until validate).
-        images = val.images[:PARITY_SAMPLES]
+        images = val.head(PARITY_SAMPLES)
         check = parity(run_batched(create_session(path), images.numpy()), predict_logits(model, images).numpy())
         metrics = {"onnx_bytes": path.stat().st_size, "opset": config.opset, "parity_split": split_name,
                    "parity_samples": len(images), **{f"parity_{k}": v for k, v in check.items()}}

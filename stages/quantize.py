@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 
 from cskd.config import Strict
 from exports.quantize import Int8Settings, count_qdq, preprocess, quantize_with_fallback
@@ -16,6 +17,9 @@ from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
 
 INT8_FILE = "model_int8.onnx"
+# The INT8 budget is measured on at most this many val images (a streamed folder's val split
+# can be 100,000 images; an in-memory one is used whole).
+BUDGET_IMAGES = 10_000
 
 
 class QuantizeConfig(Strict):
@@ -42,17 +46,18 @@ class QuantizeStage(Stage):
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         train, _ = train_val(config.data)
         val, split_name = held_out(config.data)
-        calibration = train.images[:section.calibration_images].numpy().astype(np.float32) / 255.0
+        calibration = train.head(section.calibration_images).numpy().astype(np.float32) / 255.0
+        budget = val.subset(torch.arange(min(len(val), BUDGET_IMAGES)))  # all of an in-memory val split
         report = quantize_with_fallback(
-            prepared, ctx.out_dir / INT8_FILE, calibration_images=calibration, val_images_u8=val.images.numpy(),
-            val_labels=val.labels.numpy(), settings=settings, budget=section.max_drop, fallback=section.fallback)
+            prepared, ctx.out_dir / INT8_FILE, calibration_images=calibration, val_images_u8=budget.head(len(budget)).numpy(),
+            val_labels=budget.labels.numpy(), settings=settings, budget=section.max_drop, fallback=section.fallback)
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
         qdq = count_qdq(ctx.out_dir / INT8_FILE)
         metrics = {"format": "QDQ", "activation_type": section.activation_type, "weight_type": "int8",
                    "per_channel": section.per_channel, "calibration": section.calibration,
                    "calibration_split": "train", "calibration_images": len(calibration), **qdq,
-                   "budget_split": split_name, "val_fp32_top1": report.fp32_top1, "val_int8_top1": report.int8_top1, "val_drop": report.drop,
+                   "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1, "val_int8_top1": report.int8_top1, "val_drop": report.drop,
                    "kept_float": report.kept_float}
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
         return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",

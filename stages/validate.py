@@ -52,10 +52,11 @@ class ValidateStage(Stage):
         teacher = load_network(config.teacher_model, source, ctx.inputs["teacher"].file(WEIGHTS_FILE))
         student = load_network(config.student_model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
         with _exact_gpu() as device:  # the GPU when there is one: a study validates every cell
-            logits = {"teacher": predict_logits(teacher.to(device), test.images, batch_size=bs, device=device).numpy(),
-                      "student": predict_logits(student.to(device), test.images, batch_size=bs, device=device).numpy()}
+            logits = {"teacher": predict_logits(teacher.to(device), test, batch_size=bs, device=device).numpy(),
+                      "student": predict_logits(student.to(device), test, batch_size=bs, device=device).numpy()}
         for target in config.targets:
-            logits[target] = backend(target).runner(ctx.inputs, batch_size=bs)(test.images.numpy())
+            run = backend(target).runner(ctx.inputs, batch_size=bs)
+            logits[target] = np.concatenate([run(batch.numpy()) for batch in test.batches(bs)])
         labels = test.labels.numpy()
         save_tensors({"labels": test.labels, **{k: torch.from_numpy(v) for k, v in logits.items()}},
                      ctx.out_dir / PREDICTIONS_FILE)

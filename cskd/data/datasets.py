@@ -11,6 +11,7 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,11 +39,23 @@ class Split:
     def subset(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index])
 
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        return tuple(self.images.shape[1:])
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """The images in order, ``batch_size`` at a time (``FileSplit`` decodes them instead)."""
+        for start in range(0, len(self), batch_size):
+            yield self.images[start:start + batch_size]
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.images[:n]
+
 
 @dataclass(frozen=True)
 class DataSet:
     name: str
-    train: Split
+    train: Split  # or a FileSplit (cskd.data.streaming): the same interface, decoded batch by batch
     test: Split
     num_classes: int
     mean: tuple[float, ...]
@@ -51,11 +64,11 @@ class DataSet:
 
     @property
     def in_channels(self) -> int:
-        return int(self.train.images.shape[1])
+        return int(self.train.sample_shape[0])
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.train.images.shape[2]), int(self.train.images.shape[3])
+        return int(self.train.sample_shape[1]), int(self.train.sample_shape[2])
 
 
 def split_train_val(train: Split, *, val_fraction: float, seed: int) -> tuple[Split, Split]:
@@ -250,8 +263,10 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
 
 
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
-                 image_size: int | None = None, grayscale: bool = False) -> DataSet:
-    """Load one of ``DATASETS``. ``root`` is required for all but ``digits``."""
+                 image_size: int | None = None, grayscale: bool = False, stream: bool = False,
+                 workers: int = 0) -> DataSet:
+    """Load one of ``DATASETS``. ``root`` is required for all but ``digits``; ``stream`` (image
+    folders) reads images from disk batch by batch in ``workers`` processes."""
     if name == "digits":
         return load_digits_dataset()
     if root is None:
@@ -264,5 +279,5 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
     if name == "imagefolder":
         from cskd.data.imagefolder import load_imagefolder
 
-        return load_imagefolder(root, image_size=image_size, grayscale=grayscale)
+        return load_imagefolder(root, image_size=image_size, grayscale=grayscale, stream=stream, workers=workers)
     raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")

@@ -52,5 +52,8 @@ def split_fingerprints(name: str, root: str | None, mode: str = "stat") -> tuple
 
 
 def forget() -> None:
-    """Drop the cached fingerprints (the next look reads the folders again)."""
+    """Drop the cached fingerprints and folder sizes (the next look reads the folders again)."""
+    from cskd.data.imagefolder import decoded_train_bytes
+
     folder_fingerprint.cache_clear()
+    decoded_train_bytes.cache_clear()

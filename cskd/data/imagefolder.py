@@ -1,11 +1,15 @@
-"""Image folders: ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded into memory.
+"""Image folders: ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded into memory
+or streamed from disk (``cskd.data.streaming``).
 
 Every unreadable image, empty class folder or test-only class is a ``DataError``
-naming the file or folder (exit 2 at the CLI).
+naming the file or folder (exit 2 at the CLI). In memory, every image is decoded
+(and so checked) before training starts; streaming checks each image when a
+worker first reads it.
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -17,37 +21,44 @@ from cskd.errors import DataError
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
-def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) -> Split:
-    from PIL import Image
-
-    images, labels = [], []
+def _list_folder(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+    """Image files sorted by class, then name; an empty class folder is an error."""
+    paths, labels = [], []
     for label, cls in enumerate(classes):
         cls_dir = folder / cls
         files = sorted(p for p in cls_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES) if cls_dir.is_dir() else []
         if cls_dir.is_dir() and not files:
             raise DataError(f"{cls_dir}: class folder holds no images; add images or remove the folder")
-        for path in files:
-            try:
-                with Image.open(path) as img:
-                    img = img.convert(mode)
-                    if size is not None and img.size != (size, size):
-                        img = img.resize((size, size), Image.BILINEAR)
-                    arr = np.asarray(img, dtype=np.uint8)
-            except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated, broken
-                raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
-            if images and arr.shape != images[0].shape:
-                raise DataError(f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; set data.image_size")
-            images.append(arr)
-            labels.append(label)
-    if not images:
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    if not paths:
         raise DataError(f"{folder}: no images found (expected {folder}/<class>/*.jpg)")
+    return paths, labels
+
+
+def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) -> Split:
+    from PIL import Image
+
+    paths, labels = _list_folder(folder, classes)
+    images = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:
+                img = img.convert(mode)
+                if size is not None and img.size != (size, size):
+                    img = img.resize((size, size), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated, broken
+            raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
+        if images and arr.shape != images[0].shape:
+            raise DataError(f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; set data.image_size")
+        images.append(arr)
     stack = np.stack(images)
     stack = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
     return Split(torch.from_numpy(np.ascontiguousarray(stack)), torch.tensor(labels, dtype=torch.int64))
 
 
-def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False) -> DataSet:
-    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes are the train folder's subfolders."""
+def _classes(root: Path) -> list[str]:
     train_dir, test_dir = root / "train", root / "test"
     if not train_dir.is_dir() or not test_dir.is_dir():
         raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg")
@@ -58,8 +69,52 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bo
     if unknown:
         raise DataError(f"{test_dir / unknown[0]}: class {unknown[0]!r} is in test but not in train; "
                         f"add training images for it or remove it from test")
+    return classes
+
+
+def _first_image_side(path: Path) -> int:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:  # reads the header only
+            return min(img.size)
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
+
+
+@lru_cache(maxsize=16)
+def decoded_train_bytes(root: str, image_size: int | None, grayscale: bool, max_samples: int | None) -> int:
+    """Bytes the decoded training split would take in memory (``max_samples`` of it, if set):
+    what ``data.in_memory: auto`` weighs against ``data.memory_limit_mib``."""
+    base = Path(root).expanduser()
+    paths, _ = _list_folder(base / "train", _classes(base))
+    side = image_size or _first_image_side(paths[0])
+    count = min(len(paths), max_samples) if max_samples else len(paths)
+    return count * (1 if grayscale else 3) * side * side
+
+
+def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False,
+                     stream: bool = False, workers: int = 0) -> DataSet:
+    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes are the train folder's subfolders.
+
+    ``stream``: keep paths only and decode batch by batch in ``workers`` processes; the
+    normalisation statistics then come from a fixed sample of 2,000 training images.
+    """
+    classes = _classes(root)
     mode = "L" if grayscale else "RGB"
-    train = _read_folder(train_dir, classes, image_size, mode)
-    test = _read_folder(test_dir, classes, image_size, mode)
-    mean, std = _measured_stats(train.images)
-    return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
+    if not stream:
+        train = _read_folder(root / "train", classes, image_size, mode)
+        test = _read_folder(root / "test", classes, image_size, mode)
+        mean, std = _measured_stats(train.images)
+        return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
+    from cskd.data.streaming import FileSplit, measured_stats
+
+    splits: list[FileSplit] = []
+    for folder in (root / "train", root / "test"):
+        paths, labels = _list_folder(folder, classes)
+        if not splits:  # the test split is read at the training split's size
+            side = image_size or _first_image_side(paths[0])
+        splits.append(FileSplit(np.array([str(p) for p in paths]), torch.tensor(labels, dtype=torch.int64),
+                                size=side, channels=1 if grayscale else 3, workers=workers))
+    mean, std = measured_stats(splits[0])
+    return DataSet("imagefolder", splits[0], splits[1], len(classes), mean, std, tuple(classes))

@@ -25,6 +25,10 @@ class DataSource(Strict):
     image_size: int | None
     grayscale: bool
     download: bool = Located(False, description="where files may come from, not what they are")
+    # Streamed image folders are read differently from 64 px up (random resized crops, centre-crop
+    # evaluation), so the resolved choice is part of the id; in memory it stays out (None).
+    storage: Literal["stream"] | None = Added()
+    workers: int = Located(0, description="decoding processes: how fast, not what")
 
 
 class TrainData(Strict):
@@ -62,6 +66,15 @@ class DataSection(Strict):
     max_test_samples: int | None = Field(None, ge=16, description="validate on N test samples (seeded random subset)")
     fingerprint: Literal["stat", "content"] = Field(
         "stat", description="stat: paths, sizes and times of the files; content: their bytes (slower)")
+    in_memory: Literal["auto"] | bool = Field(
+        "auto", description="imagefolder: true decodes every image into memory before training, false streams "
+                            "them from disk in worker processes, auto streams when the decoded training split "
+                            "would exceed memory_limit_mib")
+    memory_limit_mib: int = Field(2048, ge=1, description="imagefolder, in_memory: auto: the largest decoded "
+                                                          "training split kept in memory")
+    workers: int | None = Field(None, ge=0, le=256, description="streaming: decoding processes per training "
+                                                                "process (default: the machine's cores; 0 decodes "
+                                                                "in the training process)")
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataSection:
@@ -69,9 +82,28 @@ class DataSection(Strict):
             raise ValueError(f"data set {self.name!r} needs 'root': the folder that holds its files")
         return self
 
+    def streams(self) -> bool:
+        """Whether the image folder is read from disk batch by batch (resolves ``in_memory: auto``)."""
+        if self.name != "imagefolder" or self.in_memory is True:
+            return False
+        if self.in_memory is False:
+            return True
+        from cskd.data.imagefolder import decoded_train_bytes
+        from cskd.errors import DataError
+
+        try:
+            size = decoded_train_bytes(self.root, self.image_size, self.grayscale, self.max_train_samples)
+        except DataError:  # a missing or broken folder: loading it says what is wrong
+            return False
+        return size > self.memory_limit_mib * 2**20
+
     def source(self) -> DataSource:
+        from cskd.data.streaming import default_workers
+
+        stream = self.streams()
         return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
-                          download=self.download)
+                          download=self.download, storage="stream" if stream else None,
+                          workers=(default_workers() if self.workers is None else self.workers) if stream else 0)
 
     def train_view(self) -> TrainData:
         return TrainData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[0],

@@ -1,0 +1,44 @@
+"""``data.in_memory``: a run that streams its image folder ships; the resolved choice is part
+of the ids of the stages that read data, and the number of decoding workers is not."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from pipeline.cli import main
+from pipeline.core.data_section import DataSection
+from tests.conftest import edited, write_manifest
+from tests.pipeline.test_fingerprint import TRAIN_READERS, _to_run, _write_folder
+
+
+def test_in_memory_auto_streams_exactly_when_the_decoded_training_split_exceeds_the_limit(tmp_path):
+    _write_folder(tmp_path / "images")  # 72 training images
+    section = {"name": "imagefolder", "root": str(tmp_path / "images"), "memory_limit_mib": 1, "grayscale": True}
+    assert DataSection(**section, image_size=64).source().storage is None  # 72 x 64 x 64: 0.3 MiB
+    assert DataSection(**section, image_size=128).source().storage == "stream"  # 1.1 MiB
+    assert DataSection(**section, image_size=128, max_train_samples=60).source().storage is None  # 0.9 MiB
+    assert DataSection(**section, image_size=128, in_memory=True).source().storage is None
+    assert DataSection(**section, image_size=8, in_memory=False, workers=3).source().workers == 3
+
+
+def test_a_streamed_folder_runs_to_the_end_and_its_storage_is_in_the_ids(workdir):
+    _write_folder(workdir / "images")
+
+    def train():
+        return {"epochs": 1, "batch_size": 16, "lr": 0.05, "augment": {"crop_padding": 1, "flip": False}}
+
+    data = {"name": "imagefolder", "root": "images", "image_size": 8, "grayscale": True, "val_fraction": 0.125}
+    streamed = write_manifest(workdir, edited(data={**data, "in_memory": False, "workers": 0},
+                                              teacher__train=train(), student__train=train()), "streamed.yaml")
+    result = CliRunner().invoke(main, ["run", "-m", str(streamed), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    validate = json.loads(next((workdir / ".cskd").glob("artifacts/validate/*/artifact.json")).read_text())["metrics"]
+    assert validate["samples"] == 24 and validate["onnx_agreement"] >= 99.0
+    # Two decoding workers read the same images: nothing reruns.
+    workers = write_manifest(workdir, streamed.read_text().replace("workers: 0", "workers: 2"), "workers.yaml")
+    assert _to_run(workdir, workers) == set()
+    # In memory, the same folder is read differently (from 64 px up): every stage that reads it reruns.
+    memory = write_manifest(workdir, streamed.read_text().replace("in_memory: false", "in_memory: true"), "memory.yaml")
+    assert _to_run(workdir, memory) == TRAIN_READERS

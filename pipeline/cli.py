@@ -250,7 +250,7 @@ def export(manifest_opt: str | None, target: str, overrides: tuple[str, ...], qu
     click.echo(str(outcome.artifacts[spec.kind].file(spec.file)))
 
 
-from pipeline import cli_manage, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, study on `main`
+from pipeline import cli_data, cli_manage, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, study, shard
 
 if __name__ == "__main__":
     # Run as `python -m pipeline.cli` this file is __main__: the commands in cli_manage were

@@ -1,9 +1,12 @@
-"""Teacher: train it with cross-entropy, or load a checkpoint given with its sha256."""
+"""Teacher: train it with cross-entropy, or load a checkpoint (identified by its sha256)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
+from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import CheckpointRef, Manifest, Normalization, TrainData
 from stages.models import (
     InitRef,
@@ -37,7 +40,8 @@ class TeacherStage(Stage):
     @classmethod
     def configure(cls, manifest: Manifest) -> TeacherConfig:
         t = manifest.teacher
-        return TeacherConfig(model=t.model, train=t.train, checkpoint=t.checkpoint, data=manifest.data.train_view(),
+        return TeacherConfig(model=t.model, train=t.train, checkpoint=_with_sha256(t.checkpoint),
+                             data=manifest.data.train_view(),
                              nproc=manifest.distributed.nproc, nnodes=nodes_in_id(manifest),
                              launch=launch_of(manifest), init=resolve_init(t.init, field="teacher.init"),
                              preprocess=resolve_preprocess(t.model, t.preprocess))
@@ -57,6 +61,18 @@ class TeacherStage(Stage):
                           preprocess=config.preprocess)
         last = run_training(job, launch=config.launch, progress=ctx.progress, log=ctx.log)
         return StageResult({"source": "trained", **last}, val_summary(last))
+
+
+def _with_sha256(ref: CheckpointRef | None) -> CheckpointRef | None:
+    """The checkpoint with its sha256: the file's content is the teacher's identity, so a manifest
+    that leaves the sha256 out gets it computed from the file (one that gives it is checked on load)."""
+    if ref is None or ref.sha256 is not None:
+        return ref
+    from cskd.checkpoint import sha256_file
+
+    if not Path(ref.path).is_file():
+        raise ManifestError(f"teacher.checkpoint.path: {ref.path} not found; give the teacher's weights file")
+    return ref.model_copy(update={"sha256": sha256_file(ref.path)})
 
 
 def _load_foreign(config: TeacherConfig, ref: CheckpointRef):

@@ -20,7 +20,7 @@ import torch
 
 from cskd.errors import DataError
 
-DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder")
+DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "webdataset")
 
 # Normalisation constants: the recipe's for CIFAR-100 (CSKD.md), the usual ones for CIFAR-10;
 # others are measured on the training split.
@@ -264,11 +264,18 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
 
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
                  image_size: int | None = None, grayscale: bool = False, stream: bool = False,
-                 workers: int = 0) -> DataSet:
-    """Load one of ``DATASETS``. ``root`` is required for all but ``digits``; ``stream`` (image
-    folders) reads images from disk batch by batch in ``workers`` processes."""
+                 workers: int = 0, train_shards: str | None = None, test_shards: str | None = None) -> DataSet:
+    """Load one of ``DATASETS``. ``root`` is required for all but ``digits`` and ``webdataset``
+    (``train_shards``, ``test_shards``); ``stream`` (image folders) reads images from disk batch by
+    batch in ``workers`` processes, as shards always are."""
     if name == "digits":
         return load_digits_dataset()
+    if name == "webdataset":
+        from cskd.data.shards import load_shards
+
+        if not train_shards or not test_shards:
+            raise DataError("data set 'webdataset' needs data.train_shards and data.test_shards (brace patterns)")
+        return load_shards(train_shards, test_shards, image_size=image_size, grayscale=grayscale, workers=workers)
     if root is None:
         raise DataError(f"data set {name!r} needs data.root (the folder that holds its files)")
     root = Path(root).expanduser()

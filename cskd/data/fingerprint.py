@@ -35,8 +35,31 @@ def folder_fingerprint(folder: str, mode: str = "stat") -> str:
     return digest.hexdigest()
 
 
-def split_fingerprints(name: str, root: str | None, mode: str = "stat") -> tuple[str, str]:
+def files_fingerprint(paths: list[str], mode: str = "stat") -> str:
+    """sha256 over the given files (in their order): tar shards named by a brace pattern."""
+    digest = hashlib.sha256()
+    for path in paths:
+        p = Path(path)
+        if not p.is_file():
+            digest.update(f"{path}\0missing\n".encode())
+        elif mode == "content":
+            digest.update(f"{p.name}\0{sha256_file(p)}\n".encode())
+        else:
+            st = p.stat()
+            digest.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def split_fingerprints(name: str, root: str | None, mode: str = "stat", *, train_shards: str | None = None,
+                       test_shards: str | None = None) -> tuple[str, str]:
     """(train fingerprint, test fingerprint) of a data set as the loaders read it."""
+    if name == "webdataset":  # the shards, and the class list beside the training shards
+        from cskd.data.shards import CLASSES_FILE, expand
+
+        train = expand(train_shards or "")
+        classes = [str(Path(train[0]).parent / CLASSES_FILE)] if train else []
+        test = files_fingerprint(expand(test_shards or "") + classes, mode)
+        return files_fingerprint(train + classes, mode), test
     if name == "digits":  # shipped inside scikit-learn: its version says which file it is
         import sklearn
 
@@ -45,7 +68,9 @@ def split_fingerprints(name: str, root: str | None, mode: str = "stat") -> tuple
     if name == "imagefolder":
         train_dir = base / "train"
         classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
-        test = hashlib.sha256(f"{folder_fingerprint(str(base / 'test'), mode)}\0{classes}".encode()).hexdigest()
+        from cskd.data.imagefolder import test_folder
+
+        test = hashlib.sha256(f"{folder_fingerprint(str(test_folder(base)), mode)}\0{classes}".encode()).hexdigest()
         return folder_fingerprint(str(train_dir), mode), test
     whole = folder_fingerprint(str(base), mode)  # one set of files holds both splits
     return whole, whole

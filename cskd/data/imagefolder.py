@@ -1,4 +1,5 @@
-"""Image folders: ``root/train/<class>/*`` and ``root/test/<class>/*``, decoded into memory
+"""Image folders: ``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``root/val``, ImageNet's
+layout, where there is no ``test``), decoded into memory
 or streamed from disk (``cskd.data.streaming``).
 
 Every unreadable image, empty class folder or test-only class is a ``DataError``
@@ -58,10 +59,17 @@ def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) 
     return Split(torch.from_numpy(np.ascontiguousarray(stack)), torch.tensor(labels, dtype=torch.int64))
 
 
+def test_folder(root: Path) -> Path:
+    """``root/test``, or ``root/val`` where there is no test folder (ImageNet's layout)."""
+    if not (root / "test").is_dir() and (root / "val").is_dir():
+        return root / "val"
+    return root / "test"
+
+
 def _classes(root: Path) -> list[str]:
-    train_dir, test_dir = root / "train", root / "test"
+    train_dir, test_dir = root / "train", test_folder(root)
     if not train_dir.is_dir() or not test_dir.is_dir():
-        raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg")
+        raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg (or val/<class>/*.jpg)")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise DataError(f"{train_dir}: found {len(classes)} class folders, need at least 2")
@@ -95,7 +103,7 @@ def decoded_train_bytes(root: str, image_size: int | None, grayscale: bool, max_
 
 def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False,
                      stream: bool = False, workers: int = 0) -> DataSet:
-    """``root/train/<class>/*`` and ``root/test/<class>/*``; classes are the train folder's subfolders.
+    """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``); classes are the train folder's subfolders.
 
     ``stream``: keep paths only and decode batch by batch in ``workers`` processes; the
     normalisation statistics then come from a fixed sample of 2,000 training images.
@@ -104,13 +112,13 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bo
     mode = "L" if grayscale else "RGB"
     if not stream:
         train = _read_folder(root / "train", classes, image_size, mode)
-        test = _read_folder(root / "test", classes, image_size, mode)
+        test = _read_folder(test_folder(root), classes, image_size, mode)
         mean, std = _measured_stats(train.images)
         return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
     from cskd.data.streaming import FileSplit, measured_stats
 
     splits: list[FileSplit] = []
-    for folder in (root / "train", root / "test"):
+    for folder in (root / "train", test_folder(root)):
         paths, labels = _list_folder(folder, classes)
         if not splits:  # the test split is read at the training split's size
             side = image_size or _first_image_side(paths[0])

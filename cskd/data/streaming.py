@@ -19,7 +19,10 @@ A file that cannot be decoded stops the run with a ``DataError`` naming it.
 
 from __future__ import annotations
 
+import io
+import math
 import os
+import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -33,7 +36,7 @@ from torchvision.transforms import v2
 
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
-from cskd.data.augment import random_crop_flip, strong_view
+from cskd.data.augment import strong_view
 from cskd.errors import DataError
 
 # From this size up, augmentation and evaluation are ImageNet style.
@@ -49,17 +52,25 @@ def default_workers() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def decode(path: str, channels: int) -> torch.Tensor:
-    """uint8 ``[C, H, W]``; a file that cannot be decoded is a ``DataError`` naming it."""
+def decode(path: str, channels: int, *, member: tuple[str, int, int] | None = None) -> torch.Tensor:
+    """uint8 ``[C, H, W]`` of a file, or of ``member`` (name, offset, length) inside the tar file
+    ``path``; what cannot be decoded is a ``DataError`` naming it."""
+    where, suffix = (f"{path}:{member[0]}", Path(member[0]).suffix.lower()) if member else (path, Path(path).suffix.lower())
     try:
-        if Path(path).suffix.lower() in _TORCHVISION_SUFFIXES:
-            return decode_image(read_file(path), mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-        with Image.open(path) as img:
+        if member is None:
+            data = read_file(path) if suffix in _TORCHVISION_SUFFIXES else None
+        else:
+            with open(path, "rb") as f:
+                f.seek(member[1])
+                data = torch.frombuffer(bytearray(f.read(member[2])), dtype=torch.uint8)
+        if suffix in _TORCHVISION_SUFFIXES:
+            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+        with Image.open(path if data is None else io.BytesIO(data.numpy().tobytes())) as img:
             return v2.functional.pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
     except (OSError, RuntimeError, SyntaxError, ValueError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         reason = re.sub(r"^.*?\.cpp:\d+, ", "", reason)  # torchvision prefixes the C++ source line
-        raise DataError(f"{path}: not a readable image ({reason}); remove or replace it") from None
+        raise DataError(f"{where}: not a readable image ({reason}); remove or replace it") from None
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -67,20 +78,42 @@ def _sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 @dataclass(frozen=True)
+class Members:
+    """Where each image lies inside its tar shard (uncompressed tars allow reading one member)."""
+
+    names: np.ndarray  # str [N], e.g. 000000042.jpg
+    offsets: np.ndarray  # int64 [N]: the first byte of the member's data
+    lengths: np.ndarray  # int64 [N]
+
+
+@dataclass(frozen=True)
 class FileSplit:
-    """A split as files: absolute paths, labels, and the square size a sample is read at."""
+    """A split as files: absolute paths, labels, and the square size a sample is read at. For
+    tar shards, ``paths`` are the shard files and ``members`` say where in them each image lies."""
 
     paths: np.ndarray  # str [N]
     labels: torch.Tensor  # int64 [N]
     size: int
     channels: int
     workers: int = 0
+    members: Members | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
     def subset(self, index: torch.Tensor) -> FileSplit:
-        return replace(self, paths=self.paths[index.numpy()], labels=self.labels[index])
+        pick = index.numpy()
+        members = None if self.members is None else Members(self.members.names[pick], self.members.offsets[pick],
+                                                         self.members.lengths[pick])
+        return replace(self, paths=self.paths[pick], labels=self.labels[index], members=members)
+
+    def read(self, index: int) -> torch.Tensor:
+        """Sample ``index`` decoded (uint8 ``[C, H, W]``, the file's own size)."""
+        if self.members is None:
+            return decode(str(self.paths[index]), self.channels)
+        m = self.members
+        return decode(str(self.paths[index]), self.channels,
+                      member=(str(m.names[index]), int(m.offsets[index]), int(m.lengths[index])))
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -96,13 +129,12 @@ class FileSplit:
         image = v2.functional.resize(image, [int(self.size / EVAL_CROP_FRACTION)], antialias=True)
         return v2.functional.center_crop(image, [self.size, self.size])
 
-    def train_view(self, image: torch.Tensor, seed: int) -> torch.Tensor:
-        """The un-augmented training view: the square at < 64 px, a seeded RandomResizedCrop above."""
+    def train_view(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
+        """The un-augmented training view: the square below 64 px, a RandomResizedCrop from 64 px."""
         if not self.imagenet_style:
             return _square(image, self.size)
-        with torch.random.fork_rng(devices=[]):  # transforms.v2 draws from the global generator
-            torch.manual_seed(seed)
-            return v2.RandomResizedCrop(self.size, antialias=True)(image)
+        top, left, height, width = _resized_crop_box(image.shape[1], image.shape[2], rng)
+        return v2.functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The evaluation view of every sample, in order, as uint8 batches."""
@@ -115,6 +147,41 @@ class FileSplit:
         first = self.subset(torch.arange(min(n, len(self))))
         return torch.cat(list(first.batches(256))) if len(first) else torch.empty(0, *self.sample_shape,
                                                                                   dtype=torch.uint8)
+
+
+def _resized_crop_box(height: int, width: int, rng: random.Random, scale=(0.08, 1.0),
+                      ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``v2.RandomResizedCrop``'s box (its ``make_params``, line for line) drawn from ``rng``: the
+    transform draws from torch's global generator, and saving and restoring that around every
+    sample costs more than decoding it."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect_ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height  # fallback: the central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _pad_crop_flip(image: torch.Tensor, rng: random.Random, *, padding: int, flip: bool) -> torch.Tensor:
+    """The weak view for one ``[C, H, W]`` image: zero-pad, crop back at a random offset, flip half."""
+    if padding:
+        h, w = image.shape[1:]
+        dy, dx = rng.randint(0, 2 * padding), rng.randint(0, 2 * padding)
+        image = torch.nn.functional.pad(image, (padding,) * 4)[:, dy:dy + h, dx:dx + w]
+    if flip and rng.random() < 0.5:
+        image = image.flip(-1)
+    return image.contiguous()
 
 
 def _square(image: torch.Tensor, size: int) -> torch.Tensor:
@@ -135,19 +202,20 @@ class _Samples(torch.utils.data.Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, seed = item
         try:
-            image = decode(str(self.split.paths[index]), self.split.channels)
+            image = self.split.read(index)
         except DataError as exc:  # returned, not raised: a worker's exception reaches the parent as a traceback
             return str(exc)
         if seed < 0:
             return self.split.eval_view(image)
-        raw = self.split.train_view(image, seed)[None]
-        # The in-memory path's draws, per sample: crop offsets and flip, then the strong view's own stream.
-        weak = random_crop_flip(raw, torch.Generator().manual_seed(seed), padding=self.crop_padding, flip=self.flip)
+        rng = random.Random(seed)
+        raw = self.split.train_view(image, rng)
+        weak = _pad_crop_flip(raw, rng, padding=self.crop_padding, flip=self.flip)
         if not self.strong:
-            return weak[0]
-        strong = strong_view(raw.float() / 255.0, torch.Generator().manual_seed(seed ^ 0x5DEECE66D),
+            return weak
+        # The paper preset's strong view (the in-memory path's code on a batch of one), on its own stream.
+        strong = strong_view(raw[None].float() / 255.0, torch.Generator().manual_seed(seed ^ 0x5DEECE66D),
                              padding=self.crop_padding, flip=self.flip)
-        return weak[0], strong[0]
+        return weak, strong[0]
 
 
 def _collate(samples: list):

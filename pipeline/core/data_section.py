@@ -28,6 +28,8 @@ class DataSource(Strict):
     # Streamed image folders are read differently from 64 px up (random resized crops, centre-crop
     # evaluation), so the resolved choice is part of the id; in memory it stays out (None).
     storage: Literal["stream"] | None = Added()
+    train_shards: str | None = Added()  # webdataset: brace patterns (their files' fingerprints are in the views)
+    test_shards: str | None = Added()
     workers: int = Located(0, description="decoding processes: how fast, not what")
 
 
@@ -55,6 +57,9 @@ class TestData(Strict):
 class DataSection(Strict):
     name: Literal[DATASETS]  # type: ignore[valid-type]
     root: str | None = Field(None, max_length=4096, description="folder holding the data set's files")
+    train_shards: str | None = Field(None, max_length=4096, description="webdataset: the training shards, a brace "
+                                     "pattern such as shards/train-{000000..000099}.tar")
+    test_shards: str | None = Field(None, max_length=4096, description="webdataset: the test shards")
     download: bool = Field(False, description="let torchvision download missing files")
     val_fraction: float = Field(0.1, ge=0, le=0.5, description="held-out slice of the training split; 0: train on "
                                 "all of it (nothing is selected on val; INT8 and parity checks read training images)")
@@ -78,12 +83,19 @@ class DataSection(Strict):
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataSection:
+        if self.name == "webdataset":
+            if not self.train_shards or not self.test_shards:
+                raise ValueError("data set 'webdataset' needs 'train_shards' and 'test_shards' (brace patterns of "
+                                 "tar files, as `cskd-pipeline shard` writes them)")
+            return self
         if self.name != "digits" and self.root is None:
             raise ValueError(f"data set {self.name!r} needs 'root': the folder that holds its files")
         return self
 
     def streams(self) -> bool:
         """Whether the image folder is read from disk batch by batch (resolves ``in_memory: auto``)."""
+        if self.name == "webdataset":
+            return True
         if self.name != "imagefolder" or self.in_memory is True:
             return False
         if self.in_memory is False:
@@ -103,16 +115,21 @@ class DataSection(Strict):
         stream = self.streams()
         return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
                           download=self.download, storage="stream" if stream else None,
+                          train_shards=self.train_shards, test_shards=self.test_shards,
                           workers=(default_workers() if self.workers is None else self.workers) if stream else 0)
 
+    def _fingerprints(self) -> tuple[str, str]:
+        return split_fingerprints(self.name, self.root, self.fingerprint, train_shards=self.train_shards,
+                                  test_shards=self.test_shards)
+
     def train_view(self) -> TrainData:
-        return TrainData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[0],
+        return TrainData(source=self.source(), fingerprint=self._fingerprints()[0],
                          val_fraction=self.val_fraction, split_seed=self.split_seed,
                          max_train_samples=self.max_train_samples,
                          subset="random" if self.max_train_samples is not None else None)
 
     def test_view(self) -> TestData:
-        return TestData(source=self.source(), fingerprint=split_fingerprints(self.name, self.root, self.fingerprint)[1],
+        return TestData(source=self.source(), fingerprint=self._fingerprints()[1],
                         max_test_samples=self.max_test_samples,
                         subset="random" if self.max_test_samples is not None else None,
                         split_seed=self.split_seed if self.max_test_samples is not None else None)

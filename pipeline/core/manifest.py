@@ -79,8 +79,9 @@ class CheckpointRef(Strict):
     # The file's content (its sha256), not where it lies, defines the teacher.
     path: str = Located(max_length=4096, description="a weights file (this project's safetensors, or with "
                                                      "format: a torchvision/timm state dict)")
-    sha256: Annotated[str, AfterValidator(str.lower)] = Field(
-        pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits")
+    sha256: Annotated[str, AfterValidator(str.lower)] | None = Field(
+        None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits: checked when given, "
+                                                         "computed from the file when not (it is the id)")
     format: Literal["auto", "torchvision", "timm", "safetensors"] | None = Added(
         description="unset: this project's own safetensors; torchvision/timm: their state dict files")
 

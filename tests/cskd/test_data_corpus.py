@@ -77,6 +77,31 @@ def _cifar(root):
     return "cifar10", folder / "data_batch_3"
 
 
+def _shards(root, *, bad):
+    """Valid shards of a 2-class folder, plus a second training shard broken in one way."""
+    import io
+    import tarfile
+
+    from cskd.data.shards import write_shards
+
+    _folder(root / "folder")
+    write_shards(root / "folder", root / "shards", shard_size=100, log=lambda line: None)
+    target = root / "shards" / "train-000001.tar"
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
+    members = {"label 7": {"000000100.cls": b"7", "000000100.png": png.getvalue()},
+               "no label": {"000000100.png": png.getvalue()}}.get(bad)
+    if members is None:  # not a tar at all (a compressed one reads the same)
+        target.write_bytes(np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8).tobytes())
+    else:
+        with tarfile.open(target, "w") as tar:
+            for name, body in members.items():
+                info = tarfile.TarInfo(name)
+                info.size = len(body)
+                tar.addfile(info, io.BytesIO(body))
+    return "webdataset", target
+
+
 CASES = {
     "random-bytes png": (lambda r: _folder(r, bad="random"), "not a readable image"),
     "truncated png": (lambda r: _folder(r, bad="truncated"), "not a readable image"),
@@ -87,6 +112,9 @@ CASES = {
     "test label out of range": (lambda r: _fashion(r, test_labels=np.full(32, 12)), "label 12"),
     "400 images, 200 labels": (lambda r: _fashion(r, train_n=400, label_n=200), "200 labels for 400 images"),
     "cifar label 10": (_cifar, "label 10 at index 5"),
+    "shard label 7 of 2 classes": (lambda r: _shards(r, bad="label 7"), "label 7 is outside [0, 2)"),
+    "shard image without a label": (lambda r: _shards(r, bad="no label"), "not both"),
+    "shard that is not a tar": (lambda r: _shards(r, bad="garbage"), "not a readable tar shard"),
 }
 
 
@@ -95,8 +123,11 @@ def test_corrupt_input_exits_2_with_one_line_naming_the_file(workdir, case):
     make, says = CASES[case]
     name, culprit = make(workdir / "data")
     data = {"name": name, "root": "data"}
-    if name == "imagefolder":
+    if name in ("imagefolder", "webdataset"):
         data.update(grayscale=True, image_size=8)
+    if name == "webdataset":
+        data = {**data, "root": None, "train_shards": "data/shards/train-{000000..000001}.tar",
+                "test_shards": "data/shards/test-000000.tar"}
     write_manifest(workdir, edited(data=data), "m.yaml")
     result = CliRunner().invoke(main, ["run", "-m", "m.yaml", "--quiet"])
     assert result.exit_code == 2, result.output

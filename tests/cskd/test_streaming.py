@@ -137,3 +137,29 @@ def test_the_epoch_order_at_50000_images_splits_every_global_batch_between_ranks
     assert len(seen) == (n // 256) * 256 and len({i for i, _ in seen}) == len(seen)
     assert len({s for _, s in seen}) == len(seen)  # a seed per image
     assert all(len(batch) == 64 for batches in per_rank for batch in batches)
+
+
+def test_the_random_resized_crop_box_keeps_torchvisions_scale_and_ratio_bounds():
+    import math
+    import random
+
+    from cskd.data.streaming import _resized_crop_box
+
+    rng = random.Random(0)
+    for height, width in ((96, 96), (120, 80), (64, 300)):
+        for _ in range(2000):
+            top, left, h, w = _resized_crop_box(height, width, rng)
+            assert 0 <= top <= height - h and 0 <= left <= width - w and h > 0 and w > 0
+            if (h, w) != (height, width) and top != (height - h) // 2:  # not the fallback
+                # Rounding h and w moves area and ratio a little past the drawn bounds.
+                assert 0.08 * 0.9 <= h * w / (height * width) <= 1.0
+                assert 3 / 4 * 0.9 <= w / h <= 4 / 3 / 0.9
+    # The same distribution as torchvision's own draws: the mean crop area (about 0.48) agrees.
+    from torchvision.transforms import v2
+
+    torch.manual_seed(0)
+    theirs = v2.RandomResizedCrop(96).make_params
+    image = torch.zeros(3, 120, 80)
+    ours = [math.prod(_resized_crop_box(120, 80, rng)[2:]) / 9600 for _ in range(8000)]
+    torchvisions = [(lambda p: p["height"] * p["width"] / 9600)(theirs([image])) for _ in range(8000)]
+    assert abs(sum(ours) / 8000 - sum(torchvisions) / 8000) < 0.015

@@ -42,3 +42,41 @@ def test_a_streamed_folder_runs_to_the_end_and_its_storage_is_in_the_ids(workdir
     # In memory, the same folder is read differently (from 64 px up): every stage that reads it reruns.
     memory = write_manifest(workdir, streamed.read_text().replace("in_memory: false", "in_memory: true"), "memory.yaml")
     assert _to_run(workdir, memory) == TRAIN_READERS
+
+
+def test_an_image_folder_sharded_by_the_shard_command_runs_to_the_end(workdir):
+    """`cskd-pipeline shard` writes tar shards that read exactly as the folder does; a run on them
+    ships, and a changed shard reruns the stages that read the training data."""
+    import os
+
+    import torch
+
+    from cskd.data.imagefolder import load_imagefolder
+    from cskd.data.shards import load_shards
+
+    _write_folder(workdir / "images")
+    result = CliRunner().invoke(main, ["shard", "--root", "images", "--out", "shards", "--shard-size", "30"])
+    assert result.exit_code == 0, result.output
+    assert "train_shards: shards/train-{000000..000002}.tar" in result.output  # 72 images, 30 a shard
+    shards = load_shards("shards/train-{000000..000002}.tar", "shards/test-000000.tar", grayscale=True)
+    folder = load_imagefolder(workdir / "images", grayscale=True, stream=True)
+    assert shards.class_names == folder.class_names and torch.equal(shards.train.labels, folder.train.labels)
+    assert torch.equal(torch.cat(list(shards.train.batches(32))), torch.cat(list(folder.train.batches(32))))
+
+    again = CliRunner().invoke(main, ["shard", "--root", "images", "--out", "shards"])
+    assert again.exit_code == 2 and again.output.count("\n") == 1 and "not empty" in again.output
+    assert sorted(p.name for p in (workdir / "shards").iterdir())[0] == "classes.json"  # nothing deleted
+
+    def train():
+        return {"epochs": 1, "batch_size": 16, "lr": 0.05, "augment": {"crop_padding": 1, "flip": False}}
+
+    data = {"name": "webdataset", "train_shards": "shards/train-{000000..000002}.tar",
+            "test_shards": "shards/test-000000.tar", "grayscale": True, "image_size": 8, "val_fraction": 0.125,
+            "workers": 0}
+    manifest = write_manifest(workdir, edited(data=data, teacher__train=train(), student__train=train()))
+    result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    validate = json.loads(next((workdir / ".cskd").glob("artifacts/validate/*/artifact.json")).read_text())["metrics"]
+    assert validate["samples"] == 24
+    os.utime(workdir / "shards" / "train-000001.tar", (1, 1))
+    assert _to_run(workdir, manifest) == TRAIN_READERS

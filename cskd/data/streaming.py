@@ -37,6 +37,7 @@ from torchvision.transforms import v2
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
 from cskd.data.augment import strong_view
+from cskd.data.datasets import batch_stats
 from cskd.errors import DataError
 
 # From this size up, augmentation and evaluation are ImageNet style.
@@ -302,17 +303,6 @@ class StreamLoader:
 
 
 def measured_stats(split: FileSplit, *, samples: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the evaluation view of a fixed, seeded sample of ``samples`` images
-    (summed in float64 batch by batch: memory stays that of one batch)."""
+    """Per-channel mean and std of the evaluation view of a fixed, seeded sample of ``samples`` images."""
     pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
-    total = torch.zeros(split.channels, dtype=torch.float64)
-    squares = torch.zeros_like(total)
-    count = 0
-    for batch in split.subset(pick).batches(256):
-        x = batch.double() / 255.0
-        total += x.sum(dim=(0, 2, 3))
-        squares += (x * x).sum(dim=(0, 2, 3))
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    std = ((squares / count - mean * mean) * count / max(count - 1, 1)).clamp_min(0).sqrt().clamp_min(1e-3)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
+    return batch_stats(split.subset(pick).batches(256))

@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 MANIFEST ?= quickstart.yaml
 FASHION_ROOT ?= ../shared/data/fashion-mnist
+CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
 .PHONY: install pipeline test test-all lint bench compare clean
 
@@ -31,10 +32,11 @@ lint: $(STAMP)  ## ruff, and the import layers (import-linter contracts in pypro
 	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
 	$(BIN)/lint-imports
 
-bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (latency needs Fashion-MNIST in FASHION_ROOT)
+bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_ROOT, the CIFAR-10 JPEG copy in CIFAR_JPEG)
 	$(BIN)/python benchmarks/engine.py --out bench/engine.json
 	$(BIN)/python benchmarks/backends.py --out bench/backends.json
 	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
+	$(BIN)/python benchmarks/streaming.py --source $(CIFAR_JPEG) --out bench/streaming.json
 
 # The method study of the README on Fashion-MNIST (long: see "Studies"). COMPARE_SET adds
 # overrides, e.g. COMPARE_SET='-o data.max_train_samples=10000 -o student.train.epochs=4'.

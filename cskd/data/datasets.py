@@ -98,7 +98,8 @@ def batch_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tup
 
 
 def _measured_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    return batch_stats(images[start:start + 4096] for start in range(0, len(images), 4096))
+    chunk = max(1, 2**23 // max(1, images[0].numel()))  # 8M values: 64 MB in float64 whatever the image size
+    return batch_stats(images[start:start + chunk] for start in range(0, len(images), chunk))
 
 
 def _missing(name: str, root: Path, expected: str) -> DataError:

@@ -126,3 +126,39 @@ def test_model_names_and_preprocess_are_validated_in_one_line(workdir):
         code, out = _run("plan", "-m", str(path))
         assert code == 2, (change, out)
         assert len(out.strip().splitlines()) == 1 and needle in out, (change, out)
+
+
+@pytest.mark.slow  # a torchvision resnet34 teacher and resnet18 student at 64 px: about 30 s on 2 cores
+def test_the_imagenet_manifest_runs_on_files_in_imagenets_layout(workdir):
+    """imagenet-resnet34-resnet18.yaml as shipped, on a 3-class stand-in the test writes: train/ and
+    val/ with wnid folders of .JPEG files, streamed, and a torchvision resnet34 state dict as the
+    teacher checkpoint (no sha256 given: it is computed from the file)."""
+    import shutil
+
+    import torchvision
+    from PIL import Image
+
+    from tests.conftest import REPO
+
+    rng = np.random.RandomState(0)
+    for split, n in (("train", 8), ("val", 2)):
+        for k, wnid in enumerate(("n01440764", "n01443537", "n01484850")):
+            (workdir / "data" / "imagenet" / split / wnid).mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((90, 120, 3), dtype=np.uint8)  # not square: crops do the work
+                base[..., k] = 150
+                image = np.clip(base + rng.randint(0, 80, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(image).save(workdir / "data" / "imagenet" / split / wnid / f"{wnid}_{i}.JPEG")
+    (workdir / "weights").mkdir()
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet34(num_classes=3).state_dict(), workdir / "weights" / "resnet34-imagenet.pth")
+    shutil.copy(REPO / "manifests" / "imagenet-resnet34-resnet18.yaml", workdir / "imagenet.yaml")
+    code, out = _run("run", "-m", "imagenet.yaml", "-q", "-o", "data.image_size=64", "-o", "data.workers=0",
+                     "-o", "data.val_fraction=0.25", "-o", "student.train.epochs=1", "-o", "student.train.batch_size=6",
+                     "-o", "student.train.precision=fp32", "-o", "distributed.nproc=1", "-o", "export.targets=[onnx]",
+                     "-o", "latency.batch_sizes=[1]", "-o", "gate.max_drop=100", "-o", "gate.min_teacher_top1=0")
+    assert code == 0, out
+    card = json.loads((workdir / "shipped" / "imagenet-resnet34-resnet18" / "latest" / "model_card.json").read_text())
+    assert card["teacher"]["model"] == "torchvision:resnet34" and card["student"]["model"] == "torchvision:resnet18"
+    assert card["metrics"]["samples"] == 6  # val/ is the test split
+    assert card["data"]["image_size"] == [64, 64] and card["metrics"]["onnx_agreement"] >= 99.0

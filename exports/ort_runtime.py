@@ -7,12 +7,17 @@ from pathlib import Path
 import numpy as np
 
 
-def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None):
-    """An InferenceSession on the given providers (default: CPU only, for reproducible numbers)."""
+def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
+                   optimize: bool = True):
+    """An InferenceSession on the given providers (default: CPU only, for reproducible numbers).
+    ``optimize=False`` runs the graph as written (a QDQ model as float Quantize/Dequantize
+    arithmetic, without the integer kernels ONNX Runtime fuses it into)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])

@@ -26,6 +26,7 @@ class Int8Settings:
     calibration: str = "minmax"  # minmax | entropy | percentile
     activation_type: str = "uint8"  # uint8 | int8
     per_channel: bool = True
+    reduce_range: bool = False  # 7-bit weights in [-64, 64]: no U8S8 saturation on CPUs without VNNI
 
 
 @dataclass
@@ -103,6 +104,7 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
         str(float_path), str(out_path), _make_reader(calibration_images.astype(np.float32), input_name),
         quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+        reduce_range=settings.reduce_range,
         op_types_to_quantize=list(QUANTIZABLE_OPS),
         # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
         extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True},
@@ -117,12 +119,17 @@ def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
 
 def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_images: np.ndarray,
                            val_images_u8: np.ndarray, val_labels: np.ndarray, settings: Int8Settings,
-                           budget: float, fallback: bool = True, batch_size: int = 256) -> FallbackReport:
+                           budget: float, fallback: bool = True, batch_size: int = 256,
+                           reference_top1: float | None = None, stop_after_ptq: bool = False) -> FallbackReport:
     """Quantize; if val top-1 drops more than ``budget`` points below FP32, keep the most
     sensitive nodes in float, one more at a time, until it holds. Raises ``ExportError``
-    with the measured drop when even that cannot meet the budget."""
+    with the measured drop when even that cannot meet the budget.
+
+    ``reference_top1``: the FP32 top-1 the drop is measured from (default: ``float_path``'s;
+    QAD passes the student's before fine-tuning). ``stop_after_ptq``: return after the plain
+    quantization whatever its drop (the caller tries QAD first)."""
     fp32_logits = run_batched(create_session(float_path), val_images_u8, batch_size=batch_size)
-    fp32_top1 = _top1(fp32_logits, val_labels)
+    fp32_top1 = _top1(fp32_logits, val_labels) if reference_top1 is None else reference_top1
 
     def evaluate(path: Path) -> tuple[float, np.ndarray]:
         logits = run_batched(create_session(path), val_images_u8, batch_size=batch_size)
@@ -134,7 +141,7 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
         int8_top1, _ = evaluate(out_path)
         report = FallbackReport(fp32_top1, int8_top1, fp32_top1 - int8_top1, budget)
         report.attempts.append({"kept_float": [], "top1": int8_top1})
-        if report.drop <= budget:
+        if report.drop <= budget or stop_after_ptq:
             return report
         if not fallback:
             raise ExportError(f"INT8 loses {report.drop:.2f} points of val top-1 (budget {budget}); "
@@ -158,3 +165,52 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
                 return report
         raise ExportError(f"INT8 loses {fp32_top1 - top1:.2f} points of val top-1 even with all "
                           f"{len(ranked)} quantizable nodes kept in float (budget {budget})")
+
+
+def runtime_agreement(path: Path, images_u8: np.ndarray, *, batch_size: int = 256) -> dict:
+    """ONNX Runtime's optimised session (integer kernels) against the same QDQ graph run as written:
+    largest logit difference and top-1 agreement. Below 100% agreement the INT8 model's
+    predictions depend on the CPU (uint8 x int8 saturation without VNNI)."""
+    fused = run_batched(create_session(path), images_u8, batch_size=batch_size)
+    literal = run_batched(create_session(path, optimize=False), images_u8, batch_size=batch_size)
+    return {"max_logit_diff": float(np.abs(fused - literal).max()),
+            "top1_agreement": float((fused.argmax(1) == literal.argmax(1)).mean() * 100.0)}
+
+
+def activation_params(path: Path) -> dict[str, dict | None]:
+    """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
+    belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
+    activations' ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
+    is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
+    model must reproduce."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    constants = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def qparams(node) -> dict:
+        zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else np.array(0)
+        return {"scale": float(constants[node.input[1]]), "zero_point": int(zero)}
+
+    params: dict[str, dict | None] = {}
+    for node in graph.node:
+        if node.op_type not in QUANTIZABLE_OPS:
+            continue
+        weight = producer.get(node.input[1])
+        weight_name = weight.input[0] if weight is not None and weight.op_type == "DequantizeLinear" else node.input[1]
+        layer = weight_name.removesuffix("_quantized").removesuffix(".weight")
+        dq = producer.get(node.input[0])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            params[layer] = None
+            continue
+        quantize_out = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+        bias = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        params[layer] = {"input": qparams(dq), "output": qparams(quantize_out) if quantize_out is not None else None,
+                         "bias_int32": bias is not None and bias.op_type == "DequantizeLinear"}
+    return params

@@ -1,5 +1,7 @@
-"""Quantize: INT8 QDQ with ONNX Runtime, calibrated on training images, with the
-accuracy-targeted fallback measured on the val split. Registers ``onnx-int8``."""
+"""Quantize: INT8 QDQ with ONNX Runtime, calibrated on training images. When INT8 loses more
+val top-1 than ``int8.max_drop``: quantization-aware distillation (``int8.qad``, stages/qad.py),
+then, as the last resort, the fallback that keeps the most sensitive nodes in float.
+Registers ``onnx-int8``."""
 
 from __future__ import annotations
 
@@ -9,12 +11,19 @@ import numpy as np
 import torch
 
 from cskd.config import Strict
-from exports.quantize import Int8Settings, count_qdq, preprocess, quantize_with_fallback
+from exports.quantize import (
+    Int8Settings,
+    count_qdq,
+    preprocess,
+    quantize_with_fallback,
+    runtime_agreement,
+)
 from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import Int8Section, Manifest, TrainData
 from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
+from stages.qad import QadPlan
 
 INT8_FILE = "model_int8.onnx"
 # The INT8 budget is measured on at most this many val images (a streamed folder's val split
@@ -25,11 +34,25 @@ BUDGET_IMAGES = 10_000
 class QuantizeConfig(Strict):
     int8: Int8Section
     data: TrainData  # calibration images from train, the fallback's accuracy on val
+    qad: QadPlan | None = None  # None: int8.qad.when is never
+
+
+def _qad_plan(manifest: Manifest) -> QadPlan | None:
+    section = manifest.export.int8.qad
+    if section.when == "never":
+        return None
+    s = manifest.student
+    loss = {"inherit": s.loss.for_pair(manifest.teacher.model, s.model), "kd": {"kind": "kd"},
+            "cskd-core": {"kind": "cskd", "preset": "core"}}[section.loss]
+    return QadPlan(section=section, loss=loss, student_model=s.model,
+                   teacher_model=manifest.teacher.model if section.teacher == "teacher" else s.model,
+                   batch_size=s.train.batch_size, augment=s.train.augment.model_dump(), seed=s.train.seed,
+                   opset=manifest.export.opset)
 
 
 class QuantizeStage(Stage):
     kind = "quantize"
-    version = 2
+    version = 3  # 3: QAD before the float fallback
     Config = QuantizeConfig
     requires = ("export",)
 
@@ -37,29 +60,58 @@ class QuantizeStage(Stage):
     def configure(cls, manifest: Manifest) -> QuantizeConfig | None:
         if "onnx-int8" not in manifest.export.targets:
             return None
-        return QuantizeConfig(int8=manifest.export.int8, data=manifest.data.train_view())
+        return QuantizeConfig(int8=manifest.export.int8, data=manifest.data.train_view(), qad=_qad_plan(manifest))
+
+    def inputs(self, config: QuantizeConfig) -> tuple[str, ...]:
+        return ("export",) if config.qad is None else ("export", "distill", "teacher")
 
     def run(self, config: QuantizeConfig, ctx: StageContext) -> StageResult:
         section = config.int8
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
-                                per_channel=section.per_channel)
+                                per_channel=section.per_channel, reduce_range=section.reduce_range)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         train, _ = train_val(config.data)
         val, split_name = held_out(config.data)
         calibration = train.head(section.calibration_images).numpy().astype(np.float32) / 255.0
         budget = val.subset(torch.arange(min(len(val), BUDGET_IMAGES)))  # all of an in-memory val split
-        report = quantize_with_fallback(
-            prepared, ctx.out_dir / INT8_FILE, calibration_images=calibration, val_images_u8=budget.head(len(budget)).numpy(),
-            val_labels=budget.labels.numpy(), settings=settings, budget=section.max_drop, fallback=section.fallback)
+        args = {"calibration_images": calibration, "val_images_u8": budget.head(len(budget)).numpy(),
+                "val_labels": budget.labels.numpy(), "settings": settings, "budget": section.max_drop,
+                "fallback": section.fallback}
+        report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args, stop_after_ptq=config.qad is not None)
+        ptq_drop, qad = report.drop, None
+        if config.qad is not None and (config.qad.section.when == "always" or report.drop > section.max_drop):
+            from stages.qad import run_qad
+
+            ctx.log(f"[qad] INT8 after calibration loses {report.drop:.2f} points of {split_name} top-1 (budget "
+                    f"{section.max_drop}): quantization-aware distillation, {config.qad.section.epochs} epoch(s)")
+            qad = run_qad(config.qad, config.data, inputs=ctx.inputs, calibration=calibration, settings=settings,
+                          work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress, log=ctx.log)
+            qad_prepared = preprocess(qad.float_onnx, ctx.out_dir / "qad_prepared.onnx")
+            report = quantize_with_fallback(qad_prepared, ctx.out_dir / INT8_FILE, **args,
+                                            reference_top1=report.fp32_top1)
+            qad_prepared.unlink()
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
         qdq = count_qdq(ctx.out_dir / INT8_FILE)
+        runtime = runtime_agreement(ctx.out_dir / INT8_FILE, args["val_images_u8"])
+        if runtime["top1_agreement"] < 100.0:
+            ctx.log(f"[quantize] warning: ONNX Runtime's integer kernels on this CPU disagree with the QDQ graph on "
+                    f"{100 - runtime['top1_agreement']:.2f}% of {split_name} images (uint8 x int8 saturation on a "
+                    f"CPU without VNNI): the INT8 model's predictions depend on the CPU; "
+                    f"export.int8.reduce_range: true makes them exact everywhere")
         metrics = {"format": "QDQ", "activation_type": section.activation_type, "weight_type": "int8",
                    "per_channel": section.per_channel, "calibration": section.calibration,
                    "calibration_split": "train", "calibration_images": len(calibration), **qdq,
-                   "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1, "val_int8_top1": report.int8_top1, "val_drop": report.drop,
-                   "kept_float": report.kept_float}
+                   "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1,
+                   "val_int8_top1": report.int8_top1, "val_drop": report.drop,
+                   "kept_float": report.kept_float, "ptq_drop": ptq_drop, "reduce_range": section.reduce_range,
+                   "runtime_vs_graph": runtime,
+                   "qad": None if qad is None else {
+                       "epochs": qad.epochs, "loss": config.qad.loss.kind, "teacher": config.qad.section.teacher,
+                       "drop": report.fp32_top1 - report.attempts[0]["top1"],  # before any node is kept in float
+                       "simulated_val_top1": qad.history[-1].get("val_top1"), "parity": qad.parity}}
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
+        kept += f", after QAD (calibration alone lost {ptq_drop:.2f})" if qad is not None else ""
         return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",
                            extra={"input": ctx.inputs["export"].record["input"]})
 

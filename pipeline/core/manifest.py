@@ -151,14 +151,32 @@ class StudentSection(_ModelSection):
     train: TrainConfig
 
 
+class QadSection(Strict):
+    """Quantization-aware distillation: fine-tune the student with simulated INT8 against a frozen
+    teacher, then quantize it again; the float fallback comes after it, as the last resort."""
+
+    when: Literal["never", "on_drop", "always"] = Field(
+        "on_drop", description="on_drop: when post-training quantization misses int8.max_drop")
+    epochs: int = Field(2, ge=1, le=1000)
+    lr: float = Field(0.001, gt=0, le=10)
+    loss: Literal["inherit", "kd", "cskd-core"] = Field("inherit", description="inherit: the student's own loss")
+    teacher: Literal["teacher", "fp32-student"] = Field(
+        "teacher", description="teacher: the manifest's; fp32-student: the student before quantization (ModelOpt's)")
+
+
 class Int8Section(Strict):
     calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
     calibration_images: int = Field(512, ge=16, le=100_000, description="drawn from the training split only")
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
     per_channel: bool = True
+    reduce_range: bool = Field(
+        False, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
+                           "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
+                           "uint8 x int8 sums and the INT8 model's predictions depend on the CPU")
     max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
     fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
+    qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")
 
 
 class TrtSection(Strict):

@@ -1,0 +1,115 @@
+"""Quantization-aware distillation (QAD) for the quantize stage: when post-training INT8 misses
+its budget, fine-tune the student with simulated INT8 (``cskd.quant``) against a frozen
+teacher with a distillation loss, then export and quantize it again.
+
+The simulation takes its activation ranges from ONNX Runtime's own calibration of the
+current weights, on the same training images the export calibrates on: at the start and
+after every epoch (the ranges stay fixed within an epoch). After the last epoch the model
+is exported and quantized once more, and the simulated model's logits are compared with
+the QDQ model's on held-out images: that parity is what makes the trained model the
+shipped one.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cskd.config import Strict, TrainConfig
+from cskd.engine import train
+from cskd.evaluate import predict_logits
+from cskd.quant import float_model, set_activations, simulate
+from exports.onnx_export import export_onnx
+from exports.ort_runtime import create_session, run_batched
+from exports.quantize import Int8Settings, activation_params, preprocess, quantize_int8
+from pipeline.core.manifest import LossField, QadSection, TrainData
+from stages.data import held_out, train_val
+from stages.models import WEIGHTS_FILE, load_network
+
+PARITY_IMAGES = 1000
+
+
+class QadPlan(Strict):
+    """What QAD is in the quantize stage's id: the section, and everything it trains with."""
+
+    section: QadSection
+    loss: LossField  # resolved: the student's own for loss: inherit
+    student_model: str
+    teacher_model: str  # the network the teacher weights belong to (the student's for fp32-student)
+    batch_size: int
+    augment: dict
+    seed: int
+    opset: int
+
+
+@dataclass
+class QadResult:
+    float_onnx: Path  # the fine-tuned student, BatchNorm folded, in float: what is quantized
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+    parity: dict = field(default_factory=dict)
+
+
+def _calibrate(sim: torch.nn.Module, *, sample: torch.Tensor, opset: int, calibration: np.ndarray,
+               settings: Int8Settings, folder: Path) -> Path:
+    """Export the simulated network's float weights, quantize them with ONNX Runtime, and give the
+    simulation the activation parameters ONNX Runtime chose; returns the QDQ model."""
+    fp32 = export_onnx(float_model(sim).cpu(), sample=sample, path=folder / "qad_fp32.onnx", opset=opset)
+    prepared = preprocess(fp32, folder / "qad_prepared.onnx")
+    qdq = quantize_int8(prepared, folder / "qad_int8.onnx", calibration_images=calibration, settings=settings)
+    set_activations(sim, activation_params(qdq))
+    return qdq
+
+
+def _agreement(simulated: np.ndarray, exported: np.ndarray) -> dict:
+    return {"max_logit_diff": float(np.abs(simulated - exported).max()),
+            "top1_agreement": float((simulated.argmax(1) == exported.argmax(1)).mean() * 100.0)}
+
+
+def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.ndarray, settings: Int8Settings,
+            work_dir: Path, out_dir: Path, progress, log) -> QadResult:
+    from cskd.loss_registry import build_objective
+
+    source = data.source
+    student = load_network(plan.student_model, source, inputs["distill"].file(WEIGHTS_FILE)).eval()
+    teacher_file = inputs["teacher" if plan.section.teacher == "teacher" else "distill"].file(WEIGHTS_FILE)
+    teacher = load_network(plan.teacher_model, source, teacher_file).eval()
+    sim = simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
+    train_split, _ = train_val(data)
+    val, _ = held_out(data)
+    sample = torch.zeros(2, *val.sample_shape)
+    config = TrainConfig(epochs=plan.section.epochs, lr=plan.section.lr, batch_size=plan.batch_size,
+                         schedule="cosine", augment=plan.augment, seed=plan.seed, checkpoint_every=1)
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        ckpt = work_dir / "checkpoint.safetensors"
+        if not ckpt.is_file():  # a resumed run has the ranges in its checkpoint
+            _calibrate(sim, sample=sample, opset=plan.opset, calibration=calibration, settings=settings, folder=folder)
+
+        def recalibrate(metrics: dict) -> None:  # the next epoch trains with the ranges of these weights
+            _calibrate(sim, sample=sample, opset=plan.opset, calibration=calibration, settings=settings, folder=folder)
+            log(f"[qad] epoch {metrics['epoch']}/{plan.section.epochs}: loss {metrics['loss']:.4f}, simulated "
+                f"INT8 val top-1 {metrics['val_top1'] if metrics['val_top1'] is not None else float('nan'):.2f}")
+
+        objective = build_objective(plan.loss, sim, teacher)
+        last = train(objective, train_split, val, config, work_dir=work_dir, metrics_path=out_dir / "qad_metrics.jsonl",
+                     progress=progress, label="[qad]", on_epoch=recalibrate)
+        sim.eval()
+        float_onnx = export_onnx(float_model(sim).cpu(), sample=sample, path=out_dir / "qad_fp32.onnx", opset=plan.opset)
+        # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and ranges.
+        qdq = _calibrate(sim, sample=sample, opset=plan.opset, calibration=calibration, settings=settings,
+                         folder=folder)
+        images = val.head(PARITY_IMAGES)
+        simulated = predict_logits(sim, images).numpy()
+        parity = {"images": len(images),
+                  # the QDQ graph as written (float Quantize/Dequantize arithmetic): what the simulation models
+                  "graph": _agreement(simulated, run_batched(create_session(qdq, optimize=False), images.numpy())),
+                  # ONNX Runtime's integer kernels on this CPU: what ships (equal to the graph unless the
+                  # CPU saturates uint8 x int8 sums: see int8.reduce_range)
+                  "runtime": _agreement(simulated, run_batched(create_session(qdq), images.numpy()))}
+
+    return QadResult(float_onnx, plan.section.epochs, [last], parity)

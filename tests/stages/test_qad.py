@@ -1,0 +1,112 @@
+"""Quantization-aware distillation: the simulated INT8 model computes what the exported QDQ model
+says, QAD runs exactly when post-training INT8 misses its budget, and every QAD setting is in
+the quantize stage's id."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cskd.data import load_dataset
+from cskd.evaluate import predict_logits
+from cskd.models import Preprocessed, create_model
+from cskd.quant import ActQuant, float_model, set_activations, simulate
+from exports.onnx_export import export_onnx
+from exports.ort_runtime import create_session, run_batched
+from exports.quantize import Int8Settings, activation_params, preprocess, quantize_int8, runtime_agreement
+from pipeline.cli import main
+from tests.conftest import edited, working_dir, write_manifest
+
+
+def _exported(sim, settings: Int8Settings, calibration: np.ndarray, folder: Path) -> Path:
+    fp32 = export_onnx(float_model(sim), sample=torch.zeros(2, 1, 8, 8), path=folder / "fp32.onnx")
+    qdq = quantize_int8(preprocess(fp32, folder / "prepared.onnx"), folder / "int8.onnx",
+                        calibration_images=calibration, settings=settings)
+    set_activations(sim, activation_params(qdq))
+    return qdq
+
+
+@pytest.mark.parametrize("model,activation,reduce_range", [("resnet8", "uint8", False), ("MobileNetV2", "int8", False),
+                                                           ("resnet8", "uint8", True)])
+def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, model, activation, reduce_range):
+    digits = load_dataset("digits")
+    torch.manual_seed(0)
+    net = Preprocessed(create_model(model, num_classes=10, in_channels=1), mean=digits.mean, std=digits.std).eval()
+    for module in net.modules():  # BatchNorm statistics that are not the identity: folding must be right
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+    sim = simulate(net, activation_type=activation, reduce_range=reduce_range)
+    settings = Int8Settings(activation_type=activation, reduce_range=reduce_range)
+    qdq = _exported(sim, settings, digits.train.images[:256].numpy().astype(np.float32) / 255.0, tmp_path)
+    assert all(bool(q.enabled) for q in sim.modules() if isinstance(q, ActQuant))  # every tensor the graph quantizes
+    images = digits.test.images
+    simulated = predict_logits(sim, images).numpy()
+    graph = run_batched(create_session(qdq, optimize=False), images.numpy())
+    floating = predict_logits(net, images).numpy()
+    # At most one step of the logits' own quantization apart (float rounding can cross a rounding
+    # boundary), far closer than the float model is to the quantized one.
+    step = max(p["output"]["scale"] for p in activation_params(qdq).values() if p and p["output"])
+    assert np.abs(simulated - graph).max() <= step * 1.001
+    assert (simulated.argmax(1) == graph.argmax(1)).mean() >= 0.995
+    assert np.abs(floating - graph).max() > 2 * np.abs(simulated - graph).max()
+    if reduce_range:  # 7-bit weights: ONNX Runtime's integer kernels compute the graph exactly, on any CPU
+        assert runtime_agreement(qdq, images.numpy())["top1_agreement"] == 100.0
+
+
+def _quantize_metrics(folder: Path) -> dict:
+    records = [json.loads(p.read_text()) for p in (folder / ".cskd").glob("artifacts/quantize/*/artifact.json")]
+    return max(records, key=lambda r: r["committed_at"])["metrics"]
+
+
+def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run):
+    """On a copy of the tiny run's store (teacher, student and export cached): measure the
+    post-training drop, then set the budget just above it (QAD must not run) and just below it
+    (QAD must run, and the card says so)."""
+    source, _, code, _ = shipped_run
+    assert code == 0
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(source / ".cskd", folder / ".cskd")
+    with working_dir(folder):
+        def run(**int8):
+            int8 = {"activation_type": "int8", "fallback": False, **int8}  # int8 activations lose a little
+            path = write_manifest(folder, edited(export={"targets": ["onnx", "onnx-int8"], "int8": int8}))
+            result = CliRunner().invoke(main, ["run", "-m", str(path), "--quiet"], catch_exceptions=False)
+            return result, _quantize_metrics(folder)
+
+        result, measured = run(qad={"when": "never"}, max_drop=100)
+        drop = measured["ptq_drop"]
+        if drop <= 0:
+            pytest.skip(f"INT8 did not lose accuracy on this machine ({drop:.2f}); no budget can be missed")
+        result, held = run(max_drop=round(drop + 0.01, 2), qad={"epochs": 1})
+        assert result.exit_code == 0 and held["qad"] is None and held["ptq_drop"] == pytest.approx(drop)
+        assert "[qad]" not in result.output
+        result, missed = run(max_drop=round(max(drop - 0.01, 0.0), 2), qad={"epochs": 1, "lr": 0.0005})
+        assert missed["qad"] is not None and missed["ptq_drop"] == pytest.approx(drop), result.output
+        assert missed["qad"]["epochs"] == 1 and missed["qad"]["loss"] == "cskd" and missed["qad"]["teacher"] == "teacher"
+        assert missed["qad"]["parity"]["graph"]["top1_agreement"] >= 99.0
+        assert "quantization-aware distillation" in (folder / ".cskd" / "logs").joinpath(
+            sorted(p.name for p in (folder / ".cskd" / "logs").iterdir())[-1]).read_text()
+
+
+def test_every_qad_setting_is_in_the_quantize_stage_id(workdir):
+    from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import plan
+
+    def quantize_id(**qad) -> str:
+        text = edited(export={"targets": ["onnx", "onnx-int8"], "int8": {"qad": qad}})
+        return next(p.id for p in plan(load_manifest(write_manifest(workdir, text))) if p.kind == "quantize")
+
+    ids = [quantize_id(), quantize_id(when="always"), quantize_id(when="never"), quantize_id(epochs=3),
+           quantize_id(lr=0.01), quantize_id(loss="kd"), quantize_id(loss="cskd-core"),
+           quantize_id(teacher="fp32-student")]
+    assert len(set(ids)) == len(ids)
+    assert quantize_id() == quantize_id(when="on_drop", epochs=2, lr=0.001, loss="inherit", teacher="teacher")

@@ -20,7 +20,13 @@ from cskd.models import Preprocessed, create_model
 from cskd.quant import ActQuant, float_model, set_activations, simulate
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
-from exports.quantize import Int8Settings, activation_params, preprocess, quantize_int8, runtime_agreement
+from exports.quantize import (
+    Int8Settings,
+    activation_params,
+    preprocess,
+    quantize_int8,
+    runtime_agreement,
+)
 from pipeline.cli import main
 from tests.conftest import edited, working_dir, write_manifest
 

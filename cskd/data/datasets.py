@@ -279,7 +279,7 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
 
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
                  image_size: int | None = None, grayscale: bool = False, stream: bool = False,
-                 workers: int = 0, train_shards: str | None = None, test_shards: str | None = None) -> DataSet:
+                 workers: int | None = 0, train_shards: str | None = None, test_shards: str | None = None) -> DataSet:
     """Load one of ``DATASETS``. ``root`` is required for all but ``digits`` and ``webdataset``
     (``train_shards``, ``test_shards``); ``stream`` (image folders) reads images from disk batch by
     batch in ``workers`` processes, as shards always are."""

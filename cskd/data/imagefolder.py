@@ -102,7 +102,7 @@ def decoded_train_bytes(root: str, image_size: int | None, grayscale: bool, max_
 
 
 def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False,
-                     stream: bool = False, workers: int = 0) -> DataSet:
+                     stream: bool = False, workers: int | None = 0) -> DataSet:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``); classes are the train folder's subfolders.
 
     ``stream``: keep paths only and decode batch by batch in ``workers`` processes; the

@@ -104,7 +104,7 @@ def _scan(url: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _read_split(pattern: str, field: str, *, num_classes: int | None, size: int | None, channels: int,
-                workers: int) -> FileSplit:
+                workers: int | None) -> FileSplit:
     urls = expand(pattern)
     missing = next((u for u in urls if not os.path.isfile(u)), None)
     if missing is not None:
@@ -141,7 +141,7 @@ def _locate(parts: list, position: int) -> tuple[str, str]:
 
 
 def load_shards(train_shards: str, test_shards: str, *, image_size: int | None = None, grayscale: bool = False,
-                workers: int = 0) -> DataSet:
+                workers: int | None = 0) -> DataSet:
     """Training and test shards (brace patterns); classes from ``classes.json`` beside the training
     shards, or the labels' range where there is none."""
     channels = 1 if grayscale else 3

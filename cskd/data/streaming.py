@@ -48,9 +48,13 @@ EVAL_CROP_FRACTION = 0.875
 _TORCHVISION_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
-def default_workers() -> int:
-    """The machine's cores (those this process may run on)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def decoding_workers(configured: int | None) -> int:
+    """``data.workers``, or by default the machine's cores shared among the training processes on
+    it (the elastic launcher says how many: LOCAL_WORLD_SIZE)."""
+    if configured is not None:
+        return configured
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def decode(path: str, channels: int, *, member: tuple[str, int, int] | None = None) -> torch.Tensor:
@@ -96,7 +100,7 @@ class FileSplit:
     labels: torch.Tensor  # int64 [N]
     size: int
     channels: int
-    workers: int = 0
+    workers: int | None = 0  # None: decoding_workers()'s default
     members: Members | None = None
 
     def __len__(self) -> int:
@@ -141,7 +145,7 @@ class FileSplit:
         """The evaluation view of every sample, in order, as uint8 batches."""
         order = [[(i, -1) for i in range(start, min(start + batch_size, len(self)))]
                  for start in range(0, len(self), batch_size)]
-        yield from _data_loader(_Samples(self), order, self.workers, pin=False)
+        yield from _data_loader(_Samples(self), order, decoding_workers(self.workers), pin=False)
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` samples' evaluation view as one uint8 tensor."""
@@ -279,7 +283,8 @@ class StreamLoader:
         self.strong = strong
         # Workers stay up from epoch to epoch; the order sampler reads the epoch in this process.
         self._loader = _torch_loader(_Samples(split, crop_padding=padding, flip=flip, strong=strong),
-                                     _EpochOrder(self), split.workers, pin=self.device.type == "cuda", persistent=True)
+                                     _EpochOrder(self), decoding_workers(split.workers), pin=self.device.type == "cuda",
+                                     persistent=True)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -30,7 +30,8 @@ class DataSource(Strict):
     storage: Literal["stream"] | None = Added()
     train_shards: str | None = Added()  # webdataset: brace patterns (their files' fingerprints are in the views)
     test_shards: str | None = Added()
-    workers: int = Located(0, description="decoding processes: how fast, not what")
+    workers: int | None = Located(0, description="decoding processes (None: the cores, shared by the training "
+                                                 "processes): how fast, not what")
 
 
 class TrainData(Strict):
@@ -78,8 +79,9 @@ class DataSection(Strict):
     memory_limit_mib: int = Field(2048, ge=1, description="imagefolder, in_memory: auto: the largest decoded "
                                                           "training split kept in memory")
     workers: int | None = Field(None, ge=0, le=256, description="streaming: decoding processes per training "
-                                                                "process (default: the machine's cores; 0 decodes "
-                                                                "in the training process)")
+                                                                "process (default: the machine's cores divided by "
+                                                                "the training processes on it; 0 decodes in the "
+                                                                "training process)")
 
     @model_validator(mode="after")
     def _root_needed(self) -> DataSection:
@@ -110,13 +112,11 @@ class DataSection(Strict):
         return size > self.memory_limit_mib * 2**20
 
     def source(self) -> DataSource:
-        from cskd.data.streaming import default_workers
-
         stream = self.streams()
         return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
                           download=self.download, storage="stream" if stream else None,
                           train_shards=self.train_shards, test_shards=self.test_shards,
-                          workers=(default_workers() if self.workers is None else self.workers) if stream else 0)
+                          workers=self.workers if stream else 0)
 
     def _fingerprints(self) -> tuple[str, str]:
         return split_fingerprints(self.name, self.root, self.fingerprint, train_shards=self.train_shards,

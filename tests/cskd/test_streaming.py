@@ -163,3 +163,15 @@ def test_the_random_resized_crop_box_keeps_torchvisions_scale_and_ratio_bounds()
     ours = [math.prod(_resized_crop_box(120, 80, rng)[2:]) / 9600 for _ in range(8000)]
     torchvisions = [(lambda p: p["height"] * p["width"] / 9600)(theirs([image])) for _ in range(8000)]
     assert abs(sum(ours) / 8000 - sum(torchvisions) / 8000) < 0.015
+
+
+def test_default_workers_share_the_cores_among_the_training_processes(monkeypatch):
+    import os
+
+    from cskd.data.streaming import decoding_workers
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert decoding_workers(None) == cores and decoding_workers(3) == 3 and decoding_workers(0) == 0
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores: one worker each
+    assert decoding_workers(None) == 1 and decoding_workers(5) == 5

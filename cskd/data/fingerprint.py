@@ -18,6 +18,16 @@ from pathlib import Path
 from cskd.checkpoint import sha256_file
 
 
+def _entry(path: Path, name: str, mode: str) -> bytes:
+    """One file's line of a fingerprint: its name and its size and time, or its bytes' sha256."""
+    if not path.is_file():
+        return f"{name}\0missing\n".encode()
+    if mode == "content":
+        return f"{name}\0{sha256_file(path)}\n".encode()
+    st = path.stat()
+    return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+
+
 @lru_cache(maxsize=64)
 def folder_fingerprint(folder: str, mode: str = "stat") -> str:
     """sha256 over every file below ``folder`` (sorted relative paths); ``"missing"`` if absent."""
@@ -26,12 +36,7 @@ def folder_fingerprint(folder: str, mode: str = "stat") -> str:
         return "missing"
     digest = hashlib.sha256()
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if mode == "content":
-            digest.update(f"{rel}\0{sha256_file(path)}\n".encode())
-        else:
-            st = path.stat()
-            digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(_entry(path, path.relative_to(root).as_posix(), mode))
     return digest.hexdigest()
 
 
@@ -39,14 +44,7 @@ def files_fingerprint(paths: list[str], mode: str = "stat") -> str:
     """sha256 over the given files (in their order): tar shards named by a brace pattern."""
     digest = hashlib.sha256()
     for path in paths:
-        p = Path(path)
-        if not p.is_file():
-            digest.update(f"{path}\0missing\n".encode())
-        elif mode == "content":
-            digest.update(f"{p.name}\0{sha256_file(p)}\n".encode())
-        else:
-            st = p.stat()
-            digest.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        digest.update(_entry(Path(path), Path(path).name, mode))
     return digest.hexdigest()
 
 

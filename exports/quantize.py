@@ -88,11 +88,14 @@ def count_qdq(path: Path) -> dict[str, int]:
 
 
 def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.ndarray, settings: Int8Settings,
-                  exclude: list[str] | tuple[str, ...] = (), cache_path: Path | None = None) -> Path:
+                  exclude: list[str] | tuple[str, ...] = (), cache_path: Path | None = None,
+                  pinned: dict[str, dict] | None = None) -> Path:
     """Static QDQ quantization of ``float_path`` (already pre-processed if wanted).
 
     ``calibration_images`` float32 ``[N, C, H, W]`` in the model's input range.
     ``cache_path`` keeps the calibration ranges so repeated calls skip recalibrating.
+    ``pinned``: tensor name -> ``{scale, zero_point}`` used instead of calibrating those tensors
+    (the ranges a quantization-aware training used).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
@@ -107,10 +110,27 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
         reduce_range=settings.reduce_range,
         op_types_to_quantize=list(QUANTIZABLE_OPS),
         # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
-        extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True},
+        extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True,
+                       "TensorQuantOverrides": _overrides(pinned or {}, settings)},
         calibration_cache_path=str(cache_path) if cache_path else None,
     )
     return out_path
+
+
+def _overrides(pinned: dict[str, dict], settings: Int8Settings) -> dict:
+    zero_type = np.uint8 if settings.activation_type == "uint8" else np.int8
+    return {name: [{"scale": np.array(p["scale"], dtype=np.float32), "zero_point": np.array(p["zero_point"], dtype=zero_type)}]
+            for name, p in pinned.items()}
+
+
+def pinned_ranges(params: dict[str, dict | None]) -> dict[str, dict]:
+    """``activation_params``' ranges by tensor name: what ``quantize_int8(pinned=...)`` takes."""
+    out: dict[str, dict] = {}
+    for value in params.values():
+        for side in ("input", "output"):
+            if value and value[side]:
+                out[value[side]["tensor"]] = {"scale": value[side]["scale"], "zero_point": value[side]["zero_point"]}
+    return out
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -120,14 +140,16 @@ def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
 def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_images: np.ndarray,
                            val_images_u8: np.ndarray, val_labels: np.ndarray, settings: Int8Settings,
                            budget: float, fallback: bool = True, batch_size: int = 256,
-                           reference_top1: float | None = None, stop_after_ptq: bool = False) -> FallbackReport:
+                           reference_top1: float | None = None, stop_after_ptq: bool = False,
+                           pinned: dict[str, dict] | None = None) -> FallbackReport:
     """Quantize; if val top-1 drops more than ``budget`` points below FP32, keep the most
     sensitive nodes in float, one more at a time, until it holds. Raises ``ExportError``
     with the measured drop when even that cannot meet the budget.
 
     ``reference_top1``: the FP32 top-1 the drop is measured from (default: ``float_path``'s;
     QAD passes the student's before fine-tuning). ``stop_after_ptq``: return after the plain
-    quantization whatever its drop (the caller tries QAD first)."""
+    quantization whatever its drop (the caller tries QAD first). ``pinned``: activation ranges
+    to keep (``quantize_int8``)."""
     fp32_logits = run_batched(create_session(float_path), val_images_u8, batch_size=batch_size)
     fp32_top1 = _top1(fp32_logits, val_labels) if reference_top1 is None else reference_top1
 
@@ -137,7 +159,8 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
 
     with tempfile.TemporaryDirectory() as scratch:
         cache = Path(scratch) / "calibration"
-        quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings, cache_path=cache)
+        quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings, cache_path=cache,
+                      pinned=pinned)
         int8_top1, _ = evaluate(out_path)
         report = FallbackReport(fp32_top1, int8_top1, fp32_top1 - int8_top1, budget)
         report.attempts.append({"kept_float": [], "top1": int8_top1})
@@ -150,14 +173,14 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
         probe = Path(scratch) / "probe.onnx"
         for node in nodes:  # quantize one node at a time: how much does it alone hurt?
             quantize_int8(float_path, probe, calibration_images=calibration_images, settings=settings,
-                          exclude=[n for n in nodes if n != node], cache_path=cache)
+                          exclude=[n for n in nodes if n != node], cache_path=cache, pinned=pinned)
             _, logits = evaluate(probe)
             report.sensitivity[node] = float(np.mean((logits - fp32_logits) ** 2))
         ranked = sorted(nodes, key=lambda n: report.sensitivity[n], reverse=True)
         for k in range(1, len(ranked) + 1):
             kept = ranked[:k]
             quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings,
-                          exclude=kept, cache_path=cache)
+                          exclude=kept, cache_path=cache, pinned=pinned)
             top1, _ = evaluate(out_path)
             report.attempts.append({"kept_float": kept, "top1": top1})
             if fp32_top1 - top1 <= budget:
@@ -180,7 +203,7 @@ def runtime_agreement(path: Path, images_u8: np.ndarray, *, batch_size: int = 25
 def activation_params(path: Path) -> dict[str, dict | None]:
     """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
     belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
-    activations' ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
+    activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
     is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
     model must reproduce."""
     import onnx
@@ -194,9 +217,9 @@ def activation_params(path: Path) -> dict[str, dict | None]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
 
-    def qparams(node) -> dict:
+    def qparams(node, tensor: str) -> dict:
         zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else np.array(0)
-        return {"scale": float(constants[node.input[1]]), "zero_point": int(zero)}
+        return {"tensor": tensor, "scale": float(constants[node.input[1]]), "zero_point": int(zero)}
 
     params: dict[str, dict | None] = {}
     for node in graph.node:
@@ -211,6 +234,10 @@ def activation_params(path: Path) -> dict[str, dict | None]:
             continue
         quantize_out = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
         bias = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        params[layer] = {"input": qparams(dq), "output": qparams(quantize_out) if quantize_out is not None else None,
+        quantize_in = producer.get(dq.input[0])  # the QuantizeLinear of the float tensor
+        params[layer] = {"input": qparams(dq, quantize_in.input[0] if quantize_in is not None else dq.input[0]),
+                         # a graph output keeps its name: the quantizer renames the tensor before it
+                         "output": qparams(quantize_out, node.output[0].removesuffix("_QuantizeLinear_Input"))
+                         if quantize_out is not None else None,
                          "bias_int32": bias is not None and bias.op_type == "DequantizeLinear"}
     return params

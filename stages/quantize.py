@@ -52,7 +52,7 @@ def _qad_plan(manifest: Manifest) -> QadPlan | None:
 
 class QuantizeStage(Stage):
     kind = "quantize"
-    version = 3  # 3: QAD before the float fallback
+    version = 4  # 3: QAD before the float fallback; 4: QAD keeps the ranges it trained with
     Config = QuantizeConfig
     requires = ("export",)
 
@@ -88,7 +88,7 @@ class QuantizeStage(Stage):
                           work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress, log=ctx.log)
             qad_prepared = preprocess(qad.float_onnx, ctx.out_dir / "qad_prepared.onnx")
             report = quantize_with_fallback(qad_prepared, ctx.out_dir / INT8_FILE, **args,
-                                            reference_top1=report.fp32_top1)
+                                            reference_top1=report.fp32_top1, pinned=qad.pinned)
             qad_prepared.unlink()
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")

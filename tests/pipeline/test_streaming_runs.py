@@ -23,25 +23,22 @@ def test_in_memory_auto_streams_exactly_when_the_decoded_training_split_exceeds_
     assert DataSection(**section, image_size=8, in_memory=False, workers=3).source().workers == 3
 
 
-def test_a_streamed_folder_runs_to_the_end_and_its_storage_is_in_the_ids(workdir):
+def test_whether_a_folder_streams_is_in_the_ids_and_the_number_of_workers_is_not(workdir):
+    """(A streamed run to the end: the shards test below, whose data always streams.)"""
+    from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import plan
+
     _write_folder(workdir / "images")
 
-    def train():
-        return {"epochs": 1, "batch_size": 16, "lr": 0.05, "augment": {"crop_padding": 1, "flip": False}}
+    def ids(**data) -> dict[str, str]:
+        section = {"name": "imagefolder", "root": "images", "image_size": 8, "grayscale": True, **data}
+        return {p.kind: p.id for p in plan(load_manifest(write_manifest(workdir, edited(data=section))))}
 
-    data = {"name": "imagefolder", "root": "images", "image_size": 8, "grayscale": True, "val_fraction": 0.125}
-    streamed = write_manifest(workdir, edited(data={**data, "in_memory": False, "workers": 0},
-                                              teacher__train=train(), student__train=train()), "streamed.yaml")
-    result = CliRunner().invoke(main, ["run", "-m", str(streamed), "--quiet"], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    validate = json.loads(next((workdir / ".cskd").glob("artifacts/validate/*/artifact.json")).read_text())["metrics"]
-    assert validate["samples"] == 24 and validate["onnx_agreement"] >= 99.0
-    # Two decoding workers read the same images: nothing reruns.
-    workers = write_manifest(workdir, streamed.read_text().replace("workers: 0", "workers: 2"), "workers.yaml")
-    assert _to_run(workdir, workers) == set()
-    # In memory, the same folder is read differently (from 64 px up): every stage that reads it reruns.
-    memory = write_manifest(workdir, streamed.read_text().replace("in_memory: false", "in_memory: true"), "memory.yaml")
-    assert _to_run(workdir, memory) == TRAIN_READERS
+    streamed = ids(in_memory=False, workers=0)
+    assert ids(in_memory=False, workers=2) == streamed  # two decoding workers read the same images
+    memory = ids(in_memory=True)  # read differently from 64 px up: every stage that reads the data reruns
+    assert {k for k in streamed if streamed[k] != memory[k]} == TRAIN_READERS
+    assert ids() == memory  # auto: 72 images of 8 x 8 fit in memory
 
 
 def test_an_image_folder_sharded_by_the_shard_command_runs_to_the_end(workdir):

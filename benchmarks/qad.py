@@ -98,7 +98,7 @@ def _latency(manifest: Path, overrides: list[str]) -> dict:
         timings = {k: [] for k in sessions}
         for _ in range(5):  # alternate, so both see the same machine
             for k, s in sessions.items():
-                timings[k].append(measure(lambda s=s: run_batched(s, images, batch_size=batch), batch=batch,
+                timings[k].append(measure(lambda s=s, x=images, b=batch: run_batched(s, x, batch_size=b), batch=batch,
                                           runs=100, warmup=10))
         timings = {k: {"p50_ms": statistics.median(t["p50_ms"] for t in v)} for k, v in timings.items()}
         out[str(batch)] = {k: v["p50_ms"] for k, v in timings.items()}

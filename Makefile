@@ -6,7 +6,7 @@ MANIFEST ?= quickstart.yaml
 FASHION_ROOT ?= ../shared/data/fashion-mnist
 CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
-.PHONY: install pipeline test test-all lint bench compare clean
+.PHONY: install pipeline test test-slow test-all lint bench compare clean
 
 # The environment is a file target: `make pipeline` and `make test` build it when it is
 # missing or older than pyproject.toml, so a fresh clone needs one command for each.
@@ -25,7 +25,13 @@ install:  ## (re)create .venv with the project (editable), OpenVINO and the dev 
 pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
-test: $(STAMP)  ## the test suite (a few minutes on 2 CPU cores)
+test: $(STAMP)  ## the test suite without the tests marked slow (under 10 minutes on 2 CPU cores)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)
+	$(BIN)/python -m pytest -q -m slow
+
+test-all: $(STAMP)  ## every test
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)  ## ruff, and the import layers (import-linter contracts in pyproject.toml)

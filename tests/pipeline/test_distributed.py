@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pipeline.manifest_io import manifest_from_text
@@ -24,6 +25,7 @@ def _weights(folder, kind):
     return load_file(str(path))
 
 
+@pytest.mark.slow  # four elastic launches of two processes each: about a minute on 2 cores
 def test_run_with_two_processes(workdir, tmp_path_factory):
     text = edited(teacher__train__epochs=1, student__train__epochs=1)
     manifest = write_manifest(workdir, text)

@@ -72,6 +72,7 @@ def mlflow_server(tmp_path):
         proc.wait(timeout=30)
 
 
+@pytest.mark.slow  # starts an MLflow server (about 20 s) and runs the pipeline against it
 def test_a_live_tracking_server(workdir, mlflow_server):
     _run_and_read_back(workdir, mlflow_server)
 

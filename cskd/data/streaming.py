@@ -19,11 +19,13 @@ A file that cannot be decoded stops the run with a ``DataError`` naming it.
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
 import random
 import re
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -232,10 +234,17 @@ def _collate(samples: list):
     return torch.stack(samples)
 
 
+def _freeze_inherited(_worker_id: int) -> None:
+    """A forked worker never collects what it inherited (another loader's iterator, whose cleanup
+    only works in the process that made it)."""
+    gc.freeze()
+
+
 def _torch_loader(dataset: _Samples, batches, workers: int, *, pin: bool, persistent: bool = False):
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
                                        pin_memory=pin, persistent_workers=persistent and workers > 0,
-                                       prefetch_factor=4 if workers > 0 else None)
+                                       prefetch_factor=4 if workers > 0 else None,
+                                       worker_init_fn=_freeze_inherited if workers > 0 else None)
 
 
 def _checked(loader) -> Iterator:
@@ -250,10 +259,18 @@ def _data_loader(dataset: _Samples, batches, workers: int, *, pin: bool):
 
 
 class _EpochOrder(torch.utils.data.Sampler):
-    """This process's slice of each global batch, as ``(index, sample seed)`` lists, for the order set last."""
+    """This process's slice of each global batch, as ``(index, sample seed)`` lists, for the order set last.
+
+    It holds its loader weakly: a cycle (loader -> DataLoader -> sampler -> loader) would keep a
+    dropped loader's worker processes alive until a garbage collection, which could then run in
+    a worker forked for the next loader and fail there ("can only test a child process")."""
 
     def __init__(self, loader: StreamLoader):
-        self.loader = loader
+        self._loader = weakref.ref(loader)
+
+    @property
+    def loader(self) -> StreamLoader:
+        return self._loader()
 
     def __len__(self) -> int:
         return len(self.loader)

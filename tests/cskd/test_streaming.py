@@ -175,3 +175,21 @@ def test_default_workers_share_the_cores_among_the_training_processes(monkeypatc
     assert decoding_workers(None) == cores and decoding_workers(3) == 3 and decoding_workers(0) == 0
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more processes than cores: one worker each
     assert decoding_workers(None) == 1 and decoding_workers(5) == 5
+
+
+def test_a_dropped_loader_is_freed_at_once_so_no_later_worker_inherits_it(tmp_path):
+    """Found on the CIFAR-10 folder: the teacher's loader, kept alive by a reference cycle, was
+    collected inside a worker forked for the student's loader and printed a traceback there."""
+    import gc
+    import weakref
+
+    split = load_imagefolder(_folder(tmp_path / "images"), stream=True).train
+    gc.disable()
+    try:
+        loader = _loader(FileSplit(split.paths, split.labels, split.size, split.channels, workers=2))
+        _epoch(loader)
+        alive = weakref.ref(loader)
+        del loader
+        assert alive() is None  # freed by reference counting, without waiting for a collection
+    finally:
+        gc.enable()

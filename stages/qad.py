@@ -62,11 +62,10 @@ class QadResult:
     parity: dict = field(default_factory=dict)
 
 
-def _quantized(sim: torch.nn.Module, *, sample: torch.Tensor, opset: int, calibration: np.ndarray,
-               settings: Int8Settings, folder: Path, pinned: dict | None = None) -> Path:
-    """The simulated network's float weights exported and quantized by ONNX Runtime (calibrated, or
-    with ``pinned`` ranges); the simulation takes the QDQ model's parameters. Returns the QDQ model."""
-    fp32 = export_onnx(float_model(sim).cpu(), sample=sample, path=folder / "qad_fp32.onnx", opset=opset)
+def _quantized(sim: torch.nn.Module, fp32: Path, *, calibration: np.ndarray, settings: Int8Settings,
+               folder: Path, pinned: dict | None = None) -> Path:
+    """``fp32`` (the simulated network's float weights, exported) quantized by ONNX Runtime (calibrated,
+    or with ``pinned`` ranges); the simulation takes the QDQ model's parameters. Returns the QDQ model."""
     prepared = preprocess(fp32, folder / "qad_prepared.onnx")
     qdq = quantize_int8(prepared, folder / "qad_int8.onnx", calibration_images=calibration, settings=settings,
                         pinned=pinned)
@@ -96,8 +95,9 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         # The student's ranges before QAD (a resumed run recomputes the same ones: same weights, same images).
-        pinned = pinned_ranges(activation_params(_quantized(sim, sample=sample, opset=plan.opset,
-                                                            calibration=calibration, settings=settings, folder=folder)))
+        before = export_onnx(float_model(sim).cpu(), sample=sample, path=folder / "fp32.onnx", opset=plan.opset)
+        pinned = pinned_ranges(activation_params(_quantized(sim, before, calibration=calibration, settings=settings,
+                                                            folder=folder)))
 
         def report(metrics: dict) -> None:
             top1 = metrics["val_top1"] if metrics["val_top1"] is not None else float("nan")
@@ -110,8 +110,7 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
         sim.eval()
         float_onnx = export_onnx(float_model(sim).cpu(), sample=sample, path=out_dir / "qad_fp32.onnx", opset=plan.opset)
         # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and ranges.
-        qdq = _quantized(sim, sample=sample, opset=plan.opset, calibration=calibration, settings=settings,
-                         folder=folder, pinned=pinned)
+        qdq = _quantized(sim, float_onnx, calibration=calibration, settings=settings, folder=folder, pinned=pinned)
         images = val.head(PARITY_IMAGES)
         simulated = predict_logits(sim, images).numpy()
         parity = {"images": len(images),

@@ -14,6 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
+from pipeline.core.backends import fastest_passing
 from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
@@ -21,16 +22,13 @@ from pipeline.core.store import Artifact
 WEIGHTS = "model.safetensors"
 
 
-def fastest_passing(latency: dict, gate: dict) -> dict[str, dict]:
-    """Per batch size (as a string key): the lowest-p50 student artifact whose accuracy rule passed."""
-    failed = {r["target"] for r in gate["rules"] if r.get("target") and not r["passed"]}
-    best: dict[str, dict] = {}
-    for cell in latency["results"]:
-        key = str(cell["batch"])
-        if cell["backend"] in failed or cell["backend"] == "teacher-eager":
-            continue
-        if key not in best or cell["p50_ms"] < best[key]["p50_ms"]:
-            best[key] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
+def fastest(latency: dict, gate: dict) -> dict[str, dict]:
+    """Per batch size (as a string key): the lowest-p50 student artifact whose accuracy rules passed."""
+    best = {}
+    for batch in sorted({c["batch"] for c in latency["results"]}):
+        cell = fastest_passing(latency["results"], gate["rules"], batch=batch)
+        if cell is not None:
+            best[str(batch)] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
     return best
 
 
@@ -109,7 +107,7 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
         "compression": _compression(artifacts, latency),
         "latency": latency,
         "latency_warnings": latency_warnings(latency) if latency else [],
-        "fastest": fastest_passing(latency, artifacts["gate"].metrics) if latency else None,
+        "fastest": fastest(latency, artifacts["gate"].metrics) if latency else None,
         "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
         "confusion": _confusion(artifacts),
         "per_class": [{"class": names[c], "teacher": t, "student": s,

@@ -6,7 +6,8 @@ lower bound of the paired-bootstrap CI of student - teacher clears -max_drop);
 optionally a floor on the student's top-1; the ONNX model agrees with the
 PyTorch student on at least min_onnx_agreement percent of the test samples; each
 further export is within its back-end's budget of the FP32 student; no class
-loses more than max_class_drop against the teacher; p90 latency within budget.
+loses more than max_class_drop against the teacher; p90 latency within budget, by default
+that of the fastest artifact whose accuracy rules passed (the one the report recommends).
 Each rule is recorded with its measured value, its threshold and its verdict,
 compared at the precision they are printed with (``DECIMALS``), so a printed
 verdict never contradicts its numbers.
@@ -17,7 +18,7 @@ from __future__ import annotations
 import json
 
 from cskd.config import Strict
-from pipeline.core.backends import backend, manifest_value
+from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_value
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import GateSection, Manifest
 
@@ -66,9 +67,13 @@ def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, 
                            gate.max_class_drop, at_most=True))
     if gate.latency is not None and latency is not None:
         rule = gate.latency
-        cell = next(r for r in latency["results"] if r["backend"] == rule.backend and r["batch"] == rule.batch)
-        rules.append(_rule(f"{rule.backend} p90 latency (ms) at batch {rule.batch}", cell["p90_ms"],
-                           rule.max_p90_ms, at_most=True))
+        if rule.backend == FASTEST:  # judged after the accuracy rules: only a passing artifact may be chosen
+            cell = fastest_passing(latency["results"], rules, batch=rule.batch, statistic="p90_ms")
+            name = f"fastest passing artifact ({cell['backend']}) p90 latency (ms) at batch {rule.batch}"
+        else:
+            cell = next(r for r in latency["results"] if r["backend"] == rule.backend and r["batch"] == rule.batch)
+            name = f"{rule.backend} p90 latency (ms) at batch {rule.batch}"
+        rules.append({**_rule(name, cell["p90_ms"], rule.max_p90_ms, at_most=True), "backend": cell["backend"]})
     return rules
 
 
@@ -87,7 +92,7 @@ class GateConfig(Strict):
 
 class GateStage(Stage):
     kind = "gate"
-    version = 4
+    version = 5  # 5: the latency rule judges the fastest passing artifact by default
     Config = GateConfig
 
     @classmethod

@@ -60,6 +60,21 @@ def backend(target: str) -> Backend:
     return backends()[target]
 
 
+FASTEST = "fastest"  # gate.latency.backend: judge the quickest artifact that passed its accuracy rules
+NOT_SHIPPED = ("teacher-eager",)  # timed for the report's comparison only
+
+
+def fastest_passing(results: list[dict], rules: list[dict], *, batch: int, statistic: str = "p50_ms") -> dict | None:
+    """The latency cell (``latency.json``'s ``results``) with the lowest ``statistic`` at ``batch``
+    among the student's artifacts whose accuracy rules all passed. A rule judges an artifact
+    when its ``target`` names it; an artifact without such a rule (the PyTorch student) counts as
+    passing. The gate's latency rule and the report both choose with this."""
+    failed = {r["target"] for r in rules if r.get("target") and not r["passed"]}
+    cells = [c for c in results if c["batch"] == batch and c["backend"] not in failed
+             and c["backend"] not in NOT_SHIPPED]
+    return min(cells, key=lambda c: c[statistic], default=None)
+
+
 def manifest_value(manifest: object, dotted: str) -> object:
     """The value at a dotted manifest path (``export.int8.max_drop``); aliases such as
     ``validate`` map to their attribute."""

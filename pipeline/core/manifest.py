@@ -26,7 +26,7 @@ from pydantic import (
 from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
-from pipeline.core.backends import backends
+from pipeline.core.backends import FASTEST, backends
 from pipeline.core.contracts import Added, Located
 from pipeline.core.data_section import DataSection, DataSource, TestData, TrainData  # noqa: F401 - re-exported views
 
@@ -232,11 +232,13 @@ class ValidateSection(Strict):
 
 
 def _measured_backend(name: str) -> str:
-    return name if name == "pytorch-eager" else _known_target(name)
+    return name if name in ("pytorch-eager", FASTEST) else _known_target(name)
 
 
 class LatencyRule(Strict):
-    backend: Annotated[str, AfterValidator(_measured_backend)] = "onnx"
+    backend: Annotated[str, AfterValidator(_measured_backend)] = Field(
+        FASTEST, description="the artifact whose p90 is judged: 'fastest' (the quickest student artifact whose "
+                             "accuracy rules passed, as the report names it), pytorch-eager or an export target")
     batch: int = Field(1, ge=1, le=65_536)
     max_p90_ms: float = Field(gt=0, le=1e6)
 
@@ -345,6 +347,6 @@ class Manifest(Strict):
                 raise ValueError("gate.latency needs a 'latency' section that measures it")
             if rule.batch not in self.latency.batch_sizes:
                 raise ValueError(f"gate.latency.batch {rule.batch} is not in latency.batch_sizes")
-            if rule.backend != "pytorch-eager" and rule.backend not in self.export.targets:
+            if rule.backend not in ("pytorch-eager", FASTEST) and rule.backend not in self.export.targets:
                 raise ValueError(f"gate.latency.backend {rule.backend!r} is not in export.targets")
         return self

@@ -72,6 +72,22 @@ def test_latency_rule():
     assert _rule(_verdicts(text, _metrics(), cells), "onnx p90") is False
 
 
+def test_latency_rule_judges_the_fastest_artifact_within_its_budget():
+    # The default backend: the quickest student artifact whose accuracy rules passed. INT8 is
+    # fastest here; once it misses its budget, the rule judges the next quickest, FP32 ONNX.
+    text = edited(latency={"batch_sizes": [64]}, export={"targets": ["onnx", "onnx-int8"], "int8": {"max_drop": 0.5}},
+                  gate__latency={"batch": 64, "max_p90_ms": 5.0})
+    cells = {"results": [{"backend": "pytorch-eager", "batch": 64, "p90_ms": 9.0},
+                         {"backend": "teacher-eager", "batch": 64, "p90_ms": 0.5},  # not a student artifact
+                         {"backend": "onnx", "batch": 64, "p90_ms": 6.0},
+                         {"backend": "onnx-int8", "batch": 64, "p90_ms": 4.0}]}
+    rule = next(r for r in _rules(text, _metrics(int8=89.5), cells) if "latency" in r["rule"])
+    assert (rule["backend"], rule["measured"], rule["passed"]) == ("onnx-int8", 4.0, True)
+    assert "fastest passing artifact (onnx-int8)" in rule["rule"]
+    rule = next(r for r in _rules(text, _metrics(int8=89.4), cells) if "latency" in r["rule"])
+    assert (rule["backend"], rule["measured"], rule["passed"]) == ("onnx", 6.0, False)
+
+
 def test_latency_rule_needs_a_measurement():
     from pipeline.core.errors import ManifestError
 

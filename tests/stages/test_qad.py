@@ -68,9 +68,14 @@ def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, mode
         assert runtime_agreement(qdq, images.numpy())["top1_agreement"] == 100.0
 
 
+def _latest_quantize(folder: Path) -> Path:
+    """The folder of the quantize artifact committed last."""
+    paths = list((folder / ".cskd").glob("artifacts/quantize/*/artifact.json"))
+    return max(paths, key=lambda p: json.loads(p.read_text())["committed_at"]).parent
+
+
 def _quantize_metrics(folder: Path) -> dict:
-    records = [json.loads(p.read_text()) for p in (folder / ".cskd").glob("artifacts/quantize/*/artifact.json")]
-    return max(records, key=lambda r: r["committed_at"])["metrics"]
+    return json.loads((_latest_quantize(folder) / "artifact.json").read_text())["metrics"]
 
 
 def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run):
@@ -101,6 +106,28 @@ def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run)
         assert missed["qad"]["parity"]["graph"]["top1_agreement"] >= 99.0
         assert "quantization-aware distillation" in (folder / ".cskd" / "logs").joinpath(
             sorted(p.name for p in (folder / ".cskd" / "logs").iterdir())[-1]).read_text()
+
+
+def test_when_qad_still_misses_the_float_fallback_applies_to_the_qad_model(shipped_run):
+    """A zero budget that a near-zero QAD learning rate cannot meet: the fallback then keeps nodes
+    of the fine-tuned model in float, and the card records both drops and those nodes."""
+    source, _, code, _ = shipped_run
+    assert code == 0
+    folder = Path(tempfile.mkdtemp())
+    shutil.copytree(source / ".cskd", folder / ".cskd")
+    with working_dir(folder):
+        int8 = {"activation_type": "int8", "max_drop": 0.0, "fallback": True, "qad": {"epochs": 1, "lr": 1e-7}}
+        path = write_manifest(folder, edited(export={"targets": ["onnx", "onnx-int8"], "int8": int8}))
+        result = CliRunner().invoke(main, ["run", "-m", str(path), "--quiet"], catch_exceptions=False)
+    card = _quantize_metrics(folder)
+    if card["ptq_drop"] <= 0:
+        pytest.skip(f"INT8 did not lose accuracy on this machine ({card['ptq_drop']:.2f}); no budget can be missed")
+    assert result.exit_code == 0, result.output
+    assert card["qad"] is not None and card["qad"]["drop"] > 0  # QAD ran and did not meet the budget alone
+    assert card["kept_float"], "the fallback kept no node in float"
+    assert card["val_drop"] <= 0.0 and card["val_drop"] < card["qad"]["drop"]
+    fallback = json.loads((_latest_quantize(folder) / "fallback.json").read_text())
+    assert fallback["attempts"][0]["kept_float"] == [] and fallback["kept_float"] == card["kept_float"]
 
 
 def test_every_qad_setting_is_in_the_quantize_stage_id(workdir):

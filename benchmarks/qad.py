@@ -7,7 +7,9 @@ KD (``qad.when: always``), each drop in val and test top-1 against the FP32 stud
 ONNX Runtime latency of the PTQ and the QAD INT8 models of the first seed, in one process.
 
     python benchmarks/qad.py --manifest benchmarks/qad-fashion.yaml --root ../shared/data/fashion-mnist \\
-        --seeds 3 --out bench/qad.json
+        --seeds 3 --sweep-epochs 4,8 --out bench/qad.json
+
+``--sweep-epochs`` reruns QAD (CS-KD) on one seed with more epochs.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def main() -> None:
     parser.add_argument("--root", required=True, help="the Fashion-MNIST folder")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default="bench/qad.json")
+    parser.add_argument("--sweep-epochs", default="", help="comma-separated QAD epochs to try on --sweep-seed (CS-KD)")
+    parser.add_argument("--sweep-seed", type=int, default=0)
     args = parser.parse_args()
     base = [f"data.root={args.root}"]
     cells = []
@@ -71,7 +75,15 @@ def main() -> None:
 
         half = stats.t.ppf(0.975, len(diffs) - 1) * statistics.stdev(diffs) / len(diffs) ** 0.5
         summary["cskd_minus_kd_ci95"] = [summary["cskd_minus_kd_mean"] - half, summary["cskd_minus_kd_mean"] + half]
-    result = {"cells": cells, "summary": summary, "latency": _latency(args.manifest, [*base, "student.train.seed=0"])}
+    sweep = []  # does a longer QAD close the gap where 2 epochs did not?
+    for epochs in (int(e) for e in args.sweep_epochs.split(",") if e):
+        overrides = [*base, f"student.train.seed={args.sweep_seed}", "export.int8.qad.when=always",
+                     f"export.int8.qad.epochs={epochs}"]
+        cell = _cell(_run(args.manifest, overrides))
+        sweep.append({"seed": args.sweep_seed, "epochs": epochs, **{k: v for k, v in cell.items() if k != "quantize"}})
+        print(json.dumps(sweep[-1]), flush=True)
+    result = {"cells": cells, "summary": summary, "epochs_sweep": sweep,
+              "latency": _latency(args.manifest, [*base, "student.train.seed=0"])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(summary, indent=2))

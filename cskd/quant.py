@@ -7,11 +7,13 @@ consumer of the tensor, a residual Add too, reads the quantized value), quantize
 weights per output channel, symmetric int8 in [-127, 127] (scale = max|w| / 127;
 [-64, 64] with ``reduce_range``), and their bias (for Gemm) to int32 with scale = activation scale x weight scale. BatchNorm
 is folded into the convolutions before any of that (``quant_pre_process``).
+With ``operators: all`` it also quantizes the output of every Add (a residual sum),
+folding a following Relu into the uint8 range.
 
 ``QuantSim`` does the same in PyTorch: the network with BatchNorm folded
 (``torch.fx``), each Conv2d and Linear fake-quantizing its input with the
-activation parameters ONNX Runtime chose, and its weight and bias with the rule
-above, recomputed from the current weights at every step. Gradients pass through
+activation parameters ONNX Runtime chose (and each Add its output, where the QDQ
+model does), and its weight and bias with the rule above, recomputed from the current weights at every step. Gradients pass through
 the rounding (``torch.fake_quantize_*``: the straight-through estimator, zero
 outside the clipping range). The activation parameters are not learned: they are
 read from ONNX Runtime's own calibration of the current weights (``set_activations``),
@@ -20,12 +22,15 @@ so the model trained is the model the exporter makes.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 WEIGHT_QMAX = 127  # symmetric int8 weights use [-127, 127]
 REDUCED_WEIGHT_QMAX = 64  # with reduce_range: [-64, 64]
+_ADDS = (operator.add, operator.iadd, torch.add)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
@@ -122,6 +127,18 @@ def simulate(model: nn.Module, *, activation_type: str, reduce_range: bool = Fal
             quantizers[node] = name
         return quantizers[node]
 
+    # Residual sums: quantized only where the QDQ model quantizes them (``operators: all``); matched
+    # to the QDQ model's Add nodes by their order, which tracing and export both keep.
+    adds = [n for n in gm.graph.nodes if (n.op == "call_function" and n.target in _ADDS)
+            or (n.op == "call_method" and n.target in ("add", "add_"))]
+    add_quantizers = []
+    for node in adds:
+        name = f"add_quant_{len(add_quantizers)}"
+        gm.add_submodule(name, ActQuant(activation_type=activation_type))
+        with gm.graph.inserting_after(node):
+            quant = gm.graph.call_module(name, (node,))
+        node.replace_all_uses_with(quant, delete_user_cb=lambda user, quant=quant: user is not quant)
+        add_quantizers.append(name)
     slots = {}
     for node in layers:
         layer = QuantLayer(modules[node.target], reduce_range=reduce_range)
@@ -131,6 +148,7 @@ def simulate(model: nn.Module, *, activation_type: str, reduce_range: bool = Fal
         layer.__dict__["input_quant"] = gm.get_submodule(slots[node.target][0])
     gm.recompile()
     gm.qad_slots = slots  # layer name -> (input quantizer, output quantizer)
+    gm.qad_adds = add_quantizers  # one quantizer per Add, in graph order
     return gm
 
 
@@ -139,12 +157,16 @@ def _set(root: nn.Module, target: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def set_activations(sim: torch.fx.GraphModule, params: dict[str, dict | None]) -> None:
+def set_activations(sim: torch.fx.GraphModule, params: dict[str, dict | None], adds: list[dict | None] = ()) -> None:
     """The QDQ model's parameters, by layer (``exports.quantize.activation_params``): each layer's
-    input and output ``scale``/``zero_point`` and ``bias_int32``; a layer missing or None stays in float."""
+    input and output ``scale``/``zero_point`` and ``bias_int32``; a layer missing or None stays in float.
+    ``adds`` (``exports.quantize.add_outputs``): the quantization of each Add's output, in order."""
     unknown = sorted(set(params) - set(sim.qad_slots))
     if unknown:
         raise ValueError(f"the QDQ model quantizes {unknown[0]!r}, which the network does not have")
+    if any(adds) and len(adds) != len(sim.qad_adds):
+        raise ValueError(f"the QDQ model has {len(adds)} Add nodes and the network {len(sim.qad_adds)}: "
+                         f"their quantization cannot be matched")
     for quantizer in (m for m in sim.modules() if isinstance(m, ActQuant)):
         quantizer.set(None)
     for name, (input_quant, output_quant) in sim.qad_slots.items():
@@ -156,6 +178,9 @@ def set_activations(sim: torch.fx.GraphModule, params: dict[str, dict | None]) -
             sim.get_submodule(input_quant).set(value["input"])
             if value["output"] is not None:
                 sim.get_submodule(output_quant).set(value["output"])
+    for name, value in zip(sim.qad_adds, adds, strict=False):
+        if value is not None:
+            sim.get_submodule(name).set(value)
 
 
 def float_model(sim: torch.fx.GraphModule) -> torch.fx.GraphModule:

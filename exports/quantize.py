@@ -27,6 +27,10 @@ class Int8Settings:
     activation_type: str = "uint8"  # uint8 | int8
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights in [-64, 64]: no U8S8 saturation on CPUs without VNNI
+    # weighted: Conv, Gemm and MatMul only (the float operators between them run on dequantized
+    # tensors); all: every operator ONNX Runtime can quantize (Add, Relu, pooling, reshapes), so
+    # the integer kernels run back to back
+    operators: str = "weighted"
 
 
 @dataclass
@@ -108,7 +112,7 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
         quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
         weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
         reduce_range=settings.reduce_range,
-        op_types_to_quantize=list(QUANTIZABLE_OPS),
+        op_types_to_quantize=list(QUANTIZABLE_OPS) if settings.operators == "weighted" else None,
         # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
         extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True,
                        "TensorQuantOverrides": _overrides(pinned or {}, settings)},
@@ -123,14 +127,11 @@ def _overrides(pinned: dict[str, dict], settings: Int8Settings) -> dict:
             for name, p in pinned.items()}
 
 
-def pinned_ranges(params: dict[str, dict | None]) -> dict[str, dict]:
-    """``activation_params``' ranges by tensor name: what ``quantize_int8(pinned=...)`` takes."""
-    out: dict[str, dict] = {}
-    for value in params.values():
-        for side in ("input", "output"):
-            if value and value[side]:
-                out[value[side]["tensor"]] = {"scale": value[side]["scale"], "zero_point": value[side]["zero_point"]}
-    return out
+def pinned_ranges(params: dict[str, dict | None], adds: list[dict | None] = ()) -> dict[str, dict]:
+    """``activation_params``' and ``add_outputs``' ranges by tensor name: what
+    ``quantize_int8(pinned=...)`` takes."""
+    ranges = [value[side] for value in params.values() if value for side in ("input", "output") if value[side]]
+    return {r["tensor"]: {"scale": r["scale"], "zero_point": r["zero_point"]} for r in [*ranges, *adds] if r}
 
 
 def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -200,12 +201,8 @@ def runtime_agreement(path: Path, images_u8: np.ndarray, *, batch_size: int = 25
             "top1_agreement": float((fused.argmax(1) == literal.argmax(1)).mean() * 100.0)}
 
 
-def activation_params(path: Path) -> dict[str, dict | None]:
-    """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
-    belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
-    activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
-    is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
-    model must reproduce."""
+def _graph(path: Path):
+    """The graph's initializers as arrays, and each tensor's producer and consumers."""
     import onnx
     from onnx import numpy_helper
 
@@ -216,10 +213,38 @@ def activation_params(path: Path) -> dict[str, dict | None]:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
+    return graph, constants, producer, consumers
+
+
+def _qparams(constants: dict, node, tensor: str) -> dict:
+    """A QuantizeLinear or DequantizeLinear node's scale and zero point, for ``tensor``."""
+    zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else np.array(0)
+    return {"tensor": tensor, "scale": float(constants[node.input[1]]), "zero_point": int(zero)}
+
+
+def add_outputs(path: Path) -> list[dict | None]:
+    """For each Add of a QDQ model, in graph order: the quantization of its output (``tensor``,
+    ``scale``, ``zero_point``), or None where the output stays float. With ``operators: all``
+    ONNX Runtime quantizes residual sums (and, for uint8, folds the Relu after them into the
+    range); a simulation must round them there too."""
+    graph, constants, _, consumers = _graph(path)
+    out: list[dict | None] = []
+    for node in (n for n in graph.node if n.op_type == "Add"):
+        quantize = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+        out.append(None if quantize is None else _qparams(constants, quantize, node.output[0]))
+    return out
+
+
+def activation_params(path: Path) -> dict[str, dict | None]:
+    """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
+    belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
+    activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
+    is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
+    model must reproduce."""
+    graph, constants, producer, consumers = _graph(path)
 
     def qparams(node, tensor: str) -> dict:
-        zero = constants[node.input[2]] if len(node.input) > 2 and node.input[2] else np.array(0)
-        return {"tensor": tensor, "scale": float(constants[node.input[1]]), "zero_point": int(zero)}
+        return _qparams(constants, node, tensor)
 
     params: dict[str, dict | None] = {}
     for node in graph.node:

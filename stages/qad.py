@@ -8,7 +8,8 @@ weights with exactly those ranges (pinned), so the shipped model is the model tr
 (Re-taking ONNX Runtime's calibration of the float weights after each epoch does not work:
 the float activations of weights trained under quantization drift away from the quantized
 ones, and the ranges measured on them broke a MobileNetV2 in its second epoch, 73% -> 10%.)
-The simulated model's logits are compared with the QDQ model's on held-out images.
+The simulated model's logits are compared with the QDQ model's on held-out images, before
+training (QAD is skipped when they disagree: ``check_simulation``) and after.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from exports.ort_runtime import create_session, run_batched
 from exports.quantize import (
     Int8Settings,
     activation_params,
+    add_outputs,
     pinned_ranges,
     preprocess,
     quantize_int8,
@@ -38,6 +40,26 @@ from stages.data import held_out, train_val
 from stages.models import WEIGHTS_FILE, load_network
 
 PARITY_IMAGES = 1000
+# Below this top-1 agreement with the QDQ graph (before any training) the simulation is not the
+# exported model, and QAD would fine-tune something that is not shipped: it is skipped.
+MIN_SIMULATION_AGREEMENT = 99.0
+
+
+class SimulationMismatch(Exception):
+    """The simulated INT8 network does not compute what the QDQ model computes."""
+
+
+def check_simulation(sim: torch.nn.Module, qdq: Path, images: torch.Tensor) -> dict:
+    """Top-1 agreement and largest logit difference of the simulation against the QDQ graph run as
+    written; raises ``SimulationMismatch`` below ``MIN_SIMULATION_AGREEMENT``."""
+    agreement = _agreement(predict_logits(sim, images).numpy(),
+                           run_batched(create_session(qdq, optimize=False), images.numpy()))
+    if agreement["top1_agreement"] < MIN_SIMULATION_AGREEMENT:
+        raise SimulationMismatch(
+            f"the simulated INT8 network agrees with the QDQ model on {agreement['top1_agreement']:.1f}% of val "
+            f"images before training (at least {MIN_SIMULATION_AGREEMENT:.0f}% needed): the QDQ model quantizes "
+            f"an operator the simulation does not model; export.int8.operators: weighted is simulated exactly")
+    return agreement
 
 
 class QadPlan(Strict):
@@ -69,7 +91,7 @@ def _quantized(sim: torch.nn.Module, fp32: Path, *, calibration: np.ndarray, set
     prepared = preprocess(fp32, folder / "qad_prepared.onnx")
     qdq = quantize_int8(prepared, folder / "qad_int8.onnx", calibration_images=calibration, settings=settings,
                         pinned=pinned)
-    set_activations(sim, activation_params(qdq))
+    set_activations(sim, activation_params(qdq), add_outputs(qdq))
     return qdq
 
 
@@ -96,8 +118,10 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
         folder = Path(scratch)
         # The student's ranges before QAD (a resumed run recomputes the same ones: same weights, same images).
         before = export_onnx(float_model(sim).cpu(), sample=sample, path=folder / "fp32.onnx", opset=plan.opset)
-        pinned = pinned_ranges(activation_params(_quantized(sim, before, calibration=calibration, settings=settings,
-                                                            folder=folder)))
+        qdq = _quantized(sim, before, calibration=calibration, settings=settings, folder=folder)
+        pinned = pinned_ranges(activation_params(qdq), add_outputs(qdq))
+        images = val.head(PARITY_IMAGES)
+        before_training = check_simulation(sim, qdq, images)
 
         def report(metrics: dict) -> None:
             top1 = metrics["val_top1"] if metrics["val_top1"] is not None else float("nan")
@@ -111,9 +135,8 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
         float_onnx = export_onnx(float_model(sim).cpu(), sample=sample, path=out_dir / "qad_fp32.onnx", opset=plan.opset)
         # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and ranges.
         qdq = _quantized(sim, float_onnx, calibration=calibration, settings=settings, folder=folder, pinned=pinned)
-        images = val.head(PARITY_IMAGES)
         simulated = predict_logits(sim, images).numpy()
-        parity = {"images": len(images),
+        parity = {"images": len(images), "before_training": before_training,
                   # the QDQ graph as written (float Quantize/Dequantize arithmetic): what the simulation models
                   "graph": _agreement(simulated, run_batched(create_session(qdq, optimize=False), images.numpy())),
                   # ONNX Runtime's integer kernels on this CPU: what ships (equal to the graph unless the

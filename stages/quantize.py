@@ -68,7 +68,8 @@ class QuantizeStage(Stage):
     def run(self, config: QuantizeConfig, ctx: StageContext) -> StageResult:
         section = config.int8
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
-                                per_channel=section.per_channel, reduce_range=section.reduce_range)
+                                per_channel=section.per_channel, reduce_range=section.reduce_range,
+                                operators=section.operators)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         train, _ = train_val(config.data)
         val, split_name = held_out(config.data)
@@ -78,18 +79,25 @@ class QuantizeStage(Stage):
                 "val_labels": budget.labels.numpy(), "settings": settings, "budget": section.max_drop,
                 "fallback": section.fallback}
         report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args, stop_after_ptq=config.qad is not None)
-        ptq_drop, qad = report.drop, None
+        ptq_drop, qad, qad_skipped = report.drop, None, None
         if config.qad is not None and (config.qad.section.when == "always" or report.drop > section.max_drop):
-            from stages.qad import run_qad
+            from stages.qad import SimulationMismatch, run_qad
 
             ctx.log(f"[qad] INT8 after calibration loses {report.drop:.2f} points of {split_name} top-1 (budget "
                     f"{section.max_drop}): quantization-aware distillation, {config.qad.section.epochs} epoch(s)")
-            qad = run_qad(config.qad, config.data, inputs=ctx.inputs, calibration=calibration, settings=settings,
-                          work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress, log=ctx.log)
+            try:
+                qad = run_qad(config.qad, config.data, inputs=ctx.inputs, calibration=calibration, settings=settings,
+                              work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress, log=ctx.log)
+            except SimulationMismatch as exc:  # train nothing that would not ship; the fallback follows
+                qad_skipped = str(exc)
+                ctx.log(f"[qad] warning: skipped: {exc}")
+        if qad is not None:
             qad_prepared = preprocess(qad.float_onnx, ctx.out_dir / "qad_prepared.onnx")
             report = quantize_with_fallback(qad_prepared, ctx.out_dir / INT8_FILE, **args,
                                             reference_top1=report.fp32_top1, pinned=qad.pinned)
             qad_prepared.unlink()
+        elif report.drop > section.max_drop:  # QAD off or skipped: the fallback on the calibrated model
+            report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args)
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
         qdq = count_qdq(ctx.out_dir / INT8_FILE)
@@ -105,7 +113,9 @@ class QuantizeStage(Stage):
                    "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1,
                    "val_int8_top1": report.int8_top1, "val_drop": report.drop,
                    "kept_float": report.kept_float, "ptq_drop": ptq_drop, "reduce_range": section.reduce_range,
+                   "operators": section.operators,
                    "runtime_vs_graph": runtime,
+                   "qad_skipped": qad_skipped,
                    "qad": None if qad is None else {
                        "epochs": qad.epochs, "loss": config.qad.loss.kind, "teacher": config.qad.section.teacher,
                        "drop": report.fp32_top1 - report.attempts[0]["top1"],  # before any node is kept in float

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 import torch.nn as nn
@@ -127,6 +128,27 @@ def test_int8_is_qdq_and_tracks_fp32(resnet_onnx, digits):
     assert ((fp32_logits.argmax(1) == y).mean() - (int8_logits.argmax(1) == y).mean()) * 100 <= 3.0
     weights = [i for i in onnx.load(str(out)).graph.initializer if i.data_type == onnx.TensorProto.INT8]
     assert weights  # weights stored as int8
+
+
+def test_all_operators_leaves_no_float_operator_between_integer_kernels(resnet_onnx, digits):
+    # operators: all quantizes the residual sums too: ONNX Runtime's optimised graph then runs
+    # QLinearAdd where the weighted model dequantizes to add in float and quantizes again.
+    _, path, folder = resnet_onnx
+    prepared = preprocess(path, folder / "prepared.onnx")
+    calib = digits.train.images[:256].numpy().astype(np.float32) / 255.0
+
+    def optimised_ops(operators: str) -> list[str]:
+        out = quantize_int8(prepared, folder / f"int8_{operators}.onnx", calibration_images=calib,
+                            settings=Int8Settings(operators=operators))
+        optimised = folder / f"int8_{operators}_optimised.onnx"
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(optimised)
+        ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+        return [n.op_type for n in onnx.load(str(optimised)).graph.node]
+
+    weighted, every = optimised_ops("weighted"), optimised_ops("all")
+    assert "Add" in weighted and "Add" not in every and every.count("QLinearAdd") == 3  # resnet8: 3 residual sums
+    assert every.count("DequantizeLinear") < weighted.count("DequantizeLinear")
 
 
 def test_fallback_keeps_sensitive_nodes_in_float(outlier_model, digits, tmp_path):

@@ -23,6 +23,7 @@ from exports.ort_runtime import create_session, run_batched
 from exports.quantize import (
     Int8Settings,
     activation_params,
+    add_outputs,
     preprocess,
     quantize_int8,
     runtime_agreement,
@@ -35,14 +36,11 @@ def _exported(sim, settings: Int8Settings, calibration: np.ndarray, folder: Path
     fp32 = export_onnx(float_model(sim), sample=torch.zeros(2, 1, 8, 8), path=folder / "fp32.onnx")
     qdq = quantize_int8(preprocess(fp32, folder / "prepared.onnx"), folder / "int8.onnx",
                         calibration_images=calibration, settings=settings)
-    set_activations(sim, activation_params(qdq))
+    set_activations(sim, activation_params(qdq), add_outputs(qdq))
     return qdq
 
 
-@pytest.mark.parametrize("model,activation,reduce_range", [("resnet8", "uint8", False), ("MobileNetV2", "int8", False),
-                                                           ("resnet8", "uint8", True)])
-def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, model, activation, reduce_range):
-    digits = load_dataset("digits")
+def _network(model: str, digits) -> torch.nn.Module:
     torch.manual_seed(0)
     net = Preprocessed(create_model(model, num_classes=10, in_channels=1), mean=digits.mean, std=digits.std).eval()
     for module in net.modules():  # BatchNorm statistics that are not the identity: folding must be right
@@ -50,10 +48,24 @@ def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, mode
             module.running_mean.uniform_(-0.2, 0.2)
             module.running_var.uniform_(0.5, 2.0)
             module.weight.data.uniform_(0.5, 1.5)
+    return net
+
+
+@pytest.mark.parametrize("model,activation,reduce_range,operators", [
+    ("resnet8", "uint8", False, "weighted"), ("MobileNetV2", "int8", False, "weighted"),
+    ("resnet8", "uint8", True, "weighted"),
+    # every operator quantized: residual sums rounded too (uint8: the Relu after them folded in)
+    ("resnet8", "uint8", False, "all"), ("resnet8", "int8", False, "all"), ("MobileNetV2", "uint8", False, "all")])
+def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, model, activation, reduce_range, operators):
+    digits = load_dataset("digits")
+    net = _network(model, digits)
     sim = simulate(net, activation_type=activation, reduce_range=reduce_range)
-    settings = Int8Settings(activation_type=activation, reduce_range=reduce_range)
+    settings = Int8Settings(activation_type=activation, reduce_range=reduce_range, operators=operators)
     qdq = _exported(sim, settings, digits.train.images[:256].numpy().astype(np.float32) / 255.0, tmp_path)
-    assert all(bool(q.enabled) for q in sim.modules() if isinstance(q, ActQuant))  # every tensor the graph quantizes
+    quantizers = [q for name, q in sim.named_modules() if isinstance(q, ActQuant) and name not in sim.qad_adds]
+    assert all(bool(q.enabled) for q in quantizers)  # every tensor the graph quantizes
+    if operators == "all":  # every residual sum rounded (with weighted, only those a Conv reads)
+        assert sim.qad_adds and all(bool(sim.get_submodule(name).enabled) for name in sim.qad_adds)
     images = digits.test.images
     simulated = predict_logits(sim, images).numpy()
     graph = run_batched(create_session(qdq, optimize=False), images.numpy())
@@ -66,6 +78,23 @@ def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, mode
     assert np.abs(floating - graph).max() > 2 * np.abs(simulated - graph).max()
     if reduce_range:  # 7-bit weights: ONNX Runtime's integer kernels compute the graph exactly, on any CPU
         assert runtime_agreement(qdq, images.numpy())["top1_agreement"] == 100.0
+
+
+@pytest.mark.parametrize("model,matches", [("resnet8", True), ("wrn_16_2", False)])
+def test_qad_refuses_a_simulation_that_is_not_the_exported_model(tmp_path, model, matches):
+    # With operators: all, a pre-activation WRN's BatchNorm after each residual sum stays an
+    # operator of its own, quantized by ONNX Runtime and not by the simulation: QAD must not train it.
+    from stages.qad import SimulationMismatch, check_simulation
+
+    digits = load_dataset("digits")
+    sim = simulate(_network(model, digits), activation_type="uint8")
+    calibration = digits.train.images[:256].numpy().astype(np.float32) / 255.0
+    qdq = _exported(sim, Int8Settings(operators="all"), calibration, tmp_path)
+    if matches:
+        assert check_simulation(sim, qdq, digits.test.images)["top1_agreement"] >= 99.0
+    else:
+        with pytest.raises(SimulationMismatch, match="operators: weighted"):
+            check_simulation(sim, qdq, digits.test.images)
 
 
 def _latest_quantize(folder: Path) -> Path:
@@ -108,6 +137,7 @@ def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run)
             sorted(p.name for p in (folder / ".cskd" / "logs").iterdir())[-1]).read_text()
 
 
+@pytest.mark.slow  # a full quantize stage with QAD and the fallback's sensitivity sweep: about a minute
 def test_when_qad_still_misses_the_float_fallback_applies_to_the_qad_model(shipped_run):
     """A zero budget that a near-zero QAD learning rate cannot meet: the fallback then keeps nodes
     of the fine-tuned model in float, and the card records both drops and those nodes."""

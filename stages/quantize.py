@@ -69,7 +69,7 @@ class QuantizeStage(Stage):
         section = config.int8
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
                                 per_channel=section.per_channel, reduce_range=section.reduce_range,
-                                operators=section.operators)
+                                operators=section.operators or "weighted")
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         train, _ = train_val(config.data)
         val, split_name = held_out(config.data)
@@ -113,7 +113,7 @@ class QuantizeStage(Stage):
                    "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1,
                    "val_int8_top1": report.int8_top1, "val_drop": report.drop,
                    "kept_float": report.kept_float, "ptq_drop": ptq_drop, "reduce_range": section.reduce_range,
-                   "operators": section.operators,
+                   "operators": settings.operators,
                    "runtime_vs_graph": runtime,
                    "qad_skipped": qad_skipped,
                    "qad": None if qad is None else {

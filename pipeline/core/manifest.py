@@ -174,10 +174,10 @@ class Int8Section(Strict):
         False, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
                            "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
                            "uint8 x int8 sums and the INT8 model's predictions depend on the CPU")
-    operators: Literal["weighted", "all"] = Field(
-        "weighted", description="weighted: Conv, Gemm and MatMul (the operators between them stay float, with a "
-                                "dequantize and quantize around each); all: every operator ONNX Runtime can quantize "
-                                "(residual Add, Relu, pooling), so the integer kernels run back to back")
+    operators: Literal["weighted", "all"] | None = Added(
+        description="weighted (also null, the default): Conv, Gemm and MatMul, the operators between them stay "
+                    "float with a dequantize and quantize around each; all: every operator ONNX Runtime can "
+                    "quantize (residual Add, Relu, pooling), so the integer kernels run back to back")
     max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
     fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
     qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")

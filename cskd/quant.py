@@ -13,8 +13,8 @@ folding a following Relu into the uint8 range.
 ``QuantSim`` does the same in PyTorch: the network with BatchNorm folded
 (``torch.fx``), each Conv2d and Linear fake-quantizing its input with the
 activation parameters ONNX Runtime chose (and each Add its output, where the QDQ
-model does), and its weight and bias with the rule above, recomputed from the current weights at every step. Gradients pass through
-the rounding (``torch.fake_quantize_*``: the straight-through estimator, zero
+model does), and its weight and bias with the rule above, recomputed from the
+current weights at every step. Gradients pass through the rounding (``torch.fake_quantize_*``: the straight-through estimator, zero
 outside the clipping range). The activation parameters are not learned: they are
 read from ONNX Runtime's own calibration of the current weights (``set_activations``),
 so the model trained is the model the exporter makes.

@@ -242,10 +242,6 @@ def activation_params(path: Path) -> dict[str, dict | None]:
     is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
     model must reproduce."""
     graph, constants, producer, consumers = _graph(path)
-
-    def qparams(node, tensor: str) -> dict:
-        return _qparams(constants, node, tensor)
-
     params: dict[str, dict | None] = {}
     for node in graph.node:
         if node.op_type not in QUANTIZABLE_OPS:
@@ -260,9 +256,10 @@ def activation_params(path: Path) -> dict[str, dict | None]:
         quantize_out = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
         bias = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         quantize_in = producer.get(dq.input[0])  # the QuantizeLinear of the float tensor
-        params[layer] = {"input": qparams(dq, quantize_in.input[0] if quantize_in is not None else dq.input[0]),
-                         # a graph output keeps its name: the quantizer renames the tensor before it
-                         "output": qparams(quantize_out, node.output[0].removesuffix("_QuantizeLinear_Input"))
-                         if quantize_out is not None else None,
+        source = quantize_in.input[0] if quantize_in is not None else dq.input[0]
+        # a graph output keeps its name: the quantizer renames the tensor before it
+        output = node.output[0].removesuffix("_QuantizeLinear_Input")
+        params[layer] = {"input": _qparams(constants, dq, source),
+                         "output": _qparams(constants, quantize_out, output) if quantize_out is not None else None,
                          "bias_int32": bias is not None and bias.op_type == "DequantizeLinear"}
     return params

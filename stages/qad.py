@@ -46,7 +46,8 @@ MIN_SIMULATION_AGREEMENT = 99.0
 
 
 class SimulationMismatch(Exception):
-    """The simulated INT8 network does not compute what the QDQ model computes."""
+    """The simulated INT8 network cannot be built, or does not compute what the QDQ model computes:
+    QAD is skipped and the float fallback follows."""
 
 
 def check_simulation(sim: torch.nn.Module, qdq: Path, images: torch.Tensor) -> dict:
@@ -91,7 +92,10 @@ def _quantized(sim: torch.nn.Module, fp32: Path, *, calibration: np.ndarray, set
     prepared = preprocess(fp32, folder / "qad_prepared.onnx")
     qdq = quantize_int8(prepared, folder / "qad_int8.onnx", calibration_images=calibration, settings=settings,
                         pinned=pinned)
-    set_activations(sim, activation_params(qdq), add_outputs(qdq))
+    try:
+        set_activations(sim, activation_params(qdq), add_outputs(qdq))
+    except ValueError as exc:  # the QDQ model's layers or sums cannot be matched to the network's
+        raise SimulationMismatch(f"{exc}; export.int8.operators: weighted is simulated exactly") from None
     return qdq
 
 
@@ -108,7 +112,10 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
     student = load_network(plan.student_model, source, inputs["distill"].file(WEIGHTS_FILE)).eval()
     teacher_file = inputs["teacher" if plan.section.teacher == "teacher" else "distill"].file(WEIGHTS_FILE)
     teacher = load_network(plan.teacher_model, source, teacher_file).eval()
-    sim = simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
+    try:
+        sim = simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
+    except ValueError as exc:  # torch.fx cannot trace the network (vgg's layer loop, data-dependent flow)
+        raise SimulationMismatch(str(exc)) from None
     train_split, _ = train_val(data)
     val, _ = held_out(data)
     sample = torch.zeros(2, *val.sample_shape)

@@ -8,7 +8,8 @@ Two models, both trained here (no downloads):
   temporary folder, ONNX target only); accuracy on the digits test split (360 images).
 
 Variants (U8S8, weights per channel, min-max on training images, after quant_pre_process, as
-the pipeline quantizes, unless the name says otherwise): the pipeline's default QDQ model;
+the pipeline quantizes, unless the name says otherwise): Conv, Gemm and MatMul only
+(``int8.operators: weighted``, the default before ``auto``);
 7-bit weights (``int8.reduce_range``); every operator quantized (``int8.operators: all``) with
 8- and 7-bit weights; the QOperator format; the first convolution kept in float; ORT's QDQ
 clean-up session option; OpenVINO FP32 and OpenVINO INT8 reading the same files. Timings: interleaved rounds, median of the per-round
@@ -40,6 +41,7 @@ from cskd.data import load_dataset, split_train_val  # noqa: E402
 from cskd.engine import train  # noqa: E402
 from cskd.models import Preprocessed, create_model  # noqa: E402
 from cskd.objectives import CrossEntropy  # noqa: E402
+from exports.cpu import machine_class, recorded_flags  # noqa: E402
 from exports.latency import measure  # noqa: E402
 from exports.onnx_export import export_onnx  # noqa: E402
 from exports.quantize import (  # noqa: E402
@@ -50,14 +52,6 @@ from exports.quantize import (  # noqa: E402
     quantizable_nodes,
     quantize_int8,
 )
-
-CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-
-
-def cpu_flags() -> dict[str, bool]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    flags = set(next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []))
-    return {f: f in flags for f in CPU_FLAGS}
 
 
 def cifar_folder(source: Path, scratch: Path) -> Path:
@@ -122,7 +116,7 @@ def build_variants(fp32: Path, calibration_u8: np.ndarray, out: Path) -> dict[st
                         op_types_to_quantize=list(QUANTIZABLE_OPS), extra_options={"WeightSymmetric": True})
         return path
 
-    return {"int8 (pipeline default)": pipeline("qdq"), "int8 reduce_range": pipeline("qdq_rr", reduce_range=True),
+    return {"int8 weighted": pipeline("qdq"), "int8 reduce_range": pipeline("qdq_rr", reduce_range=True),
             "int8 operators=all": pipeline("all", operators="all"),
             "int8 operators=all reduce_range": pipeline("all_rr", operators="all", reduce_range=True),
             "int8 qoperator": qoperator(),
@@ -151,9 +145,9 @@ def runners(fp32: Path, variants: dict[str, Path], threads: int) -> dict:
 
     out = {"onnx-fp32": ort_run(fp32), "openvino-fp32": ov_run(fp32)}
     out.update({name: ort_run(path) for name, path in variants.items()})
-    out["int8 + qdq_cleanup session option"] = ort_run(variants["int8 (pipeline default)"],
+    out["int8 + qdq_cleanup session option"] = ort_run(variants["int8 weighted"],
                                                         {"session.enable_quant_qdq_cleanup": "1"})
-    out["openvino-int8 (pipeline default)"] = ov_run(variants["int8 (pipeline default)"])
+    out["openvino-int8 weighted"] = ov_run(variants["int8 weighted"])
     out["openvino-int8 operators=all"] = ov_run(variants["int8 operators=all"])
     return out
 
@@ -206,7 +200,7 @@ def study(name: str, fp32: Path, calibration: np.ndarray, test_x: np.ndarray, te
             rows.append({"variant": n, "batch": batch, "p50_ms": round(p50[n], 4),
                          "speedup_vs_onnx_fp32": round(p50["onnx-fp32"] / p50[n], 3),
                          "test_top1": top1[n], "loss_vs_fp32": round(top1["onnx-fp32"] - top1[n], 2)})
-    int8_profile = profile(variants["int8 (pipeline default)"], shape, 64, args.threads)
+    int8_profile = profile(variants["int8 weighted"], shape, 64, args.threads)
     all_profile = profile(variants["int8 operators=all"], shape, 64, args.threads)
     fp32_profile = profile(fp32, shape, 64, args.threads)
     conv_int8 = sum(ms for op, ms in int8_profile.items() if op in ("QLinearConv", "ConvInteger", "QGemm"))
@@ -217,7 +211,7 @@ def study(name: str, fp32: Path, calibration: np.ndarray, test_x: np.ndarray, te
     return {"model": name, "input": list(shape), "test_images": len(test_y), "rows": rows,
             "best_int8_at_batch_64": best and {"variant": best["variant"], "speedup": best["speedup_vs_onnx_fp32"],
                                               "loss_vs_fp32": best["loss_vs_fp32"]},
-            "profile_batch_64_ms": {"int8 (pipeline default)": int8_profile, "int8 operators=all": all_profile,
+            "profile_batch_64_ms": {"int8 weighted": int8_profile, "int8 operators=all": all_profile,
                                     "onnx-fp32": fp32_profile},
             "conv_kernels_batch_64": {"int8_ms": round(conv_int8, 3), "fp32_ms": round(conv_fp32, 3),
                                       "speedup": round(conv_fp32 / conv_int8, 3),
@@ -247,7 +241,7 @@ def main() -> None:
             fp32, calibration, test_x, test_y = make()
             (scratch / f"int8-{name}").mkdir()
             studies.append(study(name, fp32, calibration, test_x, test_y, args, scratch / f"int8-{name}"))
-    result = {"cpu_flags": cpu_flags(), "threads": args.threads, "onnxruntime": onnxruntime.__version__,
+    result = {"cpu_flags": recorded_flags(), "cpu_class": machine_class(), "threads": args.threads, "onnxruntime": onnxruntime.__version__,
               "openvino": openvino.__version__, "torch": torch.__version__,
               "resnet8x4_training": {"train_samples": args.train_samples, "epochs": args.epochs, "loss": "ce"},
               "studies": studies}

@@ -142,7 +142,7 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
                            val_images_u8: np.ndarray, val_labels: np.ndarray, settings: Int8Settings,
                            budget: float, fallback: bool = True, batch_size: int = 256,
                            reference_top1: float | None = None, stop_after_ptq: bool = False,
-                           pinned: dict[str, dict] | None = None) -> FallbackReport:
+                           pinned: dict[str, dict] | None = None, exact_graph: bool = False) -> FallbackReport:
     """Quantize; if val top-1 drops more than ``budget`` points below FP32, keep the most
     sensitive nodes in float, one more at a time, until it holds. Raises ``ExportError``
     with the measured drop when even that cannot meet the budget.
@@ -150,12 +150,13 @@ def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_imag
     ``reference_top1``: the FP32 top-1 the drop is measured from (default: ``float_path``'s;
     QAD passes the student's before fine-tuning). ``stop_after_ptq``: return after the plain
     quantization whatever its drop (the caller tries QAD first). ``pinned``: activation ranges
-    to keep (``quantize_int8``)."""
+    to keep (``quantize_int8``). ``exact_graph``: judge the INT8 model by its QDQ graph run as
+    written (exact integer arithmetic, what a VNNI CPU computes) instead of this CPU's fused kernels."""
     fp32_logits = run_batched(create_session(float_path), val_images_u8, batch_size=batch_size)
     fp32_top1 = _top1(fp32_logits, val_labels) if reference_top1 is None else reference_top1
 
     def evaluate(path: Path) -> tuple[float, np.ndarray]:
-        logits = run_batched(create_session(path), val_images_u8, batch_size=batch_size)
+        logits = run_batched(create_session(path, optimize=not exact_graph), val_images_u8, batch_size=batch_size)
         return _top1(logits, val_labels), logits
 
     with tempfile.TemporaryDirectory() as scratch:

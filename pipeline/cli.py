@@ -171,6 +171,8 @@ def plan(manifest_opt: str | None, overrides: tuple[str, ...], as_json: bool) ->
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if (line := manifest.export.auto_line()) is not None:
+        click.echo(line)
     for row in rows:
         click.echo(f"{row['stage']:<9} {row['id']}  {'cached' if row['cached'] else 'to run'}")
 

@@ -188,6 +188,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
             forced.add(step.kind)
     store.claim()
     log = RunLog(store, manifest.name, echo, quiet=quiet)
+    if (line := manifest.export.auto_line()) is not None:
+        log(line)
     if manifest.distributed.node_rank != 0:
         return _follow(store, steps, log, node=manifest.distributed.node_rank)
     run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -35,4 +35,5 @@ class Fp16Stage(Stage):
 
 register_backend(Backend("onnx-fp16", kind="export_fp16", file=FP16_FILE, load=onnx_loader("export_fp16", FP16_FILE),
                          budget_field="export.fp16_max_drop", shipped={"student_fp16.onnx": FP16_FILE},
-                         description="ONNX FP16 (float32 I/O), ONNX Runtime CPU"))
+                         # on a CPU ONNX Runtime emulates float16 (slower than FP32): auto takes it on a GPU only
+                         auto_device="cuda", description="ONNX FP16 (float32 I/O), ONNX Runtime CPU"))

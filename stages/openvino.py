@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Literal
 
 from cskd.config import Strict
-from exports.openvino import compile_ir, convert_to_ir, require_openvino, run_batched
-from pipeline.core.backends import Backend, backend, register_backend
+from exports.openvino import INSTALL_HINT, compile_ir, convert_to_ir, require_openvino, run_batched
+from pipeline.core.backends import Backend, backend, installed, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import package_version
 from pipeline.core.manifest import Manifest
@@ -54,6 +54,10 @@ class OpenVinoInt8Stage(_OpenVinoStage):
     kind, version, source, target = "openvino_int8", 1, "onnx-int8", "openvino-int8"
 
 
+def _missing() -> str | None:
+    return None if installed("openvino") else f"OpenVINO is not installed: {INSTALL_HINT}"
+
+
 def _loader(kind: str):
     def load(artifacts, *, batch_size: int, threads: int | None):
         compiled = compile_ir(artifacts[kind].file(IR_FILE), threads=threads)
@@ -67,5 +71,5 @@ for _stage, _budget in ((OpenVinoStage, "export.openvino.max_drop"), (OpenVinoIn
     _name = _SHIPPED[_stage.kind]
     register_backend(Backend(_stage.target, kind=_stage.kind, file=IR_FILE, load=_loader(_stage.kind),
                              budget_field=_budget, requires=(_stage.source,),
-                             shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE},
+                             shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE}, missing=_missing,
                              description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU"))

@@ -104,6 +104,35 @@ def _agreement(simulated: np.ndarray, exported: np.ndarray) -> dict:
             "top1_agreement": float((simulated.argmax(1) == exported.argmax(1)).mean() * 100.0)}
 
 
+def _simulation(student: torch.nn.Module, settings: Int8Settings) -> torch.nn.Module:
+    try:
+        return simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
+    except ValueError as exc:  # torch.fx cannot trace the network (vgg's layer loop, data-dependent flow)
+        raise SimulationMismatch(str(exc)) from None
+
+
+def _calibrated(sim: torch.nn.Module, *, calibration: np.ndarray, settings: Int8Settings, opset: int,
+                sample_shape: tuple[int, ...], folder: Path) -> Path:
+    """The simulation's float weights exported and quantized by ONNX Runtime with its own
+    calibration; the simulation takes that QDQ model's ranges. Returns the QDQ model."""
+    fp32 = export_onnx(float_model(sim).cpu(), sample=torch.zeros(2, *sample_shape), path=folder / "fp32.onnx",
+                       opset=opset)
+    return _quantized(sim, fp32, calibration=calibration, settings=settings, folder=folder)
+
+
+def simulation_agreement(student: torch.nn.Module, *, images: torch.Tensor, calibration: np.ndarray,
+                         settings: Int8Settings, opset: int) -> dict:
+    """Whether QAD could train ``student`` quantized with ``settings`` exactly as it ships: the
+    simulation against the QDQ model, before any training (``check_simulation``'s dict);
+    raises ``SimulationMismatch`` when it cannot be built or does not match. ``images``: uint8
+    ``[N, C, H, W]`` held-out images."""
+    sim = _simulation(student.eval(), settings)
+    with tempfile.TemporaryDirectory() as scratch:
+        qdq = _calibrated(sim, calibration=calibration, settings=settings, opset=opset,
+                          sample_shape=tuple(images.shape[1:]), folder=Path(scratch))
+        return check_simulation(sim, qdq, images)
+
+
 def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.ndarray, settings: Int8Settings,
             work_dir: Path, out_dir: Path, progress, log) -> QadResult:
     from cskd.loss_registry import build_objective
@@ -112,10 +141,7 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
     student = load_network(plan.student_model, source, inputs["distill"].file(WEIGHTS_FILE)).eval()
     teacher_file = inputs["teacher" if plan.section.teacher == "teacher" else "distill"].file(WEIGHTS_FILE)
     teacher = load_network(plan.teacher_model, source, teacher_file).eval()
-    try:
-        sim = simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
-    except ValueError as exc:  # torch.fx cannot trace the network (vgg's layer loop, data-dependent flow)
-        raise SimulationMismatch(str(exc)) from None
+    sim = _simulation(student, settings)
     train_split, _ = train_val(data)
     val, _ = held_out(data)
     sample = torch.zeros(2, *val.sample_shape)
@@ -124,8 +150,8 @@ def run_qad(plan: QadPlan, data: TrainData, *, inputs: dict, calibration: np.nda
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         # The student's ranges before QAD (a resumed run recomputes the same ones: same weights, same images).
-        before = export_onnx(float_model(sim).cpu(), sample=sample, path=folder / "fp32.onnx", opset=plan.opset)
-        qdq = _quantized(sim, before, calibration=calibration, settings=settings, folder=folder)
+        qdq = _calibrated(sim, calibration=calibration, settings=settings, opset=plan.opset,
+                          sample_shape=tuple(val.sample_shape), folder=folder)
         pinned = pinned_ranges(activation_params(qdq), add_outputs(qdq))
         images = val.head(PARITY_IMAGES)
         before_training = check_simulation(sim, qdq, images)

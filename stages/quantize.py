@@ -6,11 +6,14 @@ Registers ``onnx-int8``."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Literal
 
 import numpy as np
 import torch
 
 from cskd.config import Strict
+from exports.cpu import kernels_exact, machine_class, recorded_flags
 from exports.quantize import (
     Int8Settings,
     count_qdq,
@@ -23,7 +26,8 @@ from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.manifest import Int8Section, Manifest, TrainData
 from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
-from stages.qad import QadPlan
+from stages.models import WEIGHTS_FILE, load_network
+from stages.qad import PARITY_IMAGES, QadPlan
 
 INT8_FILE = "model_int8.onnx"
 # The INT8 budget is measured on at most this many val images (a streamed folder's val split
@@ -32,9 +36,12 @@ BUDGET_IMAGES = 10_000
 
 
 class QuantizeConfig(Strict):
-    int8: Int8Section
+    int8: Int8Section  # reduce_range resolved from export.cpu
+    cpu: Literal["vnni", "avx2", "any"]  # the CPU class the INT8 model is validated for (export.cpu resolved)
     data: TrainData  # calibration images from train, the fallback's accuracy on val
     qad: QadPlan | None = None  # None: int8.qad.when is never
+    student_model: str  # operators: auto checks the QAD simulation of this network
+    opset: int
 
 
 def _qad_plan(manifest: Manifest) -> QadPlan | None:
@@ -50,26 +57,60 @@ def _qad_plan(manifest: Manifest) -> QadPlan | None:
                    opset=manifest.export.opset)
 
 
+def cpu_check(cpu: str, *, reduce_range: bool) -> dict:
+    """How the INT8 budget is checked for a model deployed on ``cpu``-class CPUs, on this machine.
+
+    The integer kernels of a VNNI CPU, and of any CPU with 7-bit weights, compute the QDQ graph
+    exactly; an AVX2 CPU's saturate with 8-bit weights. Where the deployment CPU is exact and
+    this machine is not, the budget is checked on the graph run as written (what the deployment
+    CPU computes). The reverse (saturation on the deployment CPU, exact here) cannot be
+    reproduced: the card flags it."""
+    machine = machine_class()
+    target_exact, machine_exact = (kernels_exact(c, reduce_range=reduce_range) for c in (cpu, machine))
+    emulate = target_exact and not machine_exact
+    flag = None
+    if not target_exact and machine_exact:
+        flag = (f"the INT8 budget was checked on this machine's exact {machine} kernels; a {cpu} CPU without VNNI "
+                f"saturates 8-bit weights and may lose more: set int8.reduce_range: true")
+    elif cpu != machine and not emulate:
+        flag = f"the INT8 budget was checked on this machine's {machine} kernels, not on a {cpu} CPU's"
+    checked = ("the QDQ graph computed exactly, as the deployment CPU's kernels do" if emulate
+               else f"this machine's {machine} kernels")
+    return {"class": cpu, "machine": machine, "machine_flags": recorded_flags(), "reduce_range": reduce_range,
+            "checked_with": checked, "flag": flag, "exact_graph": emulate,
+            "note": f"validated for {cpu} CPUs; a CPU of another class may compute different INT8 results"}
+
+
 class QuantizeStage(Stage):
     kind = "quantize"
-    version = 4  # 3: QAD before the float fallback; 4: QAD keeps the ranges it trained with
+    # 3: QAD before the float fallback; 4: QAD keeps the ranges it trained with;
+    # 5: operators auto, reduce_range and the budget's kernels follow export.cpu
+    version = 5
     Config = QuantizeConfig
     requires = ("export",)
 
     @classmethod
     def configure(cls, manifest: Manifest) -> QuantizeConfig | None:
-        if "onnx-int8" not in manifest.export.targets:
+        export = manifest.export
+        if "onnx-int8" not in export.targets:
             return None
-        return QuantizeConfig(int8=manifest.export.int8, data=manifest.data.train_view(), qad=_qad_plan(manifest))
+        cpu = export.cpu_class
+        reduce_range = export.int8.reduce_range if export.int8.reduce_range is not None else cpu != "vnni"
+        return QuantizeConfig(int8=export.int8.model_copy(update={"reduce_range": reduce_range}), cpu=cpu,
+                              data=manifest.data.train_view(), qad=_qad_plan(manifest),
+                              student_model=manifest.student.model, opset=export.opset)
 
     def inputs(self, config: QuantizeConfig) -> tuple[str, ...]:
-        return ("export",) if config.qad is None else ("export", "distill", "teacher")
+        if config.qad is not None:
+            return ("export", "distill", "teacher")
+        return ("export", "distill") if config.int8.operators == "auto" else ("export",)
 
     def run(self, config: QuantizeConfig, ctx: StageContext) -> StageResult:
         section = config.int8
+        check = cpu_check(config.cpu, reduce_range=section.reduce_range)
         settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
                                 per_channel=section.per_channel, reduce_range=section.reduce_range,
-                                operators=section.operators or "weighted")
+                                operators="all" if section.operators == "auto" else section.operators)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         train, _ = train_val(config.data)
         val, split_name = held_out(config.data)
@@ -77,10 +118,19 @@ class QuantizeStage(Stage):
         budget = val.subset(torch.arange(min(len(val), BUDGET_IMAGES)))  # all of an in-memory val split
         args = {"calibration_images": calibration, "val_images_u8": budget.head(len(budget)).numpy(),
                 "val_labels": budget.labels.numpy(), "settings": settings, "budget": section.max_drop,
-                "fallback": section.fallback}
-        report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args, stop_after_ptq=config.qad is not None)
+                "fallback": section.fallback, "exact_graph": check["exact_graph"]}
+        try_qad = config.qad is not None
+        report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args,
+                                        stop_after_ptq=try_qad or section.operators == "auto")
+        choice = None
+        if section.operators == "auto":
+            choice = _choose_operators(config, ctx, report, images=val.head(PARITY_IMAGES), calibration=calibration,
+                                       settings=settings)
+            if choice["chosen"] == "weighted":
+                args["settings"] = settings = replace(settings, operators="weighted")
+                report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args, stop_after_ptq=try_qad)
         ptq_drop, qad, qad_skipped = report.drop, None, None
-        if config.qad is not None and (config.qad.section.when == "always" or report.drop > section.max_drop):
+        if try_qad and (config.qad.section.when == "always" or report.drop > section.max_drop):
             from stages.qad import SimulationMismatch, run_qad
 
             ctx.log(f"[qad] INT8 after calibration loses {report.drop:.2f} points of {split_name} top-1 (budget "
@@ -100,20 +150,22 @@ class QuantizeStage(Stage):
             report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args)
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
-        qdq = count_qdq(ctx.out_dir / INT8_FILE)
         runtime = runtime_agreement(ctx.out_dir / INT8_FILE, args["val_images_u8"])
         if runtime["top1_agreement"] < 100.0:
             ctx.log(f"[quantize] warning: ONNX Runtime's integer kernels on this CPU disagree with the QDQ graph on "
                     f"{100 - runtime['top1_agreement']:.2f}% of {split_name} images (uint8 x int8 saturation on a "
                     f"CPU without VNNI): the INT8 model's predictions depend on the CPU; "
                     f"export.int8.reduce_range: true makes them exact everywhere")
+        if check["flag"]:
+            ctx.log(f"[quantize] warning: {check['flag']}")
         metrics = {"format": "QDQ", "activation_type": section.activation_type, "weight_type": "int8",
                    "per_channel": section.per_channel, "calibration": section.calibration,
-                   "calibration_split": "train", "calibration_images": len(calibration), **qdq,
+                   "calibration_split": "train", "calibration_images": len(calibration),
+                   **count_qdq(ctx.out_dir / INT8_FILE),
                    "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1,
                    "val_int8_top1": report.int8_top1, "val_drop": report.drop,
                    "kept_float": report.kept_float, "ptq_drop": ptq_drop, "reduce_range": section.reduce_range,
-                   "operators": settings.operators,
+                   "operators": settings.operators, "operators_choice": choice, "cpu": check,
                    "runtime_vs_graph": runtime,
                    "qad_skipped": qad_skipped,
                    "qad": None if qad is None else {
@@ -122,8 +174,33 @@ class QuantizeStage(Stage):
                        "simulated_val_top1": qad.history[-1].get("val_top1"), "parity": qad.parity}}
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
         kept += f", after QAD (calibration alone lost {ptq_drop:.2f})" if qad is not None else ""
-        return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}){kept}",
+        return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}), "
+                                    f"operators {settings.operators}, {config.cpu} CPUs{kept}",
                            extra={"input": ctx.inputs["export"].record["input"]})
+
+
+def _choose_operators(config: QuantizeConfig, ctx: StageContext, report, *, images: torch.Tensor,
+                      calibration: np.ndarray, settings: Int8Settings) -> dict:
+    """``operators: auto``: ``all`` when its post-training INT8 model holds the budget and the QAD
+    simulation matches it (so a later QAD trains exactly what ships), else ``weighted``. The
+    choice and its reason go into the card."""
+    from stages.qad import SimulationMismatch, simulation_agreement
+
+    budget = config.int8.max_drop
+    if report.drop > budget:
+        return {"chosen": "weighted", "why": f"with every operator quantized INT8 lost {report.drop:.2f} points "
+                                             f"(budget {budget})", "all_drop": report.drop}
+    student = load_network(config.student_model, config.data.source, ctx.inputs["distill"].file(WEIGHTS_FILE))
+    try:
+        agreement = simulation_agreement(student, images=images, calibration=calibration, settings=settings,
+                                         opset=config.opset)
+    except SimulationMismatch as exc:
+        return {"chosen": "weighted", "why": f"operators all is not simulated exactly for this network: {exc}",
+                "all_drop": report.drop}
+    return {"chosen": "all", "why": f"every operator quantized loses {report.drop:.2f} points (budget {budget}) and "
+                                    f"the QAD simulation agrees with the QDQ model on "
+                                    f"{agreement['top1_agreement']:.1f}% of images",
+            "all_drop": report.drop, "simulation": agreement}
 
 
 register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),

@@ -20,6 +20,7 @@ from pipeline.core.store import Artifact
 from stages.models import WEIGHTS_FILE
 
 CARD_FILE = "model_card.json"
+README_FILE = "README.md"
 PREDICT_SCRIPT = Path(__file__).parent / "bundle" / "predict.py"
 
 
@@ -73,6 +74,7 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
         "exports": {kind: {"metrics": art.metrics, "headline": art.record.get("headline")}
                     for kind, art in artifacts.items() if kind not in ("teacher", "distill", "validate", "gate")},
         "gate": artifacts["gate"].metrics,
+        "int8": _int8_summary(artifacts),
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
         "recipe": {kind: art.record.get("config") for kind, art in artifacts.items()},
         "files": files,
@@ -80,9 +82,48 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
     }
 
 
+def _int8_summary(artifacts: dict[str, Artifact]) -> dict | None:
+    """The INT8 model's CPU class and operator choice, where the bundle has one: the figures hold
+    for that class of CPU only (``export.cpu``)."""
+    if "quantize" not in artifacts:
+        return None
+    metrics = artifacts["quantize"].metrics
+    cpu = metrics.get("cpu") or {}
+    return {"cpu_class": cpu.get("class"), "validated_on": cpu.get("machine"), "checked_with": cpu.get("checked_with"),
+            "flag": cpu.get("flag"), "note": cpu.get("note"), "operators": metrics.get("operators"),
+            "operators_why": (metrics.get("operators_choice") or {}).get("why"),
+            "reduce_range": metrics.get("reduce_range")}
+
+
+def bundle_readme(card: dict) -> str:
+    """The bundle's README.md: what the model is, its test metrics, its input, which file to use,
+    and for INT8 the CPU class it was validated for."""
+    m = card["metrics"]
+    models = m.get("models", {})
+    lines = [f"# {card['name']}: {card['student']['model']} distilled from {card['teacher']['model']}", "",
+             f"Test top-1 on {m.get('samples')} images of the {m.get('split')} split:", "",
+             "| model | top-1 |", "|---|---|"]
+    lines += [f"| {name} | {values['top1']:.2f} |" for name, values in models.items()]
+    spec = card["input"]
+    lines += ["", f"Input `{spec['name']}`: {spec['dtype']} {spec['layout']} {spec['shape']}, pixels in [0, 1] "
+                  f"(normalisation is inside the model). Output: logits over {len(card['class_names'])} classes "
+                  f"(`labels.txt`).", "",
+              "Classify image files: `python predict.py student.onnx image.png`.", ""]
+    int8 = card.get("int8")
+    if int8:
+        lines += [f"INT8 (`student_int8.onnx`, and `student_openvino_int8.*` where present): validated for "
+                  f"**{int8['cpu_class']}** CPUs, checked with {int8['checked_with']}; operators "
+                  f"{int8['operators']}, 7-bit weights {'on' if int8['reduce_range'] else 'off'}. A CPU of another "
+                  f"class may compute different INT8 results.", ""]
+        if int8.get("flag"):
+            lines += [f"Warning: {int8['flag']}.", ""]
+    lines += ["Files (sha256):", ""] + [f"- `{name}` {digest}" for name, digest in card["files"].items()]
+    return "\n".join(lines) + "\n"
+
+
 class ShipStage(Stage):
     kind = "ship"
-    version = 2
+    version = 3  # 3: README.md, the card's int8 entry
     Config = ShipConfig
 
     @classmethod
@@ -109,5 +150,7 @@ class ShipStage(Stage):
         (out / "labels.txt").write_text("".join(f"{name}\n" for name in io["class_names"]))
         shutil.copyfile(PREDICT_SCRIPT, out / "predict.py")
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
-        (out / CARD_FILE).write_text(json.dumps(model_card(config.name, ctx.inputs, files), indent=2) + "\n")
-        return StageResult({"files": sorted([*files, CARD_FILE])}, f"bundle of {len(files) + 1} files")
+        card = model_card(config.name, ctx.inputs, files)
+        (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        (out / README_FILE).write_text(bundle_readme(card))
+        return StageResult({"files": sorted([*files, CARD_FILE, README_FILE])}, f"bundle of {len(files) + 2} files")

@@ -8,8 +8,8 @@ from typing import Literal
 import numpy as np
 
 from cskd.config import Strict
-from exports.tensorrt import EngineSpec, build_engine, require_tensorrt
-from pipeline.core.backends import Backend, backend, register_backend
+from exports.tensorrt import INSTALL_HINT, EngineSpec, build_engine, require_tensorrt
+from pipeline.core.backends import Backend, backend, installed, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.files import sha256_file
@@ -54,6 +54,10 @@ class TensorRTStage(Stage):
         return StageResult({"source": config.source, **meta}, f"{config.source} engine for {meta['gpu']}")
 
 
+def _missing() -> str | None:
+    return None if installed("tensorrt") else f"TensorRT is not installed: {INSTALL_HINT}"
+
+
 def _load(artifacts, *, batch_size: int, threads: int | None):
     import torch
 
@@ -75,4 +79,5 @@ def _load(artifacts, *, batch_size: int, threads: int | None):
 
 register_backend(Backend("trt", kind="tensorrt", file=ENGINE_FILE, load=_load, budget_field="export.trt.max_drop",
                          shipped={"student.engine": ENGINE_FILE, "student.json": ENGINE_META_FILE}, device="cuda",
+                         auto_device="cuda", missing=_missing,
                          description="TensorRT engine (NVIDIA GPU)"))

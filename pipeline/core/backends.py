@@ -33,6 +33,11 @@ class Backend:
     requires: tuple[str, ...] = ()  # targets it is built from (must be in export.targets too)
     device: str = "cpu"  # "cuda": timed with CUDA events
     description: str = ""
+    # why this target cannot be built here (its runtime is not installed, with the install line),
+    # or None when it can: `targets` and `export.targets: auto` read it
+    missing: Callable[[], str | None] = lambda: None
+    # export.targets: auto takes the target only where this device is present ("cuda": a GPU)
+    auto_device: str = "cpu"
 
     def runner(self, artifacts: dict[str, Artifact], *, batch_size: int = 256, threads: int | None = None) -> Runner:
         return self.load(artifacts, batch_size=batch_size, threads=threads)
@@ -58,6 +63,37 @@ def backends() -> dict[str, Backend]:
 
 def backend(target: str) -> Backend:
     return backends()[target]
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported, without importing it (a start-up stays fast)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or the module is blocked (None)
+        return False
+
+
+def auto_targets() -> tuple[list[str], dict[str, str]]:
+    """``export.targets: auto``: every registered target whose runtime is installed and whose
+    device is present, in registration order, and why each other target was left out."""
+    import torch
+
+    gpu = torch.cuda.is_available()
+    left_out: dict[str, str] = {}
+    for name, entry in backends().items():
+        reason = entry.missing()
+        if reason is None and entry.auto_device == "cuda" and not gpu:
+            reason = "no CUDA GPU here"
+        if reason is not None:
+            left_out[name] = reason
+    chosen = [name for name in backends() if name not in left_out]
+    while absent := {t: r for t in chosen for r in backends()[t].requires if r not in chosen}:
+        for target, source in absent.items():  # built from a target that is left out
+            left_out[target] = f"built from {source}, which is left out"
+        chosen = [name for name in chosen if name not in absent]
+    return chosen, left_out
 
 
 FASTEST = "fastest"  # gate.latency.backend: judge the quickest artifact that passed its accuracy rules

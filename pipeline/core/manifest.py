@@ -18,6 +18,7 @@ from pydantic import (
     AfterValidator,
     BeforeValidator,
     Field,
+    PrivateAttr,
     SerializeAsAny,
     ValidationError,
     model_validator,
@@ -26,7 +27,7 @@ from pydantic import (
 from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
-from pipeline.core.backends import FASTEST, backends
+from pipeline.core.backends import FASTEST, auto_targets, backends
 from pipeline.core.contracts import Added, Located
 from pipeline.core.data_section import DataSection, DataSource, TestData, TrainData  # noqa: F401 - re-exported views
 
@@ -170,14 +171,17 @@ class Int8Section(Strict):
     activation_type: Literal["uint8", "int8"] = Field(
         "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
     per_channel: bool = True
-    reduce_range: bool = Field(
-        False, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
-                           "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
-                           "uint8 x int8 sums and the INT8 model's predictions depend on the CPU")
-    operators: Literal["weighted", "all"] | None = Added(
-        description="weighted (also null, the default): Conv, Gemm and MatMul, the operators between them stay "
-                    "float with a dequantize and quantize around each; all: every operator ONNX Runtime can "
-                    "quantize (residual Add, Relu, pooling), so the integer kernels run back to back")
+    reduce_range: bool | None = Field(
+        None, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
+                          "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
+                          "uint8 x int8 sums and the INT8 model's predictions depend on the CPU. null (the default): "
+                          "follows export.cpu, off for vnni, on for avx2 and any")
+    operators: Annotated[Literal["auto", "weighted", "all"], BeforeValidator(lambda v: "weighted" if v is None else v)] = Field(
+        "auto", description="weighted (also null): Conv, Gemm and MatMul, the operators between them stay float "
+                            "with a dequantize and quantize around each; all: every operator ONNX Runtime can "
+                            "quantize (residual Add, Relu, pooling), so the integer kernels run back to back; auto "
+                            "(the default): all where the QAD simulation matches the QDQ model and the budget "
+                            "holds, else weighted (the model card says which and why)")
     max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
     fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
     qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")
@@ -203,16 +207,52 @@ class OpenVinoSection(Strict):
     max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
 
 
+CpuClass = Literal["auto", "vnni", "avx2", "any"]
+
+
 class ExportSection(Strict):
     opset: int = Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based exporter writes 18 natively)")
-    targets: list[Target] = Field(default_factory=lambda: ["onnx"], min_length=1, max_length=16)
+    targets: list[Target] | Literal["auto"] = Field(
+        default_factory=lambda: ["onnx"],
+        description="export targets, or auto: every target whose runtime is installed and whose device is here")
+    cpu: CpuClass = Field(
+        "auto", description="the CPU class the INT8 model is deployed on: vnni (AVX-512 VNNI, AVX-VNNI or AMX), "
+                            "avx2, any (every x86 CPU), or auto (this machine's class). It sets int8.reduce_range "
+                            "and the kernels the INT8 budget is checked with")
     fp16_max_drop: Points = Field(0.5, description="top-1 points FP16 may lose against FP32")
     int8: Int8Section = Int8Section()
     trt: TrtSection = TrtSection()
     openvino: OpenVinoSection = OpenVinoSection()
 
+    # targets: auto resolves on validation; what it left out and why (`left_out_targets`)
+    _left_out: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @property
+    def left_out_targets(self) -> dict[str, str]:
+        """With ``targets: auto``: each registered target it left out, and why."""
+        return dict(self._left_out)
+
+    def auto_line(self) -> str | None:
+        """One line for the run's output: what ``targets: auto`` chose and left out, and why."""
+        if not self._left_out:
+            return None
+        why = "; ".join(f"{t}: {reason}" for t, reason in self._left_out.items())
+        return f"[targets ] auto: {', '.join(self.targets)}; left out {why}"
+
+    @property
+    def cpu_class(self) -> str:
+        """``cpu`` with auto resolved to this machine's class."""
+        from exports.cpu import machine_class
+
+        return machine_class() if self.cpu == "auto" else self.cpu
+
     @model_validator(mode="after")
     def _consistent(self) -> ExportSection:
+        if self.targets == "auto":
+            chosen, self._left_out = auto_targets()
+            object.__setattr__(self, "targets", chosen)  # frozen: resolved once, here
+        if not 1 <= len(self.targets) <= 16:
+            raise ValueError("targets: give 1 to 16 targets, or auto")
         if len(set(self.targets)) != len(self.targets):
             raise ValueError("targets must not repeat")
         if "onnx" not in self.targets:

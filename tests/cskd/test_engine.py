@@ -91,7 +91,9 @@ def test_diverged_weights_stop_with_the_tensor_named_while_the_loss_is_finite(di
     model = Preprocessed(create_model("resnet20", num_classes=10, in_channels=1), mean=ds.mean, std=ds.std)
     cfg = TrainConfig(epochs=15, batch_size=64, lr=10, momentum=0.99, schedule="cosine",
                       augment={"crop_padding": 1, "flip": False})
-    with pytest.raises(NumericalError, match=r"running_var became non-finite at epoch 3, step 17"):
+    # Where it overflows depends on the CPU's float kernels (epoch 3 on AVX2, epoch 6 on AVX-512):
+    # what is guaranteed is that the run stops naming the tensor, the epoch and the step.
+    with pytest.raises(NumericalError, match=r"running_var became non-finite at epoch \d+, step \d+"):
         train(CrossEntropy(model), tr, va, cfg, work_dir=tmp_path / "w", metrics_path=tmp_path / "m.jsonl",
               progress=False)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "w" / "metrics.jsonl").read_text().splitlines()]

@@ -189,8 +189,10 @@ def validate(manifest_opt: str | None, overrides: tuple[str, ...]) -> None:
     """
     path = resolve_manifest_path(manifest_opt)
     from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import check_inputs
 
     manifest = load_manifest(path, overrides)
+    check_inputs(manifest)
     click.echo(f"{path}: valid ({manifest.name}: {manifest.teacher.model} -> {manifest.student.model}, "
                f"loss {manifest.student.loss.kind}, data {manifest.data.name})")
 

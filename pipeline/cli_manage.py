@@ -113,7 +113,7 @@ def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> N
     if manifest_opt is not None:
         manifest = _load(manifest_opt)
         name, report_root = manifest.name, report_root or Path(manifest.report.dir)
-    rows = list_runs(report_root or Path("reports"), name)
+    rows = list_runs(report_root or Path("reports"), name, warn=lambda line: click.echo(line, err=True))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -155,13 +155,10 @@ def init(directory: Path) -> None:
     \b
     Example:  cskd-pipeline init my-project && cd my-project && cskd-pipeline run -m manifest.yaml
     """
-    from pipeline.core.errors import OutputError
+    from pipeline.core.files import write_new_file
 
     target = directory / "manifest.yaml"
-    if target.exists():
-        raise OutputError(f"{target} already exists; it is not overwritten (choose another folder)")
-    directory.mkdir(parents=True, exist_ok=True)
-    target.write_text((Path(__file__).parent / "starter.yaml").read_text())
+    write_new_file(target, (Path(__file__).parent / "starter.yaml").read_text(), what="manifest")
     click.echo(f"wrote {target}; next: cskd-pipeline run -m {target}")
 
 

@@ -111,31 +111,62 @@ def publish_version(folder: Path, bundle_id: str, fill: Callable[[Path], None], 
 
 
 # ---- reading the history --------------------------------------------------------------
-def list_runs(report_root: Path, name: str | None = None) -> list[dict]:
-    """Every recorded run (oldest first): id, name, its report.json path and headline figures."""
+def read_report(path: Path) -> dict:
+    """A run's report.json, checked for what the history reads; ``ManifestError`` (exit 2) naming
+    the file when it is unreadable or incomplete."""
+    try:
+        report = json.loads(path.read_text())
+        metrics = report["metrics"]
+        row = {"teacher_top1": float(metrics["teacher_top1"]), "student_top1": float(metrics["student_top1"]),
+               "passed": bool(report["gate"]["passed"]), "manifest": dict(report["manifest"])}
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ManifestError(f"{path}: not a readable report ({type(exc).__name__}: {exc})") from None
+    except (KeyError, TypeError) as exc:
+        raise ManifestError(f"{path}: an incomplete report (no {exc}); it was not written by a finished run") from None
+    return {**report, "_row": row}
+
+
+def _run_folders(report_root: Path, name: str | None) -> list[tuple[str, Path]]:
     names = [name] if name else sorted(p.name for p in report_root.iterdir() if p.is_dir()) if report_root.is_dir() else []
+    return [(n, run) for n in names for run in (sorted((report_root / n / RUNS).iterdir())
+                                                if (report_root / n / RUNS).is_dir() else [])
+            if (run / "report.json").is_file()]
+
+
+def list_runs(report_root: Path, name: str | None = None, *,
+              warn: Callable[[str], None] = lambda line: None) -> list[dict]:
+    """Every recorded run (oldest first): id, name, its report.json path and headline figures.
+    A run whose report is unreadable or incomplete is skipped, with one ``warn`` line naming it."""
     rows = []
-    for n in names:
-        runs = report_root / n / RUNS
-        for run in sorted(runs.iterdir()) if runs.is_dir() else []:
-            path = run / "report.json"
-            if not path.is_file():
-                continue
-            report = json.loads(path.read_text())
-            m = report["metrics"]
-            rows.append({"run": run.name, "name": n, "report": str(path), "teacher_top1": m["teacher_top1"],
-                         "student_top1": m["student_top1"], "gate": "PASS" if report["gate"]["passed"] else "FAIL",
-                         "duration_s": report.get("run", {}).get("duration_s")})
+    for n, run in _run_folders(report_root, name):
+        path = run / "report.json"
+        try:
+            report = read_report(path)
+        except ManifestError as exc:
+            warn(f"warning: skipped {exc}")
+            continue
+        row = report["_row"]
+        rows.append({"run": run.name, "name": n, "report": str(path), "teacher_top1": row["teacher_top1"],
+                     "student_top1": row["student_top1"], "gate": "PASS" if row["passed"] else "FAIL",
+                     "duration_s": (report.get("run") or {}).get("duration_s")})
     return sorted(rows, key=lambda r: r["run"])
 
 
 def find_run(report_root: Path, run_id: str) -> dict:
-    matches = [r for r in list_runs(report_root) if r["run"] == run_id or r["run"].startswith(run_id)]
+    """The report of the run ``run_id`` (or a unique prefix); ``ManifestError`` if there is no such
+    run, several match, or its report cannot be read."""
+    folders = _run_folders(report_root, None)
+    matches = [run for _, run in folders if run.name == run_id or run.name.startswith(run_id)]
     if len(matches) != 1:
-        known = ", ".join(r["run"] for r in list_runs(report_root)[-5:]) or "none yet"
+        known = ", ".join(sorted(run.name for _, run in folders)[-5:]) or "none yet"
         raise ManifestError(f"run {run_id!r}: {'no such run' if not matches else 'ambiguous'} under {report_root} "
                             f"(latest: {known}); see `cskd-pipeline runs`")
-    return json.loads(Path(matches[0]["report"]).read_text())
+    report = read_report(matches[0] / "report.json")
+    report.pop("_row")
+    if not isinstance(report.get("run"), dict):
+        report["run"] = {}
+    report["run"].setdefault("id", matches[0].name)
+    return report
 
 
 def flatten(node: object, prefix: str = "") -> dict[str, object]:

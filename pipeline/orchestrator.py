@@ -46,11 +46,25 @@ class PlannedStage:
         return self.stage.kind
 
 
+def check_inputs(manifest: Manifest) -> None:
+    """Every file and folder the manifest names as input exists: the data (with the fix that
+    applies to its source) and the weights files. ``ManifestError`` (exit 2) names the first
+    one missing; nothing has been written yet."""
+    manifest.data.check_paths()
+    files = {"teacher.checkpoint.path": manifest.teacher.checkpoint, "teacher.init.path": manifest.teacher.init,
+             "student.init.path": manifest.student.init}
+    for name, ref in files.items():
+        if ref is not None and not Path(ref.path).is_file():
+            raise ManifestError(f"{name}: {ref.path} not found; give the weights file (a path relative to the "
+                                f"working directory, or absolute)")
+
+
 def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
     """The stages the manifest asks for, in dependency order, with their ids.
 
     With ``until``, only that stage and the stages it depends on.
     """
+    check_inputs(manifest)
     forget_fingerprints()  # read the data folders as they are now, once for this plan
     chosen: dict[str, tuple[Stage, BaseModel]] = {}
     for kind, cls in registered_stages().items():

@@ -20,12 +20,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import EXIT_MISSING_BACKEND, ManifestError, PipelineError
+from pipeline.core.errors import ManifestError, MissingBackend, PipelineError
 from pipeline.core.manifest import Manifest
 
 # The loss names a study takes, each a loss with its default settings.
@@ -179,13 +180,25 @@ def _run_local(manifest_json: str, cells: list[Cell], jobs: int, on_done: Callab
     return rows
 
 
+def _check_launcher(launcher: str) -> None:
+    """A launcher whose back-end is missing is exit 3 with one line, before anything trains."""
+    if launcher == "local":
+        return
+    from pipeline.core.backends import installed
+
+    if not installed("submitit"):
+        raise MissingBackend(f"--launcher {launcher} needs submitit: pip install 'cskd-pipeline[cluster]'")
+    if launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
+        raise MissingBackend("--launcher slurm needs Slurm, and sbatch and srun are not on this machine's PATH; run "
+                             "the study on a Slurm login node, or use --launcher local")
+
+
 def _run_submitit(manifest_json: str, cells: list[Cell], *, cluster: str, folder: Path, jobs: int,
                   slurm: dict, on_done: Callable[[dict], None]) -> list[dict]:
     try:
         import submitit
     except ImportError:
-        raise PipelineError("--launcher slurm needs submitit: pip install 'cskd-pipeline[cluster]'",
-                            EXIT_MISSING_BACKEND) from None
+        raise MissingBackend("--launcher slurm needs submitit: pip install 'cskd-pipeline[cluster]'") from None
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     if cluster == "slurm":  # one GPU per cell; the scheduler spreads cells over its machines
         executor.update_parameters(gpus_per_node=1, tasks_per_node=1, slurm_array_parallelism=jobs,
@@ -199,7 +212,7 @@ def _run_submitit(manifest_json: str, cells: list[Cell], *, cluster: str, folder
             rows.append(job.result())
         except Exception as exc:  # submitit wraps the worker's exception with its log's path
             raise PipelineError(f"study cell {cell.name} failed in job {job.job_id}: "
-                                f"{str(exc).strip().splitlines()[-1]} (logs: {folder})", 4) from None
+                                f"{str(exc).strip().splitlines()[-1]} (logs: {folder})") from None
         on_done(rows[-1])
     return rows
 
@@ -223,6 +236,7 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     """Run (or reuse) every cell, then the statistics; returns the study document."""
     from pipeline.orchestrator import output_folders, run_pipeline
 
+    _check_launcher(request.launcher)
     labels = [s.label for s in request.losses]
     if request.reference not in labels:
         raise ManifestError(f"--reference {request.reference!r} is not among --losses ({', '.join(labels)})")

@@ -20,7 +20,8 @@ from pipeline.core.manifest import DataSource, TestData, TrainData
 def dataset(source: DataSource) -> DataSet:
     return load_dataset(source.name, root=source.root, download=source.download, image_size=source.image_size,
                         grayscale=source.grayscale, stream=source.storage == "stream", workers=source.workers,
-                        train_shards=source.train_shards, test_shards=source.test_shards)
+                        train_shards=source.train_shards, test_shards=source.test_shards,
+                        max_image_pixels=source.max_image_pixels)
 
 
 def _limited(split: Split, limit: int | None, subset: str | None, seed: int | None) -> Split:

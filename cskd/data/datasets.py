@@ -279,10 +279,12 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
 
 def load_dataset(name: str, *, root: str | Path | None = None, download: bool = False,
                  image_size: int | None = None, grayscale: bool = False, stream: bool = False,
-                 workers: int | None = 0, train_shards: str | None = None, test_shards: str | None = None) -> DataSet:
+                 workers: int | None = 0, train_shards: str | None = None, test_shards: str | None = None,
+                 max_image_pixels: int | None = None) -> DataSet:
     """Load one of ``DATASETS``. ``root`` is required for all but ``digits`` and ``webdataset``
     (``train_shards``, ``test_shards``); ``stream`` (image folders) reads images from disk batch by
-    batch in ``workers`` processes, as shards always are."""
+    batch in ``workers`` processes, as shards always are. ``max_image_pixels``: larger images are a
+    ``DataError`` before they are decoded (default: Pillow's limit)."""
     if name == "digits":
         return load_digits_dataset()
     if name == "webdataset":
@@ -290,7 +292,8 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
 
         if not train_shards or not test_shards:
             raise DataError("data set 'webdataset' needs data.train_shards and data.test_shards (brace patterns)")
-        return load_shards(train_shards, test_shards, image_size=image_size, grayscale=grayscale, workers=workers)
+        return load_shards(train_shards, test_shards, image_size=image_size, grayscale=grayscale, workers=workers,
+                           max_pixels=max_image_pixels)
     if root is None:
         raise DataError(f"data set {name!r} needs data.root (the folder that holds its files)")
     root = Path(root).expanduser()
@@ -301,5 +304,6 @@ def load_dataset(name: str, *, root: str | Path | None = None, download: bool = 
     if name == "imagefolder":
         from cskd.data.imagefolder import load_imagefolder
 
-        return load_imagefolder(root, image_size=image_size, grayscale=grayscale, stream=stream, workers=workers)
+        return load_imagefolder(root, image_size=image_size, grayscale=grayscale, stream=stream, workers=workers,
+                                max_pixels=max_image_pixels)
     raise DataError(f"unknown data set {name!r}; known: {', '.join(DATASETS)}")

@@ -1,7 +1,13 @@
 """What a data set's files are, as one sha256: part of the id of every stage that reads data.
 
-``stat`` hashes each file's relative path, size and modification time (cheap:
-one ``stat`` per file, fine for 100,000 images); ``content`` hashes the bytes.
+``stat`` (the default) hashes each file's relative path, size, modification time, inode
+change time and inode number: one ``stat`` per file. Any rewrite of a file's bytes changes its
+inode change time, and ``touch -r`` or ``os.utime`` cannot set it back, so an edit that keeps
+size and modification time is seen, and so is moving files between class folders. The price:
+a copy of the data to another disk or folder has new inodes and times, so every id that reads
+it changes and the stages rerun (as do chmod, chown and renames in place). ``content`` hashes
+the bytes: only a change of content (or of a path) reruns anything, a copy does not, and every
+plan reads every file.
 Image folders get one fingerprint per split, so changing a test image reruns
 validation only; the test split's fingerprint also covers the class list (the
 train folder's subfolders), which defines its labels. Fingerprints are cached per
@@ -19,13 +25,13 @@ from cskd.checkpoint import sha256_file
 
 
 def _entry(path: Path, name: str, mode: str) -> bytes:
-    """One file's line of a fingerprint: its name and its size and time, or its bytes' sha256."""
+    """One file's line of a fingerprint: its name and its stat fields, or its bytes' sha256."""
     if not path.is_file():
         return f"{name}\0missing\n".encode()
     if mode == "content":
         return f"{name}\0{sha256_file(path)}\n".encode()
     st = path.stat()
-    return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+    return f"{name}\0{st.st_size}\0{st.st_mtime_ns}\0{st.st_ctime_ns}\0{st.st_ino}\n".encode()
 
 
 @lru_cache(maxsize=64)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from cskd.data.datasets import DataSet, Split, _measured_stats, _missing
+from cskd.data.decode import decode_image
 from cskd.errors import DataError
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
@@ -37,26 +38,22 @@ def _list_folder(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
     return paths, labels
 
 
-def _read_folder(folder: Path, classes: list[str], size: int | None, mode: str) -> Split:
+def _read_folder(folder: Path, classes: list[str], size: int | None, channels: int, max_pixels: int | None) -> Split:
     from PIL import Image
 
     paths, labels = _list_folder(folder, classes)
     images = []
     for path in paths:
-        try:
-            with Image.open(path) as img:
-                img = img.convert(mode)
-                if size is not None and img.size != (size, size):
-                    img = img.resize((size, size), Image.BILINEAR)
-                arr = np.asarray(img, dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError) as exc:  # PIL: unidentified, truncated, broken
-            raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
+        arr = decode_image(str(path), channels=channels, max_pixels=max_pixels).numpy()  # [C, H, W]
+        if size is not None and arr.shape[1:] != (size, size):
+            resized = Image.fromarray(arr[0] if channels == 1 else arr.transpose(1, 2, 0)).resize(
+                (size, size), Image.BILINEAR)
+            arr = np.asarray(resized, dtype=np.uint8)
+            arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
         if images and arr.shape != images[0].shape:
-            raise DataError(f"{path}: size {arr.shape[:2]} differs from {images[0].shape[:2]}; set data.image_size")
+            raise DataError(f"{path}: size {arr.shape[1:]} differs from {images[0].shape[1:]}; set data.image_size")
         images.append(arr)
-    stack = np.stack(images)
-    stack = stack[:, None] if stack.ndim == 3 else stack.transpose(0, 3, 1, 2)
-    return Split(torch.from_numpy(np.ascontiguousarray(stack)), torch.tensor(labels, dtype=torch.int64))
+    return Split(torch.from_numpy(np.ascontiguousarray(np.stack(images))), torch.tensor(labels, dtype=torch.int64))
 
 
 def test_folder(root: Path) -> Path:
@@ -86,7 +83,7 @@ def _first_image_side(path: Path) -> int:
     try:
         with Image.open(path) as img:  # reads the header only
             return min(img.size)
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: not a readable image ({exc}); remove or replace it") from None
 
 
@@ -102,17 +99,17 @@ def decoded_train_bytes(root: str, image_size: int | None, grayscale: bool, max_
 
 
 def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bool = False,
-                     stream: bool = False, workers: int | None = 0) -> DataSet:
+                     stream: bool = False, workers: int | None = 0, max_pixels: int | None = None) -> DataSet:
     """``root/train/<class>/*`` and ``root/test/<class>/*`` (or ``val``); classes are the train folder's subfolders.
 
     ``stream``: keep paths only and decode batch by batch in ``workers`` processes; the
     normalisation statistics then come from a fixed sample of 2,000 training images.
     """
     classes = _classes(root)
-    mode = "L" if grayscale else "RGB"
+    channels = 1 if grayscale else 3
     if not stream:
-        train = _read_folder(root / "train", classes, image_size, mode)
-        test = _read_folder(test_folder(root), classes, image_size, mode)
+        train = _read_folder(root / "train", classes, image_size, channels, max_pixels)
+        test = _read_folder(test_folder(root), classes, image_size, channels, max_pixels)
         mean, std = _measured_stats(train.images)
         return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
     from cskd.data.streaming import FileSplit, measured_stats
@@ -123,6 +120,6 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bo
         if not splits:  # the test split is read at the training split's size
             side = image_size or _first_image_side(paths[0])
         splits.append(FileSplit(np.array([str(p) for p in paths]), torch.tensor(labels, dtype=torch.int64),
-                                size=side, channels=1 if grayscale else 3, workers=workers))
+                                size=side, channels=channels, workers=workers, max_pixels=max_pixels))
     mean, std = measured_stats(splits[0])
     return DataSet("imagefolder", splits[0], splits[1], len(classes), mean, std, tuple(classes))

@@ -49,12 +49,18 @@ def write_shards(root: Path, out: Path, *, shard_size: int, log: Callable[[str],
     """
     import webdataset as wds
 
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not empty; choose a new --out folder")
-    classes = _classes(root)
     partial = out.with_name(out.name + ".partial")
+    for path in (out, partial):  # dangling or not: shards are never written through a link
+        if path.is_symlink():
+            raise DataError(f"{path}: is a symbolic link; choose a new --out folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out}: already exists and is not an empty folder; choose a new --out folder")
     if partial.exists():
         raise DataError(f"{partial}: left by an interrupted run; remove it, then run again")
+    blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
+    if blocker is not None and (not blocker.is_dir() or blocker.is_symlink() and not blocker.exists()):
+        raise DataError(f"{blocker}: is not a folder; choose a --out folder whose parent is a folder")
+    classes = _classes(root)
     partial.mkdir(parents=True)
     summary: dict = {"classes": classes, "splits": {}}
     for split, folder in (("train", root / "train"), ("test", test_folder(root))):
@@ -73,6 +79,26 @@ def write_shards(root: Path, out: Path, *, shard_size: int, log: Callable[[str],
     return summary
 
 
+# A class index is a short decimal number; nothing larger is read (a header may claim any size).
+MAX_LABEL_BYTES = 32
+MAX_CLASSES = 2**31
+
+
+def _label(tar: tarfile.TarFile, member: tarfile.TarInfo, url: str) -> int:
+    where = f"{url}:{member.name}"
+    if member.size > MAX_LABEL_BYTES:
+        raise DataError(f"{where}: a .cls label of {member.size:,} bytes (at most {MAX_LABEL_BYTES}); rewrite the shard")
+    text = tar.extractfile(member).read(MAX_LABEL_BYTES).decode(errors="replace").strip()
+    try:
+        value = int(text)
+    except ValueError:
+        raise DataError(f"{where}: label {text[:20]!r} is not an integer; rewrite the shard") from None
+    if not 0 <= value < MAX_CLASSES:
+        raise DataError(f"{where}: label {text[:20]!r} is not a class index (0 to {MAX_CLASSES - 1}); "
+                        f"rewrite the shard")
+    return value
+
+
 @lru_cache(maxsize=4096)
 def _scan(url: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(image member names, data offsets, lengths, labels) of one shard; cached per file version."""
@@ -85,12 +111,7 @@ def _scan(url: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, n
                     continue
                 key, _, ext = member.name.partition(".")
                 if ext == "cls":
-                    text = tar.extractfile(member).read().decode(errors="replace").strip()
-                    try:
-                        labels[key] = int(text)
-                    except ValueError:
-                        raise DataError(f"{url}:{member.name}: label {text[:20]!r} is not an integer; "
-                                        f"rewrite the shard") from None
+                    labels[key] = _label(tar, member, url)
                 elif not key.startswith("__"):
                     images.setdefault(key, member)
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -104,7 +125,7 @@ def _scan(url: str, size: int, mtime_ns: int) -> tuple[np.ndarray, np.ndarray, n
 
 
 def _read_split(pattern: str, field: str, *, num_classes: int | None, size: int | None, channels: int,
-                workers: int | None) -> FileSplit:
+                workers: int | None, max_pixels: int | None) -> FileSplit:
     urls = expand(pattern)
     missing = next((u for u in urls if not os.path.isfile(u)), None)
     if missing is not None:
@@ -124,7 +145,7 @@ def _read_split(pattern: str, field: str, *, num_classes: int | None, size: int 
     members = Members(np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
                       np.concatenate([p[3] for p in parts]))
     split = FileSplit(np.concatenate([np.full(len(p[1]), p[0]) for p in parts]), torch.from_numpy(labels),
-                      size=size or 1, channels=channels, workers=workers, members=members)
+                      size=size or 1, channels=channels, workers=workers, members=members, max_pixels=max_pixels)
     if size is None:  # the first image's shorter side
         from dataclasses import replace
 
@@ -141,7 +162,7 @@ def _locate(parts: list, position: int) -> tuple[str, str]:
 
 
 def load_shards(train_shards: str, test_shards: str, *, image_size: int | None = None, grayscale: bool = False,
-                workers: int | None = 0) -> DataSet:
+                workers: int | None = 0, max_pixels: int | None = None) -> DataSet:
     """Training and test shards (brace patterns); classes from ``classes.json`` beside the training
     shards, or the labels' range where there is none."""
     channels = 1 if grayscale else 3
@@ -154,9 +175,9 @@ def load_shards(train_shards: str, test_shards: str, *, image_size: int | None =
             raise DataError(f"{first.parent / CLASSES_FILE}: not a class list ({exc}); rewrite it") from None
     num = len(classes) or None
     train = _read_split(train_shards, "train_shards", num_classes=num, size=image_size, channels=channels,
-                        workers=workers)
+                        workers=workers, max_pixels=max_pixels)
     num = num or int(train.labels.max()) + 1
     test = _read_split(test_shards, "test_shards", num_classes=num, size=train.size, channels=channels,
-                       workers=workers)
+                       workers=workers, max_pixels=max_pixels)
     mean, std = measured_stats(train)
     return DataSet("webdataset", train, test, num, mean, std, classes or tuple(str(i) for i in range(num)))

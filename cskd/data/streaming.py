@@ -1,7 +1,7 @@
 """Image folders read from disk batch by batch, for folders larger than memory.
 
 A ``FileSplit`` holds paths and labels only; images are decoded in DataLoader
-worker processes (torchvision.io for JPEG, PNG and WebP, PIL for the rest) and
+worker processes (``cskd.data.decode``, the one decoder of every data path) and
 leave them as uint8 batches, pinned when a GPU trains.
 
 What a worker makes of an image follows its resolution (``data.image_size``):
@@ -20,34 +20,28 @@ A file that cannot be decoded stops the run with a ``DataError`` naming it.
 from __future__ import annotations
 
 import gc
-import io
 import math
 import os
 import random
-import re
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms import v2
 
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
 from cskd.data.augment import strong_view
 from cskd.data.datasets import batch_stats
+from cskd.data.decode import decode_image
 from cskd.errors import DataError
 
 # From this size up, augmentation and evaluation are ImageNet style.
 IMAGENET_STYLE_FROM = 64
 # Evaluation resizes the shorter side to size / 0.875 before the centre crop (224 from 256).
 EVAL_CROP_FRACTION = 0.875
-# Suffixes torchvision decodes natively (libjpeg-turbo, libpng, libwebp); PIL reads the rest.
-_TORCHVISION_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
 
 def decoding_workers(configured: int | None) -> int:
@@ -57,27 +51,6 @@ def decoding_workers(configured: int | None) -> int:
         return configured
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def decode(path: str, channels: int, *, member: tuple[str, int, int] | None = None) -> torch.Tensor:
-    """uint8 ``[C, H, W]`` of a file, or of ``member`` (name, offset, length) inside the tar file
-    ``path``; what cannot be decoded is a ``DataError`` naming it."""
-    where, suffix = (f"{path}:{member[0]}", Path(member[0]).suffix.lower()) if member else (path, Path(path).suffix.lower())
-    try:
-        if member is None:
-            data = read_file(path) if suffix in _TORCHVISION_SUFFIXES else None
-        else:
-            with open(path, "rb") as f:
-                f.seek(member[1])
-                data = torch.frombuffer(bytearray(f.read(member[2])), dtype=torch.uint8)
-        if suffix in _TORCHVISION_SUFFIXES:
-            return decode_image(data, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
-        with Image.open(path if data is None else io.BytesIO(data.numpy().tobytes())) as img:
-            return v2.functional.pil_to_tensor(img.convert("L" if channels == 1 else "RGB"))
-    except (OSError, RuntimeError, SyntaxError, ValueError) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        reason = re.sub(r"^.*?\.cpp:\d+, ", "", reason)  # torchvision prefixes the C++ source line
-        raise DataError(f"{where}: not a readable image ({reason}); remove or replace it") from None
 
 
 def _sample_seed(seed: int, epoch: int, index: int) -> int:
@@ -104,6 +77,7 @@ class FileSplit:
     channels: int
     workers: int | None = 0  # None: decoding_workers()'s default
     members: Members | None = None
+    max_pixels: int | None = None  # data.max_image_pixels (None: Pillow's limit)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -116,11 +90,14 @@ class FileSplit:
 
     def read(self, index: int) -> torch.Tensor:
         """Sample ``index`` decoded (uint8 ``[C, H, W]``, the file's own size)."""
+        path = str(self.paths[index])
         if self.members is None:
-            return decode(str(self.paths[index]), self.channels)
+            return decode_image(path, channels=self.channels, max_pixels=self.max_pixels)
         m = self.members
-        return decode(str(self.paths[index]), self.channels,
-                      member=(str(m.names[index]), int(m.offsets[index]), int(m.lengths[index])))
+        with open(path, "rb") as f:
+            f.seek(int(m.offsets[index]))
+            data = f.read(int(m.lengths[index]))
+        return decode_image(data, channels=self.channels, where=f"{path}:{m.names[index]}", max_pixels=self.max_pixels)
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:

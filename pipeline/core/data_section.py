@@ -32,6 +32,7 @@ class DataSource(Strict):
     test_shards: str | None = Added()
     workers: int | None = Located(0, description="decoding processes (None: the cores, shared by the training "
                                                  "processes): how fast, not what")
+    max_image_pixels: int | None = Located(None, description="a limit that refuses files, never changes pixels")
 
 
 class TrainData(Strict):
@@ -83,6 +84,10 @@ class DataSection(Strict):
                                                                 "the training processes on it; 0 decodes in the "
                                                                 "training process)")
 
+    max_image_pixels: int | None = Field(
+        None, ge=1, description="images with more pixels are refused (exit 2, naming the file) before they are "
+                                "decoded: decompression bombs; default: Pillow's limit (89,478,485)")
+
     @model_validator(mode="after")
     def _root_needed(self) -> DataSection:
         if self.name == "webdataset":
@@ -93,6 +98,37 @@ class DataSection(Strict):
         if self.name != "digits" and self.root is None:
             raise ValueError(f"data set {self.name!r} needs 'root': the folder that holds its files")
         return self
+
+    def check_paths(self) -> None:
+        """Raise ``ManifestError`` naming the field, the missing path and the fix that applies to
+        this data source, before anything runs (and before a store is made)."""
+        from pathlib import Path
+
+        from pipeline.core.errors import ManifestError
+
+        if self.name == "webdataset":
+            from cskd.data.shards import expand
+
+            for field in ("train_shards", "test_shards"):
+                missing = next((u for u in expand(getattr(self, field)) if not Path(u).is_file()), None)
+                if missing is not None:
+                    raise ManifestError(f"data.{field}: {missing} not found; check the pattern "
+                                        f"{getattr(self, field)!r} (`cskd-pipeline shard` prints the right one)")
+            return
+        if self.name == "digits":
+            return
+        root = Path(self.root).expanduser()
+        if self.name == "imagefolder":
+            layout = "train/<class>/* and test/<class>/* (or val/<class>/*)"
+            if not root.is_dir():
+                raise ManifestError(f"data.root: {root} not found; give the image folder that holds {layout}")
+            if not (root / "train").is_dir():
+                raise ManifestError(f"data.root: {root / 'train'} not found; the image folder needs {layout}")
+            if not (root / "test").is_dir() and not (root / "val").is_dir():
+                raise ManifestError(f"data.root: {root / 'test'} (or val) not found; the image folder needs {layout}")
+        elif not root.is_dir() and not self.download:
+            raise ManifestError(f"data.root: {root} not found; put the {self.name} files there, or set "
+                                f"data.download: true where the network allows")
 
     def streams(self) -> bool:
         """Whether the image folder is read from disk batch by batch (resolves ``in_memory: auto``)."""
@@ -116,7 +152,7 @@ class DataSection(Strict):
         return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,
                           download=self.download, storage="stream" if stream else None,
                           train_shards=self.train_shards, test_shards=self.test_shards,
-                          workers=self.workers if stream else 0)
+                          workers=self.workers if stream else 0, max_image_pixels=self.max_image_pixels)
 
     def _fingerprints(self) -> tuple[str, str]:
         return split_fingerprints(self.name, self.root, self.fingerprint, train_shards=self.train_shards,

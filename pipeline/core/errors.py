@@ -24,6 +24,12 @@ class OutputError(PipelineError):
     exit_code = EXIT_BAD_INPUT
 
 
+class MissingBackend(PipelineError):
+    """An optional package, program or device the command needs is not here (exit 3)."""
+
+    exit_code = EXIT_MISSING_BACKEND
+
+
 class GateFailed(PipelineError):
     exit_code = EXIT_GATE_FAILED
 

@@ -20,7 +20,7 @@ from cskd.checkpoint import sha256_file
 from pipeline.core.errors import OutputError
 
 __all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
-           "read_marker", "OUTPUT_MARKER"]
+           "read_marker", "OUTPUT_MARKER", "check_new_path", "write_new_file"]
 
 OUTPUT_MARKER = ".cskd-output.json"
 
@@ -101,3 +101,34 @@ def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dic
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(old)
     return final
+
+
+def check_new_path(path: Path, *, what: str) -> None:
+    """Raise ``OutputError`` unless ``path`` can be made as a new file or folder without following a
+    link: no symbolic link (dangling or not) at it or at any folder above it that would be made,
+    and no file where a folder above it must be. Checked before anything is written."""
+    for link in (path, path.parent):  # the file, and the folder named to hold it
+        if link.is_symlink():
+            raise OutputError(f"{link}: is a symbolic link; the {what} is never written through a link "
+                              f"(choose another path)")
+    for parent in path.parents:
+        if parent.is_symlink() and not parent.exists():
+            raise OutputError(f"{parent}: is a dangling symbolic link; choose another path for the {what}")
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputError(f"{parent}: is a file, not a folder; choose another path for the {what}")
+            break
+
+
+def write_new_file(path: Path, text: str, *, what: str) -> None:
+    """Create ``path`` with ``text``; never overwrite, never follow a link (``O_EXCL | O_NOFOLLOW``)."""
+    check_new_path(path, what=what)
+    if path.exists():
+        raise OutputError(f"{path} already exists; it is not overwritten (choose another folder)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except FileExistsError:  # made, or linked, between the check and now
+        raise OutputError(f"{path} already exists; it is not overwritten (choose another folder)") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(text)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
+from PIL import ImageOps as ImageOpsT
 
 from pipeline.cli import main
 from tests.conftest import edited, write_manifest
@@ -90,8 +91,13 @@ def _shards(root, *, bad):
     png = io.BytesIO()
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, format="PNG")
     members = {"label 7": {"000000100.cls": b"7", "000000100.png": png.getvalue()},
+               "huge label": {"000000100.cls": b"99999999999999999999999", "000000100.png": png.getvalue()},
                "no label": {"000000100.png": png.getvalue()}}.get(bad)
-    if members is None:  # not a tar at all (a compressed one reads the same)
+    if bad == "label claims 10^11 bytes":  # a header whose size no reader may trust
+        info = tarfile.TarInfo("000000100.cls")
+        info.size = 10**11
+        target.write_bytes(info.tobuf(format=tarfile.GNU_FORMAT) + b"7".ljust(512, b"\0") + b"\0" * 1024)
+    elif members is None:  # not a tar at all (a compressed one reads the same)
         target.write_bytes(np.random.default_rng(0).integers(0, 255, 3000, dtype=np.uint8).tobytes())
     else:
         with tarfile.open(target, "w") as tar:
@@ -114,6 +120,9 @@ CASES = {
     "cifar label 10": (_cifar, "label 10 at index 5"),
     "shard label 7 of 2 classes": (lambda r: _shards(r, bad="label 7"), "label 7 is outside [0, 2)"),
     "shard image without a label": (lambda r: _shards(r, bad="no label"), "not both"),
+    "shard label of 23 digits": (lambda r: _shards(r, bad="huge label"), "000000100.cls: label '99999999999999999999' is not a class index"),
+    "shard label claiming 10^11 bytes": (lambda r: _shards(r, bad="label claims 10^11 bytes"),
+                                         "000000100.cls: a .cls label of 100,000,000,000 bytes"),
     "shard that is not a tar": (lambda r: _shards(r, bad="garbage"), "not a readable tar shard"),
 }
 
@@ -133,3 +142,133 @@ def test_corrupt_input_exits_2_with_one_line_naming_the_file(workdir, case):
     assert result.exit_code == 2, result.output
     assert result.output.count("\n") == 1 and says in result.output and str(culprit.relative_to(workdir)) in result.output, result.output
     assert not list((workdir / ".cskd").glob("artifacts/*/*"))  # nothing half-written
+
+
+# ---- one decoder for every path ---------------------------------------------------------
+def _exif_rotated_jpeg(path, rgb: np.ndarray) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    Image.fromarray(rgb).save(path, exif=exif, quality=95)
+
+
+def _every_mode(root) -> dict[str, str]:
+    """A folder with one 8x8 image per Pillow mode the pipeline accepts; returns file -> mode."""
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    files = {
+        "1.png": Image.fromarray(gray > 127).convert("1"),
+        "L.png": Image.fromarray(gray), "L.jpg": Image.fromarray(gray),
+        "LA.png": Image.fromarray(np.stack([gray, 255 - gray], -1), mode="LA"),
+        "P.png": Image.fromarray(rgb).convert("P"),
+        "RGB.png": Image.fromarray(rgb), "RGB.jpg": Image.fromarray(rgb), "RGB.bmp": Image.fromarray(rgb),
+        "RGB.webp": Image.fromarray(rgb),
+        "RGBA.png": Image.fromarray(np.concatenate([rgb, gray[..., None]], -1), mode="RGBA"),
+        "CMYK.jpg": Image.fromarray(rgb).convert("CMYK"),
+        "I;16.png": Image.fromarray(rng.integers(0, 65536, (8, 8)).astype(np.uint16)),
+        "I.tif": Image.fromarray(rng.integers(0, 65536, (8, 8)).astype(np.int32), mode="I"),
+        "F.tif": Image.fromarray(rng.random((8, 8)).astype(np.float32), mode="F"),
+    }
+    modes = {}
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+        for name, img in files.items():
+            img.save(root / split / "a" / name, **({"quality": 95} if name.endswith(".jpg") else {}))
+            modes[name] = img.mode
+        _exif_rotated_jpeg(root / split / "a" / "RGB-exif6.jpg", rgb)
+        Image.fromarray(gray).save(root / split / "b" / "0.png")
+    modes["RGB-exif6.jpg"] = "RGB"
+    return modes
+
+
+@pytest.mark.parametrize("grayscale", [False, True])
+def test_every_mode_decodes_identically_in_memory_streamed_from_shards_and_in_predict_py(tmp_path, grayscale):
+    import importlib.util
+
+    import torch
+
+    from cskd.data.imagefolder import _list_folder, load_imagefolder
+    from cskd.data.shards import load_shards, write_shards
+    from stages.ship import PREDICT_SCRIPT
+
+    modes = _every_mode(tmp_path / "folder")
+    assert set(modes.values()) >= {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16", "I", "F"}
+    in_memory = load_imagefolder(tmp_path / "folder", grayscale=grayscale).train.images
+    streamed = load_imagefolder(tmp_path / "folder", grayscale=grayscale, stream=True, workers=2).train
+    write_shards(tmp_path / "folder", tmp_path / "shards", shard_size=5, log=lambda line: None)
+    sharded = load_shards(str(tmp_path / "shards" / "train-{000000..000003}.tar"),
+                          str(tmp_path / "shards" / "test-000000.tar"), grayscale=grayscale, workers=2).train
+    assert torch.equal(in_memory, streamed.head(len(streamed)))  # through the DataLoader's worker processes
+    assert torch.equal(in_memory, sharded.head(len(sharded)))
+    spec = importlib.util.spec_from_file_location("predict", PREDICT_SCRIPT)
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)  # the bundle's copy of the rules, which imports nothing of ours
+    paths, _ = _list_folder(tmp_path / "folder" / "train", ["a", "b"])
+    channels = 1 if grayscale else 3
+    for path, image in zip(paths, in_memory, strict=True):
+        with Image.open(path) as img:
+            assert np.array_equal(predict.decode(img, channels), image.numpy()), path.name
+    # and what the rules say, for the modes whose meaning is ours to define
+    by_name = {p.name: image.numpy() for p, image in zip(paths, in_memory, strict=True)}
+    with Image.open(tmp_path / "folder/train/a/I;16.png") as img:
+        expected = np.clip(np.rint(np.asarray(img, dtype=np.float64) / 257), 0, 255)
+    assert np.array_equal(by_name["I;16.png"][0], expected)  # 16-bit scaled, not clipped at 255
+    with Image.open(tmp_path / "folder/train/a/F.tif") as img:
+        assert np.array_equal(by_name["F.tif"][0], np.clip(np.rint(np.asarray(img, np.float64) * 255), 0, 255))
+    with Image.open(tmp_path / "folder/train/a/RGB-exif6.jpg") as img:
+        upright = np.asarray(ImageOpsT.exif_transpose(img).convert("L" if grayscale else "RGB"))
+    assert np.array_equal(by_name["RGB-exif6.jpg"], upright[None] if grayscale else upright.transpose(2, 0, 1))
+    assert np.array_equal(by_name["RGBA.png"], by_name["RGB.png"])  # alpha dropped, not composited
+
+
+def _bomb_png(path, side: int = 30_000) -> None:
+    """An 8-bit gray PNG of side x side zeros (900 MB decoded), about 1 MB on
+    disk: written row by row, never held in memory."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    packer, row = zlib.compressobj(9), b"\0" * (side + 1)  # filter byte + pixels
+    data = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+
+def _peak_run(folder) -> tuple[int, str, int]:
+    """(exit code, stderr, peak RSS in KiB) of `cskd-pipeline run` and every process it starts,
+    measured by a parent of its own (RUSAGE_CHILDREN of this test's process holds earlier children)."""
+    import subprocess
+    import sys
+
+    probe = ("import resource, subprocess, sys; p = subprocess.run([sys.executable, '-m', 'pipeline.cli', 'run', "
+             "'-m', 'm.yaml', '-q'], capture_output=True, text=True); sys.stderr.write(p.stderr); "
+             "print(p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=folder)
+    code, peak_kib = map(int, result.stdout.split())
+    return code, result.stderr, peak_kib
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_decompression_bomb_is_refused_by_name_in_both_paths_with_little_memory(workdir, in_memory):
+    """A 1 MB PNG of 30000x30000 pixels (900 MB decoded; the red team's streamed run peaked at
+    3.7 GB). Importing torch alone takes about 850 MB of RSS on these machines, so the bound is
+    what the bomb adds: its run peaks within 64 MiB of the same run refusing a broken 8x8 file,
+    and below 1.5 GB in all."""
+    _folder(workdir / "data")
+    bomb = workdir / "data" / "train" / "b" / "5.png"
+    bomb.write_bytes(bomb.read_bytes()[:40])  # first: a small broken file, refused on the same path
+    data = {"name": "imagefolder", "root": "data", "grayscale": True, "image_size": 8, "in_memory": in_memory}
+    write_manifest(workdir, edited(data=data), "m.yaml")
+    code, _, baseline_kib = _peak_run(workdir)
+    assert code == 2
+    _bomb_png(bomb)
+    assert bomb.stat().st_size < 2_000_000
+    code, stderr, peak_kib = _peak_run(workdir)
+    assert code == 2, stderr
+    assert stderr.count("\n") == 1 and "data/train/b/5.png" in stderr and "max_image_pixels" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert peak_kib - baseline_kib < 64 * 1024, f"the bomb added {(peak_kib - baseline_kib) / 1024:.0f} MiB"
+    assert peak_kib < 1536 * 1024, f"peak RSS {peak_kib / 1024:.0f} MiB"

@@ -112,3 +112,35 @@ def test_fingerprint_of_50000_files_sees_one_changed_file(tmp_path):
     assert folder_fingerprint(str(root)) == before  # ...until the planner forgets
     forget()
     assert folder_fingerprint(str(root)) != before
+
+
+def _restore_times(path, st) -> None:
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_the_default_sees_a_rewrite_that_keeps_size_and_time(folder_run):
+    folder, manifest = folder_run
+    image = folder / "images" / "train" / "circle" / "0.png"
+    st = image.stat()
+    data = bytearray(image.read_bytes())
+    data[-20] ^= 0xFF  # same size, other bytes
+    image.write_bytes(bytes(data))
+    _restore_times(image, st)  # what `touch -r` does: size and modification time as before
+    assert image.stat().st_size == st.st_size and image.stat().st_mtime_ns == st.st_mtime_ns
+    assert _to_run(folder, manifest) == TRAIN_READERS
+
+
+def test_the_default_sees_an_equal_size_swap_between_classes_with_times_restored(folder_run):
+    folder, manifest = folder_run
+    a, b = folder / "images" / "test" / "circle" / "0.png", folder / "images" / "test" / "square" / "0.png"
+    b.write_bytes(a.read_bytes()[:-1] + bytes([a.read_bytes()[-1] ^ 1]))  # equal sizes, other contents
+    assert CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"]).exit_code == 0
+    assert _to_run(folder, manifest) == set()
+    sa, sb = a.stat(), b.stat()
+    assert sa.st_size == sb.st_size
+    os.rename(a, folder / "swap.png")  # a relabel: each file now sits in the other class
+    os.rename(b, a)
+    os.rename(folder / "swap.png", b)
+    _restore_times(a, sa)  # every path keeps its size and modification time
+    _restore_times(b, sb)
+    assert _to_run(folder, manifest) == TEST_READERS

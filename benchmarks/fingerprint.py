@@ -24,8 +24,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from exports.cpu import recorded_flags  # noqa: E402
 from int8_cpu import cifar_folder  # noqa: E402
+
+from exports.cpu import recorded_flags  # noqa: E402
 
 MODES = ("stat (before)", "stat", "content")
 

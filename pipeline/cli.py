@@ -222,17 +222,23 @@ class TargetType(click.ParamType):
 @click.option("--target", type=TargetType(), default="onnx", show_default=True,
               help="what to export: onnx, onnx-fp16, onnx-int8, trt, openvino, openvino-int8, or any other "
                    "registered back-end (`cskd-pipeline targets`)")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None,
+              help="the folder the exported file(s) are written into (default: exported/<manifest name>); "
+                   "files the export did not write there are never replaced")
 @set_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @handle_errors
-def export(manifest_opt: str | None, target: str, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Export the student (training teacher and student first if they are not cached); print its path.
+def export(manifest_opt: str | None, target: str, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    """Export the student (training teacher and student first if they are not cached) into a folder
+    of your choice, outside the store; print the path of each file written.
 
     \b
     Examples: cskd-pipeline export --target trt
+              cskd-pipeline export --target onnx-int8 --out deploy/
               cskd-pipeline export --target openvino-int8 -m resnet8x4
     """
     from pipeline.core.backends import backend
+    from pipeline.core.files import check_owned_files, copy_owned_files
     from pipeline.core.manifest import Manifest
     from pipeline.orchestrator import run_pipeline
 
@@ -250,8 +256,13 @@ def export(manifest_opt: str | None, target: str, overrides: tuple[str, ...], qu
     data["export"]["targets"] = wanted
     manifest = Manifest.model_validate(data)
     spec = backend(target)
+    folder = out if out is not None else Path("exported") / manifest.name
+    files = spec.shipped or {Path(spec.file).name: spec.file}
+    check_owned_files(folder, list(files))  # a bad --out is refused before any compute
     outcome = run_pipeline(manifest, until=spec.kind, progress=not quiet and sys.stderr.isatty())
-    click.echo(str(outcome.artifacts[spec.kind].file(spec.file)))
+    artifact = outcome.artifacts[spec.kind]
+    for path in copy_owned_files(folder, {name: artifact.file(inside) for name, inside in files.items()}):
+        click.echo(str(path))
 
 
 from pipeline import cli_data, cli_manage, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, study, shard

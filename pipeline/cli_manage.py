@@ -4,6 +4,7 @@ plus schema and targets. They register on ``pipeline.cli.main``."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -117,10 +118,11 @@ def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo("| run | name | teacher top-1 | student top-1 | gate | duration s |\n|---|---|---|---|---|---|")
+    click.echo("| run | name | teacher top-1 | student top-1 | gate | shipped | duration s |\n|---|---|---|---|---|---|---|")
     for r in rows:
+        shipped = f"{r['shipped']}{' (latest)' if r['became_latest'] else ''}" if r["shipped"] else "-"
         click.echo(f"| {r['run']} | {r['name']} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | {r['gate']} | "
-                   f"{r['duration_s'] if r['duration_s'] is not None else '-'} |")
+                   f"{shipped} | {r['duration_s'] if r['duration_s'] is not None else '-'} |")
 
 
 @main.command()
@@ -164,37 +166,116 @@ def init(directory: Path) -> None:
 
 @main.command()
 @manifest_option
-@click.option("--reports", "report_root", type=click.Path(path_type=Path), default=None,
-              help="report folder whose latest runs are kept (default: the manifest's report.dir)")
 @click.option("--yes", "really", is_flag=True, help="remove; without it, only list what would go")
+@click.option("--drop-failed", is_flag=True, help="also remove what only the latest, failed run of a manifest used")
 @handle_errors
-def gc(manifest_opt: str | None, report_root: Path | None, really: bool) -> None:
-    """Keep the artifacts the latest run of each manifest uses; remove the rest of the store
-    (other artifacts, their scratch, quarantined and superseded ones, stale locks).
+def gc(manifest_opt: str | None, really: bool, drop_failed: bool) -> None:
+    """Remove what no shipped version, latest passing run, latest run or live run of any manifest
+    in the store uses (from the store's own index of runs); report the space reclaimed.
 
     \b
     Examples: cskd-pipeline gc          (dry run: what would be removed)
               cskd-pipeline gc --yes
     """
     from pipeline.core.store import ArtifactStore
+    from pipeline.gc import collect, plan_gc
 
     manifest = _load(manifest_opt)
     store = ArtifactStore(manifest.store)
-    root = report_root or Path(manifest.report.dir)
-    keep = set()
-    for latest in sorted(root.glob("*/latest/report.json")):
-        keep |= {(kind, art_id) for kind, art_id in json.loads(latest.read_text())["artifacts"].items()}
-    doomed = [store.artifact_dir(k, i) for k, i in store.all_ids() if (k, i) not in keep]
-    for part in ("quarantine", "superseded", "work", "locks"):  # set aside, or scratch of what goes
-        for p in sorted((store.root / part).iterdir()) if (store.root / part).is_dir() else []:
-            if part in ("quarantine", "superseded") or not any(p.name.startswith(f"{k}-{i}") for k, i in keep):
-                doomed.append(p)
-    for path in doomed:
-        click.echo(f"{'removing' if really else 'would remove'} {path}")
-    if really:
-        import shutil
+    plan = plan_gc(store, drop_failed=drop_failed)
+    reclaimed = collect(store, plan, really=really, echo=click.echo)
+    reasons = Counter(why.split(" (")[0] for why in plan.keep.values())
+    kept = ", ".join(f"{n} for the {why}" for why, n in sorted(reasons.items()))
+    gone = len(plan.remove) - len(plan.busy)
+    click.echo(f"kept {len(plan.keep)} artifacts ({kept or 'none'}){f', {len(plan.busy)} in use' if plan.busy else ''}; "
+               f"{'removed' if really else 'would remove'} {gone} entries, {reclaimed / 2**20:.1f} MiB"
+               f"{'' if really else ': rerun with --yes'}")
 
-        for path in doomed:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-    click.echo(f"{len(keep)} artifacts kept (the latest run of {len(list(root.glob('*/latest')))} manifest(s)); "
-               f"{len(doomed)} {'removed' if really else 'to remove: rerun with --yes'}")
+
+
+def _ship_folder(name: str, ship_dir: Path) -> Path:
+    from pipeline.core.files import confined
+
+    return confined(ship_dir / name, field="--ship-dir")
+
+
+@main.command()
+@click.argument("name")
+@click.argument("version")
+@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
+              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@manifest_option
+@handle_errors
+def promote(name: str, version: str, ship_dir: Path, manifest_opt: str | None) -> None:
+    """Make a shipped version the champion: move NAME's latest to VERSION (v2 or 2), and record it.
+
+    \b
+    Example:  cskd-pipeline promote quickstart v2
+    """
+    from pipeline.history import promote as move
+
+    before, after, moved = move(_ship_folder(name, ship_dir), version)
+    click.echo(f"{name}: latest {before} -> {after}" if moved else f"{name}: {after} is latest already")
+    if moved:
+        _follow_alias(manifest_opt, name, after)
+
+
+@main.command()
+@click.argument("name")
+@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
+              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@manifest_option
+@handle_errors
+def rollback(name: str, ship_dir: Path, manifest_opt: str | None) -> None:
+    """Move NAME's latest back to the champion before the current one, and record it.
+
+    \b
+    Example:  cskd-pipeline rollback quickstart
+    """
+    from pipeline.history import rollback as back
+
+    before, after = back(_ship_folder(name, ship_dir))
+    click.echo(f"{name}: latest {before} -> {after}")
+    _follow_alias(manifest_opt, name, after)
+
+
+def _follow_alias(manifest_opt: str | None, name: str, version: str) -> None:
+    """With MLflow tracking (the manifest's, or MLFLOW_TRACKING_URI): the registered model's alias
+    ``champion`` follows latest."""
+    from pipeline.tracking import set_champion
+
+    manifest = _load(manifest_opt) if manifest_opt is not None else None
+    set_champion(manifest, name, version, echo=click.echo)
+
+
+@main.group()
+def bundle() -> None:
+    """Shipped bundles: check one against its model card."""
+
+
+@bundle.command("verify")
+@click.argument("directory", type=click.Path(path_type=Path))
+@handle_errors
+def bundle_verify(directory: Path) -> None:
+    """Check every file of a bundle against the sha256 in its model card (exit 4 on a mismatch).
+
+    \b
+    Example:  cskd-pipeline bundle verify shipped/quickstart/v1
+    """
+    from pipeline.core.errors import ManifestError, StoreError
+    from pipeline.core.files import sha256_file
+
+    card_path = directory / "model_card.json"
+    try:
+        files = json.loads(card_path.read_text())["files"]
+        assert isinstance(files, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise ManifestError(f"{card_path}: no readable model card with a 'files' list; is {directory} a bundle?") \
+            from None
+    for name, digest in sorted(files.items()):
+        path = directory / name
+        if path.is_symlink() or not path.is_file():
+            raise StoreError(f"{path}: missing from the bundle (the card lists it)")
+        if sha256_file(path) != digest:
+            raise StoreError(f"{path}: sha256 does not match the model card (edited, truncated or replaced)")
+    click.echo(f"{directory}: {len(files)} files match the model card")

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.core.errors import ManifestError
 from pipeline.core.files import OUTPUT_MARKER, check_replaceable, read_marker, replace_output_dir
 
-RUNS, LATEST = "runs", "latest"
+RUNS, LATEST, RELEASES = "runs", "latest", "releases.jsonl"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -89,25 +89,109 @@ def _versions(folder: Path) -> dict[int, Path]:
     return {int(m.group(1)): p for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
 
 
-def planned_version(folder: Path, bundle_id: str) -> Path:
-    """Where ``publish_version`` will put ``bundle_id``: its existing version, or the next one."""
+def planned_version(folder: Path, bundle_key: str) -> Path:
+    """Where ``publish_version`` will put the bundle whose model files hash to ``bundle_key``: the
+    version that already holds those models (whatever gate or champion let them ship), or the next."""
     versions = _versions(folder)
     for _, path in sorted(versions.items(), reverse=True):
-        if (read_marker(path) or {}).get("ship_artifact") == bundle_id:
+        marker = read_marker(path) or {}
+        if bundle_key in (marker.get("bundle_key"), marker.get("ship_artifact")):
             return path
     return folder / f"v{max(versions, default=0) + 1}"
 
 
-def publish_version(folder: Path, bundle_id: str, fill: Callable[[Path], None], *, marker: dict) -> Path:
-    """The bundle of ``bundle_id`` as ``v<N>``: the existing version if this lineage shipped
-    before, else a new one. A version folder is never rewritten."""
+def latest_version(folder: Path) -> str | None:
+    """The version ``latest`` points at (the champion), or None."""
+    link = folder / LATEST
+    return os.readlink(link).rstrip("/").split("/")[-1] if link.is_symlink() else None
+
+
+def _append_release(folder: Path, *, action: str, source: str | None, target: str, why: str,
+                    run: str | None = None, gate: dict | None = None) -> None:
+    """One line of ``releases.jsonl``, the audit trail of ``latest``: appended, never rewritten."""
+    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "from": source,
+            "to": target, "why": why, "run": run, "gate": gate}
+    with open(folder / RELEASES, "a") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _move_latest(folder: Path, target: str, **record) -> bool:
+    """Point ``latest`` at ``target`` and record the move; False when it was there already."""
+    before = latest_version(folder)
+    if before == target:
+        return False
+    point_latest(folder, target)
+    _append_release(folder, source=before, target=target, **record)
+    return True
+
+
+def publish_version(folder: Path, bundle_key: str, fill: Callable[[Path], None], *, marker: dict, run: str,
+                    gate: dict) -> tuple[Path, bool]:
+    """The bundle as ``v<N>``: the existing version when these models shipped before, else a new one
+    (a version folder is never rewritten). It becomes ``latest``, recorded in ``releases.jsonl``.
+    Returns the version folder and whether ``latest`` moved."""
     owned_folder(folder, field="ship.dir", what="shipped bundles")
     with _lock(folder):
-        target = planned_version(folder, bundle_id)
+        target = planned_version(folder, bundle_key)
         if not target.exists():
-            replace_output_dir(target, fill, marker={**marker, "ship_artifact": bundle_id}, field="ship.dir")
-        point_latest(folder, target.name)
-    return target
+            replace_output_dir(target, fill, marker={**marker, "bundle_key": bundle_key}, field="ship.dir")
+        moved = _move_latest(folder, target.name, action="ship", run=run, gate=gate,
+                             why="the gate passed (every rule, the champion rule included)")
+    return target, moved
+
+
+def release_history(folder: Path) -> list[dict]:
+    """Every move of ``latest``, oldest first; ``ManifestError`` naming the file if a line is unreadable."""
+    path = folder / RELEASES
+    if not path.is_file():
+        return []
+    moves = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            moves.append(json.loads(line))
+        except ValueError:
+            raise ManifestError(f"{path}:{number}: not a JSON line; the audit trail is damaged") from None
+    return moves
+
+
+def _version_folder(folder: Path, version: str) -> str:
+    name = version if version.startswith("v") else f"v{version}"
+    path = folder / name
+    if not _VERSION.match(name) or not path.is_dir() or path.is_symlink() or read_marker(path) is None:
+        known = ", ".join(sorted(p.name for p in _versions(folder).values())) or "none"
+        raise ManifestError(f"{path}: no such shipped version (versions: {known})")
+    return name
+
+
+def promote(folder: Path, version: str, *, why: str = "promoted by hand") -> tuple[str | None, str, bool]:
+    """Make ``version`` the champion. Returns (previous latest, new latest, whether it moved)."""
+    check_owned(folder, field="ship.dir")
+    with _lock(folder):
+        target = _version_folder(folder, version)
+        before = latest_version(folder)
+        return before, target, _move_latest(folder, target, action="promote", why=why)
+
+
+def rollback(folder: Path, *, why: str = "rolled back by hand") -> tuple[str, str]:
+    """``latest`` back to the version that was the champion before the current one became it (each
+    ship or promote stacks a version, each rollback takes one off). Returns (from, to)."""
+    check_owned(folder, field="ship.dir")
+    with _lock(folder):
+        stack: list[str] = []
+        for move in release_history(folder):
+            if move["action"] == "rollback":
+                stack.pop() if stack else None
+            elif not stack or stack[-1] != move["to"]:
+                stack.append(move["to"])
+        current = latest_version(folder)
+        if len(stack) < 2 or current is None:
+            raise ManifestError(f"{folder}: nothing to roll back to ({RELEASES} records "
+                                f"{len(stack)} champion(s)); `cskd-pipeline promote` names a version")
+        target = _version_folder(folder, stack[-2])
+        _move_latest(folder, target, action="rollback", why=why)
+        return current, target
 
 
 # ---- reading the history --------------------------------------------------------------
@@ -146,8 +230,10 @@ def list_runs(report_root: Path, name: str | None = None, *,
             warn(f"warning: skipped {exc}")
             continue
         row = report["_row"]
+        release = (report.get("run") or {}).get("release") or {}
         rows.append({"run": run.name, "name": n, "report": str(path), "teacher_top1": row["teacher_top1"],
                      "student_top1": row["student_top1"], "gate": "PASS" if row["passed"] else "FAIL",
+                     "shipped": release.get("version"), "became_latest": bool(release.get("latest")),
                      "duration_s": (report.get("run") or {}).get("duration_s")})
     return sorted(rows, key=lambda r: r["run"])
 

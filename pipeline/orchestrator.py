@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,7 +31,13 @@ from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import confined
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact, ArtifactStore, artifact_id
-from pipeline.history import check_owned, new_run_id, planned_version, publish_version
+from pipeline.history import (
+    check_owned,
+    latest_version,
+    new_run_id,
+    planned_version,
+    publish_version,
+)
 from pipeline.tracking import track
 
 
@@ -212,12 +219,26 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         if not store.exists(step.kind, step.id):
             step.stage.preflight(step.config)
     store.clean_tmp()
+    # The store's own index of runs: gc keeps what the runs in it use, whatever report folder they wrote to.
+    store.record_run({"run": run["id"], "manifest": manifest.name, "started": time.time(), "until": until,
+                      "pid": os.getpid(), "host": socket.gethostname(),
+                      # as the manifest says, relative to the working folder: a store copied or moved with
+                      # its working folder keeps finding them
+                      "ids": {s.kind: s.id for s in steps}, "report_dir": f"{manifest.report.dir}/{manifest.name}",
+                      "ship_dir": f"{manifest.ship.dir}/{manifest.name}"})
     outcome = RunOutcome()
-    with _display(progress) as display:
-        _run_steps(store, steps, outcome, forced, display, log, verbose=verbose)
-    if until is not None:
-        return outcome
-    _finish(manifest, store, outcome, folders, run, clock, log)
+    status = "error"
+    try:
+        with _display(progress) as display:
+            _run_steps(store, steps, outcome, forced, display, log, verbose=verbose)
+        if until is None:
+            _finish(manifest, store, outcome, folders, run, clock, log)
+        status = "partial" if until is not None else "passed"
+    except GateFailed:
+        status = "failed"
+        raise
+    finally:
+        store.record_run({"run": run["id"], "status": status})
     return outcome
 
 
@@ -306,28 +327,42 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
 
     run.update(duration_s=round(time.perf_counter() - clock, 1), stages_ran=[r.kind for r in outcome.reports
                                                                                if r.status == "ran"])
-    bundle = planned_version(folders["ship.dir"], outcome.artifacts["ship"].id) if "ship" in outcome.artifacts else None
+    gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
+    passed = gate.metrics.get("passed") is True
+    ship = outcome.artifacts.get("ship")
+    bundle = planned_version(folders["ship.dir"], ship.metrics["bundle_key"]) if passed and ship else None
+    # A run that ships always becomes latest: the champion rule already held (or promote: always).
+    run["release"] = {"version": bundle.name if bundle else None, "latest": bundle is not None,
+                      "champion_before": latest_version(folders["ship.dir"])}
     outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=echo.path,
                                       bundle=bundle)
-    gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
-    if gate.metrics.get("passed") is not True:
+    if not passed:
         track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
-    outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"])
+    outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"], run=run)
     track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
 
 
-def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path) -> Path:
+def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path, *, run: dict) -> Path:
     """The verified bundle and the run's report as a version under ``<ship.dir>/<name>/``: the
-    existing version when this lineage shipped before, else a new one (never overwritten)."""
+    existing version when these models shipped before, else a new one (never overwritten). The
+    bundle's report.html links its files by their names, so the folder works wherever it is copied."""
+    from pipeline.report import render_html
+
     bundle = store.get("ship", outcome.artifacts["ship"].id)
+    gate = store.get("gate", outcome.artifacts["gate"].id)
 
     def fill(tmp: Path) -> None:
         for name in bundle.metrics["files"]:
             shutil.copyfile(bundle.file(name), tmp / name)
-        for name in ("report.json", "report.html"):
-            shutil.copyfile(outcome.report_dir / name, tmp / name)
+        report = json.loads((outcome.report_dir / "report.json").read_text())
+        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (tmp / "report.html").write_text(render_html(report, {name: name for name in bundle.metrics["files"]}))
 
-    marker = {"manifest": manifest.name, "what": "shipped bundle"}
-    return publish_version(folder, bundle.id, fill, marker=marker)
+    marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}
+    verdict = {"passed": True, "gate_artifact": gate.id,
+               "rules": [r["rule"] for r in gate.metrics.get("rules", [])]}
+    target, _ = publish_version(folder, bundle.metrics["bundle_key"], fill, marker=marker, run=run["id"],
+                                gate=verdict)
+    return target

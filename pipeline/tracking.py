@@ -9,7 +9,10 @@ made is on disk regardless. Nothing here is part of any artifact id.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,64 +22,124 @@ from pipeline.core.store import Artifact
 from pipeline.history import flatten
 from pipeline.report import training_curves
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow opens it as model training
+CHAMPION_ALIAS = "champion"
+BUNDLE_VERSION_TAG = "cskd.bundle_version"
 
-def tracking_uri(manifest: Manifest) -> str | None:
-    section = manifest.tracking.mlflow
+
+def tracking_uri(manifest: Manifest | None) -> str | None:
+    section = manifest.tracking.mlflow if manifest is not None else None
     return (section.uri if section is not None and section.uri else None) or os.environ.get("MLFLOW_TRACKING_URI")
+
+
+def _mlflow(uri: str, echo: Callable[[str], None]):
+    """mlflow, set up to fail fast and quietly, or None with one warning line: not installed, or a
+    SQLite file that cannot be written (MLflow would retry for minutes)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one try
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        folder = path.parent if str(path.parent) else Path(".")
+        if not (os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)):
+            echo(f"warning: MLflow tracking at {uri} failed (cannot write {path}); the run's report and bundle are "
+                 f"on disk")
+            return None
+    try:
+        import mlflow
+    except ImportError:
+        echo("warning: MLflow tracking is configured but mlflow is not installed; pip install 'cskd-pipeline[mlflow]'")
+        return None
+    for name in ("mlflow", "alembic", "urllib3"):  # their INFO lines are not the pipeline's output
+        logging.getLogger(name).setLevel(logging.ERROR)
+    mlflow.set_tracking_uri(uri)
+    return mlflow
+
+
+def _warn(echo: Callable[[str], None], uri: str, exc: Exception) -> None:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    echo(f"warning: MLflow tracking at {uri} failed ({first[:200]}); the run's report and bundle are on disk")
 
 
 def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, report_dir: Path | None,
           bundle_dir: Path | None, echo: Callable[[str], None]) -> str | None:
     """Log the run to MLflow; returns the MLflow run id, or None (not configured, or failed)."""
     uri = tracking_uri(manifest)
-    if uri is None:
-        return None
-    # Fail fast on an unreachable server instead of MLflow's minutes of retries.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    try:
-        import mlflow
-    except ImportError:
-        echo("warning: MLflow tracking is configured but mlflow is not installed; pip install 'cskd-pipeline[mlflow]'")
+    mlflow = _mlflow(uri, echo) if uri is not None else None
+    if mlflow is None:
         return None
     section = manifest.tracking.mlflow
+    passed = bool(artifacts["gate"].metrics.get("passed"))
+    release = run.get("release") or {}
+    tags = {"cskd.manifest": manifest.name, "cskd.run": run["id"], "cskd.gate": "PASS" if passed else "FAIL",
+            "cskd.version_shipped": release.get("version") or "none", "cskd.became_latest": str(release.get("latest"))}
     try:
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment((section.experiment if section is not None else None) or manifest.name)
-        with mlflow.start_run(run_name=run["id"]) as active:
-            params = flatten(manifest.model_dump(mode="json", by_alias=True))
-            mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
-            mlflow.set_tags({"cskd.run": run["id"], **{f"cskd.artifact.{k}": a.id for k, a in artifacts.items()}})
-            for role in ("teacher", "distill"):
-                for row in training_curves(artifacts.get(role)):
-                    mlflow.log_metrics({f"{role}.{k}": float(v) for k, v in row.items() if k != "epoch" and v is not None},
-                                       step=int(row["epoch"]))
-            _final_metrics(mlflow, artifacts)
-            if report_dir is not None:
-                mlflow.log_artifacts(str(report_dir), artifact_path="report")
-            if bundle_dir is not None:
-                mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-                _register(mlflow, manifest.name, bundle_dir)
-            return active.info.run_id
+        with _quiet_output():
+            mlflow.set_experiment((section.experiment if section is not None else None) or manifest.name)
+            mlflow.set_experiment_tag(*EXPERIMENT_KIND)
+            with mlflow.start_run(run_name=run["id"], tags=tags, description=_describe(manifest, artifacts, release)) \
+                    as active:
+                params = flatten(manifest.model_dump(mode="json", by_alias=True))
+                mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
+                mlflow.set_tags({f"cskd.artifact.{k}": a.id for k, a in artifacts.items()})
+                for role in ("teacher", "distill"):
+                    for row in training_curves(artifacts.get(role)):
+                        mlflow.log_metrics({f"{role}/{k}": float(v) for k, v in row.items()
+                                            if k != "epoch" and v is not None}, step=int(row["epoch"]))
+                _final_metrics(mlflow, artifacts)
+                _log_test_data(mlflow, manifest, artifacts)
+                if report_dir is not None:
+                    mlflow.log_artifacts(str(report_dir), artifact_path="report")
+                if bundle_dir is not None:
+                    mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
+                    _register(mlflow, manifest.name, bundle_dir, tags=tags, latest=bool(release.get("latest")))
+                return active.info.run_id
     except Exception as exc:  # noqa: BLE001 - tracking is best effort by design: the run's outputs are on disk
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        echo(f"warning: MLflow tracking at {uri} failed ({first[:200]}); the run's report and bundle are on disk")
+        _warn(echo, uri, exc)
         return None
+
+
+@contextlib.contextmanager
+def _quiet_output():
+    """MLflow prints to stdout and stderr itself (run links, migration notes): not into ours."""
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        yield
+
+
+def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict) -> str:
+    m = artifacts["validate"].metrics
+    verdict = "passed" if artifacts["gate"].metrics.get("passed") else "failed"
+    shipped = f"shipped as {release['version']} (now latest)" if release.get("version") else "nothing shipped"
+    return (f"{manifest.teacher.model} -> {manifest.student.model} with {manifest.student.loss.kind} on "
+            f"{manifest.data.name}: test top-1 teacher {m['teacher_top1']:.2f}, student {m['student_top1']:.2f}, "
+            f"ONNX {m['onnx_top1']:.2f}. Gate {verdict}; {shipped}.")
 
 
 def _final_metrics(mlflow, artifacts: dict[str, Artifact]) -> None:
     validate = artifacts["validate"].metrics
-    final = {"test.teacher_top1": validate["teacher_top1"], "test.student_top1": validate["student_top1"],
-             "gate.passed": float(bool(artifacts["gate"].metrics.get("passed")))}
-    final.update({f"test.{target}.top1": values["top1"] for target, values in validate["exports"].items()})
+    final = {"test/teacher_top1": validate["teacher_top1"], "test/student_top1": validate["student_top1"],
+             "gate/passed": float(bool(artifacts["gate"].metrics.get("passed")))}
+    final.update({f"test/{target}_top1": values["top1"] for target, values in validate["exports"].items()})
     if "latency" in artifacts:
         for cell in artifacts["latency"].metrics["results"]:
-            final[f"latency.{cell['backend']}.b{cell['batch']}.p50_ms"] = cell["p50_ms"]
+            final[f"latency/{cell['backend']}_b{cell['batch']}_p50_ms"] = cell["p50_ms"]
     mlflow.log_metrics(final)
 
 
-def _register(mlflow, name: str, bundle_dir: Path) -> None:
-    """The shipped ONNX student in the Model Registry (ONNX flavour, with its signature)."""
+def _log_test_data(mlflow, manifest: Manifest, artifacts: dict[str, Artifact]) -> None:
+    """The test split as an MLflow dataset whose digest is the pipeline's data fingerprint."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.meta_dataset import MetaDataset
+
+    data = artifacts["validate"].record.get("config", {}).get("data", {})
+    source = CodeDatasetSource({"data": manifest.data.name, "root": str(manifest.data.root),
+                                "max_test_samples": str(manifest.data.max_test_samples)})
+    dataset = MetaDataset(source, name=f"{manifest.data.name}/test", digest=str(data.get("fingerprint", ""))[:36])
+    mlflow.log_input(dataset, context="test")
+
+
+def _register(mlflow, name: str, bundle_dir: Path, *, tags: dict, latest: bool) -> None:
+    """The shipped ONNX student in the Model Registry (ONNX flavour, with its signature), described
+    and tagged with its bundle version; the alias ``champion`` follows ``latest``."""
     import numpy as np
     import onnx
     from mlflow.models import ModelSignature
@@ -87,4 +150,37 @@ def _register(mlflow, name: str, bundle_dir: Path) -> None:
     classes = len(json.loads({p.key: p.value for p in model.metadata_props}["cskd.class_names"]))
     signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *spec["shape"][1:]), spec["name"])]),
                                outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]))
-    mlflow.onnx.log_model(model, name="model", signature=signature, registered_model_name=name)
+    info = mlflow.onnx.log_model(model, name="model", signature=signature, registered_model_name=name)
+    client = mlflow.MlflowClient()
+    version = str(info.registered_model_version)
+    client.update_registered_model(name, description=f"Students distilled by cskd-pipeline from manifest {name!r}; "
+                                                     f"the alias '{CHAMPION_ALIAS}' is the shipped latest.")
+    client.set_registered_model_tag(name, "cskd.manifest", name)
+    client.update_model_version(name, version, description=f"bundle {bundle_dir.name} of {name} ({bundle_dir})")
+    for key, value in {**tags, BUNDLE_VERSION_TAG: bundle_dir.name, "cskd.promoted": str(latest)}.items():
+        client.set_model_version_tag(name, version, key, value)
+    if latest:
+        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+
+
+def set_champion(manifest: Manifest | None, name: str, bundle_version: str, *, echo: Callable[[str], None]) -> None:
+    """After ``promote`` or ``rollback``: the alias ``champion`` moves to the registered model version of
+    ``bundle_version`` (the version tagged with it). Nothing to do without tracking."""
+    uri = tracking_uri(manifest)
+    mlflow = _mlflow(uri, echo) if uri is not None else None
+    if mlflow is None:
+        return
+    try:
+        with _quiet_output():
+            client = mlflow.MlflowClient()
+            found = [v for v in client.search_model_versions(f"name = '{name}'")
+                     if v.tags.get(BUNDLE_VERSION_TAG) == bundle_version]
+            if not found:
+                echo(f"warning: no registered version of {name} is tagged {BUNDLE_VERSION_TAG}={bundle_version} at "
+                     f"{uri}; the alias '{CHAMPION_ALIAS}' was not moved")
+                return
+            version = max(found, key=lambda v: int(v.version)).version
+            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+            client.set_model_version_tag(name, version, "cskd.promoted", "True")
+    except Exception as exc:  # noqa: BLE001 - as for runs: one line, the move on disk stands
+        _warn(echo, uri, exc)

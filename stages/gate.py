@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
+from cskd.checkpoint import load_tensors
 from cskd.config import Strict
 from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_value
-from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.manifest import GateSection, Manifest
+from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
+from stages.stats import mcnemar, paired_bootstrap
+from stages.validate import PREDICTIONS_FILE as VALIDATE_PREDICTIONS
 
 DECIMALS = 2
 
@@ -79,34 +85,96 @@ def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, 
 
 def describe_failures(rules: list[dict]) -> str:
     """One clause per failed rule, with the same numbers the verdict used."""
-    return "; ".join(f"{r['rule']}: measured {r['measured']:.{DECIMALS}f}, needs "
-                     f"{'<=' if r['direction'] == 'at_most' else '>='} {r['threshold']:.{DECIMALS}f}"
-                     + (f" ({r['why']})" if r.get("why") else "") for r in rules if not r["passed"])
+    def clause(r: dict) -> str:
+        if r["measured"] is None:
+            return f"{r['rule']}: {r.get('why', 'cannot be judged')}"
+        return (f"{r['rule']}: measured {r['measured']:.{DECIMALS}f}, needs "
+                f"{'<=' if r['direction'] == 'at_most' else '>='} {r['threshold']:.{DECIMALS}f}"
+                + (f" ({r['why']})" if r.get("why") else ""))
+
+    return "; ".join(clause(r) for r in rules if not r["passed"])
+
+
+class ChampionRule(Strict):
+    """The champion rule's settings (ship.promote: if_not_worse)."""
+
+    max_regression: float
+    resamples: int  # the paired bootstrap, as validation draws it
+    seed: int
+    against: bool  # False: this name ships for the first time, there is no champion
+
+
+def champion_rule(rule: ChampionRule, validate_dir, champion) -> dict:
+    """The new student's ONNX top-1 against the champion's on the same test images, with the
+    difference's paired-bootstrap interval and McNemar's p (informational: the rule is the
+    difference against ``-max_regression``)."""
+    if not rule.against:
+        return {"rule": "not worse than the champion: none shipped yet (the first ship of this name)", "passed": True,
+                "measured": None, "threshold": None, "direction": "at_least"}
+    metrics = champion.metrics
+    version = metrics["version"]
+    name = f"onnx_top1 >= champion {version} top1 - max_regression"
+    if not metrics["comparable"]:
+        return {"rule": name, "passed": False, "measured": None, "threshold": None, "direction": "at_least",
+                "why": f"{metrics['why']}: not comparable; promote it by hand (`cskd-pipeline promote`) or set "
+                       f"ship.promote: always"}
+    student = load_tensors(validate_dir / VALIDATE_PREDICTIONS)
+    theirs = load_tensors(champion.file(CHAMPION_PREDICTIONS))
+    labels = student["labels"].numpy()
+    if not np.array_equal(labels, theirs["labels"].numpy()):
+        raise GateError(f"champion {version} was evaluated on other test images than this run's; rerun")
+    ours_ok = student["onnx"].numpy().argmax(1) == labels
+    theirs_ok = theirs["champion"].numpy().argmax(1) == labels
+    ours, top1 = float(ours_ok.mean() * 100), float(theirs_ok.mean() * 100)
+    result = _rule(name, ours, top1 - rule.max_regression,
+                   why=f"worse than the shipped champion {version} ({top1:.2f}); nothing ships and latest stays on "
+                       f"{version} (ship.promote: always ships every passing run)")
+    return {**result, "champion": {
+        "version": version, "top1": top1, "student_top1": ours, "samples": int(len(labels)),
+        "bootstrap": paired_bootstrap(ours_ok, theirs_ok, resamples=rule.resamples, seed=rule.seed),
+        "mcnemar": mcnemar(ours_ok, theirs_ok)}}
+
+
+class GateError(RuntimeError):
+    pass
 
 
 class GateConfig(Strict):
     gate: GateSection
     budgets: dict[str, float]  # target -> top-1 points it may lose against the FP32 student
     latency: bool
+    champion: ChampionRule | None = Added()  # None: ship.promote: always
 
 
 class GateStage(Stage):
     kind = "gate"
-    version = 5  # 5: the latency rule judges the fastest passing artifact by default
+    version = 5  # 5: the latency rule judges the fastest passing artifact by default (the champion rule is an
+    # Added field: gates without it keep their ids)
     Config = GateConfig
 
     @classmethod
     def configure(cls, manifest: Manifest) -> GateConfig:
         budgets = {t: float(manifest_value(manifest, backend(t).budget_field))
                    for t in manifest.export.targets if backend(t).budget_field}
-        return GateConfig(gate=manifest.gate, budgets=budgets, latency=manifest.latency is not None)
+        champion = None
+        if manifest.ship.promote == "if_not_worse":
+            from stages.champion import ChampionStage
+
+            champion = ChampionRule(max_regression=manifest.gate.max_regression,
+                                    resamples=manifest.validate_.bootstrap_resamples, seed=manifest.validate_.seed,
+                                    against=ChampionStage.configure(manifest) is not None)
+        return GateConfig(gate=manifest.gate, budgets=budgets, latency=manifest.latency is not None,
+                          champion=champion)
 
     def inputs(self, config: GateConfig) -> tuple[str, ...]:
-        return ("validate", "latency") if config.latency else ("validate",)
+        against = config.champion is not None and config.champion.against
+        return ("validate", *(("latency",) if config.latency else ()), *(("champion",) if against else ()))
 
     def run(self, config: GateConfig, ctx: StageContext) -> StageResult:
         latency = ctx.inputs["latency"].metrics if "latency" in ctx.inputs else None
         rules = evaluate_rules(config.gate, config.budgets, ctx.inputs["validate"].metrics, latency)
+        if config.champion is not None:
+            rules.append(champion_rule(config.champion, ctx.inputs["validate"].path, ctx.inputs.get("champion")))
         passed = all(r["passed"] for r in rules)
         (ctx.out_dir / "verdict.json").write_text(json.dumps({"passed": passed, "rules": rules}, indent=2) + "\n")
         return StageResult({"passed": passed, "rules": rules}, "PASS" if passed else "FAIL: " + describe_failures(rules))

@@ -4,6 +4,7 @@ publishes the committed bundle into ``<ship.dir>/<name>/``."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -42,7 +43,7 @@ def add_onnx_metadata(path: Path, io: dict) -> None:
     entries = {"cskd.class_names": io["class_names"], "cskd.input": io["input"], "cskd.output": io["output"]}
     for key, value in entries.items():
         prop = model.metadata_props.add()
-        prop.key, prop.value = key, json.dumps(value)
+        prop.key, prop.value = key, json.dumps(value, sort_keys=True)  # the same bytes whatever the record's order
     onnx.save(model, str(path))
 
 
@@ -153,4 +154,8 @@ class ShipStage(Stage):
         card = model_card(config.name, ctx.inputs, files)
         (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (out / README_FILE).write_text(bundle_readme(card))
-        return StageResult({"files": sorted([*files, CARD_FILE, README_FILE])}, f"bundle of {len(files) + 2} files")
+        # What a shipped version is: its model files. A rerun whose gate or champion changed ships
+        # the same models, so it keeps their version instead of making an identical new one.
+        key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
+        return StageResult({"files": sorted([*files, CARD_FILE, README_FILE]), "bundle_key": key},
+                           f"bundle of {len(files) + 4} files")  # the report's json and html join it

@@ -20,7 +20,7 @@ from cskd.checkpoint import sha256_file
 from pipeline.core.errors import OutputError
 
 __all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
-           "read_marker", "OUTPUT_MARKER", "check_new_path", "write_new_file"]
+           "read_marker", "OUTPUT_MARKER", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]
 
 OUTPUT_MARKER = ".cskd-output.json"
 
@@ -132,3 +132,52 @@ def write_new_file(path: Path, text: str, *, what: str) -> None:
         raise OutputError(f"{path} already exists; it is not overwritten (choose another folder)") from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
+
+
+EXPORT_MARKER = ".cskd-export.json"
+
+
+def check_owned_files(folder: Path, names: list[str]) -> dict[str, str]:
+    """Raise ``OutputError`` unless every name can be written into ``folder``: absent, or written
+    there by ``copy_owned_files`` and unchanged since. Returns what that marker records."""
+    if folder.is_symlink():
+        raise OutputError(f"{folder}: is a symbolic link; choose another --out folder")
+    if not folder.is_dir():
+        check_new_path(folder / "file", what="export")
+        return {}
+    made = (_read_marker_json(folder / EXPORT_MARKER) or {}).get("files", {})
+    for name in [*names, EXPORT_MARKER]:
+        path = folder / name
+        if path.is_symlink() or (path.exists() and name != EXPORT_MARKER and
+                                 (not path.is_file() or made.get(name) != sha256_file(path))):
+            raise OutputError(f"{path}: exists and was not written by `cskd-pipeline export` (or was changed "
+                              f"since); move it away or choose another --out folder")
+    return made
+
+
+def copy_owned_files(folder: Path, files: dict[str, Path]) -> list[Path]:
+    """Copy ``files`` (name in ``folder`` -> source) into ``folder``, which may hold the user's own
+    files too. A name already there is replaced only if this function wrote it and it is unchanged
+    since (its sha256 is in the folder's ``.cskd-export.json``); anything else is refused with
+    ``OutputError`` before a byte is written. Each file lands by an atomic rename."""
+    made = check_owned_files(folder, list(files))
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, source in files.items():
+        tmp = folder / f".{name}.tmp-{uuid.uuid4().hex[:6]}"
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, folder / name)
+        made[name] = sha256_file(folder / name)
+        written.append(folder / name)
+    tmp = folder / f".{EXPORT_MARKER}.tmp-{uuid.uuid4().hex[:6]}"
+    tmp.write_text(json.dumps({"made_by": "cskd-pipeline", "files": made}, indent=2) + "\n")
+    os.replace(tmp, folder / EXPORT_MARKER)
+    return written
+
+
+def _read_marker_json(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("made_by") == "cskd-pipeline" else None

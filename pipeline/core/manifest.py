@@ -298,6 +298,10 @@ class GateSection(Strict):
         None, description="the teacher must reach this test top-1 (default: 1.5 times chance), or it did not learn")
     min_student_top1: Points | None = Field(None, description="the student must reach this test top-1 (default: off)")
     latency: LatencyRule | None = Field(None, description="p90 latency budget; needs the latency section")
+    max_regression: Points = Field(
+        0.0, description="top-1 points the new student's ONNX model may lose against the champion (the model "
+                         "shipped/<name>/latest points at) on the same test images; ship.promote: always drops "
+                         "this rule")
 
 
 class LatencySection(Strict):
@@ -315,6 +319,9 @@ class LatencySection(Strict):
 
 class ShipSection(Strict):
     dir: RelativePath = Field("shipped", description="the model ships into <dir>/<manifest name>/")
+    promote: Literal["if_not_worse", "always"] = Field(
+        "if_not_worse", description="if_not_worse: a new version ships (and becomes latest) only when it is not "
+                                    "worse than the champion (gate.max_regression); always: every passing run")
 
 
 class DistributedSection(Strict):

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from pipeline.core.errors import OutputError, StoreError
 from pipeline.core.files import canonical_json, fsync_dir, sha256_file
@@ -42,7 +42,9 @@ from pipeline.core.files import canonical_json, fsync_dir, sha256_file
 RECORD_FILE = "artifact.json"
 SEAL_FILE = "seal.json"
 STORE_MARKER = ".cskd-store"
-_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "superseded", "locks", "cache", "logs", STORE_MARKER}
+RUN_INDEX = "runs.jsonl"
+_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "superseded", "locks", "cache", "logs", STORE_MARKER,
+                RUN_INDEX}
 _TMP_NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{16}-(\d+)-[0-9a-f]{8}$")
 
 
@@ -213,6 +215,51 @@ class ArtifactStore:
         lock_dir.mkdir(parents=True, exist_ok=True)
         with FileLock(lock_dir / f"{kind}-{art_id}.lock"):
             yield
+
+    @contextlib.contextmanager
+    def try_lock(self, kind: str, art_id: str) -> Iterator[bool]:
+        """The artifact's lock if nobody holds it (True), else False at once: ``gc`` removes only
+        what no live run is computing or reading."""
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(lock_dir / f"{kind}-{art_id}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            lock.release()
+
+    # ---- the run index: what gc keeps -------------------------------------------------
+    def record_run(self, entry: dict) -> None:
+        """Append one line to ``runs.jsonl``: a run's start (its ids, report and ship folders) or
+        its end (its status). Appended, never rewritten; ``gc`` reads it."""
+        with open(self.root / RUN_INDEX, "a") as f:
+            f.write(json.dumps({"time": time.time(), **entry}, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def runs(self) -> list[dict]:
+        """Every run in the index, oldest first, its end merged into its start. ``StoreError``
+        naming the file and line if the index cannot be read."""
+        path = self.root / RUN_INDEX
+        if not path.exists():
+            return []
+        runs: dict[str, dict] = {}
+        try:
+            lines = path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: unreadable run index ({exc})") from None
+        for number, line in enumerate(lines, 1):
+            try:
+                entry = json.loads(line)
+                runs.setdefault(entry["run"], {"status": "running"}).update(entry)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                raise StoreError(f"{path}:{number}: not a run index line; fix or remove that line") from None
+        return sorted(runs.values(), key=lambda r: r.get("started", r["time"]))
 
     def quarantine(self, kind: str, art_id: str, *, into: str = "quarantine") -> Path:
         """Move a broken artifact aside (kept for inspection, never used again); ``into="superseded"``

@@ -28,21 +28,43 @@ def _run_and_read_back(workdir, uri: str) -> None:
     manifest = write_manifest(workdir, edited(tracking={"mlflow": {"uri": uri, "experiment": "cskd-tests"}}))
     result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert "INFO" not in result.output and "mlflow" not in result.output.lower()  # MLflow's own lines stay out
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("cskd-tests")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens as model training
     (run,) = client.search_runs([experiment.experiment_id])
     params = run.data.params
     assert params["student.train.epochs"] == "2" and params["student.loss.kind"] == "cskd"
-    history = client.get_metric_history(run.info.run_id, "distill.cs_cswt")
+    history = client.get_metric_history(run.info.run_id, "distill/cs_cswt")  # "/": MLflow groups the charts
     assert [m.step for m in history] == [1, 2] and all(m.value > 0 for m in history)
-    assert run.data.metrics["test.student_top1"] > 0 and run.data.metrics["gate.passed"] == 1.0
+    assert run.data.metrics["test/student_top1"] > 0 and run.data.metrics["gate/passed"] == 1.0
+    assert all("." not in name for name in run.data.metrics)
+    tags = run.data.tags
+    assert tags["cskd.manifest"] == "tiny" and tags["cskd.gate"] == "PASS" and tags["cskd.version_shipped"] == "v1"
+    assert "resnet8 -> resnet8" in tags["mlflow.note.content"]  # the run's description
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.name == "digits/test" and dataset.dataset.digest
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "bundle")}
     assert {"bundle/student.onnx", "bundle/model_card.json", "bundle/predict.py"} <= artifacts
     assert {a.path for a in client.list_artifacts(run.info.run_id, "report")} >= {"report/report.json",
                                                                                    "report/run.log"}
-    (version,) = client.search_model_versions("name='tiny'")
-    model = mlflow.models.get_model_info(f"models:/tiny/{version.version}")
+    (v1,) = client.search_model_versions("name='tiny'")
+    model = mlflow.models.get_model_info(f"models:/tiny/{v1.version}")
     assert tuple(model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 8, 8)
+    registered = client.get_registered_model("tiny")
+    assert registered.description and v1.description and v1.tags["cskd.bundle_version"] == "v1"
+
+    def champion() -> str:
+        return client.get_model_version_by_alias("tiny", "champion").tags["cskd.bundle_version"]
+
+    assert champion() == "v1"
+    other = ["-o", "student.train.epochs=1", "-o", "ship.promote=always"]  # ships v2, which becomes latest
+    assert CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet", *other]).exit_code == 0
+    assert champion() == "v2"
+    for command, expected in ((["promote", "tiny", "v1"], "v1"), (["rollback", "tiny"], "v2")):
+        result = CliRunner().invoke(main, [*command, "-m", str(manifest)])
+        assert result.exit_code == 0 and "warning" not in result.output, result.output
+        assert champion() == expected, command
 
 
 def test_a_local_sqlite_tracking_store(workdir):
@@ -85,3 +107,14 @@ def test_a_server_that_is_down_costs_one_warning_and_nothing_else(workdir):
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: MLflow")]
     assert len(warnings) == 1 and uri in warnings[0]
     assert (workdir / "shipped" / "tiny" / "latest" / "student.onnx").is_file()
+
+
+def test_an_unwritable_sqlite_store_costs_one_warning_and_no_retries(workdir):
+    uri = f"sqlite:///{workdir / 'no-such-folder' / 'mlflow.db'}"
+    manifest = write_manifest(workdir, edited(tracking={"mlflow": {"uri": uri}}))
+    started = time.monotonic()
+    result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"])
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1 and "no-such-folder" in warnings[0], result.output
+    assert time.monotonic() - started < 60  # the pipeline's own work, not minutes of retries

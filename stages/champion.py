@@ -1,0 +1,90 @@
+"""Champion: the model that ``<ship.dir>/<name>/latest`` points at, evaluated on the current test
+split with ONNX Runtime, so the gate can hold a new student to "not worse than what it replaces".
+
+Its id is the champion file's sha256 and the test data's fingerprint: it reruns exactly when
+either changes, not for every new student. The first ship of a name has no champion (the stage
+is not planned), and neither has ``ship.promote: always``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cskd.checkpoint import save_tensors
+from cskd.config import Strict
+from exports.ort_runtime import create_session, run_batched
+from pipeline.core.contracts import Located, Stage, StageContext, StageResult
+from pipeline.core.errors import ManifestError
+from pipeline.core.files import sha256_file
+from pipeline.core.manifest import Manifest, TestData
+from stages.data import describe, test_split
+
+CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with
+PREDICTIONS_FILE = "champion_predictions.safetensors"
+LATEST = "latest"
+
+
+def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
+    """(version, its ONNX model) that ``latest`` points at in ``ship_folder``, or None."""
+    latest = ship_folder / LATEST
+    if not latest.is_symlink():
+        return None
+    version = os.readlink(latest).rstrip("/").split("/")[-1]
+    model = ship_folder / version / CHAMPION_FILE
+    if not model.is_file() or model.is_symlink():
+        raise ManifestError(f"{model}: the champion's model is missing; `cskd-pipeline bundle verify "
+                            f"{ship_folder / version}` says what else is, or `cskd-pipeline promote` another version")
+    return version, model
+
+
+class ChampionConfig(Strict):
+    sha256: str  # the champion file's content is its identity
+    path: str = Located()
+    version: str = Located()
+    data: TestData
+
+
+class ChampionStage(Stage):
+    kind = "champion"
+    version = 1
+    Config = ChampionConfig
+
+    @classmethod
+    def configure(cls, manifest: Manifest) -> ChampionConfig | None:
+        if manifest.ship.promote == "always":
+            return None
+        found = champion_of(Path(manifest.ship.dir) / manifest.name)
+        if found is None:
+            return None
+        version, model = found
+        return ChampionConfig(sha256=sha256_file(model), path=str(model), version=version,
+                              data=manifest.data.test_view())
+
+    def inputs(self, config: ChampionConfig) -> tuple[str, ...]:
+        return ()
+
+    def run(self, config: ChampionConfig, ctx: StageContext) -> StageResult:
+        if sha256_file(Path(config.path)) != config.sha256:
+            raise ManifestError(f"{config.path}: changed since the plan; run again")
+        test = test_split(config.data)
+        session = create_session(config.path)
+        spec = session.get_inputs()[0].shape[1:]
+        if list(spec) != list(test.sample_shape):
+            return StageResult({"comparable": False, "version": config.version,
+                                "why": f"the champion takes {list(spec)} images, this data set is "
+                                       f"{list(test.sample_shape)}"}, f"{config.version}: not comparable")
+        logits = np.concatenate([run_batched(session, batch.numpy()) for batch in test.batches(256)])
+        labels = test.labels.numpy()
+        classes = describe(config.data.source)["num_classes"]
+        if logits.shape[1] != classes:
+            return StageResult({"comparable": False, "version": config.version,
+                                "why": f"the champion has {logits.shape[1]} classes, this data set {classes}"},
+                               f"{config.version}: not comparable")
+        save_tensors({"labels": test.labels, "champion": torch.from_numpy(logits)}, ctx.out_dir / PREDICTIONS_FILE)
+        top1 = float((logits.argmax(1) == labels).mean() * 100.0)
+        return StageResult({"comparable": True, "version": config.version, "top1": top1, "samples": len(labels)},
+                           f"{config.version} test top-1 {top1:.2f}")

@@ -250,7 +250,11 @@ def _follow_alias(manifest_opt: str | None, name: str, version: str) -> None:
 
 @main.group()
 def bundle() -> None:
-    """Shipped bundles: check one against its model card."""
+    """Shipped bundles: check one against its model card.
+
+    \b
+    Example:  cskd-pipeline bundle verify shipped/quickstart/v1
+    """
 
 
 @bundle.command("verify")

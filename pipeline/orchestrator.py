@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import stages  # noqa: F401 - registers every stage and back-end
 from cskd.data.fingerprint import forget as forget_fingerprints
-from pipeline.core.contracts import Stage, StageContext, recipe, registered_stages
+from pipeline.core.contracts import Stage, StageContext, planning_without, recipe, registered_stages
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import confined
@@ -73,6 +73,16 @@ def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
     """
     check_inputs(manifest)
     forget_fingerprints()  # read the data folders as they are now, once for this plan
+    steps = _plan(manifest, until)
+    ids = {s.kind: s.id for s in steps}
+    redundant = frozenset(s.kind for s in steps if s.stage.redundant(s.config, ids))
+    if redundant:  # e.g. the champion is the model this plan ships: plan as if it were not there
+        with planning_without(redundant):
+            steps = _plan(manifest, until)
+    return steps
+
+
+def _plan(manifest: Manifest, until: str | None) -> list[PlannedStage]:
     chosen: dict[str, tuple[Stage, BaseModel]] = {}
     for kind, cls in registered_stages().items():
         config = cls.configure(manifest)

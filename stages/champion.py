@@ -8,6 +8,7 @@ is not planned), and neither has ``ship.promote: always``.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 from cskd.checkpoint import save_tensors
 from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
-from pipeline.core.contracts import Located, Stage, StageContext, StageResult
+from pipeline.core.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
 from pipeline.core.errors import ManifestError
 from pipeline.core.files import sha256_file
 from pipeline.core.manifest import Manifest, TestData
@@ -55,7 +56,7 @@ class ChampionStage(Stage):
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ChampionConfig | None:
-        if manifest.ship.promote == "always":
+        if manifest.ship.promote == "always" or cls.kind in left_out_kinds():
             return None
         found = champion_of(Path(manifest.ship.dir) / manifest.name)
         if found is None:
@@ -66,6 +67,16 @@ class ChampionStage(Stage):
 
     def inputs(self, config: ChampionConfig) -> tuple[str, ...]:
         return ()
+
+    def redundant(self, config: ChampionConfig, ids: dict[str, str]) -> bool:
+        """The champion was shipped from the very ONNX model this plan exports: comparing it with
+        itself cannot fail, and a rerun of a shipped manifest stays cached."""
+        card = Path(config.path).parent / "model_card.json"
+        try:
+            lineage = json.loads(card.read_text())["artifacts"]["export"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return False  # an unreadable card: compare with the champion's file as it is
+        return lineage == ids.get("export")
 
     def run(self, config: ChampionConfig, ctx: StageContext) -> StageResult:
         if sha256_file(Path(config.path)) != config.sha256:

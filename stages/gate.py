@@ -101,7 +101,7 @@ class ChampionRule(Strict):
     max_regression: float
     resamples: int  # the paired bootstrap, as validation draws it
     seed: int
-    against: bool  # False: this name ships for the first time, there is no champion
+    against: bool  # False: no champion (a first ship), or the champion is the model this plan ships
 
 
 def champion_rule(rule: ChampionRule, validate_dir, champion) -> dict:
@@ -109,7 +109,8 @@ def champion_rule(rule: ChampionRule, validate_dir, champion) -> dict:
     difference's paired-bootstrap interval and McNemar's p (informational: the rule is the
     difference against ``-max_regression``)."""
     if not rule.against:
-        return {"rule": "not worse than the champion: none shipped yet (the first ship of this name)", "passed": True,
+        return {"rule": "not worse than the champion: none to compare with (the first ship of this name, or the "
+                        "champion is this very model)", "passed": True,
                 "measured": None, "threshold": None, "direction": "at_least"}
     metrics = champion.metrics
     version = metrics["version"]

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from cskd.config import Strict
-from pipeline.core.backends import backend
+from pipeline.core.backends import backend, backends, fastest_passing
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed
@@ -108,8 +108,12 @@ def bundle_readme(card: dict) -> str:
     spec = card["input"]
     lines += ["", f"Input `{spec['name']}`: {spec['dtype']} {spec['layout']} {spec['shape']}, pixels in [0, 1] "
                   f"(normalisation is inside the model). Output: logits over {len(card['class_names'])} classes "
-                  f"(`labels.txt`).", "",
-              "Classify image files: `python predict.py student.onnx image.png`.", ""]
+                  f"(`labels.txt`).", "", *_which_file(card), "",
+              "Classify image files: `python predict.py student.onnx image.png` (one line per image), or in "
+              "Python (onnxruntime, numpy and Pillow only):", "", "```python",
+              "from predict import Classifier", "", 'model = Classifier("student.onnx")',
+              'for result in model.predict(["image.png"]):  # paths, or uint8 arrays',
+              '    print(result["label"], result["probability"])', "```", ""]
     int8 = card.get("int8")
     if int8:
         lines += [f"INT8 (`student_int8.onnx`, and `student_openvino_int8.*` where present): validated for "
@@ -120,6 +124,29 @@ def bundle_readme(card: dict) -> str:
             lines += [f"Warning: {int8['flag']}.", ""]
     lines += ["Files (sha256):", ""] + [f"- `{name}` {digest}" for name, digest in card["files"].items()]
     return "\n".join(lines) + "\n"
+
+
+def _which_file(card: dict) -> list[str]:
+    """Which file to use for which target and batch size, from the latency measurements: the
+    fastest file within its accuracy budget at each batch size, then every file's p50."""
+    latency = (card["exports"].get("latency") or {}).get("metrics")
+    targets = [t for t in card["metrics"].get("exports", {}) if t in backends()]
+    files = {t: ", ".join(f"`{name}`" for name in backend(t).shipped) for t in targets}
+    if not latency:
+        return ["Files by target: " + "; ".join(f"{t}: {files[t]}" for t in targets) + "."]
+    batches = sorted({c["batch"] for c in latency["results"]})
+    best = {b: fastest_passing(latency["results"], card["gate"].get("rules", []), batch=b) for b in batches}
+    out = ["Which file: the fastest within its accuracy budget, measured on "
+           f"{card['environment'].get('device', 'the machine that ran the pipeline')} ({latency['threads']} threads): "
+           + "; ".join(f"batch {b}: {best[b]['backend']}" for b in batches if best[b]) + ".", "",
+           "| target | files | test top-1 | " + " | ".join(f"p50 ms, batch {b}" for b in batches) + " |",
+           "|---|---|---|" + "---|" * len(batches)]
+    cells = {(c["backend"], c["batch"]): c["p50_ms"] for c in latency["results"]}
+    for t in targets:
+        top1 = card["metrics"]["exports"][t]["top1"]
+        out.append(f"| {t} | {files[t]} | {top1:.2f} | "
+                   + " | ".join(f"{cells[(t, b)]:.3f}" if (t, b) in cells else "-" for b in batches) + " |")
+    return out
 
 
 class ShipStage(Stage):

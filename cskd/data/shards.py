@@ -54,7 +54,7 @@ def write_shards(root: Path, out: Path, *, shard_size: int, log: Callable[[str],
         if path.is_symlink():
             raise DataError(f"{path}: is a symbolic link; choose a new --out folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out}: already exists and is not an empty folder; choose a new --out folder")
+        raise DataError(f"{out}: already exists and is not empty (or not a folder); choose a new --out folder")
     if partial.exists():
         raise DataError(f"{partial}: left by an interrupted run; remove it, then run again")
     blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)

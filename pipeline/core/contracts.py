@@ -13,6 +13,8 @@ atomic commit and sealing.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,12 +108,35 @@ class Stage(ABC):
         """The kinds this stage reads; by default ``requires``."""
         return self.requires
 
+    def redundant(self, config: BaseModel, ids: dict[str, str]) -> bool:
+        """Given every planned id, whether this stage's result cannot matter (the champion is the very
+        model this plan ships). The planner then plans again with the kind in ``left_out_kinds()``,
+        which ``configure`` of this stage and of its readers consult."""
+        return False
+
     def preflight(self, config: BaseModel) -> None:  # noqa: B027 - optional hook, no-op by default
         """Raise before any compute if something this stage needs is missing (a back-end, hardware)."""
 
     @abstractmethod
     def run(self, config: BaseModel, ctx: StageContext) -> StageResult:
         """Compute the outputs into ``ctx.out_dir``."""
+
+
+_LEFT_OUT: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("left_out_kinds", default=frozenset())
+
+
+def left_out_kinds() -> frozenset[str]:
+    """Stage kinds the planner is planning without (see ``Stage.redundant``)."""
+    return _LEFT_OUT.get()
+
+
+@contextlib.contextmanager
+def planning_without(kinds: frozenset[str]):
+    token = _LEFT_OUT.set(kinds)
+    try:
+        yield
+    finally:
+        _LEFT_OUT.reset(token)
 
 
 def registered_stages() -> dict[str, type[Stage]]:

@@ -11,8 +11,9 @@ from PIL import Image
 
 from cskd.config import TrainConfig
 from cskd.data import DeviceLoader
+from cskd.data.decode import decode_image
 from cskd.data.imagefolder import load_imagefolder
-from cskd.data.streaming import FileSplit, StreamLoader, _EpochOrder, decode
+from cskd.data.streaming import FileSplit, StreamLoader, _EpochOrder
 from cskd.errors import DataError
 
 CLASSES = ("ant", "bee", "cat")
@@ -99,7 +100,7 @@ def test_from_64_px_training_views_are_random_resized_crops_and_evaluation_a_cen
     root = _folder(tmp_path / "images", size=96, train=4, test=2, suffix="jpg")
     ds = load_imagefolder(root, image_size=64, stream=True)
     assert ds.image_size == (64, 64) and ds.train.imagenet_style
-    image = decode(str(ds.test.paths[0]), 3)
+    image = decode_image(str(ds.test.paths[0]), channels=3)
     expected = v2.functional.center_crop(v2.functional.resize(image, [73], antialias=True), [64, 64])
     assert torch.equal(ds.test.head(1)[0], expected)
     loader = _loader(ds.train, batch_size=4, crop_padding=4, flip=False)
@@ -107,7 +108,7 @@ def test_from_64_px_training_views_are_random_resized_crops_and_evaluation_a_cen
     first, second = _epoch(loader), _epoch(loader, epoch=1)
     assert first[0][0].shape == (4, 3, 64, 64)
     assert not torch.equal(first[0][0], second[0][0])
-    assert not any(torch.equal(first[0][0][0] * 255, ds.train.eval_view(decode(p, 3)).float()) for p in ds.train.paths)
+    assert not any(torch.equal(first[0][0][0] * 255, ds.train.eval_view(decode_image(p, channels=3)).float()) for p in ds.train.paths)
 
 
 def test_a_corrupt_image_met_by_a_worker_stops_with_one_line_naming_it(tmp_path):

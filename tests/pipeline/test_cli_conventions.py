@@ -49,6 +49,7 @@ def copied_run(shipped_run, tmp_path, monkeypatch):
     work = tmp_path / "work"
     shutil.copytree(shipped_run[0], work, symlinks=True)
     monkeypatch.chdir(work)
+    assert _cli("promote", "tiny", "v1")[0] == 0  # other tests may have shipped other lineages into the original
     return work, work / "tiny.yaml"
 
 

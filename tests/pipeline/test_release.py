@@ -59,14 +59,17 @@ def test_a_worse_experiment_does_not_replace_the_champion_and_every_move_is_reco
         ("PASS", "v1", True), ("FAIL", None, False), ("PASS", "v2", True)]
 
 
-def test_rerunning_a_shipped_lineage_keeps_its_version(shipped_run, monkeypatch):
-    folder, manifest, code, _ = shipped_run
+def test_rerunning_a_shipped_lineage_keeps_its_version_and_recomputes_nothing(shipped_run, tmp_path, monkeypatch):
+    source, _, code, _ = shipped_run
     assert code == 0
+    folder = tmp_path / "copy"
+    shutil.copytree(source, folder, symlinks=True)  # other tests ship other lineages into the original
     monkeypatch.chdir(folder)
-    before = _latest(folder, "tiny")
-    result = _cli("run", "-m", str(manifest), "-q")  # the champion is this same model now
-    assert result.exit_code == 0, result.output
-    assert _latest(folder, "tiny") == before and not (folder / "shipped/tiny/v2").exists()
+    assert _cli("promote", "tiny", "v1").exit_code == 0
+    versions = sorted(p.name for p in (folder / "shipped/tiny").glob("v*"))
+    result = _cli("run", "-m", "tiny.yaml", "-q")  # the champion is this very model
+    assert result.exit_code == 0 and "nothing recomputed" in result.output and " ran " not in result.output
+    assert _latest(folder, "tiny") == "v1" and sorted(p.name for p in (folder / "shipped/tiny").glob("v*")) == versions
 
 
 # ---- gc ---------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from pipeline.cli import main
 from pipeline.core.data_section import DataSection
 from tests.conftest import edited, write_manifest
-from tests.pipeline.test_fingerprint import TRAIN_READERS, _to_run, _write_folder
+from tests.pipeline.test_fingerprint import RETRAINED, TRAIN_READERS, _to_run, _write_folder
 
 
 def test_in_memory_auto_streams_exactly_when_the_decoded_training_split_exceeds_the_limit(tmp_path):
@@ -76,4 +76,4 @@ def test_an_image_folder_sharded_by_the_shard_command_runs_to_the_end(workdir):
     validate = json.loads(next((workdir / ".cskd").glob("artifacts/validate/*/artifact.json")).read_text())["metrics"]
     assert validate["samples"] == 24
     os.utime(workdir / "shards" / "train-000001.tar", (1, 1))
-    assert _to_run(workdir, manifest) == TRAIN_READERS
+    assert _to_run(workdir, manifest) == RETRAINED

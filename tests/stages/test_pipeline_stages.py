@@ -54,16 +54,20 @@ def _with(text: str, dotted: str, value) -> str:
 
 
 @pytest.mark.parametrize(("dotted", "value", "expected"), EDITS, ids=[e[0] for e in EDITS])
-def test_each_edit_reruns_exactly_what_reads_it(dotted, value, expected):
+def test_each_edit_reruns_exactly_what_reads_it(dotted, value, expected, workdir):
     base = {p.kind: p.id for p in plan(manifest_from_text(FULL))}
     after = {p.kind: p.id for p in plan(manifest_from_text(_with(FULL, dotted, value)))}
     assert set(after) == set(base)
     assert {kind for kind in base if base[kind] != after[kind]} == expected
 
 
-def test_plan_after_a_real_run_shows_only_validation_to_run(shipped_run, monkeypatch):
-    folder = shipped_run[0]
+def test_plan_after_a_real_run_shows_only_validation_to_run(shipped_run, tmp_path, monkeypatch):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shipped_run[0], folder, symlinks=True)  # other tests ship other lineages into the original
     monkeypatch.chdir(folder)
+    assert CliRunner().invoke(main, ["promote", "tiny", "v1"]).exit_code == 0  # the champion is this lineage
     changed = write_manifest(folder, edited(data__max_test_samples=100), "fewer-test.yaml")
     result = CliRunner().invoke(main, ["plan", "-m", str(changed)])
     to_run = {line.split()[0] for line in result.output.splitlines() if line.endswith("to run")}

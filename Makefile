@@ -44,6 +44,8 @@ bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_R
 	$(BIN)/python benchmarks/latency.py --root $(FASHION_ROOT) --out bench/latency.json
 	$(BIN)/python benchmarks/streaming.py --source $(CIFAR_JPEG) --out bench/streaming.json
 	$(BIN)/python benchmarks/int8_cpu.py --cifar $(CIFAR_JPEG) --out bench/int8_cpu.json
+	$(BIN)/python benchmarks/int8_default.py --cifar $(CIFAR_JPEG) --out bench/int8_default.json
+	$(BIN)/python benchmarks/fingerprint.py --cifar $(CIFAR_JPEG) --out bench/fingerprint.json
 
 # The method study of the README on Fashion-MNIST (long: see "Studies"). COMPARE_SET adds
 # overrides, e.g. COMPARE_SET='-o data.max_train_samples=10000 -o student.train.epochs=4'.

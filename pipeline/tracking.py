@@ -92,7 +92,13 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
                 if bundle_dir is not None:
                     mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
                     _register(mlflow, manifest.name, bundle_dir, tags=tags, latest=bool(release.get("latest")))
-                return active.info.run_id
+                run_id, experiment_id = active.info.run_id, active.info.experiment_id
+        if uri.startswith(("http://", "https://")):
+            # MLflow 3's UI picks its GenAI or model-training views from this parameter (or the
+            # visitor's last choice), not from the experiment's tag: the link opens the training view
+            echo(f"mlflow run: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?"
+                 f"workflowType=machine_learning")
+        return run_id
     except Exception as exc:  # noqa: BLE001 - tracking is best effort by design: the run's outputs are on disk
         _warn(echo, uri, exc)
         return None

@@ -28,7 +28,10 @@ def _run_and_read_back(workdir, uri: str) -> None:
     manifest = write_manifest(workdir, edited(tracking={"mlflow": {"uri": uri, "experiment": "cskd-tests"}}))
     result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0 and "warning" not in result.output, result.output
-    assert "INFO" not in result.output and "mlflow" not in result.output.lower()  # MLflow's own lines stay out
+    assert "INFO" not in result.output and "View run" not in result.output  # MLflow's own lines stay out
+    links = [line for line in result.output.splitlines() if line.startswith("mlflow run: ")]
+    assert len(links) == (1 if uri.startswith("http") else 0)  # a link that opens MLflow's training views
+    assert all(link.endswith("?workflowType=machine_learning") for link in links)
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("cskd-tests")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens as model training

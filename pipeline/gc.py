@@ -26,7 +26,7 @@ from pathlib import Path
 
 from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import read_marker
-from pipeline.core.store import RECORD_FILE, ArtifactStore
+from pipeline.core.store import RECORD_FILE, ArtifactStore, pid_alive
 
 _VERSION = re.compile(r"^v\d+$")
 SCRATCH = ("quarantine", "superseded")  # set aside by the store: nothing reads them again
@@ -64,7 +64,8 @@ def _kept(store: ArtifactStore, *, drop_failed: bool) -> dict[tuple[str, str], s
     for run in runs:
         by_name.setdefault(run["manifest"], []).append(run)
     for run in runs:  # a run still going (its process alive on this machine) keeps everything it plans
-        if run["status"] == "running" and run.get("host") == socket.gethostname() and _alive(run.get("pid")):
+        if run["status"] == "running" and run.get("host") == socket.gethostname() \
+                and isinstance(run.get("pid"), int) and pid_alive(run["pid"]):
             keep.update({(k, i): f"running now ({run['run']})" for k, i in run["ids"].items()})
     for name, mine in by_name.items():
         passing = [r for r in mine if r["status"] == "passed"]
@@ -106,18 +107,6 @@ def plan_gc(store: ArtifactStore, *, drop_failed: bool = False) -> Plan:
         if folder.name not in kept_work:
             plan.remove.append(folder)
     return plan
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _size(path: Path) -> int:

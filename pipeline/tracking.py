@@ -51,7 +51,6 @@ def _mlflow(uri: str, echo: Callable[[str], None]):
         return None
     for name in ("mlflow", "alembic", "urllib3"):  # their INFO lines are not the pipeline's output
         logging.getLogger(name).setLevel(logging.ERROR)
-    mlflow.set_tracking_uri(uri)
     return mlflow
 
 
@@ -74,6 +73,7 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
             "cskd.version_shipped": release.get("version") or "none", "cskd.became_latest": str(release.get("latest"))}
     try:
         with _quiet_output():
+            mlflow.set_tracking_uri(uri)
             mlflow.set_experiment((section.experiment if section is not None else None) or manifest.name)
             mlflow.set_experiment_tag(*EXPERIMENT_KIND)
             with mlflow.start_run(run_name=run["id"], tags=tags, description=_describe(manifest, artifacts, release)) \
@@ -106,9 +106,18 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
 
 @contextlib.contextmanager
 def _quiet_output():
-    """MLflow prints to stdout and stderr itself (run links, migration notes): not into ours."""
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        yield
+    """MLflow prints to stdout and stderr itself (run links, migration notes): not into ours. And
+    ``mlflow.set_tracking_uri`` writes MLFLOW_TRACKING_URI into the environment: put it back, or the
+    next run in this process (a study's cells, a test) would track to this run's server."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict) -> str:
@@ -178,7 +187,7 @@ def set_champion(manifest: Manifest | None, name: str, bundle_version: str, *, e
         return
     try:
         with _quiet_output():
-            client = mlflow.MlflowClient()
+            client = mlflow.MlflowClient(tracking_uri=uri)
             found = [v for v in client.search_model_versions(f"name = '{name}'")
                      if v.tags.get(BUNDLE_VERSION_TAG) == bundle_version]
             if not found:

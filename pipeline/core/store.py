@@ -282,7 +282,7 @@ class ArtifactStore:
             if match is None or entry.is_symlink():
                 continue
             pid = int(match.group(1))
-            if pid != os.getpid() and not _pid_alive(pid) and now - entry.stat().st_mtime >= older_than_s:
+            if pid != os.getpid() and not pid_alive(pid) and now - entry.stat().st_mtime >= older_than_s:
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return removed
@@ -297,7 +297,8 @@ def _read_json(path: Path) -> object:
         return None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id is alive (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

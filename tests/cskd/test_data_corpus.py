@@ -251,6 +251,7 @@ def _peak_run(folder) -> tuple[int, str, int]:
     return code, result.stderr, peak_kib
 
 
+@pytest.mark.slow  # four pipeline processes with their peak memory measured: about 20 s
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_decompression_bomb_is_refused_by_name_in_both_paths_with_little_memory(workdir, in_memory):
     """A 1 MB PNG of 30000x30000 pixels (900 MB decoded; the red team's streamed run peaked at

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 from PIL import Image
 
@@ -124,6 +125,7 @@ def test_gc_stops_on_an_unreadable_card_or_index_and_removes_nothing(shipped_run
         assert sorted(p.name for p in (folder / ".cskd/artifacts").rglob("*")) == before
 
 
+@pytest.mark.slow  # a real run in a subprocess, raced by gc while it trains: about 12 s
 def test_gc_during_a_training_run_removes_nothing_of_it(workdir):
     manifest = write_manifest(workdir, edited(student__train__epochs=40))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}

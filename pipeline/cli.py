@@ -25,6 +25,7 @@ from pipeline.core.errors import (
 )
 
 DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
+LOCAL_MANIFEST = Path("manifest.yaml")  # what `init DIR` writes: `cd DIR && cskd-pipeline run` finds it
 
 
 def _fail(message: str, code: int) -> None:
@@ -66,15 +67,18 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def resolve_manifest_path(value: str | None) -> Path:
-    """``-m`` takes a path, or a bare name looked up in ./manifests (with or without .yaml)."""
+    """``-m`` takes a path, or a bare name: ``./NAME.yaml``, then ``manifests/NAME.yaml`` (with or
+    without .yaml). Without ``-m``: ``./manifest.yaml`` (what ``init`` writes), else the quickstart."""
     if value is None:
-        if not DEFAULT_MANIFEST.is_file():
-            raise ManifestError(f"no manifest given and {DEFAULT_MANIFEST} not found here; pass -m PATH")
-        return DEFAULT_MANIFEST
+        for default in (LOCAL_MANIFEST, DEFAULT_MANIFEST):
+            if default.is_file():
+                return default
+        raise ManifestError(f"no manifest given, and neither {LOCAL_MANIFEST} nor {DEFAULT_MANIFEST} is here; "
+                            f"pass -m PATH, or write one with `cskd-pipeline init`")
     path = Path(value)
     if path.exists():
         return path
-    for candidate in (Path("manifests") / value, Path("manifests") / f"{value}.yaml"):
+    for candidate in (Path(f"{value}.yaml"), Path("manifests") / value, Path("manifests") / f"{value}.yaml"):
         if candidate.is_file():
             return candidate
     return path  # load_manifest reports it as not found
@@ -87,7 +91,8 @@ def _load(manifest_opt: str | None, overrides: tuple[str, ...] = ()):
 
 
 manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
-                               help="manifest file, or a name in ./manifests (default: manifests/quickstart.yaml)")
+                               help="manifest file, or a name: ./NAME.yaml, then manifests/NAME.yaml (default: ./manifest.yaml, "
+                                    "else manifests/quickstart.yaml)")
 set_option = click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="override a manifest value, e.g. -o student.train.epochs=3 (repeatable; validated "
                                "like the file and part of the ids)")

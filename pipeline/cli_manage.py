@@ -34,7 +34,9 @@ def targets() -> None:
     Example:  cskd-pipeline targets
     """
     for name, spec in _registered_backends().items():
-        click.echo(f"{name:<14} {spec.description}")
+        missing = spec.missing()
+        where = "  (targets: auto takes it on a GPU only)" if spec.auto_device == "cuda" and not missing else ""
+        click.echo(f"{name:<14} {spec.description}{where}" + (f"  [missing: {missing}]" if missing else ""))
 
 
 
@@ -155,13 +157,15 @@ def init(directory: Path) -> None:
     """Write a commented starter manifest, DIRECTORY/manifest.yaml, that runs as written.
 
     \b
-    Example:  cskd-pipeline init my-project && cd my-project && cskd-pipeline run -m manifest.yaml
+    Example:  cskd-pipeline init my-project && cd my-project && cskd-pipeline run
     """
     from pipeline.core.files import write_new_file
 
     target = directory / "manifest.yaml"
     write_new_file(target, (Path(__file__).parent / "starter.yaml").read_text(), what="manifest")
-    click.echo(f"wrote {target}; next: cskd-pipeline run -m {target}")
+    next_step = "cskd-pipeline run" if directory.resolve() == Path.cwd().resolve() else \
+        f"cd {directory} && cskd-pipeline run"
+    click.echo(f"wrote {target}; next: {next_step}")
 
 
 @main.command()

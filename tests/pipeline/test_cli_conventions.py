@@ -95,3 +95,29 @@ def test_terminal_progress_and_verbose_run_end_to_end(workdir):
     recipes = [line for line in lines if " recipe " in line]
     assert len(recipes) == len(outcome.reports) and '"epochs": 1' in recipes[0]
     assert any(line.startswith("[teacher ] resnet8 epoch 1/1") for line in lines)
+
+
+def test_init_then_run_from_the_new_folder_finds_its_manifest(workdir, monkeypatch):
+    code, out = _cli("init", "project")
+    assert code == 0 and out.strip().endswith("next: cd project && cskd-pipeline run")
+    monkeypatch.chdir(workdir / "project")
+    code, out = _cli("plan")  # no -m: ./manifest.yaml, not the repository's quickstart
+    assert code == 0 and "teacher" in out
+    code, out = _cli("validate")
+    assert code == 0 and out.startswith("manifest.yaml: valid (my-model:")
+
+
+def test_a_bare_name_is_looked_up_here_before_manifests(workdir):
+    write_manifest(workdir, edited(name="here"), "mine.yaml")
+    code, out = _cli("validate", "-m", "mine")
+    assert code == 0 and "mine.yaml: valid (here:" in out
+
+
+def test_targets_marks_a_missing_back_end_with_its_install_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # as if the package were not installed
+    code, out = _cli("targets")
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert code == 0 and "[missing: OpenVINO is not installed: pip install 'cskd-pipeline[openvino]']" in lines["openvino"]
+    assert "missing" not in lines["onnx"] and "missing" not in lines["onnx-int8"]

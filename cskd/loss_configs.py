@@ -30,7 +30,8 @@ class KDLoss(LossConfig):
 
 # mdistiller's DKD beta per CIFAR-100 pair (configs/cifar100/dkd/*.yaml); 8 for the rest.
 DKD_BETA_BY_PAIR = {("resnet56", "resnet20"): 2.0, ("resnet110", "resnet32"): 2.0, ("resnet110", "resnet20"): 2.0,
-                    ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "vgg8"): 6.0}
+                    ("wrn_40_2", "wrn_16_2"): 6.0, ("wrn_40_2", "wrn_40_1"): 6.0, ("vgg13", "vgg8"): 6.0,
+                    ("vgg13", "MobileNetV2"): 6.0}
 DKD_BETA_DEFAULT = 8.0
 
 

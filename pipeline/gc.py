@@ -58,7 +58,9 @@ def _card_lineage(ship_dir: Path) -> dict[tuple[str, str], str]:
 
 
 def _kept(store: ArtifactStore, *, drop_failed: bool) -> dict[tuple[str, str], str]:
-    runs = store.runs()  # StoreError (exit 4 at the CLI) if unreadable: raised before anything goes
+    # StoreError (exit 4 at the CLI) if unreadable: raised before anything goes. A run whose start line
+    # is missing (only its end was written) names nothing to keep.
+    runs = [r for r in store.runs() if "manifest" in r and "ids" in r]
     keep: dict[tuple[str, str], str] = {}
     by_name: dict[str, list[dict]] = {}
     for run in runs:

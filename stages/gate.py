@@ -25,6 +25,7 @@ from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_v
 from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.manifest import GateSection, Manifest
 from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
+from stages.champion import ChampionStage
 from stages.stats import mcnemar, paired_bootstrap
 from stages.validate import PREDICTIONS_FILE as VALIDATE_PREDICTIONS
 
@@ -159,8 +160,6 @@ class GateStage(Stage):
                    for t in manifest.export.targets if backend(t).budget_field}
         champion = None
         if manifest.ship.promote == "if_not_worse":
-            from stages.champion import ChampionStage
-
             champion = ChampionRule(max_regression=manifest.gate.max_regression,
                                     resamples=manifest.validate_.bootstrap_resamples, seed=manifest.validate_.seed,
                                     against=ChampionStage.configure(manifest) is not None)

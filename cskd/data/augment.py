@@ -46,23 +46,38 @@ def _per_sample(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-def _blend(x: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """PIL ImageEnhance: ``other + factor * (x - other)``, clipped to [0, 1]."""
-    return (other + _per_sample(factor) * (x - other)).clamp(0.0, 1.0)
+def _blend(u8: torch.Tensor, degenerate: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageEnhance`` (``Image.blend(degenerate, image, factor)``) on uint8 values held in
+    float32: ``degenerate + factor * (image - degenerate)`` in float32, clipped to [0, 255] and
+    truncated, as PIL's C loop does. Returns uint8 values (float)."""
+    return (degenerate + _per_sample(factor) * (u8 - degenerate)).clamp(0.0, 255.0).floor()
 
 
-def _grayscale(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
-    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
-    return (0.299 * r + 0.587 * g + 0.114 * b).expand_as(x)
+def _gray(u8: torch.Tensor) -> torch.Tensor:
+    """PIL's ``convert("L")`` (then back to the image's channels): ITU-R 601-2 luma in PIL's
+    integer arithmetic, (19595 R + 38470 G + 7471 B + 32768) >> 16."""
+    if u8.shape[1] == 1:
+        return u8
+    r, g, b = (u8[:, i:i + 1].to(torch.int32) for i in range(3))
+    return torch.div(r * 19595 + g * 38470 + b * 7471 + 32768, 65536, rounding_mode="floor").to(u8.dtype).expand_as(u8)
 
 
-def _autocontrast(x: torch.Tensor) -> torch.Tensor:
-    lo = x.amin(dim=(2, 3), keepdim=True)
-    hi = x.amax(dim=(2, 3), keepdim=True)
-    scaled = (x - lo) / (hi - lo).clamp_min(1e-6)
-    return torch.where(hi > lo, scaled, x)
+def _contrast_mean(u8: torch.Tensor) -> torch.Tensor:
+    """``int(ImageStat.Stat(image.convert("L")).mean[0] + 0.5)`` per sample, ``[B, 1, 1, 1]``."""
+    mean = _gray(u8)[:, :1].double().mean(dim=(2, 3), keepdim=True)
+    return torch.floor(mean + 0.5).to(u8.dtype)
+
+
+def _autocontrast(u8: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageOps.autocontrast`` (cutoff 0) per image and channel: the lut
+    ``int(ix * scale + offset)`` with ``scale = 255 / (hi - lo)``, ``offset = -lo * scale`` in
+    double, clipped; a channel with ``hi <= lo`` is left as it is."""
+    lo = u8.amin(dim=(2, 3), keepdim=True).double()
+    hi = u8.amax(dim=(2, 3), keepdim=True).double()
+    spread = (hi - lo).clamp_min(1.0)
+    scale = torch.full_like(spread, 255.0) / spread  # a true division: ``255.0 / tensor`` rounds differently
+    out = (u8.double() * scale + (-lo * scale)).floor().clamp(0.0, 255.0).to(u8.dtype)
+    return torch.where(hi > lo, out, u8)
 
 
 def _equalize(x: torch.Tensor) -> torch.Tensor:
@@ -81,17 +96,18 @@ def _equalize(x: torch.Tensor) -> torch.Tensor:
     return torch.where((step > 0).view(b, c, 1, 1), out, x)
 
 
-def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    c = x.shape[1]
-    kernel = torch.ones(3, 3, device=x.device, dtype=x.dtype)
+def _sharpness(u8: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """PIL's ``ImageEnhance.Sharpness``: blended with ``filter(SMOOTH)`` (3x3, weights 1 and a
+    centre of 5, over 13, rounded; PIL leaves the one-pixel border unfiltered). The filter is
+    computed exactly in integers: round(S / 13) = (2 S + 13) // 26."""
+    c = u8.shape[1]
+    kernel = torch.ones(3, 3, device=u8.device, dtype=u8.dtype)
     kernel[1, 1] = 5.0
-    kernel = (kernel / 13.0).expand(c, 1, 3, 3)
-    blurred = F.conv2d(x, kernel, padding=1, groups=c)
-    # PIL leaves the one-pixel border untouched.
-    border = torch.ones_like(x, dtype=torch.bool)
+    total = F.conv2d(u8, kernel.expand(c, 1, 3, 3), padding=1, groups=c)  # integers below 2^24: exact
+    smooth = torch.div(2 * total + 13, 26, rounding_mode="floor")
+    border = torch.ones_like(u8, dtype=torch.bool)
     border[:, :, 1:-1, 1:-1] = False
-    blurred = torch.where(border, x, blurred)
-    return _blend(x, blurred, factor)
+    return _blend(u8, torch.where(border, u8, smooth), factor)
 
 
 def _affine(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
@@ -145,8 +161,7 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     shift = _uniform(b, -0.3, 0.3, gen, dev)  # fraction of the size, times the size in pixels below
     threshold = _uniform(b, 0.0, 256.0, gen, dev)
 
-    u8 = (x * 255.0).round()
-    gray = _grayscale(x)
+    u8 = (x * 255.0).round()  # every view is on the uint8 grid: PIL's ops work on these values
     h, w = x.shape[2], x.shape[3]
     one, zero = torch.ones_like(angle), torch.zeros_like(angle)
 
@@ -156,14 +171,14 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     quantum = torch.pow(2.0, 8.0 - bits)
     results = {
         "identity": x,
-        "autocontrast": _autocontrast(x),
-        "brightness": _blend(x, torch.zeros_like(x), factor),
-        "color": _blend(x, gray, factor),
-        "contrast": _blend(x, gray.mean(dim=(1, 2, 3), keepdim=True).expand_as(x), factor),
+        "autocontrast": _autocontrast(u8) / 255.0,
+        "brightness": _blend(u8, torch.zeros_like(u8), factor) / 255.0,
+        "color": _blend(u8, _gray(u8), factor) / 255.0,
+        "contrast": _blend(u8, _contrast_mean(u8).expand_as(u8), factor) / 255.0,
         "equalize": _equalize(x),
         "posterize": torch.floor(u8 / _per_sample(quantum)) * _per_sample(quantum) / 255.0,
         "rotate": _affine(x, _rotation(angle, h, w)),
-        "sharpness": _sharpness(x, factor),
+        "sharpness": _sharpness(u8, factor) / 255.0,
         "shear_x": _affine(x, coeffs(one, shear, zero, zero, one, zero)),
         "shear_y": _affine(x, coeffs(one, zero, zero, shear, one, zero)),
         "solarize": torch.where(u8 >= _per_sample(threshold), 255.0 - u8, u8) / 255.0,
@@ -178,15 +193,16 @@ def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def cutout(x: torch.Tensor, gen: torch.Generator, *, max_fraction: float = 0.5) -> torch.Tensor:
     """The authors' ``Cutout``/``CutoutAbs``: side ``v = U(0, max_fraction) * W``, a corner at
-    ``int(max(0, U(0, W) - v/2))`` (so a box near the top or left edge keeps its size),
+    ``int(max(0, U(1, W) - v/2))`` (so a box near the top or left edge keeps its size),
     the far corner ``min(W, corner + v)``, drawn by PIL's ``rectangle``, which fills
     both corners inclusive at integer (truncated) coordinates. Filled RGB (125, 123, 114);
     one-channel images get that colour's mean."""
     b, c, h, w = x.shape
     dev = x.device
     side = _uniform(b, 0.0, max_fraction, gen, dev) * w
-    cx = _uniform(b, 0.0, float(w), gen, dev)
-    cy = _uniform(b, 0.0, float(h), gen, dev)
+    # the authors' ``np.random.uniform(w)``: low w, high 1.0, so U(1, w) (numpy allows low > high)
+    cx = _uniform(b, 1.0, float(w), gen, dev)
+    cy = _uniform(b, 1.0, float(h), gen, dev)
     x0 = (cx - side / 2).clamp_min(0).floor()
     y0 = (cy - side / 2).clamp_min(0).floor()
     x1 = torch.minimum(x0 + side, torch.full_like(x0, float(w))).floor()

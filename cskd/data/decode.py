@@ -54,7 +54,9 @@ def decode_image(source: str | bytes, *, channels: int, where: str | None = None
                                 f"remove it, or raise data.max_image_pixels")
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             if img.format in _FAST_FORMATS and img.mode == "RGB" and orientation == 1:
-                return _to_channels(_torchvision_rgb(data), channels)
+                rgb = _torchvision_rgb(data)
+                if rgb.dtype == torch.uint8:  # a 16-bit PNG comes back as uint16: Pillow's path below
+                    return _to_channels(rgb, channels)
             return torch.from_numpy(pil_to_array(ImageOps.exif_transpose(img), channels))
     except (OSError, RuntimeError, SyntaxError, ValueError, TypeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -37,6 +37,7 @@ def test_dkd_beta_follows_mdistillers_pairs_unless_set():
     assert dkd.for_pair("resnet110", "resnet32").beta == 2.0
     assert dkd.for_pair("wrn_40_2", "wrn_16_2").beta == 6.0
     assert dkd.for_pair("vgg13", "vgg8").beta == 6.0
+    assert dkd.for_pair("vgg13", "MobileNetV2").beta == 6.0  # mdistiller's vgg13_mv2.yaml
     assert dkd.for_pair("resnet32x4", "resnet8x4").beta == 8.0
     assert parse_loss({"kind": "dkd", "beta": 3.0}).for_pair("resnet56", "resnet20").beta == 3.0
 
@@ -54,3 +55,12 @@ def test_a_strong_view_does_not_change_the_order_or_the_weak_view():
         for (w1, y1, s1), (w2, y2, s2) in zip(plain, with_strong, strict=True):
             assert s1 is None and s2 is not None
             assert torch.equal(y1, y2) and torch.equal(w1, w2)
+
+
+def test_the_paper_manifest_trains_on_every_image_and_keeps_the_last_batch():
+    from pipeline.manifest_io import load_manifest
+    from tests.conftest import REPO
+
+    m = load_manifest(REPO / "manifests" / "resnet8x4.yaml")
+    assert m.data.val_fraction == 0  # the authors' 50,000, not 45,000
+    assert m.teacher.train.drop_last is False and m.student.train.drop_last is False

@@ -117,14 +117,40 @@ def _describe(error: dict) -> str:
     return f"{path}: found {_short(error.get('input'))}; {msg}"
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line per problem, unknown keys first (a misspelt key also shows as a missing one,
-    and the misspelling is the thing to fix)."""
-    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
-    lines = list(dict.fromkeys(_describe(e) for e in errors))
+def _misspelt(errors: list[dict]) -> set[tuple]:
+    """Where a required key is missing because it was misspelt: the did-you-mean of an unknown key."""
+    found = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = tuple(error["loc"])
+            parent = _field_model(Manifest, loc[:-1])
+            allowed = [(f.alias or n) for n, f in parent.model_fields.items()] if parent else []
+            found.update((*loc[:-1], near) for near in difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6))
+    return found
+
+
+def format_validation_error(exc: ValidationError, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """One line per problem, unknown keys first. A misspelt key is one line (its did-you-mean), not
+    also a missing one. A problem in a ``-o key=value`` override names the override."""
+    errors = exc.errors()
+    misspelt = _misspelt(errors)
+    errors = sorted((e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in misspelt)),
+                    key=lambda e: e["type"] != "extra_forbidden")
+
+    def blamed(error: dict) -> str:
+        line = _describe(error)
+        dotted = ".".join(map(str, error["loc"]))
+        culprit = next((o for o in reversed(overrides) if dotted == o.partition("=")[0].strip()
+                        or dotted.startswith(o.partition("=")[0].strip() + ".")), None)
+        return f"{OVERRIDE_PREFIX}{culprit}: {line}" if culprit else line
+
+    lines = list(dict.fromkeys(blamed(e) for e in errors))
     if len(lines) > MAX_PROBLEMS:
         lines = [*lines[:MAX_PROBLEMS], f"... and {len(lines) - MAX_PROBLEMS} more problems"]
     return "\n".join(lines)
+
+
+OVERRIDE_PREFIX = "-o "
 
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
@@ -154,7 +180,7 @@ def manifest_from_text(text: str, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(format_validation_error(exc)) from None
+        raise ManifestError(format_validation_error(exc, overrides)) from None
 
 
 def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:
@@ -174,7 +200,9 @@ def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         if "\x00" in text:
             raise ManifestError("contains NUL bytes; a manifest is plain text")
         return manifest_from_text(text, overrides)
-    except ManifestError as exc:
-        raise ManifestError("\n".join(f"{path}: {line}" for line in str(exc).splitlines())) from None
+    except ManifestError as exc:  # each line names the file, or the override it is about
+        lines = str(exc).splitlines()
+        raise ManifestError("\n".join(line if line.startswith((OVERRIDE_PREFIX, "--set ")) else f"{path}: {line}"
+                                      for line in lines)) from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read ({exc.strerror})") from None

@@ -159,8 +159,8 @@ def test_a_misspelt_key_is_named_with_a_suggestion_and_every_problem_listed(tmp_
     lines = str(info.value).splitlines()
     assert lines[0] == (f"{path}: teacher.train.epoch: unknown key 'epoch'; did you mean 'epochs'? (allowed keys: "
                         + lines[0].split("(allowed keys: ")[1])
-    assert any("teacher.train.epochs: required field is missing" in line for line in lines)
-    assert any("gate.max_drop: found -1" in line for line in lines)
+    assert not any("required field is missing" in line for line in lines)  # the typo says it: one line
+    assert any("gate.max_drop: found -1" in line for line in lines) and len(lines) == 2
     assert all(line.startswith(f"{path}: ") for line in lines)
 
 
@@ -187,3 +187,24 @@ def test_sample_limits_take_a_seeded_subset_of_every_class_and_leave_other_ids_a
     assert len(picked) == 100 and set(picked.labels.tolist()) == set(range(10))
     assert torch.equal(picked.labels, _limited(by_class, 100, "random", 0).labels)  # seeded
     assert set(_limited(by_class, 100, None, None).labels.tolist()) == {0}  # the old first-N meaning
+
+
+def test_a_misspelt_key_is_one_line_not_also_a_missing_one(workdir):
+    text = TINY_MANIFEST.replace("epochs: 2", "epoch: 2").replace("max_drop: 100.0", "max_dorp: 100.0")
+    path = workdir / "typos.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 3, lines  # teacher.train.epoch, student.train.epoch, gate.max_dorp: one line each
+    assert all("did you mean" in line and line.startswith(f"{path}: ") for line in lines)
+    assert not any("required field is missing" in line for line in lines)
+
+
+def test_a_bad_override_is_blamed_by_name_not_the_file(workdir):
+    path = workdir / "tiny.yaml"
+    path.write_text(TINY_MANIFEST)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path, ["student.train.lr=-1", "teacher.train.epochs=1"])
+    (line,) = str(err.value).splitlines()
+    assert line.startswith("-o student.train.lr=-1: student.train.lr: found -1") and str(path) not in line

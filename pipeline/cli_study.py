@@ -24,7 +24,11 @@ def _int_list(text: str, option: str) -> list[int]:
 @manifest_option
 @click.option("--losses", default="kd,cskd-core", show_default=True, metavar="LIST",
               help="losses to compare: ce, kd, dkd, dist, cskd-core, cskd-paper, or a variant "
-                   "kind:key=value,key=value (e.g. kd:temperature=2)")
+                   "kind:key=value,key=value (e.g. kd:temperature=2); NAME@RECIPE trains that loss with a "
+                   "published recipe (mdistiller: 240 epochs, lr 0.05; cskd: 480 epochs, lr 0.025)")
+@click.option("--recipe", type=click.Choice(["shared", "own"]), default="shared", show_default=True,
+              help="shared: every loss trains with the manifest's student.train; own: each with its published "
+                   "recipe (kd, dkd, dist, ce: mdistiller; cskd: the authors'), unless NAME@RECIPE says otherwise")
 @click.option("--seeds", type=click.IntRange(1, 1000), default=3, show_default=True,
               help="seeds 0..N-1 per loss and batch size; cells of one seed are paired")
 @click.option("--batch-sizes", default=None, metavar="LIST",
@@ -39,7 +43,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--timeout-min", type=click.IntRange(1, 100_000), default=None, help="time limit of one cell's job")
 @set_option
 @handle_errors
-def study(manifest_opt, losses, seeds, batch_sizes, reference, jobs, launcher, slurm_partition, timeout_min,
+def study(manifest_opt, losses, recipe, seeds, batch_sizes, reference, jobs, launcher, slurm_partition, timeout_min,
           overrides) -> None:
     """Compare losses on this manifest: every loss x batch size x seed, paired statistics.
 
@@ -48,12 +52,13 @@ def study(manifest_opt, losses, seeds, batch_sizes, reference, jobs, launcher, s
     Every cell is cached; rerunning (or resuming an interrupted study) reuses them.
     Examples: cskd-pipeline study -m quickstart --losses ce,kd,cskd-core --seeds 5
               cskd-pipeline study -m resnet8x4 --losses kd,dkd,cskd-paper --seeds 3 --jobs 8
+              cskd-pipeline study -m resnet8x4 --losses kd,cskd-paper --recipe own   (published recipes)
               cskd-pipeline study -m resnet8x4 --launcher slurm --jobs 32 --slurm-partition gpu
     """
-    from pipeline.study import StudyRequest, markdown, parse_losses, run_study
+    from pipeline.study import StudyRequest, markdown, parse_losses, run_study, with_recipes
 
     manifest = _load(manifest_opt, overrides)
-    specs = parse_losses(losses)
+    specs = with_recipes(parse_losses(losses), recipe)
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else [manifest.student.train.batch_size]
     request = StudyRequest(losses=specs, seeds=seeds, batch_sizes=sizes, reference=reference, jobs=jobs,
                            launcher=launcher, slurm={"slurm_partition": slurm_partition, "timeout_min": timeout_min})

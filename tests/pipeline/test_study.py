@@ -143,6 +143,7 @@ def test_paired_statistics_by_hand():
     (["--losses", "kd,kd"], "names a loss twice"),
     (["--losses", "kd,kd:temperature=-1"], "study cell kd:temperature=-1"),
     (["--batch-sizes", "64,x"], "--batch-sizes"),
+    (["--losses", "kd@nowhere,cskd-core"], "unknown recipe 'nowhere'"),
 ])
 def test_bad_study_options_exit_2_with_one_line(tiny_manifest, args, needle):
     code, out = _cli("study", "-m", str(tiny_manifest), *args)
@@ -150,3 +151,29 @@ def test_bad_study_options_exit_2_with_one_line(tiny_manifest, args, needle):
     lines = [line for line in out.splitlines() if line.strip()]
     assert len(lines) == 1 and needle in lines[0], out
     assert not (tiny_manifest.parent / ".cskd").exists()  # refused before anything ran
+
+
+def test_a_baseline_can_carry_its_published_recipe(tiny_manifest):
+    """`kd@mdistiller` trains KD with mdistiller's recipe, `--recipe own` gives every loss its own
+    (KD, DKD, DIST: mdistiller's 240 epochs at lr 0.05; CS-KD: the authors' 480 at 0.025, 0.01 for
+    a MobileNetV2 student), and `shared` (the default) keeps the manifest's for all."""
+    from pipeline.manifest_io import load_manifest
+    from pipeline.study import Cell, cell_manifest, parse_losses, with_recipes
+
+    base = load_manifest(tiny_manifest)
+    specs = parse_losses("kd@mdistiller,cskd-core")
+    assert [(s.label, s.recipe) for s in specs] == [("kd@mdistiller", "mdistiller"), ("cskd-core", None)]
+    assert [s.recipe for s in with_recipes(specs, "own")] == ["mdistiller", "cskd"]
+    assert [s.recipe for s in with_recipes(parse_losses("kd,dkd,cskd-paper"), "shared")] == [None, None, None]
+
+    def train(spec, manifest=base):
+        return cell_manifest(manifest, Cell(spec, batch_size=64, seed=3)).student.train
+
+    kd, cskd = with_recipes(specs, "own")
+    t = train(kd)
+    assert (t.epochs, t.lr, t.schedule, t.milestones, t.seed, t.batch_size) == (240, 0.05, "step", [150, 180, 210], 3, 64)
+    t = train(cskd)
+    assert (t.epochs, t.lr) == (480, 0.025)
+    mobile = base.model_copy(update={"student": base.student.model_copy(update={"model": "MobileNetV2"})})
+    assert train(cskd, mobile).lr == 0.01
+    assert train(parse_losses("kd")[0]).epochs == base.student.train.epochs  # shared: the manifest's

@@ -146,8 +146,12 @@ def train(
     progress=True,
     on_epoch: Callable[[dict], None] | None = None,
     label: str = "training",
+    monitor: Split | None = None,
 ) -> dict:
     """Train ``objective.student`` in place; returns the last epoch's metrics.
+
+    ``monitor``: a split evaluated after every epoch as ``monitor_top1`` (the paper protocol's
+    test split: recorded, never used to choose anything here).
 
     ``work_dir`` holds the resumable checkpoint and the metrics history; a checkpoint
     found there is resumed. The history is copied to ``metrics_path`` at the end.
@@ -170,7 +174,7 @@ def train(
     try:
         return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
                            work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch,
-                           label=label)
+                           label=label, monitor=monitor)
     finally:
         objective.student, objective.gather = net, None
         net.to("cpu").eval()
@@ -180,7 +184,7 @@ def train(
 
 def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader, train_split: Split,
                 val_split: Split, config: TrainConfig, *, device: torch.device, work_dir: Path, metrics_path: Path,
-                progress, on_epoch: Callable[[dict], None] | None, label: str) -> dict:
+                progress, on_epoch: Callable[[dict], None] | None, label: str, monitor: Split | None = None) -> dict:
     writer = rank() == 0
 
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +210,9 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
             val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split, device=device),
                              val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
+            if monitor is not None:
+                last["monitor_top1"] = top1(predict_logits(_unwrap(objective.student), monitor, device=device),
+                                            monitor.labels)
             if writer:
                 with open(history, "a") as f:
                     f.write(json.dumps(last) + "\n")

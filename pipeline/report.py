@@ -115,6 +115,8 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
                       for c, (s, t) in enumerate(zip(models["student"]["per_class"], models["teacher"]["per_class"],
                                                      strict=True))],
         "gate": artifacts["gate"].metrics,
+        # validate.paper_protocol: the best epoch chosen on the test set (labelled; never read by the gate)
+        "paper_protocol": artifacts["distill"].metrics.get("paper_protocol") if "distill" in artifacts else None,
         "training": {"teacher": training_curves(artifacts.get("teacher")),
                      "student": training_curves(artifacts.get("distill"))},
         "manifest": manifest.model_dump(mode="json", by_alias=True),
@@ -154,13 +156,17 @@ def _charts(report: dict) -> dict[str, str]:
         if not rows:
             continue
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-        skip = {"epoch", "lr", "val_top1", "mean_temperature", "frac_mask_b", "frac_mask_c", "loss"}
+        skip = {"epoch", "lr", "val_top1", "monitor_top1", "mean_temperature", "frac_mask_b", "frac_mask_c", "loss"}
         for term in [k for k in rows[0] if k not in skip] + ["loss"]:
             left.plot([r["epoch"] for r in rows], [r[term] for r in rows], marker="o", label=term)
         left.set_xlabel("epoch")
         left.set_title(f"{who}: loss terms per epoch (train)")
         left.legend(fontsize=8)
         right.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label="val top-1 (%)")
+        if "monitor_top1" in rows[0]:
+            right.plot([r["epoch"] for r in rows], [r["monitor_top1"] for r in rows], marker="^",
+                       label="test top-1 (%), paper protocol")
+            right.legend(fontsize=8)
         if "mean_temperature" in rows[0]:
             twin = right.twinx()
             twin.plot([r["epoch"] for r in rows], [r["mean_temperature"] for r in rows], color="tab:orange",

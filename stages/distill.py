@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
-from pipeline.core.manifest import LossField, Manifest, Normalization, TrainData
+from pipeline.core.manifest import LossField, Manifest, Normalization, TestData, TrainData
 from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
-from stages.training import Launch, TrainingJob, launch_of, nodes_in_id, run_training, val_summary
+from stages.training import (
+    Launch,
+    TrainingJob,
+    launch_of,
+    nodes_in_id,
+    paper_protocol,
+    run_training,
+    val_summary,
+)
 
 
 class DistillConfig(Strict):
@@ -20,6 +28,7 @@ class DistillConfig(Strict):
     launch: Launch = Located(Launch())  # where it trains: node rank and rendezvous, not part of the id
     init: InitRef | None = Added()
     preprocess: Normalization | None = Added()  # None: the data set's statistics
+    paper_protocol: TestData | None = Added()  # validate.paper_protocol: the test split after every epoch
 
 
 class DistillStage(Stage):
@@ -37,13 +46,19 @@ class DistillStage(Stage):
                              nproc=manifest.distributed.nproc,
                              nnodes=nodes_in_id(manifest), launch=launch_of(manifest),
                              init=resolve_init(s.init, field="student.init"),
-                             preprocess=resolve_preprocess(s.model, s.preprocess))
+                             preprocess=resolve_preprocess(s.model, s.preprocess),
+                             paper_protocol=manifest.data.test_view() if manifest.validate_.paper_protocol else None)
 
     def run(self, config: DistillConfig, ctx: StageContext) -> StageResult:
         job = TrainingJob(role="distill", model=config.model, train=config.train, data=config.data,
                           loss=config.loss.model_dump(mode="json"), teacher_model=config.teacher_model,
                           teacher_weights=str(ctx.inputs["teacher"].file(WEIGHTS_FILE)),
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
-                          preprocess=config.preprocess)
+                          preprocess=config.preprocess, monitor=config.paper_protocol)
         last = run_training(job, launch=config.launch, progress=ctx.progress, log=ctx.log)
-        return StageResult(last, val_summary(last))
+        protocol = paper_protocol(ctx.out_dir / "metrics.jsonl")
+        summary = val_summary(last)
+        if protocol is not None:
+            summary += (f"; paper protocol: best test top-1 {protocol['best_test_top1']:.2f} at epoch "
+                        f"{protocol['best_epoch']} (selected on the test set)")
+        return StageResult({**last, "paper_protocol": protocol}, summary)

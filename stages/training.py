@@ -9,6 +9,7 @@ as JSON, never the manifest.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -21,8 +22,8 @@ from cskd.config import Strict, TrainConfig
 from cskd.engine import local_rank, rank, train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
-from pipeline.core.manifest import Normalization, TrainData
-from stages.data import dataset, train_val
+from pipeline.core.manifest import Normalization, TestData, TrainData
+from stages.data import dataset, test_split, train_val
 from stages.models import InitRef, build_network, load_network, save_network
 
 
@@ -63,6 +64,7 @@ class TrainingJob(BaseModel):
     out_dir: str
     init: InitRef | None = None  # weights to start from
     preprocess: Normalization | None = None  # None: the data set's statistics
+    monitor: TestData | None = None  # the paper protocol: the test split evaluated after every epoch
 
 
 def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> Callable[[dict], None]:
@@ -74,14 +76,29 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
     def line(row: dict) -> None:
         now = time.perf_counter()
         done, total = row["epoch"], job.train.epochs
-        terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "val_top1"))
+        terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "val_top1", "monitor_top1"))
         val = f"val top-1 {row['val_top1']:.2f}" if row["val_top1"] is not None else "no val split"
+        if "monitor_top1" in row:
+            val += f"  test top-1 {row['monitor_top1']:.2f} (paper protocol)"
         eta = (now - started) / max(done, 1) * (total - done)
         log(f"[{job.role:<8}] {job.model} epoch {done}/{total}  {terms}  {val}  "
             f"{samples / max(now - last[0], 1e-9):.0f} img/s  ETA {int(eta // 60)}:{int(eta % 60):02d}")
         last[0] = now
 
     return line
+
+
+def paper_protocol(metrics_file: Path) -> dict | None:
+    """The best test top-1 over the epochs of a run trained with a monitor (the paper protocol),
+    from its metrics history; None for a run without one."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines()] if metrics_file.is_file() else []
+    rows = [r for r in rows if r.get("monitor_top1") is not None]
+    if not rows:
+        return None
+    best = max(rows, key=lambda r: r["monitor_top1"])
+    return {"best_test_top1": best["monitor_top1"], "best_epoch": best["epoch"], "last_test_top1": rows[-1]["monitor_top1"],
+            "selected_on": "test split (the KD papers' protocol: the best epoch chosen on the test set; an optimistic "
+                           "number, never read by the gate)"}
 
 
 def val_summary(last: dict) -> str:
@@ -113,7 +130,8 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
                  metrics_path=out_dir / "metrics.jsonl", progress=progress, label=f"[{job.role}] {job.model}",
-                 on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None)
+                 on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None,
+                 monitor=test_split(job.monitor) if job.monitor is not None else None)
     if local_rank() == 0:  # replicas hold identical weights (buffers synced): one writer per node, into its own out_dir
         save_network(model, out_dir)
     return {**last, **started_from, "normalization": {"mean": model.mean.flatten().tolist(),

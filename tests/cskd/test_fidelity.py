@@ -64,3 +64,46 @@ def test_the_paper_manifest_trains_on_every_image_and_keeps_the_last_batch():
     m = load_manifest(REPO / "manifests" / "resnet8x4.yaml")
     assert m.data.val_fraction == 0  # the authors' 50,000, not 45,000
     assert m.teacher.train.drop_last is False and m.student.train.drop_last is False
+
+
+def test_the_paper_protocol_records_the_best_test_epoch_labelled_and_the_gate_ignores_it(shipped_run, tmp_path):
+    import json
+    import shutil
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+    from tests.conftest import edited, working_dir, write_manifest
+
+    shutil.copytree(shipped_run[0] / ".cskd", tmp_path / ".cskd")  # the teacher is cached
+    with working_dir(tmp_path):
+        text = edited(student__train__epochs=3, validate={"paper_protocol": True}, ship={"dir": "shipped",
+                                                                                          "promote": "always"})
+        result = CliRunner().invoke(main, ["run", "-m", str(write_manifest(tmp_path, text)), "-q"],
+                                    catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "(selected on the test set)" in result.output
+    report = json.loads((tmp_path / "reports/tiny/latest/report.json").read_text())
+    protocol = report["paper_protocol"]
+    rows = report["training"]["student"]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and all("monitor_top1" in r for r in rows)
+    assert protocol["best_test_top1"] == max(r["monitor_top1"] for r in rows)
+    assert protocol["last_test_top1"] == rows[-1]["monitor_top1"]
+    # the last epoch's test top-1 is the final student's, as validation measures it
+    assert abs(protocol["last_test_top1"] - report["metrics"]["student_top1"]) < 1e-9
+    assert "test set" in protocol["selected_on"] and "gate" in protocol["selected_on"]
+    assert not any("paper" in r["rule"] or "monitor" in r["rule"] for r in report["gate"]["rules"])
+    html = (tmp_path / "reports/tiny/latest/report.html").read_text()
+    assert "selected on the test set" in html
+
+
+def test_the_paper_protocol_left_unset_changes_no_id(tmp_path):
+    from pipeline.manifest_io import manifest_from_text
+    from pipeline.orchestrator import plan
+    from tests.conftest import TINY_MANIFEST, edited, working_dir
+
+    with working_dir(tmp_path):
+        base = {p.kind: p.id for p in plan(manifest_from_text(TINY_MANIFEST))}
+        off = {p.kind: p.id for p in plan(manifest_from_text(edited(validate={"paper_protocol": None})))}
+        on = {p.kind: p.id for p in plan(manifest_from_text(edited(validate={"paper_protocol": True})))}
+    assert off == base and on["distill"] != base["distill"] and on["teacher"] == base["teacher"]

@@ -1,9 +1,11 @@
 """Batched augmentation on the device: the weak view and the paper preset's strong view.
 
 Everything takes a float batch ``[B, C, H, W]`` in [0, 1] and a ``torch.Generator``
-on the batch's device, draws its own random numbers per sample, and never
-synchronises with the host (per-sample choices are applied with ``torch.where``),
-so the same code runs on CPU in tests and inside a CUDA graph on a GPU.
+on the batch's device and draws its own random numbers per sample. The weak view and
+Cutout never synchronise with the host; the strong view's per-sample op choice
+gathers each op's samples (one index per op), except inside a CUDA graph capture,
+where every op runs on the whole batch and ``torch.where`` picks (same draws, same
+result).
 """
 
 from __future__ import annotations
@@ -148,46 +150,67 @@ _OPS = ("identity", "autocontrast", "brightness", "color", "contrast", "equalize
         "rotate", "sharpness", "shear_x", "shear_y", "solarize", "translate_x", "translate_y")
 
 
-def _random_op(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """One RandAugment op per sample, drawn uniformly (with replacement) from ``_OPS``."""
+def _apply(name: str, x: torch.Tensor, p: dict[str, torch.Tensor]) -> torch.Tensor:
+    """One RandAugment op on a batch, each sample with its own magnitudes ``p`` (``[B]`` each)."""
+    if name in ("identity", "equalize", "rotate", "shear_x", "shear_y", "translate_x", "translate_y"):
+        h, w = x.shape[2], x.shape[3]
+        one, zero = torch.ones_like(p["angle"]), torch.zeros_like(p["angle"])
+        coeffs = {"rotate": lambda: _rotation(p["angle"], h, w),
+                  "shear_x": lambda: torch.stack([one, p["shear"], zero, zero, one, zero], 1),
+                  "shear_y": lambda: torch.stack([one, zero, zero, p["shear"], one, zero], 1),
+                  "translate_x": lambda: torch.stack([one, zero, p["shift"] * w, zero, one, zero], 1),
+                  "translate_y": lambda: torch.stack([one, zero, zero, zero, one, p["shift"] * h], 1)}
+        if name == "identity":
+            return x
+        return _equalize(x) if name == "equalize" else _affine(x, coeffs[name]())
+    u8 = (x * 255.0).round()  # every view is on the uint8 grid: PIL's ops work on these values
+    factor = p["factor"]
+    if name == "autocontrast":
+        out = _autocontrast(u8)
+    elif name == "brightness":
+        out = _blend(u8, torch.zeros_like(u8), factor)
+    elif name == "color":
+        out = _blend(u8, _gray(u8), factor)
+    elif name == "contrast":
+        out = _blend(u8, _contrast_mean(u8).expand_as(u8), factor)
+    elif name == "sharpness":
+        out = _sharpness(u8, factor)
+    elif name == "posterize":
+        quantum = _per_sample(torch.pow(2.0, 8.0 - p["bits"]))
+        out = torch.floor(u8 / quantum) * quantum
+    else:  # solarize
+        out = torch.where(u8 >= _per_sample(p["threshold"]), 255.0 - u8, u8)
+    return out / 255.0
+
+
+def _random_op(x: torch.Tensor, gen: torch.Generator, *, select_all: bool | None = None) -> torch.Tensor:
+    """One RandAugment op per sample, drawn uniformly (with replacement) from ``_OPS``.
+
+    Each op is applied once, to the samples that drew it (gather, apply, scatter). Inside a CUDA
+    graph capture, where a data-dependent index cannot be taken, every op runs on the whole batch
+    and ``torch.where`` picks each sample's (``select_all``): the same draws, the same result."""
     b = x.shape[0]
     dev = x.device
     op = torch.randint(0, len(_OPS), (b,), generator=gen, device=dev)
-    factor = _uniform(b, 0.05, 0.95, gen, dev)  # Brightness/Color/Contrast/Sharpness
-    # The authors: ``int(v)`` of v ~ U(4, 8), so 4 to 7 bits (8 only at v == 8 exactly).
-    bits = torch.randint(4, 8, (b,), generator=gen, device=dev).float()
-    angle = _uniform(b, -30.0, 30.0, gen, dev)  # degrees
-    shear = _uniform(b, -0.3, 0.3, gen, dev)
-    shift = _uniform(b, -0.3, 0.3, gen, dev)  # fraction of the size, times the size in pixels below
-    threshold = _uniform(b, 0.0, 256.0, gen, dev)
-
-    u8 = (x * 255.0).round()  # every view is on the uint8 grid: PIL's ops work on these values
-    h, w = x.shape[2], x.shape[3]
-    one, zero = torch.ones_like(angle), torch.zeros_like(angle)
-
-    def coeffs(a, bb, c, d, e, f):
-        return torch.stack([a, bb, c, d, e, f], 1)
-
-    quantum = torch.pow(2.0, 8.0 - bits)
-    results = {
-        "identity": x,
-        "autocontrast": _autocontrast(u8) / 255.0,
-        "brightness": _blend(u8, torch.zeros_like(u8), factor) / 255.0,
-        "color": _blend(u8, _gray(u8), factor) / 255.0,
-        "contrast": _blend(u8, _contrast_mean(u8).expand_as(u8), factor) / 255.0,
-        "equalize": _equalize(x),
-        "posterize": torch.floor(u8 / _per_sample(quantum)) * _per_sample(quantum) / 255.0,
-        "rotate": _affine(x, _rotation(angle, h, w)),
-        "sharpness": _sharpness(u8, factor) / 255.0,
-        "shear_x": _affine(x, coeffs(one, shear, zero, zero, one, zero)),
-        "shear_y": _affine(x, coeffs(one, zero, zero, shear, one, zero)),
-        "solarize": torch.where(u8 >= _per_sample(threshold), 255.0 - u8, u8) / 255.0,
-        "translate_x": _affine(x, coeffs(one, zero, shift * w, zero, one, zero)),
-        "translate_y": _affine(x, coeffs(one, zero, zero, zero, one, shift * h)),
-    }
-    out = x
+    p = {"factor": _uniform(b, 0.05, 0.95, gen, dev),  # Brightness/Color/Contrast/Sharpness
+         # The authors: ``int(v)`` of v ~ U(4, 8), so 4 to 7 bits (8 only at v == 8 exactly).
+         "bits": torch.randint(4, 8, (b,), generator=gen, device=dev).float(),
+         "angle": _uniform(b, -30.0, 30.0, gen, dev),  # degrees
+         "shear": _uniform(b, -0.3, 0.3, gen, dev),
+         "shift": _uniform(b, -0.3, 0.3, gen, dev),  # fraction of the size
+         "threshold": _uniform(b, 0.0, 256.0, gen, dev)}
+    if select_all is None:
+        select_all = dev.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    if select_all:
+        out = x
+        for k, name in enumerate(_OPS):
+            out = torch.where(_per_sample(op == k), _apply(name, x, p), out)
+        return out
+    out = x.clone()
     for k, name in enumerate(_OPS):
-        out = torch.where(_per_sample(op == k), results[name], out)
+        index = (op == k).nonzero().squeeze(1)
+        if index.numel():
+            out[index] = _apply(name, x[index], {key: value[index] for key, value in p.items()})
     return out
 
 
@@ -217,9 +240,11 @@ def cutout(x: torch.Tensor, gen: torch.Generator, *, max_fraction: float = 0.5) 
     return torch.where(box, fill.expand_as(x), x)
 
 
-def strong_view(x: torch.Tensor, gen: torch.Generator, *, padding: int, flip: bool, num_ops: int = 2) -> torch.Tensor:
-    """The paper preset's strong view: own crop and flip, RandAugment(2 ops), then Cutout."""
+def strong_view(x: torch.Tensor, gen: torch.Generator, *, padding: int, flip: bool, num_ops: int = 2,
+                select_all: bool | None = None) -> torch.Tensor:
+    """The paper preset's strong view: own crop and flip, RandAugment(2 ops), then Cutout.
+    ``select_all``: see ``_random_op`` (None: only inside a CUDA graph capture)."""
     x = random_crop_flip(x, gen, padding=padding, flip=flip)
     for _ in range(num_ops):
-        x = _random_op(x, gen)
+        x = _random_op(x, gen, select_all=select_all)
     return cutout(x, gen)

@@ -4,6 +4,7 @@ same batches whatever their loss."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from cskd.config import TrainConfig
@@ -107,3 +108,17 @@ def test_the_paper_protocol_left_unset_changes_no_id(tmp_path):
         off = {p.kind: p.id for p in plan(manifest_from_text(edited(validate={"paper_protocol": None})))}
         on = {p.kind: p.id for p in plan(manifest_from_text(edited(validate={"paper_protocol": True})))}
     assert off == base and on["distill"] != base["distill"] and on["teacher"] == base["teacher"]
+
+
+@pytest.mark.parametrize("shape", [(64, 3, 32, 32), (37, 1, 28, 28)])
+def test_the_gathered_strong_view_equals_the_every_op_view_for_the_same_draws(shape):
+    """Each op applied once to the samples that drew it gives the tensor the capture-safe path
+    (every op on the whole batch, torch.where) gives, draw for draw, over several batches."""
+    from cskd.data.augment import strong_view
+
+    x = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0)).float() / 255.0
+    for seed in range(8):
+        everywhere = strong_view(x, torch.Generator().manual_seed(seed), padding=4, flip=True, select_all=True)
+        gathered = strong_view(x, torch.Generator().manual_seed(seed), padding=4, flip=True, select_all=False)
+        assert torch.equal(everywhere, gathered), seed
+        x = gathered

@@ -8,6 +8,7 @@ is allowed; an unknown key gets the nearest allowed key as "did you mean".
 from __future__ import annotations
 
 import difflib
+import re
 import typing
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from pipeline.core.manifest import Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PROBLEMS = 10
+_POSITIONED = re.compile(r"^\d+:\d+: ")  # a schema error's line:column, as compilers print file:line:column
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -51,6 +53,41 @@ class _StrictLoader(yaml.SafeLoader):
                 raise ManifestError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r}; keep one")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def yaml_positions(text: str) -> dict[tuple, tuple[int, int]]:
+    """(line, column), 1-based, of every key in the document by its path (``("teacher", "train",
+    "epochs")``), and of every value under the path with ``"="`` appended: where a schema error
+    points. Empty for a document that does not parse (``parse_yaml`` says why)."""
+    try:
+        root = yaml.compose(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except (yaml.YAMLError, ManifestError, RecursionError):
+        return {}
+    positions: dict[tuple, tuple[int, int]] = {}
+
+    def walk(node, path: tuple) -> None:
+        positions[(*path, "=")] = (node.start_mark.line + 1, node.start_mark.column + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                positions[(*path, key.value)] = (key.start_mark.line + 1, key.start_mark.column + 1)
+                walk(value, (*path, key.value))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, index))
+
+    if root is not None:
+        walk(root, ())
+    return positions
+
+
+def _position(error: dict, positions: dict[tuple, tuple[int, int]]) -> str:
+    """``"L:C: "`` of the node an error is about: an unknown key's own position, a bad value's,
+    or for a missing key the mapping that should hold it; "" where nothing matches."""
+    loc = tuple(str(p) if not isinstance(p, int) else p for p in error["loc"])
+    candidates = [loc] if error["type"] == "extra_forbidden" else []
+    candidates += [(*loc[:n], "=") for n in range(len(loc), -1, -1)]
+    found = next((positions[c] for c in candidates if c in positions), None)
+    return f"{found[0]}:{found[1]}: " if found else ""
 
 
 def parse_yaml(text: str) -> object:
@@ -129,7 +166,8 @@ def _misspelt(errors: list[dict]) -> set[tuple]:
     return found
 
 
-def format_validation_error(exc: ValidationError, overrides: list[str] | tuple[str, ...] = ()) -> str:
+def format_validation_error(exc: ValidationError, overrides: list[str] | tuple[str, ...] = (),
+                            positions: dict[tuple, tuple[int, int]] | None = None) -> str:
     """One line per problem, unknown keys first. A misspelt key is one line (its did-you-mean), not
     also a missing one. A problem in a ``-o key=value`` override names the override."""
     errors = exc.errors()
@@ -142,7 +180,7 @@ def format_validation_error(exc: ValidationError, overrides: list[str] | tuple[s
         dotted = ".".join(map(str, error["loc"]))
         culprit = next((o for o in reversed(overrides) if dotted == o.partition("=")[0].strip()
                         or dotted.startswith(o.partition("=")[0].strip() + ".")), None)
-        return f"{OVERRIDE_PREFIX}{culprit}: {line}" if culprit else line
+        return f"{OVERRIDE_PREFIX}{culprit}: {line}" if culprit else _position(error, positions or {}) + line
 
     lines = list(dict.fromkeys(blamed(e) for e in errors))
     if len(lines) > MAX_PROBLEMS:
@@ -180,7 +218,7 @@ def manifest_from_text(text: str, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(format_validation_error(exc, overrides)) from None
+        raise ManifestError(format_validation_error(exc, overrides, yaml_positions(text))) from None
 
 
 def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:
@@ -202,7 +240,8 @@ def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
         return manifest_from_text(text, overrides)
     except ManifestError as exc:  # each line names the file, or the override it is about
         lines = str(exc).splitlines()
-        raise ManifestError("\n".join(line if line.startswith((OVERRIDE_PREFIX, "--set ")) else f"{path}: {line}"
+        raise ManifestError("\n".join(line if line.startswith((OVERRIDE_PREFIX, "--set ")) else
+                                      f"{path}:{line}" if _POSITIONED.match(line) else f"{path}: {line}"
                                       for line in lines)) from None
     except OSError as exc:
         raise ManifestError(f"{path}: cannot read ({exc.strerror})") from None

@@ -157,11 +157,13 @@ def test_a_misspelt_key_is_named_with_a_suggestion_and_every_problem_listed(tmp_
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     lines = str(info.value).splitlines()
-    assert lines[0] == (f"{path}: teacher.train.epoch: unknown key 'epoch'; did you mean 'epochs'? (allowed keys: "
-                        + lines[0].split("(allowed keys: ")[1])
+    row = next(i for i, line in enumerate(text.splitlines(), 1) if "{epoch: 15" in line)
+    column = text.splitlines()[row - 1].index("epoch") + 1
+    assert lines[0] == (f"{path}:{row}:{column}: teacher.train.epoch: unknown key 'epoch'; did you mean 'epochs'? "
+                        f"(allowed keys: " + lines[0].split("(allowed keys: ")[1])
     assert not any("required field is missing" in line for line in lines)  # the typo says it: one line
     assert any("gate.max_drop: found -1" in line for line in lines) and len(lines) == 2
-    assert all(line.startswith(f"{path}: ") for line in lines)
+    assert all(line.startswith(f"{path}:") for line in lines)
 
 
 def test_yaml_errors_give_line_and_column():
@@ -197,7 +199,7 @@ def test_a_misspelt_key_is_one_line_not_also_a_missing_one(workdir):
         load_manifest(path)
     lines = str(err.value).splitlines()
     assert len(lines) == 3, lines  # teacher.train.epoch, student.train.epoch, gate.max_dorp: one line each
-    assert all("did you mean" in line and line.startswith(f"{path}: ") for line in lines)
+    assert all("did you mean" in line and line.startswith(f"{path}:") for line in lines)
     assert not any("required field is missing" in line for line in lines)
 
 
@@ -208,3 +210,27 @@ def test_a_bad_override_is_blamed_by_name_not_the_file(workdir):
         load_manifest(path, ["student.train.lr=-1", "teacher.train.epochs=1"])
     (line,) = str(err.value).splitlines()
     assert line.startswith("-o student.train.lr=-1: student.train.lr: found -1") and str(path) not in line
+
+
+def test_a_schema_error_points_at_its_line_and_column(workdir):
+    """file:line:column, as compilers print it: the unknown key itself, the bad value, or for a
+    missing key the mapping that should hold it."""
+    text = ("name: tiny\n"
+            "data: {name: digits}\n"
+            "teacher:\n"
+            "  model: resnet8\n"
+            "  train:\n"
+            "    epochs: 0\n"              # line 6, the value at column 13
+            "student:\n"
+            "  model: resnet8\n"
+            "  train: {epochs: 2}\n"
+            "  wrong_key: 3\n"             # line 10, the key at column 3
+            "gate: {min_onnx_agreement: 99.0}\n")  # line 11: max_drop missing in this mapping (column 7)
+    path = workdir / "m.yaml"
+    path.write_text(text)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    lines = str(err.value).splitlines()
+    assert f"{path}:10:3: student.wrong_key: unknown key 'wrong_key'" in lines[0]
+    assert any(line.startswith(f"{path}:6:13: teacher.train.epochs: found 0") for line in lines), lines
+    assert any(line.startswith(f"{path}:11:7: gate.max_drop: required field is missing") for line in lines), lines

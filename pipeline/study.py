@@ -371,6 +371,8 @@ def markdown(study: dict) -> str:
             verdict = {True: "yes", False: "no", None: "-"}[row["excludes_zero"]]
             lines.append(f"| {row['loss']} | {row['batch_size']} | {row['n']} | {fmt(row['mean_diff'])} | {ci} "
                          f"| {verdict} | {row['wins']}/{row['losses']}/{row['ties']} | {fmt(row['sign_p'], 3)} |")
+    if study.get("conclusion"):
+        lines += ["", study["conclusion"]]
     return "\n".join(lines)
 
 

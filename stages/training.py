@@ -76,7 +76,10 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
     def line(row: dict) -> None:
         now = time.perf_counter()
         done, total = row["epoch"], job.train.epochs
-        terms = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k not in ("epoch", "lr", "val_top1", "monitor_top1"))
+        parts = {k: v for k, v in row.items() if k not in ("epoch", "lr", "val_top1", "monitor_top1")}
+        if len(parts) == 2 and "loss" in parts:  # one term (the teacher's ce) is the loss: say it once
+            parts = {"loss": parts["loss"]}
+        terms = " ".join(f"{k} {v:.4g}" for k, v in parts.items())
         val = f"val top-1 {row['val_top1']:.2f}" if row["val_top1"] is not None else "no val split"
         if "monitor_top1" in row:
             val += f"  test top-1 {row['monitor_top1']:.2f} (paper protocol)"

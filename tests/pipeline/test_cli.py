@@ -205,6 +205,7 @@ def test_a_run_off_a_terminal_prints_one_line_per_epoch_and_keeps_a_log(workdir)
     epochs = [line for line in proc.stdout.splitlines() if " epoch " in line]
     assert [line.split(" epoch ")[1].split()[0] for line in epochs] == ["1/2", "2/2", "1/2", "2/2"]
     assert epochs[0].startswith("[teacher ] resnet8 epoch 1/2") and "val top-1" in epochs[0] and "ETA" in epochs[0]
+    assert " loss " in epochs[0] and " ce " not in epochs[0]  # the teacher's one term is its loss: printed once
     assert "cs_cswt" in epochs[2] and "img/s" in epochs[2]  # the student's lines carry every loss term
     log = (workdir / "reports" / "tiny" / "latest" / "run.log").read_text()
     assert all(line in log for line in epochs) and "[gate    ] ran" in log

@@ -135,6 +135,24 @@ def test_paired_statistics_by_hand():
     assert paired["sign_p"] == pytest.approx(0.25)
     kd = next(r for r in stats["summary"] if r["loss"] == "kd")
     assert kd["mean"] == 81.0 and kd["std"] == 1.0
+    assert stats["conclusion"] == ("What this data supports: cskd-core cannot be told from kd with these 3 seeds "
+                                   f"(mean +2.00, interval [{2.0 - half:+.2f}, {2.0 + half:+.2f}]).")
+
+
+def test_a_top1_interval_stays_within_0_and_100_and_the_sentence_says_what_holds():
+    from pipeline.study_stats import summarize
+
+    rows = [{"loss": loss, "batch_size": 64, "seed": s, "student_top1": v}
+            for loss, values in (("kd", [95.0, 97.5, 97.0]), ("cskd-core", [97.0, 100.0, 99.2]))
+            for s, v in enumerate(values)]
+    stats = summarize(rows, reference="kd")
+    for row in stats["summary"]:
+        low, high = row["ci95"]
+        assert 0.0 <= low <= row["mean"] <= high <= 100.0  # unclipped, cskd-core's would pass 100
+    assert next(r for r in stats["summary"] if r["loss"] == "cskd-core")["ci95"][1] == 100.0
+    (paired,) = stats["paired"]  # diffs 2.0, 2.5, 2.2: the interval excludes 0
+    assert paired["excludes_zero"] is True
+    assert stats["conclusion"].startswith("What this data supports: cskd-core is 2.23 points above kd (interval [+")
 
 
 @pytest.mark.parametrize("args, needle", [

@@ -21,9 +21,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.errors import ManifestError
-from pipeline.core.files import OUTPUT_MARKER, check_replaceable, read_marker, replace_output_dir
+from pipeline.core.files import (
+    LATEST,
+    OUTPUT_MARKER,
+    check_replaceable,
+    latest_version,
+    read_marker,
+    replace_output_dir,
+)
 
-RUNS, LATEST, RELEASES = "runs", "latest", "releases.jsonl"
+RUNS, RELEASES = "runs", "releases.jsonl"
 _VERSION = re.compile(r"^v(\d+)$")
 
 
@@ -98,12 +105,6 @@ def planned_version(folder: Path, bundle_key: str) -> Path:
         if bundle_key in (marker.get("bundle_key"), marker.get("ship_artifact")):
             return path
     return folder / f"v{max(versions, default=0) + 1}"
-
-
-def latest_version(folder: Path) -> str | None:
-    """The version ``latest`` points at (the champion), or None."""
-    link = folder / LATEST
-    return os.readlink(link).rstrip("/").split("/")[-1] if link.is_symlink() else None
 
 
 def _append_release(folder: Path, *, action: str, source: str | None, target: str, why: str,

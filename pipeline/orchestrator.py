@@ -350,24 +350,25 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
         track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)
         reason = gate.record.get("headline", "").removeprefix("FAIL: ")
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
-    outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"], run=run)
+    outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"], run=run, gate=gate)
     track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
 
 
-def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path, *, run: dict) -> Path:
+def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path, *, run: dict,
+            gate: Artifact) -> Path:
     """The verified bundle and the run's report as a version under ``<ship.dir>/<name>/``: the
     existing version when these models shipped before, else a new one (never overwritten). The
-    bundle's report.html links its files by their names, so the folder works wherever it is copied."""
+    bundle's report.html links its files by their names, so the folder works wherever it is copied.
+    ``gate``: the verified gate record the caller read (its verdict goes into releases.jsonl)."""
     from pipeline.report import render_html
 
     bundle = store.get("ship", outcome.artifacts["ship"].id)
-    gate = store.get("gate", outcome.artifacts["gate"].id)
 
     def fill(tmp: Path) -> None:
         for name in bundle.metrics["files"]:
             shutil.copyfile(bundle.file(name), tmp / name)
-        report = json.loads((outcome.report_dir / "report.json").read_text())
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        shutil.copyfile(outcome.report_dir / "report.json", tmp / "report.json")
+        report = json.loads((tmp / "report.json").read_text())
         (tmp / "report.html").write_text(render_html(report, {name: name for name in bundle.metrics["files"]}))
 
     marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}

@@ -9,7 +9,6 @@ is not planned), and neither has ``ship.promote: always``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,21 +19,19 @@ from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
 from pipeline.core.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
 from pipeline.core.errors import ManifestError
-from pipeline.core.files import sha256_file
+from pipeline.core.files import latest_version, sha256_file
 from pipeline.core.manifest import Manifest, TestData
 from stages.data import describe, test_split
 
 CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with
 PREDICTIONS_FILE = "champion_predictions.safetensors"
-LATEST = "latest"
 
 
 def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
     """(version, its ONNX model) that ``latest`` points at in ``ship_folder``, or None."""
-    latest = ship_folder / LATEST
-    if not latest.is_symlink():
+    version = latest_version(ship_folder)
+    if version is None:
         return None
-    version = os.readlink(latest).rstrip("/").split("/")[-1]
     model = ship_folder / version / CHAMPION_FILE
     if not model.is_file() or model.is_symlink():
         raise ManifestError(f"{model}: the champion's model is missing; `cskd-pipeline bundle verify "

@@ -20,9 +20,10 @@ from cskd.checkpoint import sha256_file
 from pipeline.core.errors import OutputError
 
 __all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
-           "read_marker", "OUTPUT_MARKER", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]
+           "read_marker", "OUTPUT_MARKER", "LATEST", "latest_version", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]
 
 OUTPUT_MARKER = ".cskd-output.json"
+LATEST = "latest"  # the link in a ship or report folder to its newest (or champion) entry
 
 
 def canonical_json(obj: object) -> str:
@@ -51,6 +52,12 @@ def confined(path: str | Path, *, field: str, base: Path | None = None) -> Path:
         raise OutputError(f"{field}: {path!r} {where}; use a sub-folder of the working directory "
                           f"(and no symlink that leaves it)")
     return resolved
+
+
+def latest_version(folder: Path) -> str | None:
+    """The entry ``folder/latest`` points at (in a ship folder: the champion version), or None."""
+    link = folder / LATEST
+    return os.readlink(link).rstrip("/").split("/")[-1] if link.is_symlink() else None
 
 
 def read_marker(folder: Path) -> dict | None:

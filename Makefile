@@ -6,7 +6,7 @@ MANIFEST ?= quickstart.yaml
 FASHION_ROOT ?= ../shared/data/fashion-mnist
 CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
-.PHONY: install pipeline test test-slow test-all lint bench compare clean
+.PHONY: install pipeline test test-slow test-all lint docs bench compare clean
 
 # The environment is a file target: `make pipeline` and `make test` build it when it is
 # missing or older than pyproject.toml, so a fresh clone needs one command for each.
@@ -15,10 +15,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,openvino,mlflow,cluster,timm]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,openvino,mlflow,cluster,timm]'
 	touch $(STAMP)
 
-install:  ## (re)create .venv with the project (editable), OpenVINO and the dev tools
+install:  ## (re)create .venv with the project (editable), OpenVINO, MLflow, timm, the docs and the dev tools
 	rm -f $(STAMP)
 	$(MAKE) $(STAMP)
 
@@ -37,6 +37,9 @@ test-all: $(STAMP)  ## every test
 lint: $(STAMP)  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
 	$(BIN)/ruff check pipeline stages cskd exports tests benchmarks
 	$(BIN)/lint-imports
+
+docs: $(STAMP)  ## the documentation site into site/ (offline, strict: a broken link or page fails); open site/index.html
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_ROOT, the CIFAR-10 JPEG copy in CIFAR_JPEG)
 	$(BIN)/python benchmarks/engine.py --out bench/engine.json

@@ -137,6 +137,8 @@ def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc
               cskd-pipeline run --force latency
               cskd-pipeline run --nnodes 2 --node-rank 0 --rdzv-endpoint node0:29400   (and node 1 with --node-rank 1)
     """
+    if not quiet and sys.stderr.isatty():  # the first line within a second, before torch loads
+        click.echo(f"cskd-pipeline run: loading {manifest_opt or 'the manifest'} and planning ...", err=True)
     from pipeline.orchestrator import run_pipeline
 
     flags = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}

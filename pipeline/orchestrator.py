@@ -260,19 +260,27 @@ def _display(progress: bool):
         yield None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True), transient=True) as display:
+    with Progress(TextColumn("{task.description:<40}"), BarColumn(), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as display:
         yield display
+
+
+def _units(step: PlannedStage) -> float:
+    """A stage's share of the overall line: its epochs for a training stage, else one (the rest is
+    quick next to training), so the line's time remaining is the whole run's ETA."""
+    train = getattr(step.config, "train", None)
+    return float(getattr(train, "epochs", 0) or 0) or 1.0
 
 
 def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutcome, forced: set[str], display,
                log: RunLog, *, verbose: bool = False) -> None:
-    overall = display.add_task("pipeline", total=len(steps)) if display else None
+    overall = display.add_task("pipeline", total=sum(map(_units, steps)), overall=True) if display else None
+    done = 0.0
     for number, step in enumerate(steps, 1):
         if display:
-            display.update(overall, description=f"stage {number}/{len(steps)}: {step.kind}")
+            display.update(overall, description=f"stage {number:>2}/{len(steps)}: {step.kind:<14}")
         if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
             break  # the report below says why; nothing ships
         if verbose:
@@ -292,8 +300,9 @@ def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutc
         outcome.artifacts[step.kind] = artifact
         outcome.reports.append(report)
         log(report.line())
-        if display:
-            display.advance(overall)
+        if display:  # training advanced it epoch by epoch; a cached or resumed stage jumps to its end
+            done += _units(step)
+            display.update(overall, completed=done)
 
 
 # How long a node other than 0 waits for node 0 to commit what they trained together.

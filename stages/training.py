@@ -72,10 +72,12 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
     every loss term, val top-1, images/s and the time left (readable under CI, nohup or tee)."""
     started = time.perf_counter()
     last = [started]
+    first = []  # the first epoch this process trains: after a resume, not 1
 
     def line(row: dict) -> None:
         now = time.perf_counter()
         done, total = row["epoch"], job.train.epochs
+        first[:] = first or [done]
         parts = {k: v for k, v in row.items() if k not in ("epoch", "lr", "val_top1", "monitor_top1")}
         if len(parts) == 2 and "loss" in parts:  # one term (the teacher's ce) is the loss: say it once
             parts = {"loss": parts["loss"]}
@@ -83,7 +85,7 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
         val = f"val top-1 {row['val_top1']:.2f}" if row["val_top1"] is not None else "no val split"
         if "monitor_top1" in row:
             val += f"  test top-1 {row['monitor_top1']:.2f} (paper protocol)"
-        eta = (now - started) / max(done, 1) * (total - done)
+        eta = (now - started) / (done - first[0] + 1) * (total - done)  # from the epochs this process timed
         log(f"[{job.role:<8}] {job.model} epoch {done}/{total}  {terms}  {val}  "
             f"{samples / max(now - last[0], 1e-9):.0f} img/s  ETA {int(eta // 60)}:{int(eta % 60):02d}")
         last[0] = now

@@ -1,0 +1,19 @@
+"""mkdocs hooks: add the generated reference pages (tools/docs_ref.py) to every build."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from mkdocs.structure.files import File
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import docs_ref  # noqa: E402 - mkdocs loads this file by path, not as tools.mkdocs_hooks
+
+
+def on_files(files, config):
+    for uri, make in (("reference/manifest.md", docs_ref.manifest_reference),
+                      ("reference/cli.md", docs_ref.cli_reference)):
+        files.append(File.generated(config, uri, content=make()))
+    return files

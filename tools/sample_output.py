@@ -67,7 +67,7 @@ def differences(expected: list[str], actual: list[str], *, same_cpu_class: bool)
         return [f"{len(expected)} lines in the sample, {len(actual)} in the run"]
     problems = []
     after_int8 = False
-    for want, got in zip(expected, actual):
+    for want, got in zip(expected, actual, strict=True):
         after_int8 = after_int8 or want.startswith("[quantize]")
         if same_cpu_class:
             want_m, got_m = mask(want, numbers=False), mask(got, numbers=False)

@@ -120,11 +120,14 @@ def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> N
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo("| run | name | teacher top-1 | student top-1 | gate | shipped | duration s |\n|---|---|---|---|---|---|---|")
+    click.echo("| run | name | overrides | teacher top-1 | student top-1 | INT8 top-1 | gate | shipped | duration s |\n"
+               "|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         shipped = f"{r['shipped']}{' (latest)' if r['became_latest'] else ''}" if r["shipped"] else "-"
-        click.echo(f"| {r['run']} | {r['name']} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | {r['gate']} | "
-                   f"{shipped} | {r['duration_s'] if r['duration_s'] is not None else '-'} |")
+        int8 = f"{r['int8_top1']:.2f}" if r["int8_top1"] is not None else "-"
+        overrides = " ".join(f"`{o}`" for o in r["overrides"]) or "-"
+        click.echo(f"| {r['run']} | {r['name']} | {overrides} | {r['teacher_top1']:.2f} | {r['student_top1']:.2f} | "
+                   f"{int8} | {r['gate']} | {shipped} | {r['duration_s'] if r['duration_s'] is not None else '-'} |")
 
 
 @main.command()

@@ -232,9 +232,12 @@ def list_runs(report_root: Path, name: str | None = None, *,
             continue
         row = report["_row"]
         release = (report.get("run") or {}).get("release") or {}
+        int8 = ((report.get("metrics") or {}).get("models") or {}).get("onnx-int8") or {}
         rows.append({"run": run.name, "name": n, "report": str(path), "teacher_top1": row["teacher_top1"],
-                     "student_top1": row["student_top1"], "gate": "PASS" if row["passed"] else "FAIL",
+                     "student_top1": row["student_top1"], "int8_top1": int8.get("top1"),
+                     "gate": "PASS" if row["passed"] else "FAIL",
                      "shipped": release.get("version"), "became_latest": bool(release.get("latest")),
+                     "overrides": (report.get("run") or {}).get("overrides") or [],
                      "duration_s": (report.get("run") or {}).get("duration_s")})
     return sorted(rows, key=lambda r: r["run"])
 
@@ -266,12 +269,23 @@ def flatten(node: object, prefix: str = "") -> dict[str, object]:
     return {prefix.rstrip("."): node}
 
 
+def _comparable(report: dict) -> dict[str, object]:
+    """Everything a diff compares, flat: the manifest, the overrides, every model's test metrics
+    (each exported file's too), the INT8 stage's figures, each file's p50 per batch size and the
+    gate's rules. Per-class lists are left out (the report shows them)."""
+    latency = (report.get("latency") or {}).get("results") or []
+    flat = {**{f"manifest.{k}": v for k, v in flatten(report.get("manifest") or {}).items()},
+            "run.overrides": " ".join((report.get("run") or {}).get("overrides") or []) or None,
+            **{f"metrics.{k}": v for k, v in flatten(report.get("metrics") or {}).items()},
+            **{f"quantization.{k}": v for k, v in flatten(report.get("quantization") or {}).items()},
+            **{f"latency.{c['backend']}.batch{c['batch']}.p50_ms": c["p50_ms"] for c in latency},
+            **{f"gate.{r['rule']}": r["passed"] for r in (report.get("gate") or {}).get("rules", [])},
+            "gate.passed": (report.get("gate") or {}).get("passed")}
+    return {k: v for k, v in flat.items() if not isinstance(v, list)}
+
+
 def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
-    """(key, value in a, value in b) for every manifest setting and headline metric that differs."""
-    keys = ("student_top1", "teacher_top1", "onnx_top1", "onnx_agreement", "teacher_student_agreement")
-    flat_a = {**{f"manifest.{k}": v for k, v in flatten(a["manifest"]).items()},
-              **{f"metrics.{k}": a["metrics"].get(k) for k in keys}, "gate.passed": a["gate"]["passed"]}
-    flat_b = {**{f"manifest.{k}": v for k, v in flatten(b["manifest"]).items()},
-              **{f"metrics.{k}": b["metrics"].get(k) for k in keys}, "gate.passed": b["gate"]["passed"]}
+    """(key, value in a, value in b) for every setting and metric that differs between two runs."""
+    flat_a, flat_b = _comparable(a), _comparable(b)
     return [(k, flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b))
             if flat_a.get(k) != flat_b.get(k)]

@@ -216,9 +216,11 @@ def manifest_from_text(text: str, overrides: list[str] | tuple[str, ...] = ()) -
         raise ManifestError(f"the manifest must be a mapping of sections, found a {type(data).__name__}")
     data = apply_overrides(data, overrides)
     try:
-        return Manifest.model_validate(data)
+        manifest = Manifest.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(format_validation_error(exc, overrides, yaml_positions(text))) from None
+    manifest._overrides = tuple(overrides)
+    return manifest
 
 
 def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:

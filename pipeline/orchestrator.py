@@ -223,7 +223,8 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
         log(line)
     if manifest.distributed.node_rank != 0:
         return _follow(store, steps, log, node=manifest.distributed.node_rank)
-    run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    run = {"id": new_run_id(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "overrides": list(manifest._overrides)}
     clock = time.perf_counter()
     for step in steps:  # fail before any compute if a back-end or device is missing (verified later, once)
         if not store.exists(step.kind, step.id):
@@ -358,6 +359,7 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
     bundle = planned_version(folders["ship.dir"], ship.metrics["bundle_key"]) if passed and ship else None
     # A run that ships always becomes latest: the champion rule already held (or promote: always).
     run["release"] = {"version": bundle.name if bundle else None, "latest": bundle is not None,
+                      "path": os.path.relpath(bundle) if bundle else None,
                       "champion_before": latest_version(folders["ship.dir"])}
     outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=echo.path,
                                       bundle=bundle)

@@ -14,7 +14,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.core.backends import fastest_passing
+from pipeline.core.backends import backends, fastest_passing
 from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
 from pipeline.core.store import Artifact
@@ -73,6 +73,46 @@ def _compression(artifacts: dict[str, Artifact], latency: dict | None) -> list[d
     return rows
 
 
+def _deployables(artifacts: dict[str, Artifact], latency: dict | None, gate: dict) -> list[dict]:
+    """The report's first table: the teacher, then every exported file of the student as it ships
+    (size on disk, test top-1 through its own runtime, p50 per batch size), with the ratios to the
+    teacher, and whether its accuracy budget held (only those can be the fastest)."""
+    validate = artifacts["validate"].metrics
+    cells = {(c["backend"], c["batch"]): c for c in (latency or {"results": []})["results"]}
+    batches = sorted({c["batch"] for c in (latency or {"results": []})["results"]})
+    failed = {r.get("target") for r in gate.get("rules", []) if not r["passed"]}
+    teacher = artifacts["teacher"]
+    rows = [{"model": "teacher", "runtime": "PyTorch", "files": [], "bytes": teacher.file(WEIGHTS).stat().st_size,
+             "top1": validate["teacher_top1"], "within_budget": None,
+             "p50_ms": {b: cells[("teacher-eager", b)]["p50_ms"] for b in batches if ("teacher-eager", b) in cells}}]
+    for target, entry in backends().items():
+        if entry.kind not in artifacts or target not in validate["models"]:
+            continue
+        # the bundle's copy where there is one: it carries the class names and input spec in its metadata
+        bundle = artifacts.get("ship")
+        files = {name: bundle.file(name) if bundle is not None and bundle.file(name).is_file()
+                 else artifacts[entry.kind].file(inner) for name, inner in entry.shipped.items()}
+        rows.append({"model": f"student {target}", "runtime": target, "files": sorted(files),
+                     "bytes": sum(f.stat().st_size for f in files.values() if f.is_file()),
+                     "top1": validate["models"][target]["top1"], "within_budget": target not in failed,
+                     "p50_ms": {b: cells[(target, b)]["p50_ms"] for b in batches if (target, b) in cells}})
+    for row in rows[1:]:
+        row["smaller"] = rows[0]["bytes"] / row["bytes"] if row["bytes"] else None
+        row["faster"] = {b: rows[0]["p50_ms"][b] / ms for b, ms in row["p50_ms"].items() if b in rows[0]["p50_ms"]}
+    return rows
+
+
+def paired_sentence(metrics: dict) -> str:
+    """The student against the teacher on the same test images, in one plain sentence."""
+    ci, mc = metrics["student_vs_teacher"]["bootstrap"], metrics["student_vs_teacher"]["mcnemar"]
+    diff, low, high = ci["difference"], ci["ci_low"], ci["ci_high"]
+    verdict = ("the student is reliably better" if low > 0 else "the student is reliably worse" if high < 0
+               else "the data cannot tell them apart")
+    return (f"On the same {metrics['samples']:,} test images the student is {abs(diff):.2f} points "
+            f"{'above' if diff >= 0 else 'below'} the teacher ({ci['confidence']:.0%} paired-bootstrap interval "
+            f"{low:+.2f} to {high:+.2f}; McNemar p = {mc['p_value']:.3g}): {verdict}.")
+
+
 def _confusion(artifacts: dict[str, Artifact]) -> dict[str, list[list[int]]]:
     from sklearn.metrics import confusion_matrix
 
@@ -105,6 +145,8 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
                     for kind, art in artifacts.items()],
         "metrics": validate,
         "compression": _compression(artifacts, latency),
+        "deployables": _deployables(artifacts, latency, artifacts["gate"].metrics),
+        "paired": paired_sentence(validate),
         "latency": latency,
         "latency_warnings": latency_warnings(latency) if latency else [],
         "fastest": fastest(latency, artifacts["gate"].metrics) if latency else None,
@@ -137,15 +179,20 @@ def _charts(report: dict) -> dict[str, str]:
 
     charts = {}
     models, latency = report["metrics"]["models"], report["latency"]
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     if latency:
         batch = max(r["batch"] for r in latency["results"])
         names = {"pytorch-eager": "student", "teacher-eager": "teacher"}
-        for r in (r for r in latency["results"] if r["batch"] == batch):
-            top1 = models[names.get(r["backend"], r["backend"])]["top1"]
-            ax.scatter(r["p50_ms"], top1, s=60)
-            ax.annotate(r["backend"], (r["p50_ms"], top1), textcoords="offset points", xytext=(5, 5))
-        ax.set_xlabel(f"p50 latency at batch {batch} (ms, CPU)")
+        points = [(names.get(r["backend"], r["backend"]), r["p50_ms"], models[names.get(r["backend"], r["backend"])]["top1"])
+                  for r in latency["results"] if r["batch"] == batch]
+        markers = "osD^v<>Pp*hX"
+        for n, (name, ms, top1) in enumerate(points):  # a legend, not labels beside the points: none overlap
+            ax.scatter(ms, top1, s=70, marker=markers[n % len(markers)], label=f"{name}: {top1:.2f}%, {ms:.3g} ms",
+                       alpha=0.85, color="black" if name == "teacher" else None)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+        _honest_top1_axis(ax, [p[2] for p in points])
     else:
         ax.bar(list(models), [m["top1"] for m in models.values()], color="tab:blue")
     ax.set_ylabel("test top-1 (%)")
@@ -159,8 +206,10 @@ def _charts(report: dict) -> dict[str, str]:
         skip = {"epoch", "lr", "val_top1", "monitor_top1", "mean_temperature", "frac_mask_b", "frac_mask_c", "loss"}
         for term in [k for k in rows[0] if k not in skip] + ["loss"]:
             left.plot([r["epoch"] for r in rows], [r[term] for r in rows], marker="o", label=term)
+        if all(r[t] > 0 for r in rows for t in rows[0] if t not in skip or t == "loss"):
+            left.set_yscale("log")  # the first epoch's loss is many times the rest: a linear axis flattens them
         left.set_xlabel("epoch")
-        left.set_title(f"{who}: loss terms per epoch (train)")
+        left.set_title(f"{who}: loss terms per epoch (train, log scale)")
         left.legend(fontsize=8)
         right.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label="val top-1 (%)")
         if "monitor_top1" in rows[0]:
@@ -177,6 +226,16 @@ def _charts(report: dict) -> dict[str, str]:
         charts[f"{who} training"] = _png(fig)
         plt.close(fig)
     return charts
+
+
+def _honest_top1_axis(ax, values: list[float], *, span: float = 5.0) -> None:
+    """A top-1 axis at least ``span`` points tall, within [0, 100]: 0.3 points between two models
+    must not look like a cliff, and the axis says how tall it is."""
+    low, high = min(values), max(values)
+    pad = max(span - (high - low), 0) / 2 + 0.5
+    bottom, top = max(0.0, low - pad), min(100.0, high + pad)
+    ax.set_ylim(bottom, top)
+    ax.text(0.01, 0.01, f"axis: {top - bottom:.1f} points", transform=ax.transAxes, fontsize=7, color="#666")
 
 
 def render_html(report: dict, links: dict[str, str] | None = None) -> str:

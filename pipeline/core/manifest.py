@@ -373,6 +373,8 @@ class Manifest(Strict):
     report: ReportSection = ReportSection()
     distributed: DistributedSection = DistributedSection()
     tracking: TrackingSection = TrackingSection()
+    # the -o/--set overrides this manifest was loaded with, as typed (the run history shows them)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
 
     @model_validator(mode="after")
     def _outputs_apart(self) -> Manifest:

@@ -83,6 +83,10 @@ def test_impossible_gate_exits_1_and_ships_nothing(shipped_run, monkeypatch):
     assert result.exit_code == 1, result.output
     assert "gate failed, nothing shipped" in result.output and "student_top1" in result.output
     assert not (folder / "shipped" / "strict").exists()
+    page = (folder / "reports" / "strict" / "latest" / "report.html").read_text()   # the report names the rule
+    assert '<p class="status fail">FAIL: nothing shipped' in page
+    failed = page[page.index('<ul class="failed">'):page.index("</ul>", page.index('<ul class="failed">'))]
+    assert "student_top1 &gt;= teacher_top1 - max_drop</b>: measured" in failed and "needs &gt;=" in failed
 
 
 def test_export_and_verify(shipped_run, monkeypatch):
@@ -230,9 +234,18 @@ def test_two_edited_copies_of_one_name_keep_both_reports_and_bundles(shipped_run
     assert code == 0 and len(runs) >= 2 and all(Path(r["report"]).is_file() for r in runs)
     code, out = _cli("diff", runs[0]["run"], runs[-1]["run"])
     assert code == 0 and "| `manifest.student.train.lr` | 0.05 | 0.02 |" in out, out
-    # Rerunning a lineage that already shipped reuses its version instead of writing a new one.
-    code, _ = _cli("run", "-m", str(tweaked), "--quiet")
+    reports = [json.loads(Path(r["report"]).read_text()) for r in (runs[0], runs[-1])]
+    for model in ("student", "onnx"):  # every model's metrics, not only the headline ones
+        left, right = (r["metrics"]["models"][model]["top1"] for r in reports)
+        assert (f"| `metrics.models.{model}.top1` | {left:.2f} | {right:.2f} |" in out) == (left != right), out
+    # Rerunning a lineage that already shipped reuses its version instead of writing a new one;
+    # `runs` shows the override it ran with, and the version it shipped.
+    code, _ = _cli("run", "-m", str(tweaked), "--quiet", "-o", "report.dir=reports")
     assert code == 0 and (folder / "shipped" / "tiny" / "latest").resolve() == second
+    last = json.loads(_cli("runs", "-m", str(tweaked), "--json")[1])[-1]
+    assert last["overrides"] == ["report.dir=reports"] and last["shipped"] == second.name
+    table = _cli("runs", "-m", str(tweaked))[1].splitlines()
+    assert "| overrides |" in table[0] and "`report.dir=reports`" in table[-1] and f"| {second.name} (latest) |" in table[-1]
     assert _cli("diff", "no-such-run", runs[0]["run"])[0] == 2
 
 

@@ -142,12 +142,51 @@ def test_report_tells_the_compression_story_with_confusion_lineage_and_working_l
     assert report["run"]["id"] and report["run"]["duration_s"] >= 0
     page_path = (folder / "reports" / "tiny" / "latest" / "report.html").resolve()
     page = page_path.read_text()
-    for needle in ("Teacher against student", "Confusion matrices", "Per class", "Lineage", "Manifest (resolved)"):
+    for needle in ("teacher against student", "Confusion matrices", "Per class", "Lineage", "Manifest (resolved)"):
         assert needle in page
     import re
 
     hrefs = re.findall(r'<a href="([^"]+)">', page)
     assert hrefs and all((page_path.parent / href).resolve().is_file() for href in hrefs)  # links reach the bundle
+
+
+def test_the_first_screen_gives_the_verdict_the_shipped_files_and_one_sentence(shipped_run):
+    import re
+
+    folder, report = _report(shipped_run)
+    release = report["run"]["release"]
+    assert release["path"] == f"shipped/tiny/{release['version']}" and (folder / release["path"]).is_dir()
+    rows = report["deployables"]
+    assert rows[0]["model"] == "teacher" and rows[0]["top1"] == report["metrics"]["teacher_top1"]
+    assert [r["runtime"] for r in rows[1:]] == ["onnx"]
+    onnx = rows[1]
+    # sizes are the shipped files themselves, top-1 the file run through its own runtime
+    assert onnx["bytes"] == sum((folder / release["path"] / name).stat().st_size for name in onnx["files"])
+    assert onnx["top1"] == report["metrics"]["models"]["onnx"]["top1"]
+    assert onnx["smaller"] == rows[0]["bytes"] / onnx["bytes"]
+    diff = report["metrics"]["student_vs_teacher"]["bootstrap"]["difference"]
+    assert f"{abs(diff):.2f} points {'above' if diff >= 0 else 'below'} the teacher" in report["paired"]
+    page = (folder / "reports" / "tiny" / "latest" / "report.html").read_text()
+    verdict = re.search(r'<p class="status pass">(.*?)</p>', page).group(1)
+    assert f"PASS: shipped {release['version']} to <code>{release['path']}/</code>" in verdict
+    # the first screen: verdict, then the files table, then the sentence, before any detail
+    order = [page.index(x) for x in ('class="status', 'class="headline"', 'class="paired"', "Per class", "Lineage")]
+    assert order == sorted(order)
+    assert re.search(r"<details><summary>\d+ lines: every setting", page)   # the manifest is collapsed
+
+
+def test_the_paired_sentence_says_what_the_interval_supports():
+    from pipeline.report import paired_sentence
+
+    def metrics(low, high):
+        return {"samples": 1797, "student_vs_teacher": {
+            "bootstrap": {"difference": (low + high) / 2, "ci_low": low, "ci_high": high, "confidence": 0.95},
+            "mcnemar": {"p_value": 0.04}}}
+
+    assert paired_sentence(metrics(0.2, 1.0)).endswith("the student is reliably better.")
+    assert paired_sentence(metrics(-1.0, -0.2)).endswith("the student is reliably worse.")
+    assert paired_sentence(metrics(-0.5, 0.9)).endswith("the data cannot tell them apart.")
+    assert "1,797 test images" in paired_sentence(metrics(-0.5, 0.9))
 
 
 def test_latency_warnings_flag_slow_int8_and_long_tails():

@@ -176,6 +176,7 @@ def _charts(report: dict) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     charts = {}
     models, latency = report["metrics"]["models"], report["latency"]
@@ -190,6 +191,9 @@ def _charts(report: dict) -> dict[str, str]:
             ax.scatter(ms, top1, s=70, marker=markers[n % len(markers)], label=f"{name}: {top1:.2f}%, {ms:.3g} ms",
                        alpha=0.85, color="black" if name == "teacher" else None)
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
         ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
         _honest_top1_axis(ax, [p[2] for p in points])

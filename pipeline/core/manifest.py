@@ -359,20 +359,21 @@ class TrackingSection(Strict):
 
 
 class Manifest(Strict):
-    version: Literal[1] = 1
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    version: Literal[1] = Field(1, description="the manifest format")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                      description="letters, digits, _ . -; names the report and ship folders")
     store: RelativePath = Field(".cskd", description="artifact store, relative to the working directory")
-    data: DataSection
-    teacher: TeacherSection
-    student: StudentSection
-    export: ExportSection = Field(default_factory=ExportSection)
-    validate_: ValidateSection = Field(ValidateSection(), alias="validate")
+    data: DataSection = Field(description="the data set: where it is and how it is split")
+    teacher: TeacherSection = Field(description="the teacher: trained here, or a checkpoint used as it is")
+    student: StudentSection = Field(description="the student, its distillation loss and its training")
+    export: ExportSection = Field(default_factory=ExportSection, description="the exported files and their budgets")
+    validate_: ValidateSection = Field(ValidateSection(), alias="validate", description="test-split validation")
     latency: LatencySection | None = Field(None, description="measure latency of every exported model")
-    gate: GateSection
-    ship: ShipSection = ShipSection()
-    report: ReportSection = ReportSection()
-    distributed: DistributedSection = DistributedSection()
-    tracking: TrackingSection = TrackingSection()
+    gate: GateSection = Field(description="the rules a student must pass to ship")
+    ship: ShipSection = Field(ShipSection(), description="where bundles go, and when a new one becomes latest")
+    report: ReportSection = Field(ReportSection(), description="where run reports go")
+    distributed: DistributedSection = Field(DistributedSection(), description="several processes or machines")
+    tracking: TrackingSection = Field(TrackingSection(), description="MLflow tracking (optional)")
     # the -o/--set overrides this manifest was loaded with, as typed (the run history shows them)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
 

@@ -2,12 +2,17 @@
 # The GPU check of the engine and the method study, as one script for a lent GPU machine
 # (see the README's "Studies"). Prints what it does; writes its results under $OUT.
 #   carry: .whl (pydantic wheels for a machine without them), gpu/cifar10-jpeg.tar.gz
-#   bash benchmarks/gpu_study.sh [TEACHER_EPOCHS] [STUDENT_EPOCHS] [SEEDS] [STUDY_SECONDS]
+#   bash benchmarks/gpu_study.sh [TEACHER_EPOCHS] [STUDENT_EPOCHS] [SEEDS] [STUDY_SECONDS] [LOSSES]
+# Within 15 minutes of an H100/H200: the engine benchmark of both presets (core and paper, with the
+# gathered strong view) at batch 64 and 128, then the CIFAR-10 study (kd and cskd-core x 3 seeds,
+# 60 epochs; LOSSES=kd,cskd-core,cskd-paper adds the paper preset where time allows). Cells are
+# cached: a second run on the same machine finishes an interrupted study.
 set -u
 TEACHER_EPOCHS=${1:-20}
 STUDENT_EPOCHS=${2:-60}
 SEEDS=${3:-3}
 STUDY_SECONDS=${4:-480}
+LOSSES=${5:-kd,cskd-core}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -27,7 +32,7 @@ if [ ! -f "$OUT/engine.json" ] && [ ! -f /tmp/engine.json ]; then
 fi
 cp /tmp/engine.json "$OUT/engine.json" 2>/dev/null
 start=$(date +%s)
-timeout -s INT "$STUDY_SECONDS" python3 -m pipeline.cli study -m cifar10-jpeg --losses kd,cskd-core --seeds "$SEEDS" \
+timeout -s INT "$STUDY_SECONDS" python3 -m pipeline.cli study -m cifar10-jpeg --losses "$LOSSES" --seeds "$SEEDS" \
   -o data.root=/tmp/cifar10-jpeg -o "export.targets=[onnx]" \
   -o teacher.train.epochs="$TEACHER_EPOCHS" -o student.train.epochs="$STUDENT_EPOCHS" 2>&1 | tee -a "$OUT/study.log"
 echo "study command: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s" | tee -a "$OUT/study.log"

@@ -8,6 +8,7 @@ the schema; the sample output of the quickstart matches a fresh run (slow tier).
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -142,3 +143,15 @@ def test_the_sample_output_matches_a_fresh_run(tmp_path: Path) -> None:
     problems = differences(SAMPLE.read_text().splitlines(), run_quickstart(tmp_path),
                            same_cpu_class=meta["cpu_class"] == machine_class())
     assert not problems, "\n".join(problems)
+
+
+def test_the_readme_study_table_is_the_committed_study() -> None:
+    """The table is written by tools/study_table.py from the study.json beside it: no hand copy."""
+    from tools.study_table import BLOCK, rewrite, table
+
+    readme = ROOT / "README.md"
+    assert BLOCK.search(readme.read_text()), "the README lost its study table"
+    assert rewrite(readme) == readme.read_text(), "run `python tools/study_table.py README.md`"
+    study = json.loads((ROOT / "docs" / "study-fashion-mnist.json").read_text())
+    first = study["summary"][0]
+    assert f"| {first['loss']} | {first['n']} | {first['mean']:.2f} |" in table(study)

@@ -1,0 +1,74 @@
+"""The README's study table, written from a committed study.json so the two cannot disagree.
+
+    python tools/study_table.py README.md        # rewrite every <!-- study-table: PATH --> block
+    python tools/study_table.py --curves STORE docs/study-fashion-mnist.json docs/study-fashion-mnist-curves.png
+
+A block is the lines between ``<!-- study-table: docs/x.json -->`` and ``<!-- /study-table -->``;
+a test checks that each block is what this script writes from its JSON. ``--curves`` plots each
+cell's per-epoch test top-1 (recorded with ``validate.paper_protocol: true``) from the study's
+store, to show whether the students were near convergence.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- study-table: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /study-table -->)", re.S)
+
+
+def table(study: dict) -> str:
+    """One row per loss: mean top-1 with its interval, and the paired difference against the reference."""
+    paired = {(p["loss"], p["batch_size"]): p for p in study["paired"]}
+    reference = study["study"]["reference"]
+    lines = [f"| loss | seeds | mean top-1 | 95% interval | minus {reference}, paired by seed | 95% t-interval | "
+             f"wins/losses | sign test p |", "|---|---|---|---|---|---|---|---|"]
+    for row in study["summary"]:
+        low, high = row["ci95"]
+        p = paired.get((row["loss"], row["batch_size"]))
+        versus = (f"{p['mean_diff']:+.2f} | [{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}] | {p['wins']}/{p['losses']} | "
+                  f"{p['sign_p']:.3f}") if p else "(reference) | | |"
+        lines.append(f"| {row['loss']} | {row['n']} | {row['mean']:.2f} | [{low:.2f}, {high:.2f}] | {versus} |")
+    return "\n".join(lines) + "\n"
+
+
+def rewrite(page: Path) -> str:
+    def fill(match: re.Match) -> str:
+        study = json.loads((ROOT / match.group("path")).read_text())
+        return match.group(1) + table(study) + match.group(4)
+
+    return BLOCK.sub(fill, page.read_text())
+
+
+def curves(store: Path, study_json: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    study = json.loads(study_json.read_text())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    colours = {}
+    for cell in study["cells"]:
+        rows = [json.loads(line) for line in
+                (store / "artifacts" / "distill" / cell["distill_id"] / "metrics.jsonl").read_text().splitlines()]
+        colour = colours.setdefault(cell["loss"], f"C{len(colours)}")
+        ax.plot([r["epoch"] for r in rows], [r["monitor_top1"] for r in rows], color=colour, alpha=0.7, marker="o",
+                markersize=3, label=cell["loss"] if cell["seed"] == 0 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test top-1 (%), after each epoch")
+    ax.set_title(f"{study['study']['name']}: every cell's test top-1 by epoch (one line per seed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--curves":
+        curves(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
+    else:
+        page = Path(sys.argv[1])
+        page.write_text(rewrite(page))

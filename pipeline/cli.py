@@ -211,6 +211,9 @@ def _registered_backends() -> dict:
     return backends()
 
 
+TRITON = "triton"  # not a back-end: a Triton model repository of every target the manifest exports
+
+
 class TargetType(click.ParamType):
     """An export target of the back-end registry, checked when the command runs (so that
     ``import pipeline.cli`` and ``--help`` stay light)."""
@@ -218,7 +221,7 @@ class TargetType(click.ParamType):
     name = "target"
 
     def convert(self, value, param, ctx):
-        known = _registered_backends()
+        known = [*_registered_backends(), TRITON]
         if value not in known:
             self.fail(f"{value!r} is not an export target; choose from {', '.join(known)}", param, ctx)
         return value
@@ -228,7 +231,8 @@ class TargetType(click.ParamType):
 @manifest_option
 @click.option("--target", type=TargetType(), default="onnx", show_default=True,
               help="what to export: onnx, onnx-fp16, onnx-int8, trt, openvino, openvino-int8, or any other "
-                   "registered back-end (`cskd-pipeline targets`)")
+                   "registered back-end (`cskd-pipeline targets`); triton: a Triton model repository of every "
+                   "target in export.targets")
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="the folder the exported file(s) are written into (default: exported/<manifest name>); "
                    "files the export did not write there are never replaced")
@@ -243,6 +247,7 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
     Examples: cskd-pipeline export --target trt
               cskd-pipeline export --target onnx-int8 --out deploy/
               cskd-pipeline export --target openvino-int8 -m resnet8x4
+              cskd-pipeline export --target triton --out model_repository/
     """
     from pipeline.core.backends import backend
     from pipeline.core.files import check_owned_files, copy_owned_files
@@ -250,6 +255,11 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
     from pipeline.orchestrator import run_pipeline
 
     manifest = _load(manifest_opt, overrides)
+    if target == TRITON:
+        for path in _export_triton(manifest, out if out is not None else Path("exported") / f"{manifest.name}-triton",
+                                   quiet=quiet):
+            click.echo(str(path))
+        return
     # Export what was asked even if the manifest does not list it, with what it is built from.
     wanted, todo = list(manifest.export.targets), [target]
     while todo:
@@ -272,7 +282,26 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
         click.echo(str(path))
 
 
-from pipeline import cli_data, cli_manage, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, study, shard
+def _export_triton(manifest, out: Path, *, quiet: bool) -> list[Path]:
+    """The bundle the manifest ships (built, not published) as a Triton model repository in ``out``."""
+    from exports.triton import Batching, write_repository
+    from pipeline.core.backends import backend
+    from pipeline.core.errors import OutputError
+    from pipeline.orchestrator import run_pipeline
+
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
+        raise OutputError(f"{out}: exists and is not an empty folder; give a new --out for the Triton repository")
+    outcome = run_pipeline(manifest, until="ship", progress=not quiet and sys.stderr.isatty(), quiet=quiet)
+    bundle = outcome.artifacts["ship"].file("model_card.json").parent
+    targets = [t for t in manifest.export.targets if backend(t).shipped]
+    preferred = tuple(b for b in (manifest.latency.batch_sizes if manifest.latency else [64]) if b > 1)
+    batching = Batching(max_batch_size=manifest.export.trt.max_batch, preferred=preferred)
+    return write_repository(bundle, out, {t: [n for n in backend(t).shipped if not n.endswith(".json")] for t in targets},
+                            name=manifest.name, batching=batching,
+                            gpu_targets=frozenset(t for t in targets if backend(t).device == "cuda"))
+
+
+from pipeline import cli_data, cli_manage, cli_serve, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, serve, study, shard
 
 if __name__ == "__main__":
     # Run as `python -m pipeline.cli` this file is __main__: the commands in cli_manage were

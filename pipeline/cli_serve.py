@@ -1,0 +1,85 @@
+"""``cskd-pipeline serve``: a shipped bundle behind the Open Inference Protocol, with dynamic batching."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from pipeline.cli import handle_errors, main
+from pipeline.serve_engines import ENGINES
+
+
+def resolve_bundle(what: str, ship_dir: Path) -> Path:
+    """A bundle folder as given, or the latest shipped version of a name."""
+    from pipeline.core.errors import ManifestError
+
+    given = Path(what)
+    if (given / "model_card.json").is_file():
+        return given
+    latest = ship_dir / what / "latest"
+    if (latest / "model_card.json").is_file():
+        return latest
+    raise ManifestError(f"{what}: neither a bundle folder (with model_card.json) nor a name shipped under "
+                        f"{ship_dir}/ (no {latest}); give shipped/<name>/v<N> or a shipped name")
+
+
+@main.command()
+@click.argument("bundle")
+@click.option("--target", default=None, help="the exported file to serve: onnx, onnx-int8, openvino, openvino-int8, "
+                                             "... (default: the report's fastest within its budget)")
+@click.option("--engine", type=click.Choice(sorted(ENGINES)), default="litserve", show_default=True,
+              help="the server: litserve (one machine)")
+@click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64), help="inference workers")
+@click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 4096),
+              help="the largest batch dynamic batching forms (1: no batching)")
+@click.option("--batch-wait-ms", default=2.0, show_default=True, type=click.FloatRange(0, 10_000),
+              help="how long a batch waits to fill")
+@click.option("--threads-per-replica", default=None, type=click.IntRange(1, 1024),
+              help="compute threads of each worker (default: the runtime's)")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001, 4096),
+              help="larger request bodies are refused (HTTP 413)")
+@click.option("--address", default=None, help="deploy onto an existing Ray cluster (the Ray Serve engine)")
+@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
+              help="where shipped names are looked up")
+@handle_errors
+def serve(bundle: str, target: str | None, engine: str, replicas: int, max_batch: int, batch_wait_ms: float,
+          threads_per_replica: int | None, host: str, port: int, max_body_mb: float, address: str | None,
+          ship_dir: Path) -> None:
+    """Serve a shipped bundle (a folder, or NAME for shipped/NAME/latest) over HTTP: the Open Inference
+    Protocol v2 (/v2/models/<name>/infer, metadata, health) and /v1/classify (an image file in, its
+    label and probabilities out), with dynamic batching.
+
+    \b
+    Examples: cskd-pipeline serve quickstart
+              cskd-pipeline serve shipped/quickstart/v2 --target onnx-int8 --replicas 2 --port 8080
+    """
+    from pipeline.cli import _registered_backends
+    from pipeline.core.errors import ManifestError, MissingBackend
+    from pipeline.serve_engines import ServeOptions
+    from pipeline.serving import Bundle
+
+    if address is not None:
+        raise MissingBackend("--address: the Ray Serve engine is not part of this version; serve on one "
+                             "machine with --engine litserve")
+    missing = ENGINES[engine].missing()
+    if missing is not None:
+        raise MissingBackend(f"serve --engine {engine}: {missing}")
+    folder = resolve_bundle(bundle, ship_dir)
+    opened = Bundle.open(folder)
+    target = target or opened.fastest_target()
+    known = _registered_backends()
+    files = [name for name in known[target].shipped if (folder / name).is_file()] if target in known else []
+    if not files or not any(f.endswith((".onnx", ".xml")) for f in files):
+        served = [t for t, b in known.items() if b.shipped and all((folder / n).is_file() for n in b.shipped)]
+        raise ManifestError(f"--target {target}: not in {folder} or not servable here; this bundle has "
+                            f"{', '.join(served)}")
+    name = opened.name
+    click.echo(f"serving {folder} ({target}) as model {name!r} on http://{host}:{port} with {engine}: "
+               f"POST /v2/models/{name}/infer, POST /v1/classify, GET /v2/models/{name}, GET /v2/health/ready")
+    ENGINES[engine].serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
+                                       replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
+                                       threads_per_replica=threads_per_replica, host=host, port=port,
+                                       max_body_mb=max_body_mb))

@@ -1,0 +1,118 @@
+"""The LitServe engine (one machine): two LitAPIs, the OIP v2 infer endpoint and ``/v1/classify``,
+each with LitServe's own dynamic batching (``max_batch_size``, ``batch_timeout``). A request may
+carry several images: requests are concatenated into one batch and split again. Workers are
+spawned processes, so the APIs are module-level classes holding only their options."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import litserve as ls
+import numpy as np
+from fastapi import HTTPException
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pipeline.serve_engines import ServeOptions
+from pipeline.serving import BadRequest, Bundle, Codec, Runner
+
+
+def _split(x) -> tuple[list, list[int]]:
+    """LitServe hands predict one request, or a list of them when it batched several."""
+    return (x, [len(images) for _, images in x]) if isinstance(x, list) else ([x], [len(x[1])])
+
+
+class _Api(ls.LitAPI):
+    """Load once per worker, run a concatenated batch, split it per request."""
+
+    def __init__(self, options: ServeOptions, api_path: str):
+        super().__init__(max_batch_size=options.max_batch, batch_timeout=options.batch_wait_ms / 1000,
+                         api_path=api_path)
+        self.options = options
+
+    def setup(self, device) -> None:
+        bundle = Bundle.open(self.options.bundle)
+        self.codec = Codec(bundle, self.options.model_name)
+        self.runner = Runner(bundle, self.options.files, threads=self.options.threads_per_replica)
+
+    def batch(self, inputs):
+        return inputs  # concatenated in predict: requests carry different numbers of images
+
+    def unbatch(self, output):
+        return output
+
+    def predict(self, x):
+        requests, sizes = _split(x)
+        logits = self.runner(np.concatenate([images for _, images in requests]))
+        out = [(key, part) for (key, _), part in zip(requests, np.split(logits, np.cumsum(sizes)[:-1]), strict=True)]
+        return out if isinstance(x, list) else out[0]
+
+    @staticmethod
+    def _checked(decode, *args):
+        try:
+            return decode(*args)
+        except BadRequest as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from None
+
+
+class InferApi(_Api):
+    def decode_request(self, request):
+        return self._checked(self.codec.decode_infer, request)
+
+    def encode_response(self, output):
+        return self.codec.encode_infer(*output)
+
+
+class ClassifyApi(_Api):
+    def decode_request(self, request):
+        upload = request.get("file") if hasattr(request, "get") else None
+        if upload is None or not hasattr(upload, "file"):
+            raise HTTPException(status_code=400, detail="send the image as the multipart form field 'file'")
+        return None, self._checked(self.codec.decode_image, upload.file.read())[None]
+
+    def encode_response(self, output):
+        return self.codec.encode_classification(output[1][0])
+
+
+async def _answer(send, status: int, detail: str) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
+
+
+class JsonBodies:
+    """ASGI middleware: a JSON endpoint's body that is not JSON gets 400 with a message (LitServe
+    would answer 500). The body, at most --max-body-mb (checked before this), is replayed as received."""
+
+    def __init__(self, app, prefix: str = "/v2/"):
+        self.app, self.prefix = app, prefix
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(self.prefix):
+            return await self.app(scope, receive, send)
+        messages, body = [], b""
+        try:
+            while True:
+                message = await receive()  # the size limit outside raises here, past FastAPI's handlers
+                messages.append(message)
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+            json.loads(body)
+        except StarletteHTTPException as exc:
+            return await _answer(send, exc.status_code, str(exc.detail))
+        except ValueError as exc:
+            return await _answer(send, 400, f"the body is not JSON: {exc}")
+
+        async def replay():
+            return messages.pop(0) if messages else await receive()
+
+        return await self.app(scope, replay, send)
+
+
+def serve(options: ServeOptions, *, add_routes: Callable) -> None:
+    apis = [InferApi(options, f"/v2/models/{options.model_name}/infer"), ClassifyApi(options, "/v1/classify")]
+    server = ls.LitServer(apis, accelerator="cpu", workers_per_device=options.replicas, timeout=60,
+                          middlewares=[JsonBodies], max_payload_size=int(options.max_body_mb * 2**20),
+                          healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
+    add_routes(server.app, options)
+    server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")

@@ -1,0 +1,130 @@
+"""`cskd-pipeline serve`: the quickstart's bundle behind LitServe, spoken to by clients nobody here
+wrote (tritonclient for the Open Inference Protocol, requests for /v1/classify)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+http = pytest.importorskip("tritonclient.http", reason="tritonclient is not installed (the [serve] extra)")
+pytest.importorskip("litserve", reason="litserve is not installed (the [serve] extra)")
+requests = pytest.importorskip("requests")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(shipped_run):
+    """The tiny run's shipped bundle served on a free port, dynamic batching on, 2 workers."""
+    folder, _, code, _ = shipped_run
+    assert code == 0
+    bundle = folder / "shipped" / "tiny" / "latest"
+    port = _free_port()
+    binary = Path(sys.executable).parent / "cskd-pipeline"
+    process = subprocess.Popen([str(binary), "serve", str(bundle), "--port", str(port), "--replicas", "2",
+                                "--max-batch", "32", "--max-body-mb", "1"], cwd=folder,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    client = http.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if client.is_server_ready():
+                break
+        except Exception:  # noqa: BLE001 - not listening yet
+            pass
+        if process.poll() is not None:
+            pytest.fail(f"serve exited {process.returncode}: {process.stdout.read()}")
+        time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("the server did not become ready in 120 s")
+    yield bundle, client, f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The test split of the manifest the bundle was shipped from (the tiny one), as the pipeline draws it."""
+    from pipeline.manifest_io import manifest_from_text
+    from stages.data import test_split
+    from tests.conftest import TINY_MANIFEST
+
+    assert json.loads((bundle / "model_card.json").read_text())["name"] == "tiny"
+    split = test_split(manifest_from_text(TINY_MANIFEST).data.test_view())
+    return split.images.numpy(), split.labels.numpy()
+
+
+def _infer(client, images: np.ndarray) -> np.ndarray:
+    tensor = http.InferInput("images", list(images.shape), "FP32")
+    tensor.set_data_from_numpy(images.astype(np.float32) / 255.0, binary_data=False)
+    result = client.infer("tiny", [tensor], outputs=[http.InferRequestedOutput("logits", binary_data=False)])
+    return result.as_numpy("logits")
+
+
+def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server):
+    import onnxruntime as ort
+
+    bundle, client, _ = server
+    assert client.is_server_live() and client.is_model_ready("tiny")
+    meta = client.get_model_metadata("tiny")
+    assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and meta["outputs"][0]["name"] == "logits"
+    images, labels = _test_images(bundle)
+    served = np.concatenate([_infer(client, images[i:i + 37]) for i in range(0, len(images), 37)]).argmax(1)
+    session = ort.InferenceSession(str(bundle / "student.onnx"), providers=["CPUExecutionProvider"])
+    local = session.run(None, {"images": images.astype(np.float32) / 255.0})[0].argmax(1)
+    assert (served == local).all()
+    card = json.loads((bundle / "model_card.json").read_text())
+    assert round(100.0 * float((served == labels).mean()), 2) == round(card["metrics"]["models"]["onnx"]["top1"], 2)
+
+
+def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
+    import importlib.util
+
+    from PIL import Image
+
+    bundle, _, url = server
+    images, _ = _test_images(bundle)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(images[i, 0]).save(path)
+        paths.append(str(path))
+    spec = importlib.util.spec_from_file_location("bundle_predict", bundle / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    expected = [r["label"] for r in predict.Classifier(bundle / "student.onnx").predict(paths)]
+    served = [requests.post(f"{url}/v1/classify", files={"file": (Path(p).name, Path(p).read_bytes(), "image/png")},
+                            timeout=30).json()["label"] for p in paths]
+    assert served == expected
+
+
+@pytest.mark.parametrize(("name", "request_kwargs", "status", "says"), [
+    ("wrong shape", {"json": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 9],
+                                          "data": [0.0] * 72}]}}, 400, "this model takes [N, 1, 8, 8]"),
+    ("wrong dtype", {"json": {"inputs": [{"name": "images", "datatype": "BYTES", "shape": [1, 1, 8, 8],
+                                          "data": ["a"] * 64}]}}, 400, "takes FP32"),
+    ("too little data", {"json": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 1, 8, 8],
+                                              "data": [0.0] * 64}]}}, 400, "does not fill shape"),
+    ("not JSON", {"data": b"{images"}, 400, "not JSON"),
+    ("over --max-body-mb", {"data": b"[" + b"0," * 600_000 + b"0]"}, 413, "too large"),
+    ("undecodable image", {"files": {"file": ("a.png", b"not a png", "image/png")}}, 400, "not an image"),
+])
+def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succeeds(server, name, request_kwargs,
+                                                                                     status, says):
+    bundle, client, url = server
+    path = "/v1/classify" if "files" in request_kwargs else "/v2/models/tiny/infer"
+    response = requests.post(url + path, timeout=30, **request_kwargs)
+    assert response.status_code == status and says in response.text, response.text
+    images, _ = _test_images(bundle)
+    assert _infer(client, images[:3]).shape == (3, 10)

@@ -83,3 +83,50 @@ def serve(bundle: str, target: str | None, engine: str, replicas: int, max_batch
                                        replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                        threads_per_replica=threads_per_replica, host=host, port=port,
                                        max_body_mb=max_body_mb))
+
+
+@main.command()
+@click.argument("url")
+@click.option("--concurrency", default=32, show_default=True, type=click.IntRange(1, 10_000),
+              help="simulated clients, each sending one image and waiting for the answer")
+@click.option("--duration", "duration_s", default=20.0, show_default=True, type=click.FloatRange(1, 86_400),
+              help="seconds measured (after 2 s of ramp-up)")
+@click.option("--rate", default=None, type=click.FloatRange(0.1, 1e6),
+              help="requests per second in total (open loop); default: as fast as answers come")
+@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="a folder of image files sent to /v1/classify; default: random tensors of the model's input "
+                   "shape through /v2/models/<name>/infer")
+@click.option("--model", default=None, help="the model name (default: the one the server serves)")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the figures as JSON here")
+@handle_errors
+def loadtest(url: str, concurrency: int, duration_s: float, rate: float | None, images: Path | None,
+             model: str | None, out: Path | None) -> None:
+    """Load-test a served model with Locust (headless, in its own process): throughput, p50/p90/p99, errors.
+
+    \b
+    Examples: cskd-pipeline loadtest http://127.0.0.1:8000 --concurrency 32 --duration 20
+              cskd-pipeline loadtest http://127.0.0.1:8000 --images data/my-images/test --rate 200 --out load.json
+    """
+    import json
+
+    import requests
+
+    from pipeline.core.errors import ManifestError
+    from pipeline.loadtest import run_load
+
+    url = url.rstrip("/")
+    try:
+        model = model or requests.get(f"{url}/v2", timeout=10).json()["models"][0]
+    except (requests.RequestException, ValueError, KeyError, IndexError) as exc:
+        raise ManifestError(f"{url}: no model server answers /v2 there ({type(exc).__name__}); start one with "
+                            f"`cskd-pipeline serve` or give --model") from None
+    figures = run_load({"url": url, "model": model, "concurrency": concurrency, "duration_s": duration_s,
+                        "rate": rate, "images": str(images) if images else None})
+    click.echo("| concurrency | requests | failures | throughput req/s | p50 ms | p90 ms | p99 ms |\n"
+               "|---|---|---|---|---|---|---|")
+    click.echo(f"| {concurrency} | {figures['requests']} | {figures['failures']} | {figures['throughput_rps']:.1f} | "
+               f"{figures['p50_ms']:.1f} | {figures['p90_ms']:.1f} | {figures['p99_ms']:.1f} |")
+    for error, count in figures["errors"].items():
+        click.echo(f"error x{count}: {error}")
+    if out is not None:
+        out.write_text(json.dumps(figures, indent=2) + "\n")

@@ -57,7 +57,8 @@ def _add_protocol_routes(app, options: ServeOptions) -> None:
     codec = Codec(Bundle.open(options.bundle), options.model_name)
     platform = "openvino" if options.target.startswith("openvino") else "onnxruntime_onnx"
     app.add_api_route("/v2/health/live", lambda: {"live": True}, methods=["GET"])
-    app.add_api_route("/v2", lambda: {"name": "cskd-pipeline", "extensions": ["classification"]}, methods=["GET"])
+    app.add_api_route("/v2", lambda: {"name": "cskd-pipeline", "extensions": ["classification"],
+                                      "models": [options.model_name]}, methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}", lambda: codec.metadata(platform), methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}/ready", lambda: {"ready": True}, methods=["GET"])
 

@@ -128,3 +128,36 @@ def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succe
     assert response.status_code == status and says in response.text, response.text
     images, _ = _test_images(bundle)
     assert _infer(client, images[:3]).shape == (3, 10)
+
+
+def test_loadtest_measures_the_server_with_locust(server, tmp_path):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from pipeline.cli import main
+
+    bundle, _, url = server
+    images, _ = _test_images(bundle)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        Image.fromarray(images[i, 0]).save(folder / f"{i}.png")
+    for extra in ([], ["--images", str(folder)]):   # OIP tensors, then image files through /v1/classify
+        out = tmp_path / "load.json"
+        result = CliRunner().invoke(main, ["loadtest", url, "--concurrency", "4", "--duration", "3",
+                                           "--out", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        figures = json.loads(out.read_text())
+        assert figures["requests"] > 10 and figures["failures"] == 0 and figures["errors"] == {}
+        assert 0 < figures["p50_ms"] <= figures["p90_ms"] <= figures["p99_ms"]
+        assert result.output.splitlines()[2].startswith(f"| 4 | {figures['requests']} | 0 |")
+
+
+def test_loadtest_of_an_address_where_nothing_serves_is_one_line_exit_2():
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    result = CliRunner().invoke(main, ["loadtest", f"http://127.0.0.1:{_free_port()}", "--duration", "1"])
+    assert result.exit_code == 2 and "no model server answers /v2" in result.output
+    assert len(result.output.strip().splitlines()) == 1

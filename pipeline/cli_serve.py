@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
 
 from pipeline.cli import handle_errors, main
 from pipeline.serve_engines import ENGINES
+
+
+def _interrupt(*_) -> None:
+    raise KeyboardInterrupt
 
 
 def resolve_bundle(what: str, ship_dir: Path) -> Path:
@@ -28,8 +33,8 @@ def resolve_bundle(what: str, ship_dir: Path) -> Path:
 @click.argument("bundle")
 @click.option("--target", default=None, help="the exported file to serve: onnx, onnx-int8, openvino, openvino-int8, "
                                              "... (default: the report's fastest within its budget)")
-@click.option("--engine", type=click.Choice(sorted(ENGINES)), default="litserve", show_default=True,
-              help="the server: litserve (one machine)")
+@click.option("--engine", type=click.Choice(sorted(ENGINES)), default=None,
+              help="the server: litserve (one machine; the default) or ray (Ray Serve: one machine or a cluster)")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64), help="inference workers")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="the largest batch dynamic batching forms (1: no batching)")
@@ -41,12 +46,16 @@ def resolve_bundle(what: str, ship_dir: Path) -> Path:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--max-body-mb", default=8.0, show_default=True, type=click.FloatRange(0.001, 4096),
               help="larger request bodies are refused (HTTP 413)")
-@click.option("--address", default=None, help="deploy onto an existing Ray cluster (the Ray Serve engine)")
+@click.option("--request-timeout", "request_timeout_s", default=30.0, show_default=True,
+              type=click.FloatRange(0.1, 3600), help="seconds a request may wait for its answer")
+@click.option("--address", default=None, help="deploy onto an existing Ray cluster, e.g. 127.0.0.1:6379 (implies "
+                                                "--engine ray)")
 @click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
               help="where shipped names are looked up")
 @handle_errors
-def serve(bundle: str, target: str | None, engine: str, replicas: int, max_batch: int, batch_wait_ms: float,
-          threads_per_replica: int | None, host: str, port: int, max_body_mb: float, address: str | None,
+def serve(bundle: str, target: str | None, engine: str | None, replicas: int, max_batch: int, batch_wait_ms: float,
+          threads_per_replica: int | None, host: str, port: int, max_body_mb: float, request_timeout_s: float,
+          address: str | None,
           ship_dir: Path) -> None:
     """Serve a shipped bundle (a folder, or NAME for shipped/NAME/latest) over HTTP: the Open Inference
     Protocol v2 (/v2/models/<name>/infer, metadata, health) and /v1/classify (an image file in, its
@@ -55,15 +64,16 @@ def serve(bundle: str, target: str | None, engine: str, replicas: int, max_batch
     \b
     Examples: cskd-pipeline serve quickstart
               cskd-pipeline serve shipped/quickstart/v2 --target onnx-int8 --replicas 2 --port 8080
+              cskd-pipeline serve quickstart --address 127.0.0.1:6379   (Ray Serve, on a running Ray cluster)
     """
     from pipeline.cli import _registered_backends
     from pipeline.core.errors import ManifestError, MissingBackend
     from pipeline.serve_engines import ServeOptions
     from pipeline.serving import Bundle
 
-    if address is not None:
-        raise MissingBackend("--address: the Ray Serve engine is not part of this version; serve on one "
-                             "machine with --engine litserve")
+    if address is not None and engine == "litserve":
+        raise ManifestError("--address deploys onto a Ray cluster: use --engine ray (or leave --engine out)")
+    engine = engine or ("ray" if address is not None else "litserve")
     missing = ENGINES[engine].missing()
     if missing is not None:
         raise MissingBackend(f"serve --engine {engine}: {missing}")
@@ -79,10 +89,12 @@ def serve(bundle: str, target: str | None, engine: str, replicas: int, max_batch
     name = opened.name
     click.echo(f"serving {folder} ({target}) as model {name!r} on http://{host}:{port} with {engine}: "
                f"POST /v2/models/{name}/infer, POST /v1/classify, GET /v2/models/{name}, GET /v2/health/ready")
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM shuts down like Ctrl-C: workers and replicas go too
     ENGINES[engine].serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
                                        replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                        threads_per_replica=threads_per_replica, host=host, port=port,
-                                       max_body_mb=max_body_mb))
+                                       max_body_mb=max_body_mb, request_timeout_s=request_timeout_s,
+                                       address=address))
 
 
 @main.command()

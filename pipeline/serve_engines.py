@@ -1,7 +1,7 @@
 """Serving engines: thin adapters of the runner and codec (``serving.py``) to a server.
 
 Engines register like the export back-ends: ``ENGINES[name] = Engine(serve, missing)``. Each uses
-its own dynamic batching (LitServe: ``serve_litserve.py``). The OIP's metadata and health routes
+its own dynamic batching (LitServe: ``serve_litserve.py``; Ray Serve: ``serve_ray.py``). The OIP's metadata and health routes
 need no model: they are plain routes on the engine's app.
 """
 
@@ -28,6 +28,7 @@ class ServeOptions:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_mb: float = 8.0
+    request_timeout_s: float = 30.0
     address: str | None = None
 
 
@@ -63,6 +64,63 @@ def _add_protocol_routes(app, options: ServeOptions) -> None:
     app.add_api_route(f"/v2/models/{options.model_name}/ready", lambda: {"ready": True}, methods=["GET"])
 
 
+def _serve_ray(options: ServeOptions) -> None:
+    from pipeline.serve_ray import serve_forever
+
+    serve_forever(options)
+
+
+def launch_server(bundle: Path, cwd: Path, *args: str, env: dict | None = None, timeout_s: float = 180):
+    """``cskd-pipeline serve BUNDLE ARGS`` as a child process on a free port of 127.0.0.1; returns
+    (process, url) once ``/v2/health/ready`` answers 200. Used by benchmarks and tests."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    binary = Path(sys.executable).parent / "cskd-pipeline"
+    process = subprocess.Popen([str(binary), "serve", str(bundle), "--port", str(port), *args], cwd=cwd,
+                               env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    url, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/v2/health/ready", timeout=5) as answer:
+                if answer.status == 200:
+                    return process, url
+        except OSError:  # not listening, or not ready (503) yet
+            pass
+        if process.poll() is not None:
+            raise RuntimeError(f"serve exited {process.returncode}: {process.stdout.read()}")
+        time.sleep(0.5)
+    process.kill()
+    raise RuntimeError(f"the server did not become ready in {timeout_s:.0f} s: {process.stdout.read()}")
+
+
+def stop_server(process) -> None:
+    """SIGTERM (the server shuts its workers down), then SIGKILL to its whole process group."""
+    import os
+    import signal
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)   # anything the server left behind
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
 ENGINES: dict[str, Engine] = {
     "litserve": Engine(_serve_litserve, _missing("litserve", "fastapi")),
+    "ray": Engine(_serve_ray, _missing("ray", "fastapi")),
 }

@@ -14,7 +14,7 @@ from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serve_engines import ServeOptions
-from pipeline.serving import BadRequest, Bundle, Codec, Runner
+from pipeline.serving import BadRequest, Bundle, Codec, Runner, note_replica
 
 
 def _split(x) -> tuple[list, list[int]]:
@@ -34,6 +34,7 @@ class _Api(ls.LitAPI):
         bundle = Bundle.open(self.options.bundle)
         self.codec = Codec(bundle, self.options.model_name)
         self.runner = Runner(bundle, self.options.files, threads=self.options.threads_per_replica)
+        note_replica()
 
     def batch(self, inputs):
         return inputs  # concatenated in predict: requests carry different numbers of images
@@ -111,7 +112,10 @@ class JsonBodies:
 
 def serve(options: ServeOptions, *, add_routes: Callable) -> None:
     apis = [InferApi(options, f"/v2/models/{options.model_name}/infer"), ClassifyApi(options, "/v1/classify")]
-    server = ls.LitServer(apis, accelerator="cpu", workers_per_device=options.replicas, timeout=60,
+    # restart_workers: a worker that dies is started again (LitServe's default shuts the server down);
+    # its requests in flight fail after the request timeout
+    server = ls.LitServer(apis, accelerator="cpu", workers_per_device=options.replicas, restart_workers=True,
+                          timeout=options.request_timeout_s,
                           middlewares=[JsonBodies], max_payload_size=int(options.max_body_mb * 2**20),
                           healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
     add_routes(server.app, options)

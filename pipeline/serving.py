@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,14 @@ class Bundle:
         report = self.folder / "report.json"
         fastest = (json.loads(report.read_text()).get("fastest") or {}) if report.is_file() else {}
         return fastest[max(fastest, key=int)]["backend"] if fastest else "onnx"
+
+
+def note_replica() -> None:
+    """Test hook: with CSKD_SERVE_REPLICA_PIDS set to a folder, a replica leaves its process id
+    there when it is set up (the replica-kill tests find the process to kill this way)."""
+    folder = os.environ.get("CSKD_SERVE_REPLICA_PIDS")
+    if folder:
+        (Path(folder) / str(os.getpid())).touch()
 
 
 class Runner:

@@ -52,7 +52,12 @@ def check_cli(args: list[str]) -> None:
     parent = None
     name = "cskd-pipeline"
     while True:
-        ctx = command.make_context(name, list(args), parent=parent) if "--help" not in args else None
+        try:
+            ctx = command.make_context(name, list(args), parent=parent) if "--help" not in args else None
+        except click.BadParameter as exc:
+            if "does not exist" in str(exc):  # an example's folder (your images): the flag itself parsed
+                return
+            raise
         if not isinstance(command, click.Group):
             return
         sub = next(word for word in args if not word.startswith("-"))     # the group takes no values

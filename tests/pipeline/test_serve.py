@@ -17,6 +17,8 @@ http = pytest.importorskip("tritonclient.http", reason="tritonclient is not inst
 pytest.importorskip("litserve", reason="litserve is not installed (the [serve] extra)")
 requests = pytest.importorskip("requests")
 
+from pipeline.serve_engines import launch_server, stop_server  # noqa: E402
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -24,34 +26,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(shipped_run):
-    """The tiny run's shipped bundle served on a free port, dynamic batching on, 2 workers."""
+def start_server(bundle: Path, cwd: Path, *args: str, pids: Path | None = None):
+    """``cskd-pipeline serve BUNDLE ARGS`` on a free port; (process, client, url) once it is ready."""
+    process, url = launch_server(bundle, cwd, *args, env={"CSKD_SERVE_REPLICA_PIDS": str(pids)} if pids else None)
+    return process, http.InferenceServerClient(url.removeprefix("http://")), url
+
+
+# Ray starts a local cluster (half a minute on 2 cores): its engine runs in the slow tier.
+ENGINES = ["litserve", pytest.param("ray", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def server(shipped_run, request):
+    """The tiny run's shipped bundle served by each engine, dynamic batching on, 2 workers."""
     folder, _, code, _ = shipped_run
     assert code == 0
     bundle = folder / "shipped" / "tiny" / "latest"
-    port = _free_port()
-    binary = Path(sys.executable).parent / "cskd-pipeline"
-    process = subprocess.Popen([str(binary), "serve", str(bundle), "--port", str(port), "--replicas", "2",
-                                "--max-batch", "32", "--max-body-mb", "1"], cwd=folder,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    client = http.InferenceServerClient(f"127.0.0.1:{port}")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if client.is_server_ready():
-                break
-        except Exception:  # noqa: BLE001 - not listening yet
-            pass
-        if process.poll() is not None:
-            pytest.fail(f"serve exited {process.returncode}: {process.stdout.read()}")
-        time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("the server did not become ready in 120 s")
-    yield bundle, client, f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
+    process, client, url = start_server(bundle, folder, "--engine", request.param, "--replicas", "2",
+                                        "--max-batch", "32", "--max-body-mb", "1")
+    yield bundle, client, url
+    stop_server(process)
 
 
 def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -161,3 +155,72 @@ def test_loadtest_of_an_address_where_nothing_serves_is_one_line_exit_2():
     result = CliRunner().invoke(main, ["loadtest", f"http://127.0.0.1:{_free_port()}", "--duration", "1"])
     assert result.exit_code == 2 and "no model server answers /v2" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.slow  # two server starts and load tests of 8 s on each engine
+@pytest.mark.parametrize("engine", ["litserve", "ray"])
+def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(shipped_run, tmp_path, engine):
+    import os
+    import signal
+    import threading
+
+    from pipeline.loadtest import run_load
+
+    folder, _, _, _ = shipped_run
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    process, _, url = start_server(folder / "shipped" / "tiny" / "latest", folder, "--engine", engine,
+                                   "--replicas", "2", "--request-timeout", "3", pids=pids)
+    try:
+        deadline = time.monotonic() + 120   # ready answers with the first replica; wait for both
+        while time.monotonic() < deadline and len(list(pids.iterdir())) < 2:
+            time.sleep(0.5)
+        first = {int(p.name) for p in pids.iterdir()}
+        assert len(first) >= 2
+        during: dict = {}
+        load = threading.Thread(target=lambda: during.update(run_load(
+            {"url": url, "model": "tiny", "concurrency": 8, "duration_s": 8})))
+        load.start()
+        time.sleep(4)
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        load.join()
+        deadline = time.monotonic() + 120          # the engine starts a replacement
+        while time.monotonic() < deadline and not {int(p.name) for p in pids.iterdir()} - first:
+            time.sleep(0.5)
+        assert {int(p.name) for p in pids.iterdir()} - first, "no replica was started again"
+        assert during["requests"] > 0   # the errors while it was down are counted, not hidden
+        after = run_load({"url": url, "model": "tiny", "concurrency": 8, "duration_s": 4})
+        assert after["requests"] > 0 and after["failures"] == 0, after
+    finally:
+        stop_server(process)
+
+
+@pytest.mark.slow  # a Ray cluster of one node started with `ray start --head`, then a deployment onto it
+def test_serve_deploys_onto_a_running_ray_cluster_through_address(shipped_run, tmp_path):
+    import os
+
+    folder, _, _, _ = shipped_run
+    ray = Path(sys.executable).parent / "ray"
+    port = _free_port()
+    import shutil
+    import tempfile
+
+    short = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # Ray's socket paths must stay under 108 bytes
+    env = {**os.environ, "RAY_TMPDIR": short}
+    started = subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                              "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=180)
+    assert started.returncode == 0, started.stderr
+    try:
+        process, client, _ = start_server(folder / "shipped" / "tiny" / "latest", folder,
+                                          "--address", f"127.0.0.1:{port}", "--replicas", "1")
+        try:
+            assert client.get_server_metadata()["models"] == ["tiny"]
+            images, _ = _test_images(folder / "shipped" / "tiny" / "latest")
+            assert _infer(client, images[:4]).shape == (4, 10)
+        finally:
+            stop_server(process)
+    finally:
+        subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(short, ignore_errors=True)

@@ -1,0 +1,121 @@
+"""The Ray Serve engine (one machine or a cluster): one deployment with a FastAPI ingress for the
+same routes as the LitServe engine, Ray Serve's own dynamic batching (``@serve.batch``) and
+``--replicas`` replicas, which Ray restarts when one dies. ``--address`` deploys onto an existing
+Ray cluster (``ray start --head`` on one machine, ``ray start --address`` on the others); without
+it a local Ray instance is started for the server's lifetime. (No ``from __future__ import
+annotations`` here: FastAPI reads the routes' annotations at run time through Ray's ingress.)"""
+
+
+import time
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request
+from ray import serve
+
+from pipeline.serve_engines import ServeOptions
+from pipeline.serving import BadRequest, Bundle, Codec, Runner, note_replica
+
+app = FastAPI()
+
+
+def _checked(decode, *args):
+    try:
+        return decode(*args)
+    except BadRequest as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+
+
+@serve.deployment
+@serve.ingress(app)
+class OipDeployment:
+    """One replica: the bundle's runner and codec; every request goes through one batching queue."""
+
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        bundle = Bundle.open(options.bundle)
+        self.codec = Codec(bundle, options.model_name)
+        self.runner = Runner(bundle, options.files, threads=options.threads_per_replica)
+        self.platform = "openvino" if options.target.startswith("openvino") else "onnxruntime_onnx"
+        note_replica()
+        self._batched.set_max_batch_size(options.max_batch)
+        self._batched.set_batch_wait_timeout_s(options.batch_wait_ms / 1000)
+
+    @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
+    async def _batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
+        logits = self.runner(np.concatenate(batches))
+        return np.split(logits, np.cumsum([len(b) for b in batches])[:-1])
+
+    async def _body(self, request: Request) -> bytes:
+        body = await request.body()
+        if len(body) > self.options.max_body_mb * 2**20:
+            raise HTTPException(status_code=413, detail=f"Payload too large (over {self.options.max_body_mb} MB)")
+        return body
+
+    def _model(self, name: str) -> None:
+        if name != self.options.model_name:
+            raise HTTPException(status_code=404, detail=f"no model {name!r}; this server serves "
+                                                        f"{self.options.model_name!r}")
+
+    @app.get("/v2")
+    def server_metadata(self) -> dict:
+        return {"name": "cskd-pipeline", "extensions": ["classification"], "models": [self.options.model_name]}
+
+    @app.get("/v2/health/live")
+    def live(self) -> dict:
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    def ready(self) -> dict:
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    def metadata(self, name: str) -> dict:
+        self._model(name)
+        return self.codec.metadata(self.platform)
+
+    @app.get("/v2/models/{name}/ready")
+    def model_ready(self, name: str) -> dict:
+        self._model(name)
+        return {"ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> dict:
+        self._model(name)
+        import json
+
+        try:
+            body = json.loads(await self._body(request))
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=f"the body is not JSON: {exc}") from None
+        request_id, images = _checked(self.codec.decode_infer, body)
+        return self.codec.encode_infer(request_id, await self._batched(images))
+
+    @app.post("/v1/classify")
+    async def classify(self, request: Request) -> dict:
+        await self._body(request)
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            raise HTTPException(status_code=400, detail="send the image as the multipart form field 'file'")
+        sample = _checked(self.codec.decode_image, await upload.read())
+        return self.codec.encode_classification((await self._batched(sample[None]))[0])
+
+
+def serve_forever(options: ServeOptions) -> None:
+    import ray
+
+
+    # "local": a Ray instance of this server's own, even where a cluster runs on this machine
+    ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
+             **({} if options.address else {"num_cpus": max(options.replicas, 1)}))
+    serve.start(http_options={"host": options.host, "port": options.port,
+                              "request_timeout_s": options.request_timeout_s})
+    deployment = OipDeployment.options(num_replicas=options.replicas, ray_actor_options={"num_cpus": 0})
+    serve.run(deployment.bind(options), name=options.model_name, route_prefix="/")
+    try:
+        while True:
+            time.sleep(3600)
+    finally:
+        serve.delete(options.model_name)   # the application goes; a cluster given by --address stays
+        if options.address is None:
+            serve.shutdown()

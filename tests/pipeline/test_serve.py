@@ -26,9 +26,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(bundle: Path, cwd: Path, *args: str, pids: Path | None = None):
+def start_server(bundle: Path, cwd: Path, *args: str, pids: Path | None = None, env: dict | None = None):
     """``cskd-pipeline serve BUNDLE ARGS`` on a free port; (process, client, url) once it is ready."""
-    process, url = launch_server(bundle, cwd, *args, env={"CSKD_SERVE_REPLICA_PIDS": str(pids)} if pids else None)
+    env = {**(env or {}), **({"CSKD_SERVE_REPLICA_PIDS": str(pids)} if pids else {})}
+    process, url = launch_server(bundle, cwd, *args, env=env)
     return process, http.InferenceServerClient(url.removeprefix("http://")), url
 
 
@@ -207,14 +208,16 @@ def test_serve_deploys_onto_a_running_ray_cluster_through_address(shipped_run, t
     import tempfile
 
     short = tempfile.mkdtemp(prefix="ray", dir="/tmp")   # Ray's socket paths must stay under 108 bytes
-    env = {**os.environ, "RAY_TMPDIR": short}
+    # the cluster and the client on one machine, without Ray's token authentication between them
+    env = {**os.environ, "RAY_TMPDIR": short, "RAY_AUTH_MODE": "disabled"}
     started = subprocess.run([str(ray), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
                               "--num-cpus", "2", "--include-dashboard", "false", "--disable-usage-stats"],
                              env=env, capture_output=True, text=True, timeout=180)
     assert started.returncode == 0, started.stderr
     try:
         process, client, _ = start_server(folder / "shipped" / "tiny" / "latest", folder,
-                                          "--address", f"127.0.0.1:{port}", "--replicas", "1")
+                                          "--address", f"127.0.0.1:{port}", "--replicas", "1",
+                                          env={"RAY_TMPDIR": short, "RAY_AUTH_MODE": "disabled"})
         try:
             assert client.get_server_metadata()["models"] == ["tiny"]
             images, _ = _test_images(folder / "shipped" / "tiny" / "latest")

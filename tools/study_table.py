@@ -2,6 +2,7 @@
 
     python tools/study_table.py README.md        # rewrite every <!-- study-table: PATH --> block
     python tools/study_table.py --curves STORE docs/study-fashion-mnist.json docs/study-fashion-mnist-curves.png
+    python tools/study_table.py --plot docs/study-fashion-mnist.json docs/study-fashion-mnist.png
 
 A block is the lines between ``<!-- study-table: docs/x.json -->`` and ``<!-- /study-table -->``;
 a test checks that each block is what this script writes from its JSON. ``--curves`` plots each
@@ -66,8 +67,20 @@ def curves(store: Path, study_json: Path, out: Path) -> None:
     fig.savefig(out, dpi=110, bbox_inches="tight")
 
 
+def plot(study_json: Path, out: Path) -> None:
+    """The study page's plot (top-1 per seed, means and intervals) as a PNG file."""
+    import base64
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.study_stats import _plot
+
+    out.write_bytes(base64.b64decode(_plot(json.loads(study_json.read_text()))))
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--curves":
+    if sys.argv[1] == "--plot":
+        plot(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1] == "--curves":
         curves(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
     else:
         page = Path(sys.argv[1])

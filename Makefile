@@ -29,7 +29,7 @@ test: $(STAMP)  ## the test suite without the tests marked slow (under 10 minute
 	$(BIN)/python -m pytest -q -m "not slow"
 
 test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not cluster"
 
 test-all: $(STAMP)  ## every test
 	$(BIN)/python -m pytest -q

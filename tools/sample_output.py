@@ -29,7 +29,8 @@ COMMAND = ["cskd-pipeline", "run", "-m", "quickstart"]
 
 _EPOCH = re.compile(r"^\[(\w+) *\] \S+ epoch (\d+)/\d+")
 _VARYING = [
-    (re.compile(r"\b\d+\.\ds\b"), "<s>"),                                   # stage time
+    (re.compile(r"\s+\d+\.\ds\b"), " <s>"),                                 # stage time (its padding too)
+    (re.compile(r"\b\d+ KiB\b"), "<KiB>"),                                   # file sizes vary by metadata bytes
     (re.compile(r"\b\d+ img/s\b"), "<img/s>"),                              # throughput
     (re.compile(r"ETA \d+:\d\d(:\d\d)?"), "ETA <t>"),
     (re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}"), "<run>"),                      # run id

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,12 +86,27 @@ def write_repository(bundle: Path, out: Path, models: dict[str, list[str]], *, n
                      batching: Batching = Batching(), gpu_targets: frozenset[str] = frozenset()) -> list[Path]:
     """Write ``out/<name>_<target>/`` for each ``target: [bundle file names]`` of ``models``, from
     the bundle folder; returns the config files written. ``out`` must be new or empty; it is written
-    beside itself and renamed into place, so a failure leaves nothing half-written."""
+    beside itself (a temporary folder of its own) and renamed into place, so a failure leaves
+    nothing half-written and nothing else is touched."""
     check_repository_folder(out)
     card = json.loads((bundle / "model_card.json").read_text())
     labels = "\n".join(card["class_names"]) + "\n"
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # ours alone: removed on failure
+    try:
+        written = _fill(tmp, out, bundle, models, card, labels, name=name, batching=batching,
+                        gpu_targets=gpu_targets)
+        if out.exists():
+            out.rmdir()  # empty, checked above
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return written
+
+
+def _fill(tmp: Path, out: Path, bundle: Path, models: dict[str, list[str]], card: dict, labels: str, *,
+          name: str, batching: Batching, gpu_targets: frozenset[str]) -> list[Path]:
     written = []
     for target, names in models.items():
         runtime, files = _format([bundle / n for n in names])
@@ -102,7 +118,4 @@ def write_repository(bundle: Path, out: Path, models: dict[str, list[str]], *, n
         (folder / "config.pbtxt").write_text(config_text(model_name(name, target), runtime, card, batching,
                                                          gpu=target in gpu_targets))
         written.append(out / folder.name / "config.pbtxt")
-    if out.exists():
-        out.rmdir()  # empty, checked above
-    tmp.rename(out)
     return written

@@ -284,13 +284,15 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
 
 def _export_triton(manifest, out: Path, *, quiet: bool) -> list[Path]:
     """The bundle the manifest ships (built, not published) as a Triton model repository in ``out``."""
-    from exports.triton import Batching, write_repository
+    from exports.triton import Batching, check_repository_folder, write_repository
     from pipeline.core.backends import backend
     from pipeline.core.errors import OutputError
     from pipeline.orchestrator import run_pipeline
 
-    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise OutputError(f"{out}: exists and is not an empty folder; give a new --out for the Triton repository")
+    try:
+        check_repository_folder(out)  # before any compute
+    except FileExistsError as exc:
+        raise OutputError(str(exc)) from None
     outcome = run_pipeline(manifest, until="ship", progress=not quiet and sys.stderr.isatty(), quiet=quiet)
     bundle = outcome.artifacts["ship"].file("model_card.json").parent
     targets = [t for t in manifest.export.targets if backend(t).shipped]

@@ -70,3 +70,20 @@ def test_a_folder_that_is_not_empty_is_refused_before_any_work(shipped_run, monk
     result = CliRunner().invoke(main, ["export", "-m", str(manifest), "--target", "triton", "--out", str(out)])
     assert result.exit_code == 2 and "not an empty folder" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"] and _sha(out / "notes.txt") == _sha(out / "notes.txt")
+
+
+def test_a_failed_write_leaves_nothing_and_touches_nothing_it_did_not_make(tmp_path):
+    from exports.triton import write_repository
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model_card.json").write_text('{"class_names": ["a"], "input": {"name": "images", "dtype": "float32", '
+                                            '"shape": ["batch", 1, 8, 8]}, "output": {"name": "logits", '
+                                            '"shape": ["batch", 1]}}')
+    mine = tmp_path / ".repo.tmp"          # a user's folder with the name a scratch folder could have
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(FileNotFoundError):  # the bundle lacks the file the target names
+        write_repository(bundle, tmp_path / "repo", {"onnx": ["student.onnx"]}, name="x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and (mine / "keep.txt").read_text() == "mine"

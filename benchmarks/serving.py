@@ -65,6 +65,27 @@ def in_process(bundle: Path, threads: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
+def summarise(rows: list[dict]) -> dict:
+    """The issue's goal per engine at concurrency 32 (binary tensors): the best configuration's
+    throughput against in-process and its p99/p50, and batching's gain (on against off)."""
+    out = {}
+    for engine in sorted({r["engine"] for r in rows}):
+        at32 = [r for r in rows if r["engine"] == engine and r["concurrency"] == 32 and r["tensors"] == "binary"]
+        if not at32:
+            continue
+        best = max(at32, key=lambda r: r["throughput_rps"])
+        gain = {}
+        for replicas in (1, 2):
+            cell = {r["batching"]: r["throughput_rps"] for r in at32 if r["replicas"] == replicas}
+            if {"on", "off"} <= cell.keys():
+                gain[f"{replicas}_replicas"] = cell["on"] / cell["off"]
+        out[engine] = {"best_at_32": {k: best[k] for k in ("batching", "replicas", "throughput_rps", "p50_ms",
+                                                          "p99_ms")},
+                       "vs_in_process": best["vs_in_process"], "p99_over_p50": best["p99_ms"] / best["p50_ms"],
+                       "batching_gain_at_32": gain}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="bench/serving.json")
@@ -86,11 +107,14 @@ def main() -> None:
                                                    "--max-batch", str(max_batch), "--batch-wait-ms", "2",
                                                    "--threads-per-replica", str(threads))
                     try:
-                        for concurrency in args.concurrency:
+                        # JSON tensors once, beside the binary extension, where the goal is judged
+                        json_too = [(32, False)] if (batching, replicas) == ("on", 1) else []
+                        for concurrency, binary in [(c, True) for c in args.concurrency] + json_too:
                             load = run_load({"url": url, "model": "resnet8x4", "concurrency": concurrency,
-                                             "duration_s": args.duration})
+                                             "duration_s": args.duration, "binary": binary})
                             row = {"engine": engine, "batching": batching, "replicas": replicas,
                                    "threads_per_replica": threads, "concurrency": concurrency,
+                                   "tensors": load["tensors"],
                                    **{k: load[k] for k in ("requests", "failures", "throughput_rps", "p50_ms",
                                                            "p90_ms", "p99_ms")},
                                    "vs_in_process": load["throughput_rps"] / reference}
@@ -98,7 +122,7 @@ def main() -> None:
                             print(json.dumps(row), flush=True)
                     finally:
                         stop_server(process)
-    result = {"benchmark": "serving", "model": "resnet8x4 3x32x32, untrained", "in_process_images_per_s": reference,
+    result = {"benchmark": "serving", "summary": summarise(rows), "model": "resnet8x4 3x32x32, untrained", "in_process_images_per_s": reference,
               "threads": args.threads, "duration_s": args.duration, "cpu_class": machine_class(),
               "cpu_flags": recorded_flags(), "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -108,11 +108,13 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
 @click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="a folder of image files sent to /v1/classify; default: random tensors of the model's input "
                    "shape through /v2/models/<name>/infer")
+@click.option("--json-tensors", is_flag=True, help="send the tensors as JSON lists of numbers (default: the binary "
+                                                   "tensor extension, as tritonclient does)")
 @click.option("--model", default=None, help="the model name (default: the one the server serves)")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="also write the figures as JSON here")
 @handle_errors
 def loadtest(url: str, concurrency: int, duration_s: float, rate: float | None, images: Path | None,
-             model: str | None, out: Path | None) -> None:
+             json_tensors: bool, model: str | None, out: Path | None) -> None:
     """Load-test a served model with Locust (headless, in its own process): throughput, p50/p90/p99, errors.
 
     \b
@@ -133,7 +135,7 @@ def loadtest(url: str, concurrency: int, duration_s: float, rate: float | None, 
         raise ManifestError(f"{url}: no model server answers /v2 there ({type(exc).__name__}); start one with "
                             f"`cskd-pipeline serve` or give --model") from None
     figures = run_load({"url": url, "model": model, "concurrency": concurrency, "duration_s": duration_s,
-                        "rate": rate, "images": str(images) if images else None})
+                        "rate": rate, "images": str(images) if images else None, "binary": not json_tensors})
     click.echo("| concurrency | requests | failures | throughput req/s | p50 ms | p90 ms | p99 ms |\n"
                "|---|---|---|---|---|---|---|")
     click.echo(f"| {concurrency} | {figures['requests']} | {figures['failures']} | {figures['throughput_rps']:.1f} | "

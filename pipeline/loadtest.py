@@ -8,7 +8,8 @@ prints one JSON line: requests, failures, throughput, p50/p90/p99 in ms. Each si
 sends one image per request and waits for the answer before sending the next (closed loop), or
 paces itself to ``rate`` requests per second in total (open loop, when given). Images: the files
 of a folder through ``/v1/classify``, or random tensors of the model's input shape through the
-Open Inference Protocol (latency does not depend on the pixels).
+Open Inference Protocol (latency does not depend on the pixels), in the binary tensor extension
+unless ``binary`` is false (JSON lists of numbers).
 """
 
 from __future__ import annotations
@@ -31,6 +32,18 @@ def run_load(config: dict) -> dict:
     return json.loads(lines[-1])
 
 
+def _tensor_body(name: str, images, *, binary: bool) -> tuple[bytes, dict]:
+    """An OIP v2 infer request: the binary tensor extension (a JSON header, then the raw float32
+    bytes, as tritonclient sends by default), or the data as a JSON list of numbers."""
+    tensor = {"name": name, "datatype": "FP32", "shape": list(images.shape)}
+    if not binary:
+        body = json.dumps({"inputs": [{**tensor, "data": images.ravel().round(4).tolist()}]}).encode()
+        return body, {"Content-Type": "application/json"}
+    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": images.nbytes}}]}).encode()
+    return header + images.tobytes(), {"Content-Type": "application/octet-stream",
+                                       "Inference-Header-Content-Length": str(len(header))}
+
+
 def _user_class(config: dict):
     import random
 
@@ -50,8 +63,7 @@ def _user_class(config: dict):
         spec = meta["inputs"][0]
         shape = [1, *spec["shape"][1:]]
         rng = np.random.default_rng(0)
-        bodies = [json.dumps({"inputs": [{"name": spec["name"], "datatype": "FP32", "shape": shape,
-                                          "data": rng.random(int(np.prod(shape))).round(4).tolist()}]})
+        bodies = [_tensor_body(spec["name"], rng.random(shape, dtype=np.float32), binary=config.get("binary", True))
                   for _ in range(16)]
     rate = config.get("rate")
 
@@ -65,8 +77,8 @@ def _user_class(config: dict):
                 body, content_type = random.choice(payloads)
                 self.client.post("/v1/classify", data=body, headers={"Content-Type": content_type}, name="classify")
             else:
-                self.client.post(f"/v2/models/{config['model']}/infer", data=random.choice(bodies),
-                                 headers={"Content-Type": "application/json"}, name="infer")
+                body, headers = random.choice(bodies)
+                self.client.post(f"/v2/models/{config['model']}/infer", data=body, headers=headers, name="infer")
 
     return Client
 
@@ -84,6 +96,7 @@ def _main(config: dict) -> dict:
     total = env.stats.total
     seconds = max(total.last_request_timestamp - total.start_time, 1e-9) if total.num_requests else 0
     return {"url": config["url"], "concurrency": config["concurrency"], "rate": config.get("rate"),
+            "tensors": "json" if config.get("binary") is False else "binary",
             "duration_s": config["duration_s"], "requests": total.num_requests, "failures": total.num_failures,
             "throughput_rps": total.num_requests / seconds if seconds else 0.0,
             **{f"p{q}_ms": total.get_response_time_percentile(q / 100) for q in (50, 90, 99)},

@@ -55,6 +55,18 @@ def training_curves(artifact: Artifact | None) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def served(serving: dict) -> dict:
+    """The serving stage's figures with each load level's share of the in-process throughput at
+    the largest batch (the most the runtime does without HTTP) and p99 over p50."""
+    in_process = serving["in_process"]
+    batch = max(in_process, key=int) if in_process else None
+    reference = in_process[batch]["throughput_ips"] if batch else None
+    rows = [{**r, "share": r["throughput_rps"] / reference if reference else None,
+             "tail": r["p99_ms"] / r["p50_ms"] if r["p50_ms"] else None} for r in serving["rows"]]
+    return {**serving, "rows": rows, "reference_batch": batch, "reference_ips": reference,
+            "single_p50_ms": (in_process.get("1") or in_process.get(1) or {}).get("p50_ms")}
+
+
 def _compression(artifacts: dict[str, Artifact], latency: dict | None) -> list[dict]:
     """Teacher against student: parameters, weights size, test top-1, eager latency per batch."""
     validate = artifacts["validate"].metrics
@@ -149,6 +161,7 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
         "paired": paired_sentence(validate),
         "latency": latency,
         "latency_warnings": latency_warnings(latency) if latency else [],
+        "serving": served(artifacts["serving"].metrics) if "serving" in artifacts else None,
         "fastest": fastest(latency, artifacts["gate"].metrics) if latency else None,
         "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
         "confusion": _confusion(artifacts),

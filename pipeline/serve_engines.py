@@ -46,13 +46,31 @@ def _missing(*modules: str) -> Callable[[], str | None]:
 
 
 def _serve_litserve(options: ServeOptions) -> None:
+    import os
+    import shutil
+
+    from pipeline.serve_metrics import FOLDER_ENV, use_folder
+
+    os.environ[FOLDER_ENV] = folder = use_folder()  # before prometheus_client loads; the workers inherit it
     from pipeline.serve_litserve import serve
 
-    serve(options, add_routes=_add_protocol_routes)
+    try:
+        serve(options, add_routes=_add_protocol_routes)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _metrics_response():
+    from fastapi import Response
+
+    from pipeline.serve_metrics import exposition
+
+    content, media_type = exposition()
+    return Response(content=content, media_type=media_type)
 
 
 def _add_protocol_routes(app, options: ServeOptions) -> None:
-    """The OIP v2 routes that need no model: health and metadata."""
+    """The OIP v2 routes that need no model (health and metadata), and the metrics."""
     from pipeline.serving import Bundle, Codec
 
     codec = Codec(Bundle.open(options.bundle), options.model_name)
@@ -62,12 +80,20 @@ def _add_protocol_routes(app, options: ServeOptions) -> None:
                                       "models": [options.model_name]}, methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}", lambda: codec.metadata(platform), methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}/ready", lambda: {"ready": True}, methods=["GET"])
+    app.add_api_route("/metrics", _metrics_response, methods=["GET"])
 
 
 def _serve_ray(options: ServeOptions) -> None:
+    import shutil
+
+    from pipeline.serve_metrics import use_folder
     from pipeline.serve_ray import serve_forever
 
-    serve_forever(options)
+    folder = use_folder()  # set in the replicas only: Ray's own processes keep theirs
+    try:
+        serve_forever(options, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def launch_server(bundle: Path, cwd: Path, *args: str, env: dict | None = None, timeout_s: float = 180):

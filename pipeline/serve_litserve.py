@@ -5,6 +5,7 @@ spawned processes, so the APIs are module-level classes holding only their optio
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable
 
@@ -14,7 +15,8 @@ from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline.serve_engines import ServeOptions
-from pipeline.serving import BadRequest, Bundle, Codec, Runner, note_replica
+from pipeline.serve_metrics import Measured, observe_batch
+from pipeline.serving import BINARY_HEADER, BINARY_KEY, BadRequest, Bundle, Codec, Runner, note_replica
 
 
 def _split(x) -> tuple[list, list[int]]:
@@ -44,7 +46,9 @@ class _Api(ls.LitAPI):
 
     def predict(self, x):
         requests, sizes = _split(x)
-        logits = self.runner(np.concatenate([images for _, images in requests]))
+        batch = np.concatenate([images for _, images in requests])
+        observe_batch(len(batch))
+        logits = self.runner(batch)
         out = [(key, part) for (key, _), part in zip(requests, np.split(logits, np.cumsum(sizes)[:-1]), strict=True)]
         return out if isinstance(x, list) else out[0]
 
@@ -82,7 +86,9 @@ async def _answer(send, status: int, detail: str) -> None:
 
 class JsonBodies:
     """ASGI middleware: a JSON endpoint's body that is not JSON gets 400 with a message (LitServe
-    would answer 500). The body, at most --max-body-mb (checked before this), is replayed as received."""
+    would answer 500). The body, at most --max-body-mb (checked before this), is replayed as received;
+    a binary-extension request is replayed as JSON, its tensor bytes in base64 (LitServe hands its
+    workers JSON only)."""
 
     def __init__(self, app, prefix: str = "/v2/"):
         self.app, self.prefix = app, prefix
@@ -98,11 +104,18 @@ class JsonBodies:
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
-            json.loads(body)
+            headers = dict(scope["headers"])
+            header, binary = Codec.split_binary(body, headers.get(BINARY_HEADER.encode(), b"").decode() or None)
         except StarletteHTTPException as exc:
             return await _answer(send, exc.status_code, str(exc.detail))
-        except ValueError as exc:
-            return await _answer(send, 400, f"the body is not JSON: {exc}")
+        except BadRequest as exc:
+            return await _answer(send, 400, str(exc))
+        if binary:
+            body = json.dumps({**header, BINARY_KEY: base64.b64encode(binary).decode()}).encode()
+            messages = [{"type": "http.request", "body": body, "more_body": False}]
+            headers.update({b"content-length": str(len(body)).encode(), b"content-type": b"application/json"})
+            headers.pop(BINARY_HEADER.encode(), None)
+            scope = {**scope, "headers": list(headers.items())}
 
         async def replay():
             return messages.pop(0) if messages else await receive()
@@ -115,8 +128,8 @@ def serve(options: ServeOptions, *, add_routes: Callable) -> None:
     # restart_workers: a worker that dies is started again (LitServe's default shuts the server down);
     # its requests in flight fail after the request timeout
     server = ls.LitServer(apis, accelerator="cpu", workers_per_device=options.replicas, restart_workers=True,
-                          timeout=options.request_timeout_s,
-                          middlewares=[JsonBodies], max_payload_size=int(options.max_body_mb * 2**20),
+                          timeout=options.request_timeout_s, fast_queue=True,
+                          middlewares=[JsonBodies, Measured], max_payload_size=int(options.max_body_mb * 2**20),
                           healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
     add_routes(server.app, options)
     server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")

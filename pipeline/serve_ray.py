@@ -9,13 +9,15 @@ annotations`` here: FastAPI reads the routes' annotations at run time through Ra
 import time
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Request, Response
 from ray import serve
 
 from pipeline.serve_engines import ServeOptions
-from pipeline.serving import BadRequest, Bundle, Codec, Runner, note_replica
+from pipeline.serve_metrics import FOLDER_ENV, Measured, exposition, observe_batch
+from pipeline.serving import BINARY_HEADER, BadRequest, Bundle, Codec, Runner, note_replica
 
 app = FastAPI()
+app.add_middleware(Measured)
 
 
 def _checked(decode, *args):
@@ -31,7 +33,10 @@ class OipDeployment:
     """One replica: the bundle's runner and codec; every request goes through one batching queue."""
 
     def __init__(self, options: ServeOptions):
+        import os
+
         self.options = options
+        os.makedirs(os.environ[FOLDER_ENV], exist_ok=True)  # a replica on another machine of the cluster
         bundle = Bundle.open(options.bundle)
         self.codec = Codec(bundle, options.model_name)
         self.runner = Runner(bundle, options.files, threads=options.threads_per_replica)
@@ -42,7 +47,9 @@ class OipDeployment:
 
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.002)
     async def _batched(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        logits = self.runner(np.concatenate(batches))
+        batch = np.concatenate(batches)
+        observe_batch(len(batch))
+        logits = self.runner(batch)
         return np.split(logits, np.cumsum([len(b) for b in batches])[:-1])
 
     async def _body(self, request: Request) -> bytes:
@@ -68,6 +75,11 @@ class OipDeployment:
     def ready(self) -> dict:
         return {"ready": True}
 
+    @app.get("/metrics")
+    def metrics(self) -> Response:
+        content, media_type = exposition()
+        return Response(content, media_type=media_type)
+
     @app.get("/v2/models/{name}")
     def metadata(self, name: str) -> dict:
         self._model(name)
@@ -81,13 +93,9 @@ class OipDeployment:
     @app.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict:
         self._model(name)
-        import json
-
-        try:
-            body = json.loads(await self._body(request))
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail=f"the body is not JSON: {exc}") from None
-        request_id, images = _checked(self.codec.decode_infer, body)
+        body, binary = _checked(self.codec.split_binary, await self._body(request),
+                                request.headers.get(BINARY_HEADER))
+        request_id, images = _checked(self.codec.decode_infer, body, binary)
         return self.codec.encode_infer(request_id, await self._batched(images))
 
     @app.post("/v1/classify")
@@ -101,16 +109,16 @@ class OipDeployment:
         return self.codec.encode_classification((await self._batched(sample[None]))[0])
 
 
-def serve_forever(options: ServeOptions) -> None:
+def serve_forever(options: ServeOptions, metrics_folder: str) -> None:
     import ray
-
 
     # "local": a Ray instance of this server's own, even where a cluster runs on this machine
     ray.init(address=options.address or "local", include_dashboard=False, log_to_driver=False,
              **({} if options.address else {"num_cpus": max(options.replicas, 1)}))
     serve.start(http_options={"host": options.host, "port": options.port,
                               "request_timeout_s": options.request_timeout_s})
-    deployment = OipDeployment.options(num_replicas=options.replicas, ray_actor_options={"num_cpus": 0})
+    deployment = OipDeployment.options(num_replicas=options.replicas, ray_actor_options={
+        "num_cpus": 0, "runtime_env": {"env_vars": {FOLDER_ENV: metrics_folder}}})  # the replicas' metrics, only
     serve.run(deployment.bind(options), name=options.model_name, route_prefix="/")
     try:
         while True:

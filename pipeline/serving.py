@@ -12,6 +12,7 @@ A bad request raises ``BadRequest`` with a message; engines answer it with HTTP 
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import io
 import json
@@ -23,6 +24,10 @@ from pathlib import Path
 import numpy as np
 
 _DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
+# The binary tensor extension: the body is a JSON header of this many bytes, then the tensors' bytes
+BINARY_HEADER = "inference-header-content-length"
+# where an engine that can only pass JSON to its workers (LitServe) carries the binary part, base64
+BINARY_KEY = "binary_data_b64"
 
 
 class BadRequest(ValueError):
@@ -74,6 +79,9 @@ class Runner:
             options = ort.SessionOptions()
             if threads:
                 options.intra_op_num_threads = threads
+            # idle compute threads sleep instead of spinning: a server shares its cores with the HTTP
+            # side (and here with the load generator), which spinning threads would starve
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
             session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
             name = session.get_inputs()[0].name
             self._run = lambda x: session.run(None, {name: x})[0]
@@ -105,8 +113,24 @@ class Codec:
                 "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.classes)]}],
                 "parameters": {"class_names": self.classes}}
 
-    def decode_infer(self, body: object) -> tuple[str | None, np.ndarray]:
-        """An OIP v2 infer request (JSON) as its id and a float32 batch; BadRequest if malformed."""
+    @staticmethod
+    def split_binary(raw: bytes, header_length: str | None) -> tuple[object, bytes]:
+        """A request body as its JSON part and its binary part (empty without the extension)."""
+        try:
+            if header_length is None:
+                return json.loads(raw), b""
+            length = int(header_length)
+            if not 0 < length <= len(raw):
+                raise BadRequest(f"{BINARY_HEADER}: {length} is not within the body's {len(raw)} bytes")
+            return json.loads(raw[:length]), raw[length:]
+        except ValueError as exc:
+            if isinstance(exc, BadRequest):
+                raise
+            raise BadRequest(f"the body is not JSON: {exc}") from None
+
+    def decode_infer(self, body: object, binary: bytes = b"") -> tuple[str | None, np.ndarray]:
+        """An OIP v2 infer request (JSON tensors, or the binary tensor extension's bytes) as its id and
+        a float32 batch; BadRequest if malformed."""
         if not isinstance(body, dict) or not isinstance(body.get("inputs"), list) or len(body["inputs"]) != 1:
             raise BadRequest(f"an infer request is {{\"inputs\": [one tensor named {self.input_name!r}]}}")
         tensor = body["inputs"][0]
@@ -119,11 +143,24 @@ class Codec:
         if not (isinstance(shape, list) and len(shape) == 1 + len(self.sample_shape)
                 and tuple(shape[1:]) == self.sample_shape and isinstance(shape[0], int) and shape[0] >= 1):
             raise BadRequest(f"shape {shape}: this model takes [N, {', '.join(map(str, self.sample_shape))}]")
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            return body.get("id"), self._binary(body, binary, dtype, shape, size)
         try:
             data = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"data does not fill shape {shape} with numbers ({exc})") from None
         return body.get("id"), data.astype(np.float32)
+
+    @staticmethod
+    def _binary(body: dict, binary: bytes, dtype, shape: list[int], size: object) -> np.ndarray:
+        if not binary and BINARY_KEY in body:
+            binary = base64.b64decode(body[BINARY_KEY])
+        expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if size != expected or len(binary) != expected:
+            raise BadRequest(f"binary_data_size {size} with {len(binary)} bytes sent: shape {shape} of "
+                             f"{np.dtype(dtype).name} is {expected} bytes")
+        return np.frombuffer(binary, dtype=dtype).reshape(shape).astype(np.float32)
 
     def encode_infer(self, request_id: str | None, logits: np.ndarray) -> dict:
         out = {"model_name": self.model_name, "model_version": "1",

@@ -23,7 +23,7 @@ from cskd.checkpoint import load_tensors
 from cskd.config import Strict
 from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_value
 from pipeline.core.contracts import Added, Stage, StageContext, StageResult
-from pipeline.core.manifest import GateSection, Manifest
+from pipeline.core.manifest import GateSection, Manifest, ServingRule
 from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
 from stages.champion import ChampionStage
 from stages.stats import mcnemar, paired_bootstrap
@@ -44,26 +44,54 @@ def _rule(name: str, measured: float, threshold: float, *, at_most: bool = False
     return {**rule, "why": why} if why and not rule["passed"] else rule
 
 
-def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, latency: dict | None = None) -> list[dict]:
+def export_rules(min_onnx_agreement: float, budgets: dict[str, float], metrics: dict) -> list[dict]:
+    """The rules that judge one exported file each: ONNX agrees with PyTorch, and every further
+    export is within its back-end's budget of the FP32 student (the serving stage picks with these)."""
+    rules = [_rule("onnx_agreement >= min_onnx_agreement", metrics["onnx_agreement"], min_onnx_agreement,
+                   target="onnx")]
+    for target, values in metrics.get("exports", {}).items():
+        if target in budgets:
+            rules.append(_rule(f"{target}_top1 >= student_top1 - {target} budget", values["top1"],
+                               metrics["student_top1"] - budgets[target], target=target))
+    return rules
+
+
+def serving_rules(rule: ServingRule, serving: dict) -> list[dict]:
+    """The served p99 and throughput at the judged load level (by default the largest measured)."""
+    level = rule.concurrency or max(r["concurrency"] for r in serving["rows"])
+    row = next(r for r in serving["rows"] if r["concurrency"] == level)
+    where = f"served {serving['target']} ({serving['engine']}, {serving['replicas']} replicas) at concurrency {level}"
+    rules = []
+    if rule.p99_ms is not None:
+        rules.append(_rule(f"{where}: p99 latency (ms) <= gate.serving.p99_ms", row["p99_ms"], rule.p99_ms,
+                           at_most=True))
+    if rule.min_throughput is not None:
+        rules.append(_rule(f"{where}: requests/s >= gate.serving.min_throughput", row["throughput_rps"],
+                           rule.min_throughput))
+    for r in rules:
+        if not r["passed"] and row["failures"]:
+            r["why"] = f"{row['failures']} of {row['requests']} requests failed"
+    return rules
+
+
+def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, latency: dict | None = None,
+                   serving: dict | None = None) -> list[dict]:
     chance = 100.0 / metrics["num_classes"]
     min_teacher = gate.min_teacher_top1 if gate.min_teacher_top1 is not None else 1.5 * chance
     rules = [
         _rule("teacher_top1 >= min_teacher_top1", metrics["teacher_top1"], min_teacher,
               why=f"the teacher did not learn (chance is {chance:.2f}); fix its training before distilling"),
         _rule("student_top1 >= teacher_top1 - max_drop", metrics["student_top1"], metrics["teacher_top1"] - gate.max_drop),
-        _rule("onnx_agreement >= min_onnx_agreement", metrics["onnx_agreement"], gate.min_onnx_agreement,
-              target="onnx"),
     ]
+    exports = export_rules(gate.min_onnx_agreement, budgets, metrics)
+    rules.append(exports[0])
     if gate.min_student_top1 is not None:
         rules.append(_rule("student_top1 >= min_student_top1", metrics["student_top1"], gate.min_student_top1))
     if gate.require_ci:
         ci = metrics["student_vs_teacher"]["bootstrap"]
         rules.append(_rule(f"CI low of student - teacher ({ci['confidence']:.0%}) >= -max_drop",
                            ci["ci_low"], -gate.max_drop))
-    for target, values in metrics.get("exports", {}).items():
-        if target in budgets:
-            rules.append(_rule(f"{target}_top1 >= student_top1 - {target} budget", values["top1"],
-                               metrics["student_top1"] - budgets[target], target=target))
+    rules += exports[1:]
     if gate.max_class_drop is not None:
         models = metrics["models"]
         drops = [(t - s, c) for c, (s, t) in enumerate(zip(models["student"]["per_class"],
@@ -81,6 +109,8 @@ def evaluate_rules(gate: GateSection, budgets: dict[str, float], metrics: dict, 
             cell = next(r for r in latency["results"] if r["backend"] == rule.backend and r["batch"] == rule.batch)
             name = f"{rule.backend} p90 latency (ms) at batch {rule.batch}"
         rules.append({**_rule(name, cell["p90_ms"], rule.max_p90_ms, at_most=True), "backend": cell["backend"]})
+    if gate.serving is not None and serving is not None:
+        rules += serving_rules(gate.serving, serving)
     return rules
 
 
@@ -146,6 +176,7 @@ class GateConfig(Strict):
     budgets: dict[str, float]  # target -> top-1 points it may lose against the FP32 student
     latency: bool
     champion: ChampionRule | None = Added()  # None: ship.promote: always
+    serving: bool | None = Added()  # True: gate.serving judges the serving stage's figures
 
 
 class GateStage(Stage):
@@ -164,15 +195,17 @@ class GateStage(Stage):
                                     resamples=manifest.validate_.bootstrap_resamples, seed=manifest.validate_.seed,
                                     against=ChampionStage.configure(manifest) is not None)
         return GateConfig(gate=manifest.gate, budgets=budgets, latency=manifest.latency is not None,
-                          champion=champion)
+                          champion=champion, serving=True if manifest.gate.serving is not None else None)
 
     def inputs(self, config: GateConfig) -> tuple[str, ...]:
         against = config.champion is not None and config.champion.against
-        return ("validate", *(("latency",) if config.latency else ()), *(("champion",) if against else ()))
+        return ("validate", *(("latency",) if config.latency else ()), *(("serving",) if config.serving else ()),
+                *(("champion",) if against else ()))
 
     def run(self, config: GateConfig, ctx: StageContext) -> StageResult:
         latency = ctx.inputs["latency"].metrics if "latency" in ctx.inputs else None
-        rules = evaluate_rules(config.gate, config.budgets, ctx.inputs["validate"].metrics, latency)
+        serving = ctx.inputs["serving"].metrics if "serving" in ctx.inputs else None
+        rules = evaluate_rules(config.gate, config.budgets, ctx.inputs["validate"].metrics, latency, serving)
         if config.champion is not None:
             rules.append(champion_rule(config.champion, ctx.inputs["validate"].path, ctx.inputs.get("champion")))
         passed = all(r["passed"] for r in rules)

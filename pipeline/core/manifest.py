@@ -28,6 +28,7 @@ from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
 from pipeline.core.backends import FASTEST, auto_targets, backends
+from pipeline.core.contracts import Added
 from pipeline.core.contracts import Added, Located
 from pipeline.core.data_section import DataSection, DataSource, TestData, TrainData  # noqa: F401 - re-exported views
 
@@ -290,6 +291,19 @@ class LatencyRule(Strict):
     max_p90_ms: float = Field(gt=0, le=1e6)
 
 
+class ServingRule(Strict):
+    concurrency: int | None = Field(None, ge=1, le=10_000, description="the load level judged (default: the "
+                                                                        "largest in latency.serving.concurrency)")
+    p99_ms: float | None = Field(None, gt=0, le=1e6, description="served p99 latency budget (ms) at that load")
+    min_throughput: float | None = Field(None, gt=0, le=1e9, description="served requests per second at least")
+
+    @model_validator(mode="after")
+    def _something(self) -> ServingRule:
+        if self.p99_ms is None and self.min_throughput is None:
+            raise ValueError("give p99_ms, min_throughput or both")
+        return self
+
+
 class GateSection(Strict):
     max_drop: float = Field(ge=0, le=100, description="student top-1 >= teacher top-1 - max_drop (points)")
     min_onnx_agreement: float = Field(99.9, ge=0, le=100,
@@ -301,10 +315,30 @@ class GateSection(Strict):
         None, description="the teacher must reach this test top-1 (default: 1.5 times chance), or it did not learn")
     min_student_top1: Points | None = Field(None, description="the student must reach this test top-1 (default: off)")
     latency: LatencyRule | None = Field(None, description="p90 latency budget; needs the latency section")
+    serving: ServingRule | None = Added(description="served p99 and throughput budgets; needs latency.serving")
     max_regression: Points = Field(
         0.0, description="top-1 points the new student's ONNX model may lose against the champion (the model "
                          "shipped/<name>/latest points at) on the same test images; ship.promote: always drops "
                          "this rule")
+
+
+class ServingSection(Strict):
+    concurrency: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, max_length=8,
+                                   description="simulated clients of each load test, one image per request")
+    duration_s: float = Field(20.0, ge=1, le=3600, description="seconds measured at each load level")
+    replicas: int = Field(1, ge=1, le=64, description="inference workers (LitServe) or replicas (Ray Serve)")
+    engine: Literal["litserve", "ray"] = "litserve"
+    target: str = Field(FASTEST, description="the export served: 'fastest' (the quickest file within its accuracy "
+                                             "budget at the largest latency batch, as the report names it) or a "
+                                             "target of export.targets")
+    max_batch: int = Field(64, ge=1, le=4096, description="the largest batch dynamic batching forms (1: off)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _levels(self) -> ServingSection:
+        if any(c < 1 or c > 10_000 for c in self.concurrency):
+            raise ValueError("concurrency levels must be between 1 and 10000")
+        return self
 
 
 class LatencySection(Strict):
@@ -312,6 +346,8 @@ class LatencySection(Strict):
     runs: int = Field(100, ge=100, le=100_000, description="timed runs per back-end and batch size")
     warmup: int = Field(10, ge=0, le=10_000)
     threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (default: torch's)")
+    serving: ServingSection | None = Added(description="serve the student over HTTP and load-test it "
+                                                       "(`cskd-pipeline serve` and `loadtest`)")
 
     @model_validator(mode="after")
     def _sizes(self) -> LatencySection:
@@ -406,4 +442,13 @@ class Manifest(Strict):
                 raise ValueError(f"gate.latency.batch {rule.batch} is not in latency.batch_sizes")
             if rule.backend not in ("pytorch-eager", FASTEST) and rule.backend not in self.export.targets:
                 raise ValueError(f"gate.latency.backend {rule.backend!r} is not in export.targets")
+        serving = self.latency.serving if self.latency else None
+        if self.gate.serving is not None:
+            if serving is None:
+                raise ValueError("gate.serving needs a 'latency.serving' section that measures it")
+            if self.gate.serving.concurrency not in (None, *serving.concurrency):
+                raise ValueError(f"gate.serving.concurrency {self.gate.serving.concurrency} is not in "
+                                 f"latency.serving.concurrency")
+        if serving is not None and serving.target != FASTEST and serving.target not in self.export.targets:
+            raise ValueError(f"latency.serving.target {serving.target!r} is not in export.targets")
         return self

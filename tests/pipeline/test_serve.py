@@ -60,14 +60,15 @@ def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     return split.images.numpy(), split.labels.numpy()
 
 
-def _infer(client, images: np.ndarray) -> np.ndarray:
+def _infer(client, images: np.ndarray, *, binary: bool = False) -> np.ndarray:
     tensor = http.InferInput("images", list(images.shape), "FP32")
-    tensor.set_data_from_numpy(images.astype(np.float32) / 255.0, binary_data=False)
-    result = client.infer("tiny", [tensor], outputs=[http.InferRequestedOutput("logits", binary_data=False)])
+    tensor.set_data_from_numpy(images.astype(np.float32) / 255.0, binary_data=binary)
+    result = client.infer("tiny", [tensor], outputs=[http.InferRequestedOutput("logits", binary_data=binary)])
     return result.as_numpy("logits")
 
 
-def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server):
+@pytest.mark.parametrize("binary", [False, True], ids=["json-tensors", "binary-extension"])
+def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server, binary):
     import onnxruntime as ort
 
     bundle, client, _ = server
@@ -75,7 +76,8 @@ def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server):
     meta = client.get_model_metadata("tiny")
     assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and meta["outputs"][0]["name"] == "logits"
     images, labels = _test_images(bundle)
-    served = np.concatenate([_infer(client, images[i:i + 37]) for i in range(0, len(images), 37)]).argmax(1)
+    served = np.concatenate([_infer(client, images[i:i + 37], binary=binary)
+                             for i in range(0, len(images), 37)]).argmax(1)
     session = ort.InferenceSession(str(bundle / "student.onnx"), providers=["CPUExecutionProvider"])
     local = session.run(None, {"images": images.astype(np.float32) / 255.0})[0].argmax(1)
     assert (served == local).all()
@@ -112,6 +114,10 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
     ("too little data", {"json": {"inputs": [{"name": "images", "datatype": "FP32", "shape": [2, 1, 8, 8],
                                               "data": [0.0] * 64}]}}, 400, "does not fill shape"),
     ("not JSON", {"data": b"{images"}, 400, "not JSON"),
+    ("binary bytes short", {"data": json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                                            "parameters": {"binary_data_size": 256}}]}).encode()
+                            + b"\0" * 100, "headers": {"Inference-Header-Content-Length": "116"}}, 400,
+     "100 bytes sent"),
     ("over --max-body-mb", {"data": b"[" + b"0," * 600_000 + b"0]"}, 413, "too large"),
     ("undecodable image", {"files": {"file": ("a.png", b"not a png", "image/png")}}, 400, "not an image"),
 ])
@@ -123,6 +129,38 @@ def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succe
     assert response.status_code == status and says in response.text, response.text
     images, _ = _test_images(bundle)
     assert _infer(client, images[:3]).shape == (3, 10)
+
+
+def _metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """GET /metrics parsed by prometheus_client's own parser: (sample name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    response = requests.get(f"{url}/metrics", timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(response.text) for s in family.samples}
+
+
+def test_metrics_count_requests_by_status_time_them_and_histogram_the_batches(server):
+    bundle, client, url = server
+    images, _ = _test_images(bundle)
+    before = _metrics(url)
+    for n in (1, 2, 5):
+        _infer(client, images[:n])
+    assert requests.post(f"{url}/v2/models/tiny/infer", data=b"{images", timeout=30).status_code == 400
+    after = _metrics(url)
+
+    def grew(name: str, **labels) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert grew("cskd_requests_total", route="infer", status="200") == 3
+    assert grew("cskd_requests_total", route="infer", status="400") == 1
+    assert grew("cskd_request_seconds_count", route="infer") == 4
+    assert grew("cskd_request_seconds_sum", route="infer") > 0
+    # every image went through exactly one model call: the batch histogram's sum is the images sent
+    assert grew("cskd_batch_size_sum") == 8 and 1 <= grew("cskd_batch_size_count") <= 3
+    assert grew("cskd_batch_size_bucket", le="4.0") <= grew("cskd_batch_size_bucket", le="8.0")
 
 
 def test_loadtest_measures_the_server_with_locust(server, tmp_path):

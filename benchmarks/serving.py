@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cskd.models import Preprocessed, create_model  # noqa: E402
 from exports.cpu import machine_class, recorded_flags  # noqa: E402
 from exports.onnx_export import export_onnx  # noqa: E402
-from pipeline.loadtest import run_load  # noqa: E402
-from pipeline.serve_engines import launch_server, stop_server  # noqa: E402
+from serving.engines import launch_server, stop_server  # noqa: E402
+from serving.loadtest import run_load  # noqa: E402
 from stages.ship import PREDICT_SCRIPT, add_onnx_metadata  # noqa: E402
 
 

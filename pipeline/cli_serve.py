@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from pipeline.cli import handle_errors, main
-from pipeline.serve_engines import ENGINES
+from serving.engines import ENGINES
 
 
 def _interrupt(*_) -> None:
@@ -68,8 +68,8 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     """
     from pipeline.cli import _registered_backends
     from pipeline.core.errors import ManifestError, MissingBackend
-    from pipeline.serve_engines import ServeOptions
-    from pipeline.serving import Bundle
+    from serving.engines import ServeOptions
+    from serving.runtime import Bundle
 
     if address is not None and engine == "litserve":
         raise ManifestError("--address deploys onto a Ray cluster: use --engine ray (or leave --engine out)")
@@ -126,7 +126,7 @@ def loadtest(url: str, concurrency: int, duration_s: float, rate: float | None, 
     import requests
 
     from pipeline.core.errors import ManifestError
-    from pipeline.loadtest import run_load
+    from serving.loadtest import run_load
 
     url = url.rstrip("/")
     try:

@@ -37,7 +37,9 @@ class LatencyStage(Stage):
         if manifest.latency is None:
             return None
         env = environment()
-        return LatencyConfig(latency=manifest.latency, student_model=manifest.student.model,
+        # the serving stage's settings are its own: editing them never re-times the in-process models
+        return LatencyConfig(latency=manifest.latency.model_copy(update={"serving": None}),
+                             student_model=manifest.student.model,
                              teacher_model=manifest.teacher.model,
                              targets=manifest.export.targets, data=manifest.data.source(),
                              machine={"device": env["device"], "platform": env["platform"], "cpu_count": os.cpu_count()})

@@ -86,8 +86,8 @@ class ServingStage(Stage):
         return ("validate", "latency", *dict.fromkeys(backend(t).kind for t in config.targets))
 
     def run(self, config: ServingConfig, ctx: StageContext) -> StageResult:
-        from pipeline.loadtest import run_load
-        from pipeline.serve_engines import ENGINES, launch_server, stop_server
+        from serving.engines import ENGINES, launch_server, stop_server
+        from serving.loadtest import run_load
 
         section = config.serving
         missing = ENGINES[section.engine].missing()

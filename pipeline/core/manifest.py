@@ -28,7 +28,6 @@ from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
 from pipeline.core.backends import FASTEST, auto_targets, backends
-from pipeline.core.contracts import Added
 from pipeline.core.contracts import Added, Located
 from pipeline.core.data_section import DataSection, DataSource, TestData, TrainData  # noqa: F401 - re-exported views
 

@@ -17,7 +17,7 @@ http = pytest.importorskip("tritonclient.http", reason="tritonclient is not inst
 pytest.importorskip("litserve", reason="litserve is not installed (the [serve] extra)")
 requests = pytest.importorskip("requests")
 
-from pipeline.serve_engines import launch_server, stop_server  # noqa: E402
+from serving.engines import launch_server, stop_server  # noqa: E402
 
 
 def _free_port() -> int:
@@ -203,7 +203,7 @@ def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(shipped
     import signal
     import threading
 
-    from pipeline.loadtest import run_load
+    from serving.loadtest import run_load
 
     folder, _, _, _ = shipped_run
     pids = tmp_path / "pids"

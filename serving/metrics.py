@@ -52,8 +52,12 @@ def observe_batch(images: int) -> None:
 
 def exposition() -> tuple[bytes, str]:
     """The text format of every process's metrics added up (one process's where no folder is set)."""
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-    from prometheus_client import multiprocess
+    from prometheus_client import (
+        CONTENT_TYPE_LATEST,
+        CollectorRegistry,
+        generate_latest,
+        multiprocess,
+    )
 
     metrics()  # the families exist, at zero, before the first request
     if os.environ.get(FOLDER_ENV):

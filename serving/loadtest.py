@@ -2,7 +2,7 @@
 (Locust patches the standard library with gevent when imported, so it never runs inside the CLI's
 or a server's process):
 
-    python -m pipeline.loadtest '{"url": ..., "model": ..., "concurrency": 32, "duration_s": 20, ...}'
+    python -m serving.loadtest '{"url": ..., "model": ..., "concurrency": 32, "duration_s": 20, ...}'
 
 prints one JSON line: requests, failures, throughput, p50/p90/p99 in ms. Each simulated user
 sends one image per request and waits for the answer before sending the next (closed loop), or
@@ -24,7 +24,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 def run_load(config: dict) -> dict:
     """Run Locust in a child process and return its figures."""
-    result = subprocess.run([sys.executable, "-m", "pipeline.loadtest", json.dumps(config)], capture_output=True,
+    result = subprocess.run([sys.executable, "-m", "serving.loadtest", json.dumps(config)], capture_output=True,
                             text=True, check=False, timeout=config["duration_s"] + 120)
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:

@@ -12,9 +12,9 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from ray import serve
 
-from pipeline.serve_engines import ServeOptions
-from pipeline.serve_metrics import FOLDER_ENV, Measured, exposition, observe_batch
-from pipeline.serving import BINARY_HEADER, BadRequest, Bundle, Codec, Runner, note_replica
+from serving.engines import ServeOptions
+from serving.metrics import FOLDER_ENV, Measured, exposition, observe_batch
+from serving.runtime import BINARY_HEADER, BadRequest, Bundle, Codec, Runner, note_replica
 
 app = FastAPI()
 app.add_middleware(Measured)

@@ -14,9 +14,17 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from pipeline.serve_engines import ServeOptions
-from pipeline.serve_metrics import Measured, observe_batch
-from pipeline.serving import BINARY_HEADER, BINARY_KEY, BadRequest, Bundle, Codec, Runner, note_replica
+from serving.engines import ServeOptions
+from serving.metrics import Measured, observe_batch
+from serving.runtime import (
+    BINARY_HEADER,
+    BINARY_KEY,
+    BadRequest,
+    Bundle,
+    Codec,
+    Runner,
+    note_replica,
+)
 
 
 def _split(x) -> tuple[list, list[int]]:

@@ -4,7 +4,7 @@ The runner loads one exported file of a bundle (ONNX Runtime for the ONNX files,
 the IR) and maps a float32 batch to logits. The codec speaks the Open Inference Protocol v2
 (KServe v2, what Triton, KServe and MLServer speak: JSON tensors in, JSON tensors out) and
 ``/v1/classify`` (image bytes in, label and probabilities out, through the bundle's own
-``predict.py`` preprocessing). An engine (``serve_engines.py``) only adapts these to its
+``predict.py`` preprocessing). An engine (``engines.py``) only adapts these to its
 server and its dynamic batching, so engines cannot drift apart.
 
 A bad request raises ``BadRequest`` with a message; engines answer it with HTTP 400.

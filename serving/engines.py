@@ -1,7 +1,7 @@
-"""Serving engines: thin adapters of the runner and codec (``serving.py``) to a server.
+"""Serving engines: thin adapters of the runner and codec (``runtime.py``) to a server.
 
 Engines register like the export back-ends: ``ENGINES[name] = Engine(serve, missing)``. Each uses
-its own dynamic batching (LitServe: ``serve_litserve.py``; Ray Serve: ``serve_ray.py``). The OIP's metadata and health routes
+its own dynamic batching (LitServe: ``litserve_engine.py``; Ray Serve: ``ray_engine.py``). The OIP's metadata and health routes
 need no model: they are plain routes on the engine's app.
 """
 
@@ -49,10 +49,10 @@ def _serve_litserve(options: ServeOptions) -> None:
     import os
     import shutil
 
-    from pipeline.serve_metrics import FOLDER_ENV, use_folder
+    from serving.metrics import FOLDER_ENV, use_folder
 
     os.environ[FOLDER_ENV] = folder = use_folder()  # before prometheus_client loads; the workers inherit it
-    from pipeline.serve_litserve import serve
+    from serving.litserve_engine import serve
 
     try:
         serve(options, add_routes=_add_protocol_routes)
@@ -63,7 +63,7 @@ def _serve_litserve(options: ServeOptions) -> None:
 def _metrics_response():
     from fastapi import Response
 
-    from pipeline.serve_metrics import exposition
+    from serving.metrics import exposition
 
     content, media_type = exposition()
     return Response(content=content, media_type=media_type)
@@ -71,7 +71,7 @@ def _metrics_response():
 
 def _add_protocol_routes(app, options: ServeOptions) -> None:
     """The OIP v2 routes that need no model (health and metadata), and the metrics."""
-    from pipeline.serving import Bundle, Codec
+    from serving.runtime import Bundle, Codec
 
     codec = Codec(Bundle.open(options.bundle), options.model_name)
     platform = "openvino" if options.target.startswith("openvino") else "onnxruntime_onnx"
@@ -86,8 +86,8 @@ def _add_protocol_routes(app, options: ServeOptions) -> None:
 def _serve_ray(options: ServeOptions) -> None:
     import shutil
 
-    from pipeline.serve_metrics import use_folder
-    from pipeline.serve_ray import serve_forever
+    from serving.metrics import use_folder
+    from serving.ray_engine import serve_forever
 
     folder = use_folder()  # set in the replicas only: Ray's own processes keep theirs
     try:

@@ -50,7 +50,7 @@ bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_R
 	$(BIN)/python benchmarks/int8_default.py --cifar $(CIFAR_JPEG) --out bench/int8_default.json
 	$(BIN)/python benchmarks/fingerprint.py --cifar $(CIFAR_JPEG) --out bench/fingerprint.json
 	$(BIN)/python benchmarks/strong_view.py --out bench/strong_view.json
-	$(BIN)/python benchmarks/serving.py --out bench/serving.json
+	$(BIN)/python benchmarks/serving_load.py --out bench/serving.json
 
 # The method study of the README on Fashion-MNIST (long: see "Studies"). COMPARE_SET adds
 # overrides, e.g. COMPARE_SET='-o data.max_train_samples=10000 -o student.train.epochs=4'.

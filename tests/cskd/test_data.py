@@ -247,9 +247,9 @@ def test_posterize_draws_4_to_7_bits_and_matches_pil():
     from cskd.data import augment as A
 
     img, x = _pil_and_tensor(3, 16)
-    for bits in (4, 5, 6, 7):
-        quantum = 2.0 ** (8 - bits)
-        ours = torch.floor((x * 255).round() / quantum) * quantum / 255.0
+    for bits in (4, 5, 6, 7):  # the library's own op, at each bit depth its draw can take
+        params = {"bits": torch.tensor([float(bits)]), "factor": torch.ones(1)}
+        ours = A._apply("posterize", x, params)
         assert np.array_equal(_to_array(ours), np.asarray(ImageOps.posterize(img, bits), dtype=int))
     # the op's own draw: with every sample forced to posterize, only 4..7 bits occur
     g = torch.Generator().manual_seed(0)

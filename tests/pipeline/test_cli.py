@@ -130,7 +130,7 @@ def test_bad_manifest_is_one_line_exit_2_without_traceback(workdir):
         assert str(path) in proc.stderr and "teacher.train.epochs: found -2" in proc.stderr
     for command in ("plan", "export"):
         result = CliRunner().invoke(main, [command, "-m", str(path)])
-        assert result.exit_code == 2 and result.exception is None or isinstance(result.exception, SystemExit)
+        assert result.exit_code == 2 and (result.exception is None or isinstance(result.exception, SystemExit))
         assert len(result.output.strip().splitlines()) == 1 and "teacher.train.epochs: found -2" in result.output
     assert not (workdir / ".cskd").exists()  # nothing was computed or written
 

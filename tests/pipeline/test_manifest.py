@@ -49,7 +49,7 @@ BAD = {
     "list as key": ("? [a, b]\n: 1\n", "is not a plain string"),
     "int as key": ("1: x\n", "key 1 is not a plain string"),
     "binary tag": ("name: !!binary aGVsbG8=\n", "required field is missing"),
-    "deep nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n", ""),
+    "deep nesting": ("a: " + "[" * 5000 + "]" * 5000 + "\n", "YAML nested too deeply"),
 }
 
 

@@ -4,7 +4,9 @@ from every launcher, and paired cells that really share their start."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import statistics
 
 import pytest
 import torch
@@ -46,13 +48,18 @@ def test_a_study_completes_and_writes_its_statistics(studied):
     assert study["study"]["reference"] == "kd" and study["study"]["seeds"] == [0, 1]
     for row in study["summary"]:
         assert row["n"] == 2 and set(row) >= {"mean", "std", "ci95", "scores", "seeds"}
-        assert row["ci95"][0] <= row["mean"] <= row["ci95"][1]
+        # the 95% Student-t interval of two scores, computed here from the scores (t(0.975, 1) = 12.706)
+        half = 12.7062 * statistics.stdev(row["scores"]) / math.sqrt(2)
+        mean = statistics.mean(row["scores"])
+        assert row["ci95"] == pytest.approx([max(0.0, mean - half), min(100.0, mean + half)], abs=1e-3)
     (paired,) = study["paired"]
     assert paired["loss"] == "cskd-core" and paired["n"] == 2
     by_cell = {(c["loss"], c["seed"]): c["student_top1"] for c in study["cells"]}
     assert paired["diffs"] == pytest.approx([by_cell["cskd-core", s] - by_cell["kd", s] for s in (0, 1)])
     assert set(paired) >= {"mean_diff", "ci95", "excludes_zero", "wins", "losses", "ties", "sign_p"}
-    assert paired["wins"] + paired["losses"] + paired["ties"] == 2
+    diffs = paired["diffs"]
+    assert (paired["wins"], paired["losses"], paired["ties"]) == (sum(d > 0 for d in diffs), sum(d < 0 for d in diffs),
+                                                                  sum(d == 0 for d in diffs))
     html = (folder / "reports" / "tiny" / "study.html").read_text()
     assert "Paired differences against kd" in html and "data:image/png;base64," in html
     assert "| cskd-core | 64 |" not in out and "| cskd-core | 128 | 2 |" in out  # the printed table, the manifest's batch

@@ -7,7 +7,7 @@ For each engine (litserve, ray), dynamic batching on (--max-batch 64, 2 ms) and 
 and p50/p99. The reference is ONNX Runtime in this process at batch 64 with the same thread
 budget. Ratios are what to quote on a shared CPU (CPU flags recorded beside them).
 
-    python benchmarks/serving.py --out bench/serving.json [--duration 6] [--threads 2]
+    python benchmarks/serving_load.py --out bench/serving.json [--duration 6] [--threads 2]
 """
 
 from __future__ import annotations

@@ -1,0 +1,102 @@
+"""The study's statistics on hand-made cells, each figure checked against scipy or a hand count
+(the study test runs a real study; this one pins the arithmetic, so a mutant cannot hide in it)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+
+import pytest
+from scipy import stats
+
+from pipeline.study_stats import _t_interval, conclusion, summarize
+
+
+def _rows(scores: dict[str, list[float]], batch: int = 64) -> list[dict]:
+    return [{"loss": loss, "batch_size": batch, "seed": seed, "student_top1": value}
+            for loss, values in scores.items() for seed, value in enumerate(values)]
+
+
+def _t95(values: list[float]) -> tuple[float, float]:
+    mean, sem = statistics.mean(values), stats.sem(values)
+    return stats.t.interval(0.95, len(values) - 1, loc=mean, scale=sem)
+
+
+def test_the_summary_is_the_mean_sd_and_t_interval_of_each_method():
+    scores = {"kd": [90.0, 91.0, 95.0], "cskd": [91.0, 93.0, 98.0]}
+    out = summarize(_rows(scores), reference="kd")
+    by_loss = {r["loss"]: r for r in out["summary"]}
+    for loss, values in scores.items():
+        row = by_loss[loss]
+        assert row["mean"] == pytest.approx(statistics.mean(values))  # the mean, not the median (91 for kd)
+        assert row["std"] == pytest.approx(statistics.stdev(values))
+        assert row["ci95"] == pytest.approx(_t95(values))
+        assert row["n"] == 3 and row["seeds"] == [0, 1, 2] and row["scores"] == values
+
+
+def test_an_interval_is_clipped_to_the_metrics_range():
+    low, high = _t_interval([99.0, 100.0], bounds=(0.0, 100.0))
+    assert high == 100.0 and low == pytest.approx(_t95([99.0, 100.0])[0])
+    low, high = _t_interval([0.0, 1.0], bounds=(0.0, 100.0))
+    assert low == 0.0 and high == pytest.approx(_t95([0.0, 1.0])[1])
+    assert _t_interval([5.0], bounds=(0.0, 100.0)) is None
+
+
+def test_paired_differences_wins_losses_ties_and_the_sign_test_on_non_ties():
+    # differences by seed: +1, +2, 0, -1, +3 (one tie, one loss)
+    scores = {"kd": [90.0, 90.0, 90.0, 90.0, 90.0], "cskd": [91.0, 92.0, 90.0, 89.0, 93.0]}
+    (paired,) = summarize(_rows(scores), reference="kd")["paired"]
+    diffs = [1.0, 2.0, 0.0, -1.0, 3.0]
+    assert paired["diffs"] == pytest.approx(diffs)
+    assert (paired["wins"], paired["losses"], paired["ties"]) == (3, 1, 1)
+    assert paired["sign_p"] == pytest.approx(stats.binomtest(3, 4).pvalue)  # the 4 non-tied pairs
+    assert paired["sign_p"] != pytest.approx(stats.binomtest(3, 5).pvalue)
+    assert paired["mean_diff"] == pytest.approx(1.0) and paired["ci95"] == pytest.approx(_t95(diffs))
+    assert paired["std_diff"] == pytest.approx(statistics.stdev(diffs))
+
+
+@pytest.mark.parametrize(("diffs", "excludes"), [
+    ([1.0, 1.2, 0.9, 1.1], True),      # all above zero
+    ([-1.0, -1.2, -0.9, -1.1], False),  # all below zero: excludes zero on the other side
+    ([1.0, -1.0, 0.5, -0.5], False),    # straddles zero
+])
+def test_excludes_zero_on_either_side(diffs, excludes):
+    scores = {"kd": [80.0] * len(diffs), "cskd": [80.0 + d for d in diffs]}
+    (paired,) = summarize(_rows(scores), reference="kd")["paired"]
+    low, high = _t95(diffs)
+    assert paired["excludes_zero"] is (low > 0 or high < 0)
+    assert paired["excludes_zero"] is (excludes or all(d < 0 for d in diffs))
+
+
+def test_a_negative_difference_is_a_loss_and_zero_is_a_tie():
+    scores = {"kd": [50.0, 50.0, 50.0], "cskd": [49.0, 50.0, 51.0]}
+    (paired,) = summarize(_rows(scores), reference="kd")["paired"]
+    assert (paired["wins"], paired["losses"], paired["ties"]) == (1, 1, 1)
+
+
+def test_only_seeds_both_methods_ran_are_paired_and_other_batch_sizes_apart():
+    rows = _rows({"kd": [90.0, 91.0, 92.0], "cskd": [91.0, 93.0]}) + _rows({"kd": [80.0, 80.0]}, batch=256)
+    out = summarize(rows, reference="kd")
+    (paired,) = out["paired"]
+    assert paired["seeds"] == [0, 1] and paired["n"] == 2 and paired["diffs"] == pytest.approx([1.0, 2.0])
+    assert {(r["loss"], r["batch_size"]) for r in out["summary"]} == {("kd", 64), ("cskd", 64), ("kd", 256)}
+    assert summarize(_rows({"kd": [90.0]}), reference="kd")["paired"] == []
+
+
+def test_one_seed_has_no_interval_and_the_conclusion_says_so():
+    (paired,) = summarize(_rows({"kd": [90.0], "cskd": [92.0]}), reference="kd")["paired"]
+    assert paired["ci95"] is None and paired["excludes_zero"] is None and paired["std_diff"] is None
+    assert "cskd: one seed, no interval" in conclusion([paired])
+
+
+def test_the_conclusion_states_direction_and_whether_the_data_can_tell():
+    up = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 81.2, 80.9, 81.1]}), reference="kd")["paired"]
+    assert "cskd is 1.05 points above kd" in conclusion(up) and "excludes 0, n = 4" in conclusion(up)
+    down = summarize(_rows({"kd": [80.0] * 4, "cskd": [79.0, 78.8, 79.1, 78.9]}), reference="kd")["paired"]
+    assert "points below kd" in conclusion(down)
+    mixed = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 79.0, 80.5, 79.5]}), reference="kd")["paired"]
+    assert "cskd cannot be told from kd with these 4 seeds" in conclusion(mixed)
+    assert conclusion([]).startswith("No loss was paired")
+    two = mixed + [{**mixed[0], "batch_size": 256}]
+    assert "cskd (batch 64)" in conclusion(two) and "cskd (batch 256)" in conclusion(two)
+    assert math.isclose(up[0]["mean_diff"], 1.05)

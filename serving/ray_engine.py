@@ -118,8 +118,10 @@ def serve_forever(options: ServeOptions, metrics_folder: str) -> None:
     serve.start(http_options={"host": options.host, "port": options.port,
                               "request_timeout_s": options.request_timeout_s})
     # max_ongoing_requests: Ray's default (5) caps a replica's batch at 5 and makes its proxy back off and
-    # retry every request beyond that (seconds of latency at 32 clients): admit a full batch and its successor
-    deployment = OipDeployment.options(num_replicas=options.replicas, max_ongoing_requests=max(2 * options.max_batch, 8),
+    # retry every request beyond that (seconds of latency at 32 clients): admit two full batches, and at
+    # least Ray's former default of 100, so that without batching too requests queue instead of retrying
+    deployment = OipDeployment.options(num_replicas=options.replicas,
+                                       max_ongoing_requests=max(2 * options.max_batch, 100),
                                        ray_actor_options={
         "num_cpus": 0, "runtime_env": {"env_vars": {FOLDER_ENV: metrics_folder}}})  # the replicas' metrics, only
     serve.run(deployment.bind(options), name=options.model_name, route_prefix="/")

@@ -125,3 +125,61 @@ def test_a_verdict_never_contradicts_its_printed_numbers():
         rule = next(r for r in _rules(text, metrics) if r["rule"].startswith("onnx-int8"))
         printed_ok = float(f"{rule['measured']:.2f}") >= float(f"{rule['threshold']:.2f}")
         assert rule["passed"] is printed_ok
+
+
+def test_a_class_the_student_does_better_on_is_no_drop():
+    # class 0: the student is 15 points above the teacher; class 1: 5 below. The worst drop is 5.
+    rules = _rules(edited(gate__max_class_drop=10.0), _metrics(per_class_s=(100, 85), per_class_t=(85, 90)))
+    rule = next(r for r in rules if "class" in r["rule"])
+    assert rule["passed"] and rule["measured"] == 5 and "class 1" in rule["rule"]
+
+
+def test_a_class_absent_from_the_test_split_is_left_out_of_the_class_rule():
+    # per-class top-1 is None for a class with no test image: it neither passes nor fails the rule
+    rules = _rules(edited(gate__max_class_drop=3.0), _metrics(per_class_s=(None, 88, 90), per_class_t=(None, 90, 90)))
+    rule = next(r for r in rules if "class" in r["rule"])
+    assert rule["passed"] and rule["measured"] == 2 and "class 1" in rule["rule"]
+
+
+def test_the_failure_text_states_the_measured_value_and_the_direction_of_the_threshold():
+    text = edited(latency={"batch_sizes": [64]}, gate__latency={"backend": "onnx", "batch": 64, "max_p90_ms": 5.0},
+                  gate__max_drop=1.0)
+    cells = {"results": [{"backend": "onnx", "batch": 64, "p90_ms": 6.0}]}
+    failures = describe_failures(_rules(text, _metrics(student=90.0, teacher=92.0), cells))
+    assert "student_top1 >= teacher_top1 - max_drop: measured 90.00, needs >= 91.00" in failures
+    assert "onnx p90 latency (ms) at batch 64: measured 6.00, needs <= 5.00" in failures
+    assert "min_teacher_top1" not in failures  # a passing rule is not listed
+    assert describe_failures([{"rule": "champion", "passed": False, "measured": None, "why": "not comparable"}]) \
+        == "champion: not comparable"
+
+
+def _serving(rows):
+    return {"target": "onnx", "engine": "litserve", "replicas": 1,
+            "rows": [{"concurrency": c, "p99_ms": p99, "throughput_rps": rps, "failures": failed, "requests": 100}
+                     for c, p99, rps, failed in rows]}
+
+
+def test_serving_rules_judge_the_largest_load_level_unless_told():
+    from stages.gate import serving_rules
+
+    figures = _serving([(1, 5.0, 100.0, 0), (32, 40.0, 500.0, 0)])
+    text = edited(latency={"serving": {"concurrency": [1, 32]}}, gate__serving={"p99_ms": 30.0, "min_throughput": 400})
+    config = GateStage.configure(manifest_from_text(text))
+    p99, rps = serving_rules(config.gate.serving, figures)
+    assert "at concurrency 32" in p99["rule"] and (p99["measured"], p99["passed"]) == (40.0, False)
+    assert p99["direction"] == "at_most" and (rps["measured"], rps["passed"]) == (500.0, True)
+    text = edited(latency={"serving": {"concurrency": [1, 32]}}, gate__serving={"p99_ms": 30.0, "concurrency": 1})
+    (rule,) = serving_rules(GateStage.configure(manifest_from_text(text)).gate.serving, figures)
+    assert "at concurrency 1" in rule["rule"] and rule["passed"] and rule["measured"] == 5.0
+    (rule,) = serving_rules(config.gate.serving.model_copy(update={"min_throughput": None}),
+                            _serving([(32, 40.0, 500.0, 3)]))
+    assert rule["why"] == "3 of 100 requests failed"
+
+
+def test_export_rules_pick_the_onnx_agreement_and_each_budget():
+    from stages.gate import export_rules
+
+    rules = export_rules(99.0, {"onnx-int8": 0.5}, _metrics(agreement=98.0, int8=89.0))
+    assert [(r["target"], r["passed"]) for r in rules] == [("onnx", False), ("onnx-int8", False)]
+    rules = export_rules(99.0, {}, _metrics(agreement=99.5, int8=89.0))
+    assert [(r["target"], r["passed"]) for r in rules] == [("onnx", True)]  # no budget: int8 not judged

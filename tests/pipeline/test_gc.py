@@ -1,0 +1,146 @@
+"""gc's keep rules on a store built by hand (artifacts committed through the store, runs in its
+index, shipped versions with model cards): what each rule keeps, and that nothing else stays.
+tests/pipeline/test_release.py runs gc on real pipeline runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from pipeline.core.errors import ManifestError
+from pipeline.core.files import OUTPUT_MARKER
+from pipeline.core.store import ArtifactStore
+from pipeline.gc import collect, plan_gc
+
+
+def _commit(store: ArtifactStore, kind: str, char: str) -> str:
+    art_id = char * 64
+    tmp = store.new_tmp_dir(kind, art_id)
+    (tmp / "f").write_text(char)
+    store.commit(tmp, kind=kind, art_id=art_id, record={})
+    return art_id
+
+
+def _ship(folder, version: str, artifacts: dict[str, str]) -> None:
+    path = folder / version
+    path.mkdir(parents=True)
+    (path / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline"}))
+    (path / "model_card.json").write_text(json.dumps({"artifacts": artifacts}))
+
+
+@pytest.fixture
+def store(tmp_path):
+    store = ArtifactStore(tmp_path / ".cskd")
+    store.claim()
+    _commit(store, "teacher", "0")  # made before the index's first run: kept
+    time.sleep(0.01)
+    store.record_run({"run": "r0", "manifest": "other", "ids": {}, "ship_dir": str(tmp_path / "shipped" / "other"),
+                      "started": time.time(), "host": "elsewhere", "pid": 1})
+    store.record_run({"run": "r0", "status": "passed"})
+    time.sleep(0.01)  # everything committed from here on is after the index's first run
+    return store
+
+
+def _run(store, run, manifest, ids, status, ship_dir, started):
+    store.record_run({"run": run, "manifest": manifest, "ids": ids, "ship_dir": str(ship_dir), "started": started,
+                      "host": "elsewhere", "pid": 1})
+    if status != "running":
+        store.record_run({"run": run, "status": status})
+
+
+def test_each_keep_rule_keeps_its_artifacts_and_the_rest_goes(store, tmp_path):
+    ship = tmp_path / "shipped" / "a"
+    now = time.time()
+    ids = {c: _commit(store, "distill", c) for c in "12345"}
+    _run(store, "r1", "a", {"distill": ids["1"]}, "passed", ship, now + 1)   # an older passing run
+    _run(store, "r2", "a", {"distill": ids["2"]}, "passed", ship, now + 2)   # the latest passing run
+    _run(store, "r3", "a", {"distill": ids["3"]}, "failed", ship, now + 3)   # the latest run
+    _ship(ship, "v1", {"distill": ids["4"]})                                 # a shipped version's lineage
+    plan = plan_gc(store)
+    kept = {art_id[0] for _, art_id in plan.keep}
+    assert kept == {"0", "2", "3", "4"}
+    assert plan.keep[("distill", ids["2"])].startswith("latest passing run of a")
+    assert plan.keep[("distill", ids["3"])].startswith("latest run of a")
+    assert plan.keep[("distill", ids["4"])] == "shipped a/v1"
+    assert plan.keep[("teacher", "0" * 64)] == "made before the run index"
+    assert sorted(p.name[0] for p in plan.remove) == ["1", "5"]
+    assert {p.name[0] for p in plan_gc(store, drop_failed=True).remove} == {"1", "3", "5"}
+
+
+def test_collect_removes_the_plan_and_reclaims_its_bytes_and_a_dry_run_removes_nothing(store, tmp_path):
+    ship = tmp_path / "shipped" / "a"
+    keep, drop = _commit(store, "distill", "a"), _commit(store, "distill", "b")
+    _run(store, "r1", "a", {"distill": keep}, "passed", ship, time.time())
+    (store.root / "quarantine").mkdir()
+    (store.root / "quarantine" / "x-broken").mkdir()
+    (store.root / "work" / f"distill-{drop}").mkdir(parents=True)
+    (store.root / "work" / f"distill-{keep}").mkdir(parents=True)
+    plan = plan_gc(store)
+    names = sorted(p.name for p in plan.remove)
+    assert names == sorted([drop, "x-broken", f"distill-{drop}"])
+    lines = []
+    dry = collect(store, plan, really=False, echo=lines.append)
+    assert dry > 0 and all(p.exists() for p in plan.remove) and lines[0].startswith("would remove")
+    assert collect(store, plan_gc(store), really=True, echo=lines.append) == dry
+    assert not store.exists("distill", drop) and store.has("distill", keep)
+    assert (store.root / "work" / f"distill-{keep}").exists()
+
+
+def test_an_artifact_a_live_run_holds_is_skipped_not_removed(store, tmp_path):
+    drop = _commit(store, "distill", "c")
+    _run(store, "r1", "a", {}, "passed", tmp_path / "shipped" / "a", time.time())
+    plan = plan_gc(store)
+    assert [p.name for p in plan.remove] == [drop]
+    with store.lock("distill", drop):
+        lines = []
+        assert collect(store, plan, really=True, echo=lines.append) == 0
+    assert store.exists("distill", drop) and plan.busy == [store.artifact_dir("distill", drop)]
+    assert lines == [f"keeping {store.artifact_dir('distill', drop)} (in use by a running pipeline)"]
+
+
+def test_a_running_run_on_this_machine_keeps_everything_it_plans(store, tmp_path):
+    import socket
+
+    busy = _commit(store, "distill", "d")
+    store.record_run({"run": "live", "manifest": "a", "ids": {"distill": busy}, "ship_dir": str(tmp_path / "s"),
+                      "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
+    store.record_run({"run": "later", "manifest": "a", "ids": {}, "ship_dir": str(tmp_path / "s"),
+                      "started": time.time() + 1, "host": socket.gethostname(), "pid": 999_999_999})
+    store.record_run({"run": "later", "status": "passed"})
+    plan = plan_gc(store)
+    assert plan.keep[("distill", busy)] == "running now (live)"
+
+
+def test_a_symlink_in_the_store_is_unlinked_never_followed(store, tmp_path):
+    outside = tmp_path / "precious"
+    outside.mkdir()
+    (outside / "data.bin").write_text("keep me")
+    (store.root / "artifacts" / "distill").mkdir(parents=True, exist_ok=True)
+    link = store.root / "artifacts" / "distill" / ("e" * 64)
+    link.symlink_to(outside)
+    (store.root / "artifacts" / "linked-kind").symlink_to(outside)
+    _run(store, "r1", "a", {"distill": "e" * 64}, "passed", tmp_path / "shipped" / "a", time.time())
+    plan = plan_gc(store)
+    assert link in plan.remove and store.root / "artifacts" / "linked-kind" in plan.remove
+    collect(store, plan, really=True, echo=lambda _: None)
+    assert not link.is_symlink() and (outside / "data.bin").read_text() == "keep me"
+
+
+def test_an_unreadable_model_card_stops_gc_before_anything_goes(store, tmp_path):
+    ship = tmp_path / "shipped" / "a"
+    drop = _commit(store, "distill", "f")
+    _run(store, "r1", "a", {}, "passed", ship, time.time())
+    _ship(ship, "v1", {})
+    (ship / "v1" / "model_card.json").write_text("{truncated")
+    with pytest.raises(ManifestError, match=r"v1/model_card\.json: unreadable model card .* gc removed nothing"):
+        plan_gc(store)
+    assert store.exists("distill", drop)
+    (ship / "v1" / "model_card.json").write_text(json.dumps({"artifacts": {"distill": drop}}))
+    assert plan_gc(store).keep[("distill", drop)] == "shipped a/v1"
+    (ship / "v2").mkdir()  # a version folder the pipeline did not make (no marker): not read
+    (ship / "v2" / "model_card.json").write_text("{truncated")
+    (ship / "notes").mkdir()
+    assert plan_gc(store).keep[("distill", drop)] == "shipped a/v1"

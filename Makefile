@@ -6,7 +6,7 @@ MANIFEST ?= quickstart.yaml
 FASHION_ROOT ?= ../shared/data/fashion-mnist
 CIFAR_JPEG ?= ../shared/data/cifar10-jpeg.tar.gz
 
-.PHONY: install pipeline test test-slow test-all lint docs bench compare clean
+.PHONY: install pipeline test test-slow test-all lint docs bench compare clean mutants
 
 # The environment is a file target: `make pipeline` and `make test` build it when it is
 # missing or older than pyproject.toml, so a fresh clone needs one command for each.
@@ -51,6 +51,11 @@ bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_R
 	$(BIN)/python benchmarks/fingerprint.py --cifar $(CIFAR_JPEG) --out bench/fingerprint.json
 	$(BIN)/python benchmarks/strong_view.py --out bench/strong_view.json
 	$(BIN)/python benchmarks/serving_load.py --out bench/serving.json
+
+mutants: $(STAMP)  ## mutation testing of the protection modules (mutmut; slow, not in CI): a table, and mutants/summary.json
+	rm -rf mutants
+	$(BIN)/mutmut run --max-children 2 > mutants.log 2>&1 || (tail -c 2000 mutants.log; exit 1)
+	$(BIN)/python tools/mutants_summary.py
 
 # The method study of the README on Fashion-MNIST (long: see "Studies"). COMPARE_SET adds
 # overrides, e.g. COMPARE_SET='-o data.max_train_samples=10000 -o student.train.epochs=4'.

@@ -340,7 +340,7 @@ def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: li
 def write_study(study: dict, folder: Path) -> None:
     """``study.json`` and ``study.html`` in the manifest's report folder, each replaced atomically."""
     from pipeline.history import owned_folder
-    from pipeline.study_stats import render_html
+    from pipeline.study_page import render_html
 
     owned_folder(folder, field="report.dir", what="run reports")
     for name, text in (("study.json", json.dumps(study, indent=2, allow_nan=False) + "\n"),

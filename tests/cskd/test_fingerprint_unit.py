@@ -128,3 +128,63 @@ def test_one_folder_for_both_splits_and_digits_by_version(tmp_path):
     whole = fp.folder_fingerprint(str(root), "stat")
     assert fp.split_fingerprints("fashion-mnist", str(root)) == (whole, whole)
     assert fp.split_fingerprints("digits", None) == (f"sklearn-digits-{sklearn.__version__}",) * 2
+
+
+def test_content_mode_reaches_every_split_a_touch_changes_nothing(tmp_path):
+    """The mode is passed down to every part: in content mode a touch (new times, same bytes) of
+    a test image, a shard or a fashion-mnist file leaves every fingerprint as it was."""
+    from cskd.data.shards import CLASSES_FILE
+
+    folder = _tree(tmp_path / "data", {"train/cat/1.png": b"1", "test/cat/2.png": b"2"})
+    shards = _tree(tmp_path / "shards", {"train-0.tar": b"t0", "train-1.tar": b"t1", "test-0.tar": b"s0",
+                                         CLASSES_FILE: b"cat\ndog\n"})
+    whole = _tree(tmp_path / "fmnist", {"train.gz": b"x"})
+    patterns = {"train_shards": str(shards / "train-{0..1}.tar"), "test_shards": str(shards / "test-0.tar")}
+    before = (fp.split_fingerprints("imagefolder", str(folder), "content"),
+              fp.split_fingerprints("webdataset", None, "content", **patterns),
+              fp.split_fingerprints("fashion-mnist", str(whole), "content"))
+    for path in [folder / "test/cat/2.png", folder / "train/cat/1.png", *shards.iterdir(), whole / "train.gz"]:
+        os.utime(path, (7, 7))
+    fp.forget()
+    after = (fp.split_fingerprints("imagefolder", str(folder), "content"),
+             fp.split_fingerprints("webdataset", None, "content", **patterns),
+             fp.split_fingerprints("fashion-mnist", str(whole), "content"))
+    assert after == before
+    fp.forget()
+    assert fp.split_fingerprints("webdataset", None, **patterns) != before[1]  # the default mode is stat
+
+
+def test_webdataset_shards_each_split_and_the_class_list_beside_the_training_shards(tmp_path):
+    from cskd.data.shards import CLASSES_FILE
+
+    shards = _tree(tmp_path / "shards", {"train-0.tar": b"t0", "train-1.tar": b"t1", "test-0.tar": b"s0",
+                                         CLASSES_FILE: b"cat\ndog\n"})
+    patterns = {"train_shards": str(shards / "train-{0..1}.tar"), "test_shards": str(shards / "test-0.tar")}
+    train, test = fp.split_fingerprints("webdataset", None, "content", **patterns)
+    classes = str(shards / CLASSES_FILE)
+    assert train == fp.files_fingerprint([str(shards / "train-0.tar"), str(shards / "train-1.tar"), classes],
+                                         "content")
+    assert test == fp.files_fingerprint([str(shards / "test-0.tar"), classes], "content")
+    (shards / CLASSES_FILE).write_bytes(b"dog\ncat\n")  # relabelled: both splits change
+    again = fp.split_fingerprints("webdataset", None, "content", **patterns)
+    assert again[0] != train and again[1] != test
+    (shards / "train-1.tar").write_bytes(b"T1")  # a training shard: the test split is unchanged
+    assert fp.split_fingerprints("webdataset", None, "content", **patterns)[1] == again[1]
+    nothing = fp.split_fingerprints("webdataset", None, "content")  # no shards named: nothing to read
+    assert nothing[0] == nothing[1] != again[1]
+
+
+def test_files_fingerprint_names_each_file_by_its_name(tmp_path):
+    _tree(tmp_path, {"a.tar": b"same", "b.tar": b"same"})
+    assert fp.files_fingerprint([str(tmp_path / "a.tar")], "content") != \
+        fp.files_fingerprint([str(tmp_path / "b.tar")], "content")
+    fp_a_stat = fp.files_fingerprint([str(tmp_path / "a.tar")])
+    os.utime(tmp_path / "a.tar", (9, 9))
+    assert fp.files_fingerprint([str(tmp_path / "a.tar")]) != fp_a_stat  # stat by default
+
+
+def test_a_relative_root_is_the_working_folder(tmp_path, monkeypatch):
+    _tree(tmp_path, {"x.gz": b"x"})
+    monkeypatch.chdir(tmp_path)
+    assert fp.split_fingerprints("fashion-mnist", None, "content")[0] == fp.folder_fingerprint(".", "content")
+    assert fp.split_fingerprints("imagefolder", None, "content")[0] == "missing"  # no train/ here

@@ -181,3 +181,63 @@ def test_export_files_land_beside_the_users_and_replace_only_our_unchanged_ones(
     fresh = tmp_path / "new" / "out"
     copy_owned_files(fresh, {"m.onnx": source})
     assert (fresh / "m.onnx").read_bytes() == b"model-2"
+
+
+def test_deep_new_folders_are_made_and_a_foreign_export_marker_vouches_for_nothing(tmp_path):
+    from cskd.checkpoint import sha256_file
+
+    write_new_file(tmp_path / "a" / "b" / "c" / "m.yaml", "x", what="manifest")
+    replace_output_dir(tmp_path / "r" / "s" / "t" / "v1", lambda d: None, marker={}, field="f")
+    assert (tmp_path / "a" / "b" / "c" / "m.yaml").is_file() and read_marker(tmp_path / "r" / "s" / "t" / "v1")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.onnx").write_bytes(b"someone's model")
+    (out / EXPORT_MARKER).write_text(json.dumps({"made_by": "someone-else",
+                                                 "files": {"m.onnx": sha256_file(out / "m.onnx")}}))
+    with pytest.raises(OutputError, match=r"m\.onnx: exists"):
+        check_owned_files(out, ["m.onnx"])
+    written = copy_owned_files(tmp_path / "fresh", {"a.onnx": out / "m.onnx", "b.onnx": out / "m.onnx"})
+    assert written == [tmp_path / "fresh" / "a.onnx", tmp_path / "fresh" / "b.onnx"]
+    assert json.loads((tmp_path / "fresh" / EXPORT_MARKER).read_text())["files"] == {
+        "a.onnx": sha256_file(out / "m.onnx"), "b.onnx": sha256_file(out / "m.onnx")}
+
+
+def test_latest_version_is_the_last_part_of_the_link(tmp_path):
+    (tmp_path / "sub" / "v7").mkdir(parents=True)
+    (tmp_path / "latest").symlink_to("sub/v7/")
+    assert latest_version(tmp_path) == "v7"
+
+
+def test_writing_into_an_existing_folder_and_an_export_folder_under_a_file(tmp_path):
+    write_new_file(tmp_path / "m.yaml", "x", what="manifest")  # the folder is there already
+    (tmp_path / "plain").write_text("a file")
+    with pytest.raises(OutputError, match=r"plain: is a file, not a folder; choose another path for the export"):
+        check_owned_files(tmp_path / "plain" / "out", ["m.onnx"])
+
+
+def test_a_linked_export_marker_vouches_for_nothing(tmp_path):
+    from cskd.checkpoint import sha256_file
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "m.onnx").write_bytes(b"model")
+    real = tmp_path / "marker.json"
+    real.write_text(json.dumps({"made_by": "cskd-pipeline", "files": {"m.onnx": sha256_file(out / "m.onnx")}}))
+    (out / EXPORT_MARKER).symlink_to(real)
+    with pytest.raises(OutputError, match=r"exists and was not written"):
+        check_owned_files(out, ["m.onnx"])
+
+
+def test_a_link_made_between_the_check_and_the_write_is_not_followed(tmp_path, monkeypatch):
+    """The race the exclusive open closes: a dangling link planted after check_new_path looked."""
+    import pipeline.core.files as files
+
+    target = tmp_path / "victim.txt"
+
+    def check_then_plant(path, *, what):
+        path.symlink_to(target)
+
+    monkeypatch.setattr(files, "check_new_path", check_then_plant)
+    with pytest.raises(OutputError, match=r"planted\.yaml already exists; it is not overwritten"):
+        files.write_new_file(tmp_path / "planted.yaml", "x", what="manifest")
+    assert not target.exists()

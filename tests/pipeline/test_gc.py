@@ -144,3 +144,78 @@ def test_an_unreadable_model_card_stops_gc_before_anything_goes(store, tmp_path)
     (ship / "v2" / "model_card.json").write_text("{truncated")
     (ship / "notes").mkdir()
     assert plan_gc(store).keep[("distill", drop)] == "shipped a/v1"
+
+
+def test_edges_no_runs_no_start_line_only_failed_runs_and_runs_without_a_start_time(tmp_path):
+    store = ArtifactStore(tmp_path / ".cskd")
+    assert plan_gc(store).remove == []  # not even an artifacts folder
+    store.claim()
+    old = _commit(store, "distill", "1")
+    assert plan_gc(store).keep == {("distill", old): "made before the run index"}  # no run at all yet
+    store.record_run({"run": "ghost", "status": "failed"})  # an end without its start: names nothing
+    time.sleep(0.01)
+    failed = _commit(store, "distill", "2")
+    store.record_run({"run": "r1", "manifest": "a", "ids": {"distill": failed}, "ship_dir": str(tmp_path / "s")})
+    store.record_run({"run": "r1", "status": "failed"})  # no "started": its line's time orders it
+    plan = plan_gc(store)
+    assert plan.keep[("distill", failed)].startswith("latest run of a (r1)")  # only failed runs: the latest stays
+    assert plan.keep[("distill", old)] == "made before the run index"
+
+
+def test_a_finished_run_on_this_machine_is_not_running(store, tmp_path):
+    import socket
+
+    mine = _commit(store, "distill", "7")
+    store.record_run({"run": "done", "manifest": "a", "ids": {"distill": mine}, "ship_dir": str(tmp_path / "s"),
+                      "started": time.time(), "host": socket.gethostname(), "pid": os.getpid()})
+    store.record_run({"run": "done", "status": "passed"})
+    assert plan_gc(store).keep[("distill", mine)] == "latest run of a (done)"  # not "running now"
+    store.record_run({"run": "other", "manifest": "b", "ids": {"distill": "8" * 64}, "ship_dir": str(tmp_path / "s"),
+                      "started": time.time(), "host": "another-host", "pid": os.getpid()})
+    assert ("distill", "8" * 64) not in {k for k, why in plan_gc(store).keep.items() if why.startswith("running")}
+
+
+def test_a_version_folder_not_made_by_the_pipeline_does_not_hide_the_next_one(store, tmp_path):
+    ship = tmp_path / "shipped" / "a"
+    kept = _commit(store, "distill", "9")
+    (ship / "v1").mkdir(parents=True)  # no marker: not ours, skipped
+    _ship(ship, "v2", {"distill": kept})
+    _run(store, "r1", "a", {}, "passed", ship, time.time())
+    assert plan_gc(store).keep[("distill", kept)] == "shipped a/v2"
+
+
+def test_collect_counts_every_byte_and_removes_every_entry_whatever_comes_first(store, tmp_path):
+    drops = [_commit(store, kind, c) for kind, c in (("a-kind", "a"), ("b-kind", "b"), ("c-kind", "c"))]
+    _run(store, "r1", "a", {}, "passed", tmp_path / "shipped" / "a", time.time())
+    (store.root / "artifacts" / "0-linked").symlink_to(tmp_path)  # a link first in the listing: skipped over
+    (store.root / "quarantine").mkdir()
+    (store.root / "quarantine" / "stray.bin").write_bytes(b"x" * 1000)
+    (store.root / "superseded").mkdir()
+    (store.root / "superseded" / "y-old").mkdir()
+    (store.root / "superseded" / "y-old" / "w").write_bytes(b"y" * 500)
+    (store.root / "artifacts" / "zz-file").write_text("a stray file is not a kind folder")
+    plan = plan_gc(store)
+    expected = {store.artifact_dir(k, d) for k, d in zip(("a-kind", "b-kind", "c-kind"), drops, strict=True)}
+    assert expected <= set(plan.remove)
+    sizes = sum(p.lstat().st_size if p.is_symlink() or p.is_file() else
+                sum(f.lstat().st_size for f in p.rglob("*") if f.is_file()) for p in plan.remove)
+    lines = []
+    reclaimed = collect(store, plan, really=True, echo=lines.append)
+    assert reclaimed == sizes and reclaimed >= 1500
+    assert lines == [f"removing {p}" for p in plan.remove]
+    assert not any(p.exists() or p.is_symlink() for p in plan.remove)
+    assert tmp_path.exists() and (store.root / "artifacts" / "zz-file").exists()
+
+
+def test_a_work_folder_a_live_run_holds_is_kept_as_busy(store, tmp_path):
+    art_id = "4" * 64
+    work = store.root / "work" / f"distill-{art_id}"
+    work.mkdir(parents=True)
+    (work / "checkpoint.pt").write_bytes(b"c" * 100)
+    _run(store, "r1", "a", {}, "passed", tmp_path / "shipped" / "a", time.time())
+    plan = plan_gc(store)
+    assert plan.remove == [work]
+    with store.lock("distill", art_id):
+        assert collect(store, plan, really=True, echo=lambda _: None) == 0
+    assert work.exists() and plan.busy == [work]
+    assert collect(store, plan_gc(store), really=True, echo=lambda _: None) == 100 and not work.exists()

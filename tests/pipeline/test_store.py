@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from pipeline.core.errors import StoreError
+from pipeline.core.errors import OutputError, StoreError
 from pipeline.core.store import ArtifactStore, artifact_id
 from pipeline.manifest_io import manifest_from_text
 from pipeline.orchestrator import plan
@@ -173,3 +173,129 @@ def test_the_run_index_merges_a_runs_end_into_its_start_and_names_a_bad_line(tmp
         f.write("not json\n")
     with pytest.raises(StoreError, match=r"runs\.jsonl:4: not a run index line"):
         store.runs()
+
+
+def test_ids_of_existing_stores_do_not_change():
+    # a recipe's id is part of every store on disk: this value must never move
+    assert artifact_id("distill", 1, {"lr": 0.1}, {"teacher": "t1"}) == \
+        "335271a276a4b9a84c95c7ac44c2d8e3c0766b2101c0561e2439680aba9c7847"
+
+
+def test_a_temp_folder_the_store_makes_is_one_its_cleaner_recognises(tmp_path):
+    from pipeline.core.store import _TMP_NAME
+
+    store = ArtifactStore(tmp_path)
+    made = store.new_tmp_dir("quantize", "0123456789abcdef" * 4)
+    match = _TMP_NAME.match(made.name)
+    assert match and int(match.group(1)) == os.getpid()
+    assert store.clean_tmp() == 0  # ours, alive
+
+
+def test_clean_tmp_counts_every_dead_folder_and_skips_foreign_names(tmp_path):
+    store = ArtifactStore(tmp_path)
+    assert store.clean_tmp() == 0  # no tmp folder yet
+    for name in ("aaa", "mmm", "zzz", "notes.txt"):
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        (tmp_path / "tmp" / name).mkdir()
+    dead = [tmp_path / "tmp" / f"x-{c * 16}-99999999{i}-deadbeef" for i, c in enumerate("abc")]
+    for folder in dead:
+        folder.mkdir()
+    (tmp_path / "tmp" / f"x-{'d' * 16}-999999990-cafebabe").symlink_to(tmp_path / "aaa-target")
+    assert store.clean_tmp() == 3 and not any(p.exists() for p in dead)
+    assert {p.name for p in (tmp_path / "tmp").iterdir()} == {"aaa", "mmm", "notes.txt", "zzz",
+                                                              f"x-{'d' * 16}-999999990-cafebabe"}  # a link: left
+
+
+def test_claim_takes_an_empty_or_new_folder_or_an_old_store_and_refuses_a_users(tmp_path):
+    ArtifactStore(tmp_path / "new" / "deep" / ".cskd").claim()
+    assert (tmp_path / "new" / "deep" / ".cskd" / ".cskd-store").read_text() == "cskd-pipeline artifact store\n"
+    ArtifactStore(tmp_path / "new" / "deep" / ".cskd").claim()  # again: fine
+    (tmp_path / "empty").mkdir()
+    ArtifactStore(tmp_path / "empty").claim()
+    old = tmp_path / "old"
+    (old / "artifacts").mkdir(parents=True)
+    (old / "tmp").mkdir()
+    (old / "runs.jsonl").write_text("")
+    ArtifactStore(old).claim()  # made before the marker: store folders only
+    user = tmp_path / "user"
+    user.mkdir()
+    for name in ("a.txt", "b.txt", "c.txt", "d.txt"):
+        (user / name).write_text("mine")
+    with pytest.raises(OutputError, match=r"already holds files the pipeline did not make \(a\.txt, b\.txt, c\.txt\);"):
+        ArtifactStore(user).claim()
+    assert not (user / ".cskd-store").exists()
+    mixed = tmp_path / "mixed"
+    (mixed / "artifacts").mkdir(parents=True)
+    (mixed / "thesis.tex").write_text("mine")
+    with pytest.raises(OutputError, match=r"\(thesis\.tex\)"):
+        ArtifactStore(mixed).claim()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="is not a folder"):
+        ArtifactStore(tmp_path / "file").claim()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    with pytest.raises(OutputError, match="is not a folder"):
+        ArtifactStore(tmp_path / "link").claim()
+
+
+def test_get_names_the_first_problem_and_how_many_more(tmp_path):
+    store, art = _committed(tmp_path)
+    assert (store.get("x", "d" * 64).kind, store.get("x", "d" * 64).id) == ("x", "d" * 64)
+    (art.path / "w.bin").write_bytes(b"edited")
+    with pytest.raises(StoreError) as one:
+        store.get("x", "d" * 64)
+    assert str(one.value) == f"{art.path / 'w.bin'}: sha256 mismatch (edited or truncated)"
+    (art.path / "e1").write_text("1")
+    (art.path / "e2").write_text("2")
+    with pytest.raises(StoreError, match=r"extra file, not in the seal \(and 2 more\)$"):
+        store.get("x", "d" * 64)
+
+
+def test_commit_refuses_links_quarantines_a_broken_artifact_and_drops_its_scratch(tmp_path):
+    store = ArtifactStore(tmp_path)
+    tmp = store.new_tmp_dir("x", "a" * 64)
+    (tmp / "real").write_text("r")
+    (tmp / "link").symlink_to(tmp / "real")
+    with pytest.raises(StoreError, match=r"^x wrote symlinks \(link\); artifacts hold plain files only$"):
+        store.commit(tmp, kind="x", art_id="a" * 64, record={})
+    broken = store.artifact_dir("x", "b" * 64)
+    broken.mkdir(parents=True)
+    (broken / "half").write_text("half-written by a killed run")
+    store.work_dir("x", "b" * 64).mkdir(parents=True)
+    tmp = store.new_tmp_dir("x", "b" * 64)
+    (tmp / "f").write_text("whole")
+    art = store.commit(tmp, kind="x", art_id="b" * 64, record={"metrics": {"m": 2}})
+    assert (art.kind, art.id, art.metrics) == ("x", "b" * 64, {"m": 2}) and art.record["kind"] == "x"
+    assert store.has("x", "b" * 64) and not store.work_dir("x", "b" * 64).exists()
+    [quarantined] = (tmp_path / "quarantine").iterdir()
+    assert quarantined.name.startswith(f"x-{'b' * 64}-") and (quarantined / "half").exists()
+
+
+def test_layout_runs_order_two_problems_two_links_and_two_quarantines(tmp_path):
+    store = ArtifactStore(tmp_path / "s")
+    store.claim()
+    assert store.work_dir("x", "a" * 64) == tmp_path / "s" / "work" / f"x-{'a' * 64}"
+    store.record_run({"run": "late", "started": 5.0, "manifest": "m", "ids": {}})
+    store.record_run({"run": "early", "started": 1.0, "manifest": "m", "ids": {}})
+    assert [r["run"] for r in store.runs()] == ["early", "late"]  # by start time, not by line
+    tmp = store.new_tmp_dir("x", "a" * 64)
+    (tmp / "f").write_text("1")
+    (tmp / "l1").symlink_to(tmp / "f")
+    (tmp / "l2").symlink_to(tmp / "f")
+    with pytest.raises(StoreError, match=r"wrote symlinks \(l1, l2\)|wrote symlinks \(l2, l1\)"):
+        store.commit(tmp, kind="x", art_id="a" * 64, record={})
+    store, art = _committed(tmp_path / "t")
+    (art.path / "w.bin").write_bytes(b"edited")
+    (art.path / "extra").write_text("1")
+    with pytest.raises(StoreError) as two:
+        store.get("x", "d" * 64)
+    assert str(two.value).endswith("(and 1 more)") and "extra" in str(two.value).split(" (and")[0]
+    first = store.quarantine("x", "d" * 64)
+    store2, _ = _committed(tmp_path / "t")
+    second = store2.quarantine("x", "d" * 64)
+    assert first.parent == second.parent == tmp_path / "t" / "quarantine" and first != second
+
+
+def test_claim_refuses_a_folder_of_store_names_without_artifacts_or_marker(tmp_path):
+    (tmp_path / "tmp").mkdir()
+    with pytest.raises(OutputError, match=r"\(tmp\)"):
+        ArtifactStore(tmp_path).claim()

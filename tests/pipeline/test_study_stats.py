@@ -100,3 +100,43 @@ def test_the_conclusion_states_direction_and_whether_the_data_can_tell():
     two = mixed + [{**mixed[0], "batch_size": 256}]
     assert "cskd (batch 64)" in conclusion(two) and "cskd (batch 256)" in conclusion(two)
     assert math.isclose(up[0]["mean_diff"], 1.05)
+
+
+def test_edges_two_seeds_clipping_the_reference_first_and_the_whole_conclusion():
+    # the reference's rows come first: the pairing loop must skip it, not stop there
+    rows = _rows({"kd": [0.0, 1.0]}) + _rows({"cskd": [99.5, 100.0]}) + _rows({"dist": [1.0, 1.0]})
+    out = summarize(rows, reference="kd")
+    by_loss = {r["loss"]: r for r in out["summary"]}
+    assert by_loss["kd"]["std"] == pytest.approx(statistics.stdev([0.0, 1.0]))  # two seeds have a deviation
+    assert by_loss["kd"]["ci95"][0] == 0.0 and by_loss["cskd"]["ci95"][1] == 100.0  # clipped to [0, 100]
+    assert by_loss["kd"]["ci95"][1] == pytest.approx(_t95([0.0, 1.0])[1])
+    assert by_loss["cskd"]["ci95"][0] == pytest.approx(_t95([99.5, 100.0])[0])
+    assert [p["loss"] for p in out["paired"]] == ["cskd", "dist"]
+    cskd = out["paired"][0]
+    assert cskd["std_diff"] == pytest.approx(statistics.stdev([99.5, 99.0]))
+    assert cskd["ci95"][1] == 100.0 and cskd["ci95"][0] == pytest.approx(_t95([99.5, 99.0])[0])
+    assert out["conclusion"] == conclusion(out["paired"])
+    diffs = summarize(_rows({"kd": [100.0, 99.0]}) + _rows({"cskd": [0.0, 0.5]}), reference="kd")["paired"][0]
+    assert diffs["ci95"][0] == -100.0 and diffs["ci95"][1] == pytest.approx(_t95([-100.0, -98.5])[1])
+
+
+def test_a_narrow_interval_around_zero_and_the_sign_test_edges():
+    (near,) = summarize(_rows({"kd": [50.0] * 4, "cskd": [49.5, 50.5, 49.6, 50.4]}), reference="kd")["paired"]
+    assert 0 < near["ci95"][1] < 1 and near["excludes_zero"] is False
+    (ties,) = summarize(_rows({"kd": [50.0] * 3, "cskd": [50.0] * 3}), reference="kd")["paired"]
+    assert ties["sign_p"] is None and ties["ties"] == 3  # no non-tied pair: no test
+    (even,) = summarize(_rows({"kd": [50.0, 50.0], "cskd": [51.0, 49.0]}), reference="kd")["paired"]
+    assert even["sign_p"] == pytest.approx(1.0)
+
+
+def test_the_conclusion_sentence_word_for_word():
+    up = summarize(_rows({"kd": [80.0] * 4, "cskd": [80.4, 80.6, 80.5, 80.5]}), reference="kd")["paired"]
+    low, high = up[0]["ci95"]
+    assert conclusion(up) == (f"What this data supports: cskd is 0.50 points above kd (interval "
+                              f"[{low:+.2f}, {high:+.2f}] excludes 0, n = 4).")
+    mixed = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 79.0, 80.5, 79.5]}) + _rows({"kd": [80.0],
+                                                                                            "dist": [81.0]}),
+                      reference="kd")["paired"]
+    low, high = mixed[0]["ci95"]
+    assert conclusion(mixed) == (f"What this data supports: cskd cannot be told from kd with these 4 seeds (mean "
+                                 f"+0.00, interval [{low:+.2f}, {high:+.2f}]); dist: one seed, no interval.")

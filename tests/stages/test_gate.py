@@ -183,3 +183,150 @@ def test_export_rules_pick_the_onnx_agreement_and_each_budget():
     assert [(r["target"], r["passed"]) for r in rules] == [("onnx", False), ("onnx-int8", False)]
     rules = export_rules(99.0, {}, _metrics(agreement=99.5, int8=89.0))
     assert [(r["target"], r["passed"]) for r in rules] == [("onnx", True)]  # no budget: int8 not judged
+
+
+def test_a_rule_records_its_numbers_direction_and_why_only_when_it_fails():
+    from stages.gate import _rule
+
+    assert _rule("r", 1.234, 1.0, why="because") == {"rule": "r", "measured": 1.23, "threshold": 1.0, "passed": True,
+                                                      "direction": "at_least", "measured_exact": 1.234}
+    failed = _rule("r", 2.0, 1.0, at_most=True, why="too slow", target="onnx")
+    assert failed == {"rule": "r", "measured": 2.0, "threshold": 1.0, "passed": False, "direction": "at_most",
+                      "measured_exact": 2.0, "target": "onnx", "why": "too slow"}
+    assert "why" not in _rule("r", 0.0, 1.0)
+
+
+def test_rules_without_exports_latency_or_serving_figures_judge_what_there_is():
+    metrics = _metrics()
+    del metrics["exports"]
+    names = [r["rule"] for r in _rules(edited(), metrics)]
+    assert names == ["teacher_top1 >= min_teacher_top1", "student_top1 >= teacher_top1 - max_drop",
+                     "onnx_agreement >= min_onnx_agreement"]
+    cells = {"results": [{"backend": "onnx", "batch": 1, "p90_ms": 1.0}]}
+    assert len(_rules(edited(), _metrics(), cells)) == len(_rules(edited(), _metrics()))  # no latency rule asked
+    config = GateStage.configure(manifest_from_text(edited()))
+    with_serving = evaluate_rules(config.gate, config.budgets, _metrics(), None, _serving([(32, 9.0, 9.0, 0)]))
+    assert len(with_serving) == len(_rules(edited(), _metrics()))  # no serving rule asked
+
+
+def test_the_latency_rule_reads_the_cell_of_its_backend_at_its_batch():
+    text = edited(latency={"batch_sizes": [1, 64]}, gate__latency={"backend": "onnx", "batch": 64, "max_p90_ms": 5.0})
+    cells = {"results": [{"backend": "pytorch-eager", "batch": 64, "p90_ms": 1.0},
+                         {"backend": "onnx", "batch": 1, "p90_ms": 2.0}, {"backend": "onnx", "batch": 64, "p90_ms": 7.0}]}
+    rule = next(r for r in _rules(text, _metrics(), cells) if "p90" in r["rule"])
+    assert (rule["measured"], rule["passed"], rule["backend"]) == (7.0, False, "onnx")
+
+
+def test_a_class_missing_on_one_side_only_is_left_out_and_class_lists_must_match():
+    rules = _rules(edited(gate__max_class_drop=3.0), _metrics(per_class_s=(None, 89, 90), per_class_t=(99, 90, 90)))
+    assert next(r for r in rules if "class" in r["rule"])["measured"] == 1
+    with pytest.raises(ValueError):
+        _rules(edited(gate__max_class_drop=3.0), _metrics(per_class_s=(90, 90), per_class_t=(90, 90, 90)))
+
+
+def test_serving_rules_with_the_gate_and_a_passing_rule_keeps_no_why():
+    from stages.gate import serving_rules
+
+    text = edited(latency={"serving": {"concurrency": [1, 32]}}, gate__serving={"p99_ms": 30.0, "min_throughput": 400})
+    config = GateStage.configure(manifest_from_text(text))
+    figures = _serving([(32, 20.0, 500.0, 2)])
+    rules = evaluate_rules(config.gate, config.budgets, _metrics(), None, figures)
+    served = [r for r in rules if r["rule"].startswith("served onnx")]
+    assert [r["rule"].split(": ", 1)[1] for r in served] == ["p99 latency (ms) <= gate.serving.p99_ms",
+                                                             "requests/s >= gate.serving.min_throughput"]
+    assert all(r["passed"] and "why" not in r for r in served)  # 2 failures, yet within budget: nothing to explain
+    assert evaluate_rules(config.gate, config.budgets, _metrics(), None, None) == \
+        [r for r in rules if not r["rule"].startswith("served")]  # figures missing: no serving rule
+    assert serving_rules(config.gate.serving, figures)[0]["rule"].startswith(
+        "served onnx (litserve, 1 replicas) at concurrency 32")
+
+
+def test_failures_are_joined_and_explained_word_for_word():
+    rules = [{"rule": "a", "passed": False, "measured": 1.0, "threshold": 2.0, "direction": "at_least"},
+             {"rule": "b", "passed": False, "measured": None},
+             {"rule": "c", "passed": False, "measured": 3.0, "threshold": 2.0, "direction": "at_most", "why": "w"},
+             {"rule": "d", "passed": True, "measured": 3.0, "threshold": 2.0, "direction": "at_least"}]
+    assert describe_failures(rules) == "a: measured 1.00, needs >= 2.00; b: cannot be judged; " \
+                                       "c: measured 3.00, needs <= 2.00 (w)"
+
+
+def test_the_gate_stage_reads_what_its_rules_need():
+    plain = GateStage.configure(manifest_from_text(edited(ship={"dir": "shipped", "promote": "always"})))
+    assert plain.champion is None and plain.serving is None and plain.latency is False
+    assert GateStage().inputs(plain) == ("validate",)
+    text = edited(latency={"serving": {"concurrency": [4]}}, gate__serving={"p99_ms": 30.0})
+    full = GateStage.configure(manifest_from_text(text))
+    assert full.serving is True and full.latency is True and full.champion is not None
+    assert full.champion.against is False  # nothing shipped yet under this name
+    assert GateStage().inputs(full) == ("validate", "latency", "serving")
+    assert GateStage().inputs(full.model_copy(update={"champion": full.champion.model_copy(update={"against": True})})) \
+        == ("validate", "latency", "serving", "champion")
+
+
+def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *, theirs_labels=None):
+    """Predictions files as validate and champion write them: the first k of n samples right."""
+    import torch
+
+    from cskd.checkpoint import save_tensors
+    from pipeline.core.store import Artifact
+    from stages.champion import PREDICTIONS_FILE as THEIRS
+    from stages.validate import PREDICTIONS_FILE as OURS
+
+    labels = torch.zeros(n, dtype=torch.long)
+
+    def logits(right: int):
+        out = torch.zeros(n, 3)
+        out[:right, 0], out[right:, 1] = 1.0, 1.0  # class 0 (right) for the first ones, class 1 after
+        return out
+
+    (tmp_path / "validate").mkdir()
+    (tmp_path / "champion").mkdir()
+    save_tensors({"labels": labels, "onnx": logits(ours_right)}, tmp_path / "validate" / OURS)
+    save_tensors({"labels": labels if theirs_labels is None else theirs_labels, "champion": logits(theirs_right)},
+                 tmp_path / "champion" / THEIRS)
+    champion = Artifact("champion", "c" * 64, tmp_path / "champion",
+                        {"metrics": {"comparable": True, "version": "v3", "top1": theirs_right * 100.0 / n}})
+    return tmp_path / "validate", champion
+
+
+def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_path):
+    from stages.gate import ChampionRule, champion_rule
+
+    rule = ChampionRule(max_regression=1.0, resamples=200, seed=0, against=True)
+    validate_dir, champion = _champion_case(tmp_path, ours_right=89, theirs_right=90)
+    result = champion_rule(rule, validate_dir, champion)
+    assert result["rule"] == "onnx_top1 >= champion v3 top1 - max_regression"
+    assert (result["measured"], result["threshold"], result["passed"]) == (89.0, 89.0, True)
+    assert result["champion"]["version"] == "v3" and result["champion"]["top1"] == 90.0
+    assert result["champion"]["student_top1"] == 89.0 and result["champion"]["samples"] == 100
+    boot = result["champion"]["bootstrap"]
+    assert boot["ci_low"] <= -1.0 <= boot["ci_high"] and result["champion"]["mcnemar"]["p_value"] <= 1.0
+    worse = champion_rule(rule.model_copy(update={"max_regression": 0.5}), validate_dir, champion)
+    assert worse["passed"] is False and worse["threshold"] == 89.5
+    assert worse["why"].startswith("worse than the shipped champion v3 (90.00); nothing ships and latest stays on v3")
+
+
+def test_the_champion_rule_without_a_champion_or_not_comparable_or_other_images(tmp_path):
+    import torch
+
+    from stages.gate import ChampionRule, GateError, champion_rule
+
+    none = champion_rule(ChampionRule(max_regression=0.0, resamples=10, seed=0, against=False), tmp_path, None)
+    assert none["passed"] is True and none["measured"] is None and none["rule"].startswith(
+        "not worse than the champion: none to compare with")
+    rule = ChampionRule(max_regression=0.0, resamples=10, seed=0, against=True)
+    (tmp_path / "a").mkdir()
+    validate_dir, champion = _champion_case(tmp_path / "a", 50, 50)
+    champion.record["metrics"].update({"comparable": False, "why": "another input shape"})
+    result = champion_rule(rule, validate_dir, champion)
+    assert result["passed"] is False and result["measured"] is None and result["threshold"] is None
+    assert result["why"] == ("another input shape: not comparable; promote it by hand (`cskd-pipeline promote`) or "
+                             "set ship.promote: always")
+    (tmp_path / "b").mkdir()
+    validate_dir, champion = _champion_case(tmp_path / "b", 50, 50, theirs_labels=torch.ones(100, dtype=torch.long))
+    with pytest.raises(GateError, match="champion v3 was evaluated on other test images than this run's; rerun"):
+        champion_rule(rule, validate_dir, champion)
+    (tmp_path / "c").mkdir()
+    validate_dir, champion = _champion_case(tmp_path / "c", 60, 50)
+    better = champion_rule(rule, validate_dir, champion)
+    assert better["passed"] and better["measured"] == 60.0 and better["threshold"] == 50.0 and "why" not in better

@@ -250,7 +250,7 @@ def test_failures_are_joined_and_explained_word_for_word():
                                        "c: measured 3.00, needs <= 2.00 (w)"
 
 
-def test_the_gate_stage_reads_what_its_rules_need():
+def test_the_gate_stage_reads_what_its_rules_need(workdir):
     plain = GateStage.configure(manifest_from_text(edited(ship={"dir": "shipped", "promote": "always"})))
     assert plain.champion is None and plain.serving is None and plain.latency is False
     assert GateStage().inputs(plain) == ("validate",)

@@ -25,8 +25,9 @@ install:  ## (re)create .venv with the project (editable), OpenVINO, MLflow, tim
 pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
-test: $(STAMP)  ## the test suite without the tests marked slow (under 10 minutes on 2 CPU cores)
-	$(BIN)/python -m pytest -q -m "not slow"
+test: $(STAMP)  ## the test suite without the tests marked slow (about 5 minutes on 2 CPU cores)
+	$(BIN)/python -m pytest -q -m "not slow and not isolated"
+	$(BIN)/python -m pytest -q -m "isolated and not slow"
 
 test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)
 	$(BIN)/python -m pytest -q -m "slow and not cluster"

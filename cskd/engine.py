@@ -253,6 +253,23 @@ def _classic_step(objective: Objective, optimizer: torch.optim.Optimizer, device
     return step
 
 
+SIGNAL_HOOK = "CSKD_TEST_SIGNAL_AT"
+
+
+def _signal_hook(label: str) -> tuple[int, int, int] | None:
+    """Test hook: ``CSKD_TEST_SIGNAL_AT="<label part>:<epoch>:<step>:<KILL|TERM|INT>"`` makes a
+    training whose label contains that part send itself the signal right after that step (1-based),
+    so kill and resume tests stop a run at a fixed point instead of racing a stopwatch."""
+    import os
+    import signal
+
+    spec = os.environ.get(SIGNAL_HOOK)
+    if not spec:
+        return None
+    part, epoch, step, name = spec.rsplit(":", 3)
+    return (int(epoch), int(step), getattr(signal, f"SIG{name}")) if part in label else None
+
+
 def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
                  config: TrainConfig, step_fn: Callable[..., dict[str, torch.Tensor]], *, epoch: int, device: torch.device, skip: int,
                  sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress, label: str) -> dict[str, float]:
@@ -268,6 +285,7 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
     bad_state_step = torch.tensor(-1, device=device)
     state = _float_state(objective.student)
     step_t = torch.tensor(skip, device=device)  # the step index on the device, advanced in place
+    hook = _signal_hook(label)
     with epoch_steps(progress, loader, total=len(loader), label=f"{label} epoch {epoch + 1}/{config.epochs}") as (
             advance, batches):
         for step, (weak, labels, strong) in enumerate(batches):
@@ -286,6 +304,10 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
             advance(out["loss"])
             for key, value in out.items():
                 sums[key] = sums.get(key, 0.0) + value
+            if hook is not None and hook[:2] == (epoch + 1, step + 1):
+                import os
+
+                os.kill(os.getpid(), hook[2])
             if stop and step + 1 < len(loader):
                 _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
                 raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")

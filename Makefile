@@ -52,6 +52,7 @@ bench: $(STAMP)  ## speed benchmarks, JSON in bench/ (Fashion-MNIST in FASHION_R
 	$(BIN)/python benchmarks/fingerprint.py --cifar $(CIFAR_JPEG) --out bench/fingerprint.json
 	$(BIN)/python benchmarks/strong_view.py --out bench/strong_view.json
 	$(BIN)/python benchmarks/serving_load.py --out bench/serving.json
+	$(BIN)/python benchmarks/startup.py --out bench/startup.json
 
 mutants: $(STAMP)  ## mutation testing of the protection modules (mutmut; slow, not in CI): a table, and mutants/summary.json
 	rm -rf mutants

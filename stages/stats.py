@@ -7,7 +7,6 @@ which is far tighter than comparing two accuracies as if they were independent.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import binomtest
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
@@ -45,6 +44,8 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     n = only_a + only_b
     if n == 0:
         return {"only_a": 0, "only_b": 0, "p_value": 1.0}
+    from scipy.stats import binomtest  # here, not at import: scipy.stats costs `plan` half a second
+
     p_value = binomtest(min(only_a, only_b), n, 0.5, alternative="two-sided").pvalue
     return {"only_a": only_a, "only_b": only_b, "p_value": float(min(1.0, p_value))}
 

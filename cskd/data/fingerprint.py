@@ -65,9 +65,9 @@ def split_fingerprints(name: str, root: str | None, mode: str = "stat", *, train
         test = files_fingerprint(expand(test_shards or "") + classes, mode)
         return files_fingerprint(train + classes, mode), test
     if name == "digits":  # shipped inside scikit-learn: its version says which file it is
-        import sklearn
+        from importlib.metadata import version  # not `import sklearn`: half a second of start-up
 
-        return (f"sklearn-digits-{sklearn.__version__}",) * 2
+        return (f"sklearn-digits-{version('scikit-learn')}",) * 2
     base = Path(root or ".").expanduser()
     if name == "imagefolder":
         train_dir = base / "train"

@@ -29,7 +29,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
@@ -110,15 +109,15 @@ class FileSplit:
     def eval_view(self, image: torch.Tensor) -> torch.Tensor:
         if not self.imagenet_style:
             return _square(image, self.size)
-        image = v2.functional.resize(image, [int(self.size / EVAL_CROP_FRACTION)], antialias=True)
-        return v2.functional.center_crop(image, [self.size, self.size])
+        image = _v2().functional.resize(image, [int(self.size / EVAL_CROP_FRACTION)], antialias=True)
+        return _v2().functional.center_crop(image, [self.size, self.size])
 
     def train_view(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
         """The un-augmented training view: the square below 64 px, a RandomResizedCrop from 64 px."""
         if not self.imagenet_style:
             return _square(image, self.size)
         top, left, height, width = _resized_crop_box(image.shape[1], image.shape[2], rng)
-        return v2.functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
+        return _v2().functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The evaluation view of every sample, in order, as uint8 batches."""
@@ -168,10 +167,18 @@ def _pad_crop_flip(image: torch.Tensor, rng: random.Random, *, padding: int, fli
     return image.contiguous()
 
 
+def _v2():
+    """torchvision's transforms, imported on first use: importing torchvision loads torch._dynamo
+    (a second of start-up that `plan`, `--help` and every error message would otherwise wait for)."""
+    from torchvision.transforms import v2
+
+    return v2
+
+
 def _square(image: torch.Tensor, size: int) -> torch.Tensor:
     if tuple(image.shape[1:]) == (size, size):
         return image
-    return v2.functional.resize(image, [size, size], antialias=True)
+    return _v2().functional.resize(image, [size, size], antialias=True)
 
 
 class _Samples(torch.utils.data.Dataset):

@@ -38,6 +38,18 @@ class Engine:
     missing: Callable[[], str | None]   # why it cannot run here (with the install line), or None
 
 
+def checked(decode, *args):
+    """``decode(*args)``, a ``BadRequest`` answered as HTTP 400 with its message (both engines)."""
+    from fastapi import HTTPException
+
+    from serving.runtime import BadRequest
+
+    try:
+        return decode(*args)
+    except BadRequest as exc:
+        raise HTTPException(status_code=400, detail=str(exc)) from None
+
+
 def _missing(*modules: str) -> Callable[[], str | None]:
     def check() -> str | None:
         absent = [m for m in modules if importlib.util.find_spec(m) is None]

@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.engines import ServeOptions
+from serving.engines import ServeOptions, checked
 from serving.metrics import Measured, observe_batch
 from serving.runtime import (
     BINARY_HEADER,
@@ -60,17 +60,10 @@ class _Api(ls.LitAPI):
         out = [(key, part) for (key, _), part in zip(requests, np.split(logits, np.cumsum(sizes)[:-1]), strict=True)]
         return out if isinstance(x, list) else out[0]
 
-    @staticmethod
-    def _checked(decode, *args):
-        try:
-            return decode(*args)
-        except BadRequest as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from None
-
 
 class InferApi(_Api):
     def decode_request(self, request):
-        return self._checked(self.codec.decode_infer, request)
+        return checked(self.codec.decode_infer, request)
 
     def encode_response(self, output):
         return self.codec.encode_infer(*output)
@@ -81,7 +74,7 @@ class ClassifyApi(_Api):
         upload = request.get("file") if hasattr(request, "get") else None
         if upload is None or not hasattr(upload, "file"):
             raise HTTPException(status_code=400, detail="send the image as the multipart form field 'file'")
-        return None, self._checked(self.codec.decode_image, upload.file.read())[None]
+        return None, checked(self.codec.decode_image, upload.file.read())[None]
 
     def encode_response(self, output):
         return self.codec.encode_classification(output[1][0])

@@ -12,19 +12,12 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from ray import serve
 
-from serving.engines import ServeOptions
+from serving.engines import ServeOptions, checked
 from serving.metrics import FOLDER_ENV, Measured, exposition, observe_batch
-from serving.runtime import BINARY_HEADER, BadRequest, Bundle, Codec, Runner, note_replica
+from serving.runtime import BINARY_HEADER, Bundle, Codec, Runner, note_replica
 
 app = FastAPI()
 app.add_middleware(Measured)
-
-
-def _checked(decode, *args):
-    try:
-        return decode(*args)
-    except BadRequest as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None
 
 
 @serve.deployment
@@ -93,9 +86,9 @@ class OipDeployment:
     @app.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict:
         self._model(name)
-        body, binary = _checked(self.codec.split_binary, await self._body(request),
+        body, binary = checked(self.codec.split_binary, await self._body(request),
                                 request.headers.get(BINARY_HEADER))
-        request_id, images = _checked(self.codec.decode_infer, body, binary)
+        request_id, images = checked(self.codec.decode_infer, body, binary)
         return self.codec.encode_infer(request_id, await self._batched(images))
 
     @app.post("/v1/classify")
@@ -105,7 +98,7 @@ class OipDeployment:
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):
             raise HTTPException(status_code=400, detail="send the image as the multipart form field 'file'")
-        sample = _checked(self.codec.decode_image, await upload.read())
+        sample = checked(self.codec.decode_image, await upload.read())
         return self.codec.encode_classification((await self._batched(sample[None]))[0])
 
 

@@ -44,6 +44,12 @@ def _rule(name: str, measured: float, threshold: float, *, at_most: bool = False
     return {**rule, "why": why} if why and not rule["passed"] else rule
 
 
+def export_budgets(manifest: Manifest) -> dict[str, float]:
+    """Each export target's accuracy budget (top-1 points it may lose against the FP32 student)."""
+    return {t: float(manifest_value(manifest, backend(t).budget_field))
+            for t in manifest.export.targets if backend(t).budget_field}
+
+
 def export_rules(min_onnx_agreement: float, budgets: dict[str, float], metrics: dict) -> list[dict]:
     """The rules that judge one exported file each: ONNX agrees with PyTorch, and every further
     export is within its back-end's budget of the FP32 student (the serving stage picks with these)."""
@@ -187,8 +193,7 @@ class GateStage(Stage):
 
     @classmethod
     def configure(cls, manifest: Manifest) -> GateConfig:
-        budgets = {t: float(manifest_value(manifest, backend(t).budget_field))
-                   for t in manifest.export.targets if backend(t).budget_field}
+        budgets = export_budgets(manifest)
         champion = None
         if manifest.ship.promote == "if_not_worse":
             champion = ChampionRule(max_regression=manifest.gate.max_regression,

@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 from cskd.config import Strict
-from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_value
+from pipeline.core.backends import FASTEST, backend, fastest_passing
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import MissingBackend
 from pipeline.core.manifest import Manifest, ServingSection
-from stages.gate import export_rules
+from stages.gate import export_budgets, export_rules
 from stages.ship import CARD_FILE, PREDICT_SCRIPT, describe_io
 
 RESULT_FILE = "serving.json"
@@ -33,7 +33,6 @@ class ServingConfig(Strict):
     targets: list[str]
     budgets: dict[str, float]  # the accuracy budgets that decide which file is "fastest"
     min_onnx_agreement: float
-    threads: int | None  # latency.threads: the same thread budget as the in-process figures
     machine: dict  # timings belong to the machine
 
 
@@ -75,11 +74,8 @@ class ServingStage(Stage):
         if manifest.latency is None or manifest.latency.serving is None:
             return None
         env = environment()
-        budgets = {t: float(manifest_value(manifest, backend(t).budget_field))
-                   for t in manifest.export.targets if backend(t).budget_field}
         return ServingConfig(serving=manifest.latency.serving, name=manifest.name, targets=manifest.export.targets,
-                             budgets=budgets, min_onnx_agreement=manifest.gate.min_onnx_agreement,
-                             threads=manifest.latency.threads,
+                             budgets=export_budgets(manifest), min_onnx_agreement=manifest.gate.min_onnx_agreement,
                              machine={"device": env["device"], "platform": env["platform"]})
 
     def inputs(self, config: ServingConfig) -> tuple[str, ...]:
@@ -95,8 +91,8 @@ class ServingStage(Stage):
             raise MissingBackend(f"latency.serving (engine {section.engine}): {missing}")
         latency = ctx.inputs["latency"].metrics
         target = choose_target(config, ctx.inputs["validate"].metrics, latency)
-        threads = config.threads or latency["threads"]
-        per_replica = max(1, threads // section.replicas)
+        # the thread budget of the in-process figures (latency.threads, or torch's default there)
+        per_replica = max(1, latency["threads"] // section.replicas)
         rows = []
         with tempfile.TemporaryDirectory(prefix="cskd-serving-") as tmp:
             write_bundle(Path(tmp) / "bundle", config.name, target, ctx)

@@ -124,7 +124,27 @@ class JsonBodies:
         return await self.app(scope, replay, send)
 
 
-def serve(options: ServeOptions, *, add_routes: Callable) -> None:
+def _use_zmq(server: ls.LitServer) -> None:
+    """Make ``fast_queue=True`` do what it says. LitServe 0.2.19 ignores it (it builds its transport
+    config with a misspelt keyword, so responses travel through a multiprocessing manager's queue, one
+    more process hop and pickle per response), and were it honoured, its factory would pass the ZMQ
+    broker's two addresses swapped (Lightning-AI/LitServe#751, fix proposed in #752). Both are set here
+    by name, which stays right once LitServe is fixed."""
+    from litserve.transport import factory
+    from litserve.transport.zmq_queue import Broker
+    from litserve.transport.zmq_transport import ZMQTransport
+
+    def zmq_transport(config):
+        broker = Broker()  # a thread of the main process; zmq.proxy runs outside the GIL
+        broker.start()
+        config.frontend_address, config.backend_address = broker.frontend_address, broker.backend_address
+        return ZMQTransport(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
+
+    server.transport_config.transport_type = "zmq"
+    factory._create_zmq_transport = zmq_transport
+
+
+def build(options: ServeOptions, *, add_routes: Callable) -> ls.LitServer:
     apis = [InferApi(options, f"/v2/models/{options.model_name}/infer"), ClassifyApi(options, "/v1/classify")]
     # restart_workers: a worker that dies is started again (LitServe's default shuts the server down);
     # its requests in flight fail after the request timeout
@@ -132,5 +152,11 @@ def serve(options: ServeOptions, *, add_routes: Callable) -> None:
                           timeout=options.request_timeout_s, fast_queue=True,
                           middlewares=[JsonBodies, Measured], max_payload_size=int(options.max_body_mb * 2**20),
                           healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
+    _use_zmq(server)
     add_routes(server.app, options)
-    server.run(host=options.host, port=options.port, generate_client_file=False, log_level="warning")
+    return server
+
+
+def serve(options: ServeOptions, *, add_routes: Callable) -> None:
+    build(options, add_routes=add_routes).run(host=options.host, port=options.port, generate_client_file=False,
+                                              log_level="warning")

@@ -49,6 +49,38 @@ def server(shipped_run, request):
     stop_server(process)
 
 
+def test_litserve_answers_over_zmq_with_its_addresses_the_right_way_round(tmp_path):
+    """LitServe 0.2.19 ignores fast_queue and would swap the ZMQ broker's addresses if it did not
+    (Lightning-AI/LitServe#751); the engine sets both. A response put by a worker's end of the
+    transport reaches a server's end: with the addresses swapped it never arrives."""
+    import asyncio
+    import pickle
+
+    from litserve.transport.factory import create_transport_from_config
+    from litserve.transport.zmq_transport import ZMQTransport
+
+    from serving.engines import ServeOptions
+    from serving.litserve_engine import build
+
+    server = build(ServeOptions(bundle=tmp_path, target="onnx", files=[], model_name="m"),
+                   add_routes=lambda app, options: None)
+    transport = create_transport_from_config(server.transport_config)
+    assert isinstance(transport, ZMQTransport)
+    worker_end = pickle.loads(pickle.dumps(transport))  # as a spawned worker receives it
+
+    async def round_trip():
+        answer = asyncio.create_task(transport.areceive(consumer_id=0, timeout=5))
+        await asyncio.sleep(0.2)  # the server's end subscribes first
+        await asyncio.to_thread(worker_end.send, {"uid": 7, "logits": [1.0]}, 0)
+        return await answer
+
+    try:
+        assert asyncio.run(round_trip()) == {"uid": 7, "logits": [1.0]}
+    finally:
+        worker_end.close()
+        transport.close()
+
+
 def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split of the manifest the bundle was shipped from (the tiny one), as the pipeline draws it."""
     from pipeline.manifest_io import manifest_from_text

@@ -266,9 +266,7 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
         name = todo.pop()
         if name not in wanted:
             wanted.append(name)
-            todo.extend(backend(name).requires)
-            if name == "trt":
-                todo.append(manifest.export.trt.source)
+            todo.extend(backend(name).requires(manifest.export))
     data = manifest.model_dump(mode="json", by_alias=True)
     data["export"]["targets"] = wanted
     manifest = Manifest.model_validate(data)

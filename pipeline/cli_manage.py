@@ -20,9 +20,10 @@ def schema() -> None:
     \b
     Example:  cskd-pipeline schema > manifest.schema.json   (for editor completion)
     """
-    from pipeline.manifest_io import Manifest
+    import stages  # noqa: F401 - registers every back-end and the export settings they own
+    from pipeline.core.schema import manifest_schema
 
-    click.echo(json.dumps(Manifest.model_json_schema(by_alias=True), indent=2))
+    click.echo(json.dumps(manifest_schema(), indent=2))
 
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from cskd.config import Strict
 from exports.fp16 import convert_fp16
-from pipeline.core.backends import Backend, register_backend
+from pipeline.core.backends import Backend, register_backend, register_export_setting
 from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import Manifest
+from pipeline.core.manifest import Manifest, Points
 from stages.export import ONNX_FILE, onnx_loader
 
 FP16_FILE = "model_fp16.onnx"
+register_export_setting("fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32"))
 
 
 class Fp16Config(Strict):
@@ -34,6 +37,6 @@ class Fp16Stage(Stage):
 
 
 register_backend(Backend("onnx-fp16", kind="export_fp16", file=FP16_FILE, load=onnx_loader("export_fp16", FP16_FILE),
-                         budget_field="export.fp16_max_drop", shipped={"student_fp16.onnx": FP16_FILE},
+                         budget=lambda export: export.fp16_max_drop, shipped={"student_fp16.onnx": FP16_FILE},
                          # on a CPU ONNX Runtime emulates float16 (slower than FP32): auto takes it on a GPU only
                          auto_device="cuda", description="ONNX FP16 (float32 I/O), ONNX Runtime CPU"))

@@ -21,7 +21,7 @@ import numpy as np
 
 from cskd.checkpoint import load_tensors
 from cskd.config import Strict
-from pipeline.core.backends import FASTEST, backend, fastest_passing, manifest_value
+from pipeline.core.backends import FASTEST, backend, fastest_passing
 from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.manifest import GateSection, Manifest, ServingRule
 from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
@@ -46,8 +46,7 @@ def _rule(name: str, measured: float, threshold: float, *, at_most: bool = False
 
 def export_budgets(manifest: Manifest) -> dict[str, float]:
     """Each export target's accuracy budget (top-1 points it may lose against the FP32 student)."""
-    return {t: float(manifest_value(manifest, backend(t).budget_field))
-            for t in manifest.export.targets if backend(t).budget_field}
+    return {t: float(backend(t).budget(manifest.export)) for t in manifest.export.targets if backend(t).budget}
 
 
 def export_rules(min_onnx_agreement: float, budgets: dict[str, float], metrics: dict) -> list[dict]:
@@ -56,6 +55,11 @@ def export_rules(min_onnx_agreement: float, budgets: dict[str, float], metrics: 
     rules = [_rule("onnx_agreement >= min_onnx_agreement", metrics["onnx_agreement"], min_onnx_agreement,
                    target="onnx")]
     for target, values in metrics.get("exports", {}).items():
+        if values.get("nonfinite"):  # NaN or infinite logits: a broken file, whatever its top-1 says
+            rules.append(_rule(f"{target}: test images with non-finite logits == 0", values["nonfinite"], 0,
+                               at_most=True, target=target,
+                               why=f"{target} computed NaN or infinite logits on {values['nonfinite']} of "
+                                   f"{metrics['samples']} test images; they count as wrong predictions"))
         if target in budgets:
             rules.append(_rule(f"{target}_top1 >= student_top1 - {target} budget", values["top1"],
                                metrics["student_top1"] - budgets[target], target=target))

@@ -5,14 +5,29 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from cskd.config import Strict
 from exports.openvino import INSTALL_HINT, compile_ir, convert_to_ir, require_openvino, run_batched
-from pipeline.core.backends import Backend, backend, installed, register_backend
+from pipeline.core.backends import (
+    Backend,
+    backend,
+    installed,
+    register_backend,
+    register_export_setting,
+)
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import package_version
-from pipeline.core.manifest import Manifest
+from pipeline.core.manifest import Manifest, Points
 
 IR_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
+
+
+class OpenVinoSection(Strict):
+    max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
+
+
+register_export_setting("openvino", OpenVinoSection, Field(OpenVinoSection(), description="the OpenVINO FP32 IR (target openvino)"))
 
 
 class OpenVinoConfig(Strict):
@@ -67,9 +82,10 @@ def _loader(kind: str):
 
 
 _SHIPPED = {"openvino": "student_openvino", "openvino_int8": "student_openvino_int8"}
-for _stage, _budget in ((OpenVinoStage, "export.openvino.max_drop"), (OpenVinoInt8Stage, "export.int8.max_drop")):
+_BUDGETS = {"openvino": lambda export: export.openvino.max_drop, "openvino_int8": lambda export: export.int8.max_drop}
+for _stage in (OpenVinoStage, OpenVinoInt8Stage):
     _name = _SHIPPED[_stage.kind]
     register_backend(Backend(_stage.target, kind=_stage.kind, file=IR_FILE, load=_loader(_stage.kind),
-                             budget_field=_budget, requires=(_stage.source,),
+                             budget=_BUDGETS[_stage.kind], requires=lambda export, source=_stage.source: (source,),
                              shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE}, missing=_missing,
                              description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU"))

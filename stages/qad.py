@@ -17,9 +17,11 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from cskd.config import Strict, TrainConfig
 from cskd.engine import train
@@ -35,9 +37,23 @@ from exports.quantize import (
     preprocess,
     quantize_int8,
 )
-from pipeline.core.manifest import LossField, QadSection, TrainData
+from pipeline.core.manifest import LossField, TrainData
 from stages.data import held_out, train_val
 from stages.models import WEIGHTS_FILE, load_network
+
+
+class QadSection(Strict):
+    """Quantization-aware distillation: fine-tune the student with simulated INT8 against a frozen
+    teacher, then quantize it again; the float fallback comes after it, as the last resort."""
+
+    when: Literal["never", "on_drop", "always"] = Field(
+        "on_drop", description="on_drop: when post-training quantization misses int8.max_drop")
+    epochs: int = Field(2, ge=1, le=1000)
+    lr: float = Field(0.001, gt=0, le=10)
+    loss: Literal["inherit", "kd", "cskd-core"] = Field("inherit", description="inherit: the student's own loss")
+    teacher: Literal["teacher", "fp32-student"] = Field(
+        "teacher", description="teacher: the manifest's; fp32-student: the student before quantization (ModelOpt's)")
+
 
 PARITY_IMAGES = 1000
 # Below this top-1 agreement with the QDQ graph (before any training) the simulation is not the

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
+from pydantic import BeforeValidator, Field
 
 from cskd.config import Strict
 from exports.cpu import kernels_exact, machine_class, recorded_flags
@@ -21,13 +22,51 @@ from exports.quantize import (
     quantize_with_fallback,
     runtime_agreement,
 )
-from pipeline.core.backends import Backend, register_backend
+from pipeline.core.backends import Backend, register_backend, register_export_setting
 from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import Int8Section, Manifest, TrainData
+from pipeline.core.manifest import Manifest, Points, TrainData
 from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
 from stages.models import WEIGHTS_FILE, load_network
-from stages.qad import PARITY_IMAGES, QadPlan
+from stages.qad import PARITY_IMAGES, QadPlan, QadSection
+
+CpuClass = Literal["auto", "vnni", "avx2", "any"]
+
+
+class Int8Section(Strict):
+    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
+    calibration_images: int = Field(512, ge=16, le=100_000, description="drawn from the training split only")
+    activation_type: Literal["uint8", "int8"] = Field(
+        "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
+    per_channel: bool = True
+    reduce_range: bool | None = Field(
+        None, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
+                          "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
+                          "uint8 x int8 sums and the INT8 model's predictions depend on the CPU. null (the default): "
+                          "follows export.cpu, off for vnni, on for avx2 and any")
+    operators: Annotated[Literal["auto", "weighted", "all"], BeforeValidator(lambda v: "weighted" if v is None else v)] = Field(
+        "auto", description="weighted (also null): Conv, Gemm and MatMul, the operators between them stay float "
+                            "with a dequantize and quantize around each; all: every operator ONNX Runtime can "
+                            "quantize (residual Add, Relu, pooling), so the integer kernels run back to back; auto "
+                            "(the default): all where the QAD simulation matches the QDQ model and the budget "
+                            "holds, else weighted (the model card says which and why)")
+    max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
+    fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
+    qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")
+
+
+register_export_setting("cpu", CpuClass, Field(
+    "auto", description="the CPU class the INT8 model is deployed on: vnni (AVX-512 VNNI, AVX-VNNI or AMX), avx2, "
+                        "any (every x86 CPU), or auto (this machine's class). It sets int8.reduce_range and the "
+                        "kernels the INT8 budget is checked with"))
+register_export_setting("int8", Int8Section, Field(Int8Section(), description="INT8 quantization (onnx-int8, "
+                                                                               "openvino-int8) and its budget"))
+
+
+def cpu_class(export) -> str:
+    """``export.cpu`` with auto resolved to this machine's class."""
+    return machine_class() if export.cpu == "auto" else export.cpu
+
 
 INT8_FILE = "model_int8.onnx"
 # The INT8 budget is measured on at most this many val images (a streamed folder's val split
@@ -94,7 +133,7 @@ class QuantizeStage(Stage):
         export = manifest.export
         if "onnx-int8" not in export.targets:
             return None
-        cpu = export.cpu_class
+        cpu = cpu_class(export)
         reduce_range = export.int8.reduce_range if export.int8.reduce_range is not None else cpu != "vnni"
         return QuantizeConfig(int8=export.int8.model_copy(update={"reduce_range": reduce_range}), cpu=cpu,
                               data=manifest.data.train_view(), qad=_qad_plan(manifest),
@@ -204,5 +243,5 @@ def _choose_operators(config: QuantizeConfig, ctx: StageContext, report, *, imag
 
 
 register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),
-                         budget_field="export.int8.max_drop", shipped={"student_int8.onnx": INT8_FILE},
+                         budget=lambda export: export.int8.max_drop, shipped={"student_int8.onnx": INT8_FILE},
                          description="ONNX INT8 QDQ, ONNX Runtime CPU"))

@@ -59,7 +59,9 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
     return out
 
 
-def topk(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+def topk(logits: np.ndarray, labels: np.ndarray, k: int, *, valid: np.ndarray | None = None) -> float:
+    """Top-k accuracy in percent; rows where ``valid`` is False count as wrong."""
     k = min(k, logits.shape[1])
     best = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]
-    return float((best == labels[:, None]).any(axis=1).mean() * 100.0)
+    hit = (best == labels[:, None]).any(axis=1)
+    return float((hit if valid is None else hit & valid).mean() * 100.0)

@@ -6,10 +6,17 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
 from cskd.config import Strict
 from exports.tensorrt import INSTALL_HINT, EngineSpec, build_engine, require_tensorrt
-from pipeline.core.backends import Backend, backend, installed, register_backend
+from pipeline.core.backends import (
+    Backend,
+    backend,
+    installed,
+    register_backend,
+    register_export_setting,
+)
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.files import sha256_file
@@ -17,6 +24,22 @@ from pipeline.core.manifest import Manifest
 
 ENGINE_FILE = "model.engine"
 ENGINE_META_FILE = "model.json"  # written by build_engine beside the engine: ONNX hash, TensorRT version, GPU
+
+
+class TrtSection(Strict):
+    source: Literal["onnx", "onnx-fp16", "onnx-int8"] = Field(
+        "onnx-fp16", description="which ONNX model the engine is built from; its precision is the engine's")
+    min_batch: int = Field(1, ge=1, le=65_536)
+    opt_batch: int = Field(64, ge=1, le=65_536)
+    max_batch: int = Field(256, ge=1, le=65_536)
+    workspace_mib: int = Field(1024, ge=16, le=1 << 20)
+    max_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the engine may lose against FP32")
+
+    @model_validator(mode="after")
+    def _batches(self) -> TrtSection:
+        if not self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError("need min_batch <= opt_batch <= max_batch")
+        return self
 
 
 class TensorRTConfig(Strict):
@@ -77,7 +100,15 @@ def _load(artifacts, *, batch_size: int, threads: int | None):
     return run
 
 
-register_backend(Backend("trt", kind="tensorrt", file=ENGINE_FILE, load=_load, budget_field="export.trt.max_drop",
+def _int8_activations(export) -> str | None:
+    if export.trt.source == "onnx-int8" and export.int8.activation_type != "int8":
+        return "a TensorRT engine from INT8 needs int8.activation_type: int8 (symmetric)"
+    return None
+
+
+register_export_setting("trt", TrtSection, Field(TrtSection(), description="the TensorRT engine (target trt)"))
+register_backend(Backend("trt", kind="tensorrt", file=ENGINE_FILE, load=_load, budget=lambda export: export.trt.max_drop,
+                         requires=lambda export: (export.trt.source,), check=_int8_activations,
                          shipped={"student.engine": ENGINE_FILE, "student.json": ENGINE_META_FILE}, device="cuda",
                          auto_device="cuda", missing=_missing,
                          description="TensorRT engine (NVIDIA GPU)"))

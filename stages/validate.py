@@ -105,15 +105,18 @@ def _exact_gpu():
 
 def summarize(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,
               num_classes: int) -> dict:
-    """Accuracy and agreement of one model's test logits ``[N, classes]``."""
-    pred = logits.argmax(1)
+    """Accuracy and agreement of one model's test logits ``[N, classes]``. An image whose logits are
+    not all finite (a broken export computes NaN) has no prediction: it counts as wrong."""
+    finite = np.isfinite(logits).all(axis=1)
+    pred = np.where(finite, logits.argmax(1), -1)
     agreement = float((pred == student.argmax(1)).mean() * 100.0)
     return {
         "top1": float((pred == labels).mean() * 100.0),
-        "top5": topk(logits, labels, 5),
+        "top5": topk(logits, labels, 5, valid=finite),
         "per_class": per_class_accuracy(pred, labels, num_classes),
         "teacher_agreement": float((pred == teacher.argmax(1)).mean() * 100.0),
         "agreement": agreement,  # with the FP32 PyTorch student
         "flip_rate": float((pred != student.argmax(1)).mean() * 100.0),
-        "max_logit_diff": float(np.abs(logits - student).max()),
+        "max_logit_diff": float(np.abs(logits - student)[finite].max()) if finite.any() else None,
+        "nonfinite": int((~finite).sum()),
     }

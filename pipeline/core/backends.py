@@ -1,20 +1,26 @@
-"""The deployment back-end registry: one ``Backend`` per export target.
+"""The deployment back-end registry: one ``Backend`` per export target, and the
+settings under the manifest's ``export:`` that back-ends own.
 
 A back-end module under ``exports/`` holds the runtime; its stage module under
-``stages/`` builds the artifact and registers the target here. Everything that
-lists targets (the manifest's ``export.targets``, the CLI's ``--target``, the
-validate and latency stages, the gate's per-artifact budgets, the shipped
-bundle) reads this registry, so adding a back-end touches no other module.
+``stages/`` builds the artifact, registers the target here, and registers the
+keys of ``export:`` it reads (``register_export_setting("trt", TrtSection, ...)``),
+each with its own pydantic type. Everything that lists targets (the manifest's
+``export.targets``, the CLI's ``--target``, the validate and latency stages, the
+gate's per-artifact budgets, the shipped bundle, ``cskd-pipeline schema``) reads
+these registries, so adding a back-end touches no other module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    from pydantic import BaseModel
+    from pydantic.fields import FieldInfo
 
     from pipeline.core.store import Artifact
 
@@ -28,9 +34,13 @@ class Backend:
     kind: str  # the stage kind whose artifact holds the model
     file: str  # the model file inside that artifact
     load: Callable[..., Runner]  # load(artifacts by kind, batch_size=, threads=) -> Runner
-    budget_field: str | None = None  # dotted manifest field: top-1 points it may lose against FP32
+    # budget(export section): top-1 points it may lose against the FP32 student, read from its own settings
+    budget: Callable[[Any], float] | None = None
     shipped: dict[str, str] = field(default_factory=dict)  # bundle file name -> file in the artifact
-    requires: tuple[str, ...] = ()  # targets it is built from (must be in export.targets too)
+    # requires(export section): the targets it is built from (they must be in export.targets too)
+    requires: Callable[[Any], tuple[str, ...]] = lambda export: ()
+    # check(export section): why these settings cannot build it (one line), or None
+    check: Callable[[Any], str | None] = lambda export: None
     device: str = "cpu"  # "cuda": timed with CUDA events
     description: str = ""
     # why this target cannot be built here (its runtime is not installed, with the install line),
@@ -75,7 +85,7 @@ def installed(module: str) -> bool:
         return False
 
 
-def auto_targets() -> tuple[list[str], dict[str, str]]:
+def auto_targets(export: Any) -> tuple[list[str], dict[str, str]]:
     """``export.targets: auto``: every registered target whose runtime is installed and whose
     device is present, in registration order, and why each other target was left out."""
     import torch
@@ -89,7 +99,7 @@ def auto_targets() -> tuple[list[str], dict[str, str]]:
         if reason is not None:
             left_out[name] = reason
     chosen = [name for name in backends() if name not in left_out]
-    while absent := {t: r for t in chosen for r in backends()[t].requires if r not in chosen}:
+    while absent := {t: r for t in chosen for r in backends()[t].requires(export) if r not in chosen}:
         for target, source in absent.items():  # built from a target that is left out
             left_out[target] = f"built from {source}, which is left out"
         chosen = [name for name in chosen if name not in absent]
@@ -111,10 +121,40 @@ def fastest_passing(results: list[dict], rules: list[dict], *, batch: int, stati
     return min(cells, key=lambda c: c[statistic], default=None)
 
 
-def manifest_value(manifest: object, dotted: str) -> object:
-    """The value at a dotted manifest path (``export.int8.max_drop``); aliases such as
-    ``validate`` map to their attribute."""
-    node = manifest
-    for part in dotted.split("."):
-        node = getattr(node, part if hasattr(node, part) else f"{part}_")
-    return node
+# export: settings by key -> (type, pydantic Field with its default and description)
+_SETTINGS: dict[str, tuple[Any, FieldInfo]] = {}
+
+
+def register_export_setting(key: str, annotation: Any, setting: FieldInfo) -> None:
+    """Own the key ``export.<key>``: ``annotation`` validates it (a pydantic section class, or a
+    constrained scalar) and ``setting`` (``pydantic.Field``) gives its default and description."""
+    if key == "targets" or (key in _SETTINGS and _SETTINGS[key][0] is not annotation):
+        raise TypeError(f"export setting {key!r} is registered twice")
+    _SETTINGS[key] = (annotation, setting)
+    _settings_model.cache_clear()
+
+
+def unregister_export_setting(key: str) -> None:
+    """Remove a key (a test's own back-end, when the test ends)."""
+    _SETTINGS.pop(key, None)
+    _settings_model.cache_clear()
+
+
+def unregister_backend(target: str) -> None:
+    _BACKENDS.pop(target, None)
+
+
+def export_settings_model() -> type[BaseModel]:
+    """The pydantic model of every registered ``export:`` key but ``targets`` (unknown keys forbidden)."""
+    if not _BACKENDS:
+        raise RuntimeError("no export back-ends are registered; import the 'stages' package first")
+    return _settings_model()
+
+
+@cache
+def _settings_model() -> type[BaseModel]:
+    from pydantic import create_model
+
+    from cskd.config import Strict
+
+    return create_model("ExportSettings", __base__=Strict, **dict(_SETTINGS))

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 from pydantic import (
     AfterValidator,
     BeforeValidator,
+    ConfigDict,
     Field,
     PrivateAttr,
     SerializeAsAny,
@@ -27,7 +28,7 @@ from pydantic import (
 from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
-from pipeline.core.backends import FASTEST, auto_targets, backends
+from pipeline.core.backends import FASTEST, auto_targets, backends, export_settings_model
 from pipeline.core.contracts import Added, Located
 from pipeline.core.data_section import DataSection, DataSource, TestData, TrainData  # noqa: F401 - re-exported views
 
@@ -152,80 +153,30 @@ class StudentSection(_ModelSection):
     train: TrainConfig
 
 
-class QadSection(Strict):
-    """Quantization-aware distillation: fine-tune the student with simulated INT8 against a frozen
-    teacher, then quantize it again; the float fallback comes after it, as the last resort."""
-
-    when: Literal["never", "on_drop", "always"] = Field(
-        "on_drop", description="on_drop: when post-training quantization misses int8.max_drop")
-    epochs: int = Field(2, ge=1, le=1000)
-    lr: float = Field(0.001, gt=0, le=10)
-    loss: Literal["inherit", "kd", "cskd-core"] = Field("inherit", description="inherit: the student's own loss")
-    teacher: Literal["teacher", "fp32-student"] = Field(
-        "teacher", description="teacher: the manifest's; fp32-student: the student before quantization (ModelOpt's)")
-
-
-class Int8Section(Strict):
-    calibration: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_images: int = Field(512, ge=16, le=100_000, description="drawn from the training split only")
-    activation_type: Literal["uint8", "int8"] = Field(
-        "uint8", description="uint8: fast on x86 CPUs (U8S8); int8: symmetric, what TensorRT needs")
-    per_channel: bool = True
-    reduce_range: bool | None = Field(
-        None, description="7-bit weights: ONNX Runtime's integer kernels then compute exactly what the QDQ graph "
-                          "says on every x86 CPU; with 8-bit weights, CPUs without VNNI (AVX2 only) saturate "
-                          "uint8 x int8 sums and the INT8 model's predictions depend on the CPU. null (the default): "
-                          "follows export.cpu, off for vnni, on for avx2 and any")
-    operators: Annotated[Literal["auto", "weighted", "all"], BeforeValidator(lambda v: "weighted" if v is None else v)] = Field(
-        "auto", description="weighted (also null): Conv, Gemm and MatMul, the operators between them stay float "
-                            "with a dequantize and quantize around each; all: every operator ONNX Runtime can "
-                            "quantize (residual Add, Relu, pooling), so the integer kernels run back to back; auto "
-                            "(the default): all where the QAD simulation matches the QDQ model and the budget "
-                            "holds, else weighted (the model card says which and why)")
-    max_drop: Points = Field(1.0, description="top-1 points INT8 may lose against the FP32 student")
-    fallback: bool = Field(True, description="keep the most sensitive nodes in float until max_drop holds")
-    qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")
-
-
-class TrtSection(Strict):
-    source: Literal["onnx", "onnx-fp16", "onnx-int8"] = Field(
-        "onnx-fp16", description="which ONNX model the engine is built from; its precision is the engine's")
-    min_batch: int = Field(1, ge=1, le=65_536)
-    opt_batch: int = Field(64, ge=1, le=65_536)
-    max_batch: int = Field(256, ge=1, le=65_536)
-    workspace_mib: int = Field(1024, ge=16, le=1 << 20)
-    max_drop: float = Field(0.5, ge=0, le=100, description="top-1 points the engine may lose against FP32")
-
-    @model_validator(mode="after")
-    def _batches(self) -> TrtSection:
-        if not self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ValueError("need min_batch <= opt_batch <= max_batch")
-        return self
-
-
-class OpenVinoSection(Strict):
-    max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
-
-
-CpuClass = Literal["auto", "vnni", "avx2", "any"]
-
-
 class ExportSection(Strict):
-    opset: int = Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based exporter writes 18 natively)")
+    """``targets``, and the keys the back-ends and stages own (``int8``, ``trt``, ``opset``, ...):
+    each is validated by the type its owner registered (``register_export_setting``), the way
+    ``student.loss`` dispatches to the registered loss, so adding a back-end edits no schema here."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)  # the owners' keys, validated below
+
     targets: list[Target] | Literal["auto"] = Field(
         default_factory=lambda: ["onnx"],
         description="export targets, or auto: every target whose runtime is installed and whose device is here")
-    cpu: CpuClass = Field(
-        "auto", description="the CPU class the INT8 model is deployed on: vnni (AVX-512 VNNI, AVX-VNNI or AMX), "
-                            "avx2, any (every x86 CPU), or auto (this machine's class). It sets int8.reduce_range "
-                            "and the kernels the INT8 budget is checked with")
-    fp16_max_drop: Points = Field(0.5, description="top-1 points FP16 may lose against FP32")
-    int8: Int8Section = Int8Section()
-    trt: TrtSection = TrtSection()
-    openvino: OpenVinoSection = OpenVinoSection()
 
     # targets: auto resolves on validation; what it left out and why (`left_out_targets`)
     _left_out: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _owned_settings(cls, data: object) -> object:
+        """Every key but ``targets`` through its owner's type, defaults filled in; unknown keys
+        are refused with their location (``export.<key>``), as everywhere else."""
+        if not isinstance(data, dict):
+            return data
+        rest = {k: v for k, v in data.items() if k != "targets"}
+        settings = export_settings_model().model_validate(rest)
+        return {**{k: v for k, v in data.items() if k == "targets"}, **dict(settings)}
 
     @property
     def left_out_targets(self) -> dict[str, str]:
@@ -239,17 +190,10 @@ class ExportSection(Strict):
         why = "; ".join(f"{t}: {reason}" for t, reason in self._left_out.items())
         return f"[targets ] auto: {', '.join(self.targets)}; left out {why}"
 
-    @property
-    def cpu_class(self) -> str:
-        """``cpu`` with auto resolved to this machine's class."""
-        from exports.cpu import machine_class
-
-        return machine_class() if self.cpu == "auto" else self.cpu
-
     @model_validator(mode="after")
     def _consistent(self) -> ExportSection:
         if self.targets == "auto":
-            chosen, self._left_out = auto_targets()
+            chosen, self._left_out = auto_targets(self)
             object.__setattr__(self, "targets", chosen)  # frozen: resolved once, here
         if not 1 <= len(self.targets) <= 16:
             raise ValueError("targets: give 1 to 16 targets, or auto")
@@ -258,14 +202,11 @@ class ExportSection(Strict):
         if "onnx" not in self.targets:
             raise ValueError("targets must include 'onnx' (every other target is made from it)")
         for target in self.targets:
-            missing = [t for t in backends()[target].requires if t not in self.targets]
+            missing = [t for t in backends()[target].requires(self) if t not in self.targets]
             if missing:
                 raise ValueError(f"target {target!r} is built from {', '.join(missing)}: add it to targets")
-        if "trt" in self.targets:
-            if self.trt.source not in self.targets:
-                raise ValueError(f"trt.source is {self.trt.source!r}: add it to targets")
-            if self.trt.source == "onnx-int8" and self.int8.activation_type != "int8":
-                raise ValueError("a TensorRT engine from INT8 needs int8.activation_type: int8 (symmetric)")
+            if problem := backends()[target].check(self):
+                raise ValueError(problem)
         return self
 
 

@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.errors import ManifestError
+from pipeline.core.manifest import Manifest
 from pipeline.manifest_io import load_manifest, manifest_from_text
 from tests.conftest import REPO, TINY_MANIFEST, edited
 
@@ -121,11 +122,33 @@ def test_tiny_manifest_is_valid():
     assert m.student.loss.kind == "cskd" and m.validate_.batch_size == 256
 
 
-def test_schema_lists_the_sections():
-    from pipeline.manifest_io import Manifest
+def test_the_schema_is_assembled_from_the_registries_and_checks_what_validation_checks():
+    """``cskd-pipeline schema`` for editors: every export key a back-end registered and every loss
+    kind with its settings (pydantic alone sees only the loss base class, with just ``kind``).
+    A JSON-schema validator accepts the project's manifests and refuses what the manifest refuses."""
+    import jsonschema
 
-    schema = Manifest.model_json_schema(by_alias=True)
+    from cskd.loss_registry import registered_losses
+    from pipeline.core.backends import export_settings_model
+    from pipeline.core.schema import manifest_schema
+
+    schema = manifest_schema()
     assert {"data", "teacher", "student", "gate", "validate"} <= set(schema["properties"])
+    export = schema["$defs"]["ExportSection"]["properties"]
+    assert set(export) == {"targets", *export_settings_model().model_fields} >= {"targets", "int8", "trt", "opset"}
+    kinds = {schema["$defs"][ref["$ref"].split("/")[-1]]["properties"]["kind"]["const"]
+             for ref in schema["$defs"]["StudentSection"]["properties"]["loss"]["oneOf"]}
+    assert kinds == set(registered_losses())
+
+    validator = jsonschema.Draft202012Validator(schema)
+    for path in sorted((Path(REPO) / "manifests").glob("*.yaml")):
+        assert not list(validator.iter_errors(yaml.safe_load(path.read_text()))), path.name
+    good = yaml.safe_load(TINY_MANIFEST)
+    for edit in ({"export": {"int8": {"max_drop": -1}}}, {"export": {"no_such_key": 1}},
+                 {"student": {**good["student"], "loss": {"kind": "cskd", "temperature": -4}}}):
+        assert list(validator.iter_errors({**good, **edit})), edit
+        with pytest.raises(ValueError):  # pydantic's ValidationError
+            Manifest.model_validate({**good, **edit})
 
 
 def test_manifest_dir_has_quickstart():

@@ -81,3 +81,26 @@ def test_paired_bootstrap_at_50000_images_matches_theory_and_index_resampling():
     idx = np.random.default_rng(4).integers(0, n, size=(400, n), dtype=np.int32)
     means = diff[idx].mean(axis=1) * 100.0
     assert np.std(means) == pytest.approx(sd, rel=0.15)
+
+
+def test_an_image_with_non_finite_logits_counts_as_wrong_and_the_summary_stays_json():
+    """50,000 test images, as CIFAR's test split is large; a broken export's NaN or infinite
+    logits on some: those images are wrong in top-1 and top-5 (argmax would call a NaN row
+    class 0), counted, and left out of the largest logit difference, which stays a number."""
+    import json
+
+    from stages.validate import summarize
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 10, 50_000)
+    student = rng.normal(size=(50_000, 10)).astype(np.float32)
+    student[np.arange(50_000), labels] += 20.0  # right everywhere
+    broken = student.copy()
+    broken[:1000, 0] = np.nan
+    broken[1000:1500, 3] = np.inf
+    summary = summarize(broken, labels, teacher=student, student=student, num_classes=10)
+    assert summary["nonfinite"] == 1500
+    assert summary["top1"] == pytest.approx(100 * 48_500 / 50_000) and summary["top5"] == summary["top1"]
+    assert summary["max_logit_diff"] == 0.0
+    json.loads(json.dumps(summary, allow_nan=False))
+    assert topk(broken, labels, 5, valid=np.isfinite(broken).all(1)) == summary["top5"]

@@ -1,0 +1,35 @@
+"""The manifest's JSON schema, assembled from the registries: the static sections, every
+``export:`` key a back-end or stage registered, and every registered ``student.loss`` kind
+(pydantic sees only their common base, which has just ``kind``)."""
+
+from __future__ import annotations
+
+from pydantic.json_schema import models_json_schema
+
+from cskd.loss_registry import registered_losses
+from pipeline.core.backends import export_settings_model
+from pipeline.core.manifest import Manifest
+
+REF = "#/$defs/{model}"
+
+
+def manifest_schema() -> dict:
+    schema = Manifest.model_json_schema(by_alias=True, ref_template=REF)
+    defs = schema.setdefault("$defs", {})
+
+    settings = export_settings_model().model_json_schema(by_alias=True, ref_template=REF)
+    defs.update(settings.pop("$defs", {}))
+    export = defs["ExportSection"]
+    export["properties"].update(settings["properties"])
+    export["additionalProperties"] = False
+
+    losses = [entry.config for entry in registered_losses().values()]
+    refs, loss_defs = models_json_schema([(config, "validation") for config in losses], by_alias=True,
+                                         ref_template=REF)
+    defs.update(loss_defs.get("$defs", {}))
+    defs.pop("LossConfig", None)
+    loss = defs["StudentSection"]["properties"]["loss"]
+    loss.pop("$ref", None)
+    loss["oneOf"] = [refs[(config, "validation")] for config in losses]
+    loss["discriminator"] = {"propertyName": "kind"}
+    return schema

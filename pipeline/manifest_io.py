@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 import stages  # noqa: F401 - registers the stages, export back-ends and losses a manifest may name
 from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
+from pipeline.core.sections import all_fields
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PROBLEMS = 10
@@ -125,7 +126,7 @@ def _field_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
         if tagged:  # a discriminated union puts the tag in the location
             current = tagged[0]
             continue
-        fields = {(f.alias or n): f for m in models for n, f in m.model_fields.items()}
+        fields = {(f.alias or n): f for m in models for n, f in all_fields(m).items()}
         if part not in fields:
             return None
         current = fields[part].annotation
@@ -144,7 +145,7 @@ def _describe(error: dict) -> str:
     path = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
         parent = _field_model(Manifest, loc[:-1])
-        allowed = sorted((f.alias or n) for n, f in parent.model_fields.items()) if parent else []
+        allowed = sorted((f.alias or n) for n, f in all_fields(parent).items()) if parent else []
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
         return f"{path}: unknown key {loc[-1]!r}{hint}" + (f" (allowed keys: {', '.join(allowed)})" if allowed else "")
@@ -161,7 +162,7 @@ def _misspelt(errors: list[dict]) -> set[tuple]:
         if error["type"] == "extra_forbidden":
             loc = tuple(error["loc"])
             parent = _field_model(Manifest, loc[:-1])
-            allowed = [(f.alias or n) for n, f in parent.model_fields.items()] if parent else []
+            allowed = [(f.alias or n) for n, f in all_fields(parent).items()] if parent else []
             found.update((*loc[:-1], near) for near in difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6))
     return found
 

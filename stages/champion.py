@@ -18,9 +18,10 @@ from cskd.checkpoint import save_tensors
 from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
 from pipeline.core.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
+from pipeline.core.data_section import TestData
 from pipeline.core.errors import ManifestError
 from pipeline.core.files import latest_version, sha256_file
-from pipeline.core.manifest import Manifest, TestData
+from pipeline.core.manifest import Manifest
 from stages.data import describe, test_split
 
 CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with

@@ -13,7 +13,7 @@ from functools import lru_cache
 import torch
 
 from cskd.data import DataSet, Split, load_dataset, split_train_val
-from pipeline.core.manifest import DataSource, TestData, TrainData
+from pipeline.core.data_section import DataSource, TestData, TrainData
 
 
 @lru_cache(maxsize=2)

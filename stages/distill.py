@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
-from pipeline.core.manifest import LossField, Manifest, Normalization, TestData, TrainData
+from pipeline.core.data_section import TestData, TrainData
+from pipeline.core.manifest import Manifest
+from pipeline.core.model_sections import LossField, Normalization
 from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
 from stages.training import (
     Launch,

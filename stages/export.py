@@ -11,14 +11,16 @@ from cskd.config import Strict
 from cskd.evaluate import predict_logits
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
-from pipeline.core.backends import Backend, register_backend, register_export_setting
+from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import Manifest, TrainData
+from pipeline.core.data_section import TrainData
+from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS
 from stages.data import held_out
 from stages.models import WEIGHTS_FILE, load_network
 
 ONNX_FILE = "model.onnx"
-register_export_setting("opset", int, Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based "
+EXPORT_SETTINGS.register("opset", int, Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based "
                                                                         "exporter writes 18 natively)"))
 PARITY_SAMPLES = 512
 

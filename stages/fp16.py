@@ -6,13 +6,15 @@ from pydantic import Field
 
 from cskd.config import Strict
 from exports.fp16 import convert_fp16
-from pipeline.core.backends import Backend, register_backend, register_export_setting
+from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import Manifest, Points
+from pipeline.core.fields import Points
+from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS
 from stages.export import ONNX_FILE, onnx_loader
 
 FP16_FILE = "model_fp16.onnx"
-register_export_setting("fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32"))
+EXPORT_SETTINGS.register("fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32"))
 
 
 class Fp16Config(Strict):

@@ -5,17 +5,67 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, model_validator
 
 from cskd.config import Strict
 from exports.latency import measure
-from pipeline.core.backends import backend
-from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.backends import FASTEST, backend
+from pipeline.core.contracts import Added, Stage, StageContext, StageResult
+from pipeline.core.data_section import DataSource
 from pipeline.core.environment import environment
-from pipeline.core.manifest import DataSource, LatencySection, Manifest
+from pipeline.core.manifest import Manifest
+from pipeline.core.sections import SECTIONS
 from stages.models import WEIGHTS_FILE, load_network
+
+
+class ServingSection(Strict):
+    concurrency: list[int] = Field(default_factory=lambda: [1, 32], min_length=1, max_length=8,
+                                   description="simulated clients of each load test, one image per request")
+    duration_s: float = Field(20.0, ge=1, le=3600, description="seconds measured at each load level")
+    replicas: int = Field(1, ge=1, le=64, description="inference workers (LitServe) or replicas (Ray Serve)")
+    engine: Literal["litserve", "ray"] = "litserve"
+    target: str = Field(FASTEST, description="the export served: 'fastest' (the quickest file within its accuracy "
+                                             "budget at the largest latency batch, as the report names it) or a "
+                                             "target of export.targets")
+    max_batch: int = Field(64, ge=1, le=4096, description="the largest batch dynamic batching forms (1: off)")
+    batch_wait_ms: float = Field(2.0, ge=0, le=10_000)
+
+    @model_validator(mode="after")
+    def _levels(self) -> ServingSection:
+        if any(c < 1 or c > 10_000 for c in self.concurrency):
+            raise ValueError("concurrency levels must be between 1 and 10000")
+        return self
+
+
+class LatencySection(Strict):
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 64], min_length=1, max_length=8)
+    runs: int = Field(100, ge=100, le=100_000, description="timed runs per back-end and batch size")
+    warmup: int = Field(10, ge=0, le=10_000)
+    threads: int | None = Field(None, ge=1, le=1024, description="CPU threads (default: torch's)")
+    serving: ServingSection | None = Added(description="serve the student over HTTP and load-test it "
+                                                       "(`cskd-pipeline serve` and `loadtest`)")
+
+    @model_validator(mode="after")
+    def _sizes(self) -> LatencySection:
+        if any(b < 1 or b > 65_536 for b in self.batch_sizes):
+            raise ValueError("batch sizes must be between 1 and 65536")
+        return self
+
+
+def _served_target_exported(manifest: Manifest) -> str | None:
+    serving = manifest.latency.serving if manifest.latency else None
+    if serving is not None and serving.target != FASTEST and serving.target not in manifest.export.targets:
+        return f"latency.serving.target {serving.target!r} is not in export.targets"
+    return None
+
+
+SECTIONS.register("latency", LatencySection | None, Field(None, description="measure latency of every exported "
+                                                                               "model"),
+                  check=_served_target_exported)
 
 
 class LatencyConfig(Strict):

@@ -21,8 +21,9 @@ from cskd.config import Strict
 from cskd.models import Preprocessed, create_model
 from cskd.models.sources import IMAGENET_MEAN, IMAGENET_STD, is_external
 from pipeline.core.contracts import Located
+from pipeline.core.data_section import DataSource
 from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import DataSource, Normalization, WeightsInit
+from pipeline.core.model_sections import Normalization, WeightsInit
 from stages.data import dataset
 
 WEIGHTS_FILE = "model.safetensors"

@@ -14,11 +14,12 @@ from pipeline.core.backends import (
     backend,
     installed,
     register_backend,
-    register_export_setting,
 )
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import package_version
-from pipeline.core.manifest import Manifest, Points
+from pipeline.core.fields import Points
+from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS
 
 IR_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
 
@@ -27,7 +28,7 @@ class OpenVinoSection(Strict):
     max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
 
 
-register_export_setting("openvino", OpenVinoSection, Field(OpenVinoSection(), description="the OpenVINO FP32 IR (target openvino)"))
+EXPORT_SETTINGS.register("openvino", OpenVinoSection, Field(OpenVinoSection(), description="the OpenVINO FP32 IR (target openvino)"))
 
 
 class OpenVinoConfig(Strict):

@@ -37,7 +37,8 @@ from exports.quantize import (
     preprocess,
     quantize_int8,
 )
-from pipeline.core.manifest import LossField, TrainData
+from pipeline.core.data_section import TrainData
+from pipeline.core.model_sections import LossField
 from stages.data import held_out, train_val
 from stages.models import WEIGHTS_FILE, load_network
 

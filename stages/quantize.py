@@ -22,9 +22,12 @@ from exports.quantize import (
     quantize_with_fallback,
     runtime_agreement,
 )
-from pipeline.core.backends import Backend, register_backend, register_export_setting
+from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.manifest import Manifest, Points, TrainData
+from pipeline.core.data_section import TrainData
+from pipeline.core.fields import Points
+from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS
 from stages.data import held_out, train_val
 from stages.export import ONNX_FILE, onnx_loader
 from stages.models import WEIGHTS_FILE, load_network
@@ -55,11 +58,11 @@ class Int8Section(Strict):
     qad: QadSection = Field(QadSection(), description="quantization-aware distillation when INT8 loses too much")
 
 
-register_export_setting("cpu", CpuClass, Field(
+EXPORT_SETTINGS.register("cpu", CpuClass, Field(
     "auto", description="the CPU class the INT8 model is deployed on: vnni (AVX-512 VNNI, AVX-VNNI or AMX), avx2, "
                         "any (every x86 CPU), or auto (this machine's class). It sets int8.reduce_range and the "
                         "kernels the INT8 budget is checked with"))
-register_export_setting("int8", Int8Section, Field(Int8Section(), description="INT8 quantization (onnx-int8, "
+EXPORT_SETTINGS.register("int8", Int8Section, Field(Int8Section(), description="INT8 quantization (onnx-int8, "
                                                                                "openvino-int8) and its budget"))
 
 

@@ -20,8 +20,9 @@ from pipeline.core.backends import FASTEST, backend, fastest_passing
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import MissingBackend
-from pipeline.core.manifest import Manifest, ServingSection
+from pipeline.core.manifest import Manifest
 from stages.gate import export_budgets, export_rules
+from stages.latency import ServingSection
 from stages.ship import CARD_FILE, PREDICT_SCRIPT, describe_io
 
 RESULT_FILE = "serving.json"

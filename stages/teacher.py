@@ -6,8 +6,10 @@ from pathlib import Path
 
 from cskd.config import Strict, TrainConfig
 from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
+from pipeline.core.data_section import TrainData
 from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import CheckpointRef, Manifest, Normalization, TrainData
+from pipeline.core.manifest import Manifest
+from pipeline.core.model_sections import CheckpointRef, Normalization
 from stages.models import (
     InitRef,
     build_network,

@@ -15,12 +15,12 @@ from pipeline.core.backends import (
     backend,
     installed,
     register_backend,
-    register_export_setting,
 )
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.files import sha256_file
 from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS
 
 ENGINE_FILE = "model.engine"
 ENGINE_META_FILE = "model.json"  # written by build_engine beside the engine: ONNX hash, TensorRT version, GPU
@@ -106,7 +106,7 @@ def _int8_activations(export) -> str | None:
     return None
 
 
-register_export_setting("trt", TrtSection, Field(TrtSection(), description="the TensorRT engine (target trt)"))
+EXPORT_SETTINGS.register("trt", TrtSection, Field(TrtSection(), description="the TensorRT engine (target trt)"))
 register_backend(Backend("trt", kind="tensorrt", file=ENGINE_FILE, load=_load, budget=lambda export: export.trt.max_drop,
                          requires=lambda export: (export.trt.source,), check=_int8_activations,
                          shipped={"student.engine": ENGINE_FILE, "student.json": ENGINE_META_FILE}, device="cuda",

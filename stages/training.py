@@ -22,7 +22,8 @@ from cskd.config import Strict, TrainConfig
 from cskd.engine import local_rank, rank, train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
-from pipeline.core.manifest import Normalization, TestData, TrainData
+from pipeline.core.data_section import TestData, TrainData
+from pipeline.core.model_sections import Normalization
 from stages.data import dataset, test_split, train_val
 from stages.models import InitRef, build_network, load_network, save_network
 

@@ -22,6 +22,8 @@ def _type(prop: dict, defs: dict) -> str:
         return " | ".join(f"`{json.dumps(v)}`" for v in prop["enum"])
     if "anyOf" in prop:
         return " or ".join(_type(p, defs) for p in prop["anyOf"])
+    if "oneOf" in prop:  # student.loss: one of the registered losses, each described below
+        return "one of " + ", ".join(_ref_name(p["$ref"]) for p in prop["oneOf"])
     kind = prop.get("type", "any")
     if kind == "array":
         return f"list of {_type(prop.get('items', {}), defs)}"
@@ -71,10 +73,11 @@ def _section(title: str, schema: dict, defs: dict, out: list[str]) -> None:
 
 
 def manifest_reference() -> str:
+    import stages  # noqa: F401 - registers the sections and export keys the stages own
     from cskd.loss_registry import registered_losses
-    from pipeline.core.manifest import Manifest
+    from pipeline.core.schema import manifest_schema
 
-    schema = Manifest.model_json_schema(by_alias=True)
+    schema = manifest_schema()
     defs = schema.get("$defs", {})
     out = ["# Manifest reference", "",
            "Generated from the manifest's pydantic schema and the loss registry at every build of this site "

@@ -3,8 +3,8 @@ settings under the manifest's ``export:`` that back-ends own.
 
 A back-end module under ``exports/`` holds the runtime; its stage module under
 ``stages/`` builds the artifact, registers the target here, and registers the
-keys of ``export:`` it reads (``register_export_setting("trt", TrtSection, ...)``),
-each with its own pydantic type. Everything that lists targets (the manifest's
+keys of ``export:`` it reads (``EXPORT_SETTINGS.register("trt", TrtSection, ...)``,
+``pipeline/core/sections.py``), each with its own pydantic type. Everything that lists targets (the manifest's
 ``export.targets``, the CLI's ``--target``, the validate and latency stages, the
 gate's per-artifact budgets, the shipped bundle, ``cskd-pipeline schema``) reads
 these registries, so adding a back-end touches no other module.
@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
-    from pydantic import BaseModel
-    from pydantic.fields import FieldInfo
 
     from pipeline.core.store import Artifact
 
@@ -121,40 +118,6 @@ def fastest_passing(results: list[dict], rules: list[dict], *, batch: int, stati
     return min(cells, key=lambda c: c[statistic], default=None)
 
 
-# export: settings by key -> (type, pydantic Field with its default and description)
-_SETTINGS: dict[str, tuple[Any, FieldInfo]] = {}
-
-
-def register_export_setting(key: str, annotation: Any, setting: FieldInfo) -> None:
-    """Own the key ``export.<key>``: ``annotation`` validates it (a pydantic section class, or a
-    constrained scalar) and ``setting`` (``pydantic.Field``) gives its default and description."""
-    if key == "targets" or (key in _SETTINGS and _SETTINGS[key][0] is not annotation):
-        raise TypeError(f"export setting {key!r} is registered twice")
-    _SETTINGS[key] = (annotation, setting)
-    _settings_model.cache_clear()
-
-
-def unregister_export_setting(key: str) -> None:
-    """Remove a key (a test's own back-end, when the test ends)."""
-    _SETTINGS.pop(key, None)
-    _settings_model.cache_clear()
-
-
 def unregister_backend(target: str) -> None:
+    """Remove a target (a test's own back-end, when the test ends)."""
     _BACKENDS.pop(target, None)
-
-
-def export_settings_model() -> type[BaseModel]:
-    """The pydantic model of every registered ``export:`` key but ``targets`` (unknown keys forbidden)."""
-    if not _BACKENDS:
-        raise RuntimeError("no export back-ends are registered; import the 'stages' package first")
-    return _settings_model()
-
-
-@cache
-def _settings_model() -> type[BaseModel]:
-    from pydantic import create_model
-
-    from cskd.config import Strict
-
-    return create_model("ExportSettings", __base__=Strict, **dict(_SETTINGS))

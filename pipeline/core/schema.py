@@ -1,5 +1,5 @@
-"""The manifest's JSON schema, assembled from the registries: the static sections, every
-``export:`` key a back-end or stage registered, and every registered ``student.loss`` kind
+"""The manifest's JSON schema, assembled from the registries: the fixed sections, every section
+a stage registered (``gate``, ``latency``), every ``export:`` key a back-end registered, and every registered ``student.loss`` kind
 (pydantic sees only their common base, which has just ``kind``)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from cskd.loss_registry import registered_losses
-from pipeline.core.backends import export_settings_model
 from pipeline.core.manifest import Manifest
+from pipeline.core.sections import EXPORT_SETTINGS, SECTIONS
 
 REF = "#/$defs/{model}"
 
@@ -17,7 +17,13 @@ def manifest_schema() -> dict:
     schema = Manifest.model_json_schema(by_alias=True, ref_template=REF)
     defs = schema.setdefault("$defs", {})
 
-    settings = export_settings_model().model_json_schema(by_alias=True, ref_template=REF)
+    sections = SECTIONS.model().model_json_schema(by_alias=True, ref_template=REF)
+    defs.update(sections.pop("$defs", {}))
+    schema["properties"].update(sections["properties"])
+    schema["required"] = [*schema.get("required", []), *sections.get("required", [])]
+    schema["additionalProperties"] = False
+
+    settings = EXPORT_SETTINGS.model().model_json_schema(by_alias=True, ref_template=REF)
     defs.update(settings.pop("$defs", {}))
     export = defs["ExportSection"]
     export["properties"].update(settings["properties"])

@@ -129,13 +129,13 @@ def test_the_schema_is_assembled_from_the_registries_and_checks_what_validation_
     import jsonschema
 
     from cskd.loss_registry import registered_losses
-    from pipeline.core.backends import export_settings_model
     from pipeline.core.schema import manifest_schema
+    from pipeline.core.sections import EXPORT_SETTINGS
 
     schema = manifest_schema()
     assert {"data", "teacher", "student", "gate", "validate"} <= set(schema["properties"])
     export = schema["$defs"]["ExportSection"]["properties"]
-    assert set(export) == {"targets", *export_settings_model().model_fields} >= {"targets", "int8", "trt", "opset"}
+    assert set(export) == {"targets", *EXPORT_SETTINGS.model().model_fields} >= {"targets", "int8", "trt", "opset"}
     kinds = {schema["$defs"][ref["$ref"].split("/")[-1]]["properties"]["kind"]["const"]
              for ref in schema["$defs"]["StudentSection"]["properties"]["loss"]["oneOf"]}
     assert kinds == set(registered_losses())

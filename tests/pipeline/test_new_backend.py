@@ -22,12 +22,11 @@ from pipeline.cli import main
 from pipeline.core.backends import (
     Backend,
     register_backend,
-    register_export_setting,
     unregister_backend,
-    unregister_export_setting,
 )
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.errors import EXIT_GATE_FAILED
+from pipeline.core.sections import EXPORT_SETTINGS
 from stages.export import ONNX_FILE, onnx_loader
 from tests.conftest import edited, working_dir, write_manifest
 
@@ -69,7 +68,7 @@ def rounded_backend():
             return StageResult({"decimals": config.decimals}, f"weights rounded to {config.decimals} decimals",
                                extra={"input": ctx.inputs["export"].record["input"]})
 
-    register_export_setting("rounded", RoundedSection, Field(RoundedSection(), description="onnx-rounded"))
+    EXPORT_SETTINGS.register("rounded", RoundedSection, Field(RoundedSection(), description="onnx-rounded"))
     register_backend(Backend(TARGET, kind=KIND, file=FILE, load=onnx_loader(KIND, FILE),
                              budget=lambda export: export.rounded.max_drop, requires=lambda export: ("onnx",),
                              shipped={SHIPPED: FILE}, description="ONNX with rounded weights (a test's)"))
@@ -77,7 +76,7 @@ def rounded_backend():
         yield
     finally:
         unregister_backend(TARGET)
-        unregister_export_setting("rounded")
+        EXPORT_SETTINGS.unregister("rounded")
         Stage.registry.pop(KIND, None)
 
 

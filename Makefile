@@ -29,7 +29,7 @@ pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or
 # Python frame to show, after this session's serving tests joined it; see pyproject's markers).
 test: $(STAMP)  ## the test suite without the tests marked slow (about 5 minutes on 2 CPU cores)
 	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline
-	$(BIN)/python -m pytest -q -m "not slow" tests/stages tests/test_docs.py tests/test_startup.py
+	$(BIN)/python -m pytest -q -m "not slow" tests/stages tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
 
 test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)
 	$(BIN)/python -m pytest -q -m "slow and not cluster"

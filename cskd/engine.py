@@ -21,8 +21,8 @@ import torch
 
 from cskd.checkpoint import load_tensors, save_tensors
 from cskd.config import TrainConfig
-from cskd.data.datasets import Split
 from cskd.data.loader import DeviceLoader
+from cskd.data.split import Split
 from cskd.data.streaming import StreamLoader
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1

@@ -10,7 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from cskd import objectives as obj
-from cskd.loss_registry import LossConfig, register_loss
+from cskd.loss_base import LossConfig, register_loss
 
 Temperature = Annotated[float, Field(gt=0, le=1000)]
 Weight = Annotated[float, Field(ge=0, le=1000)]

@@ -1,113 +1,26 @@
-"""The ``cskd-pipeline`` command line.
-
-Exit codes: 0 ok, 1 gate failed, 2 bad input, 3 missing optional back-end or
-hardware, 4 failure at run time, 130/143 interrupted.
-"""
+"""The ``cskd-pipeline`` command line: the pipeline commands (run, plan, validate, export) here,
+the others in ``cli_manage``, ``cli_data``, ``cli_serve`` and ``cli_study``, all registered on
+the group in ``cli_base`` (exit codes there)."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 
 import click
 
-from pipeline.core.errors import (
-    EXIT_BAD_INPUT,
-    EXIT_MISSING_BACKEND,
-    EXIT_RUNTIME,
-    ManifestError,
-    PipelineError,
+from pipeline import cli_data, cli_manage, cli_serve, cli_study  # noqa: F401 - their commands register on main
+from pipeline.cli_base import (  # noqa: F401 - main is the entry point; the rest is re-exported for tests
+    handle_errors,
+    load_from_option,
+    main,
+    manifest_option,
+    registered_backends,
+    resolve_manifest_path,
+    set_option,
 )
-
-DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
-LOCAL_MANIFEST = Path("manifest.yaml")  # what `init DIR` writes: `cd DIR && cskd-pipeline run` finds it
-
-
-def _fail(message: str, code: int) -> None:
-    for line in message.splitlines() or [""]:  # one line per problem, each with the prefix
-        click.echo(f"cskd-pipeline: error: {line}", err=True)
-    sys.exit(code)
-
-
-def handle_errors(fn: Callable) -> Callable:
-    """Map every expected failure to one line on stderr and its exit code (no traceback)."""
-
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        from cskd.engine import Interrupted
-        from cskd.errors import CheckpointError, DataError
-        from exports.errors import BackendUnavailable
-
-        try:
-            return fn(*args, **kwargs)
-        except PipelineError as exc:
-            _fail(str(exc), exc.exit_code)
-        except (DataError, CheckpointError) as exc:
-            _fail(str(exc), EXIT_BAD_INPUT)
-        except BackendUnavailable as exc:
-            _fail(str(exc), EXIT_MISSING_BACKEND)
-        except Interrupted as exc:
-            _fail(str(exc), 128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM
-        except KeyboardInterrupt:
-            _fail("interrupted; rerun the same command to resume", 130)
-        except Exception as exc:  # a bug or an environment failure: one line, traceback on request
-            if os.environ.get("CSKD_DEBUG"):
-                raise
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-                _fail(f"disk full while writing {exc.filename or 'the store'}; free space and rerun "
-                      f"(nothing partial was committed)", EXIT_RUNTIME)
-            _fail(f"{type(exc).__name__}: {exc} (set CSKD_DEBUG=1 for the traceback)", EXIT_RUNTIME)
-
-    return wrapper
-
-
-def resolve_manifest_path(value: str | None) -> Path:
-    """``-m`` takes a path, or a bare name: ``./NAME.yaml``, then ``manifests/NAME.yaml`` (with or
-    without .yaml). Without ``-m``: ``./manifest.yaml`` (what ``init`` writes), else the quickstart."""
-    if value is None:
-        for default in (LOCAL_MANIFEST, DEFAULT_MANIFEST):
-            if default.is_file():
-                return default
-        raise ManifestError(f"no manifest given, and neither {LOCAL_MANIFEST} nor {DEFAULT_MANIFEST} is here; "
-                            f"pass -m PATH, or write one with `cskd-pipeline init`")
-    path = Path(value)
-    if path.exists():
-        return path
-    for candidate in (Path(f"{value}.yaml"), Path("manifests") / value, Path("manifests") / f"{value}.yaml"):
-        if candidate.is_file():
-            return candidate
-    return path  # load_manifest reports it as not found
-
-
-def _load(manifest_opt: str | None, overrides: tuple[str, ...] = ()):
-    from pipeline.manifest_io import load_manifest
-
-    return load_manifest(resolve_manifest_path(manifest_opt), overrides)
-
-
-manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
-                               help="manifest file, or a name: ./NAME.yaml, then manifests/NAME.yaml (default: ./manifest.yaml, "
-                                    "else manifests/quickstart.yaml)")
-set_option = click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                          help="override a manifest value, e.g. -o student.train.epochs=3 (repeatable; validated "
-                               "like the file and part of the ids)")
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="cskd-pipeline", prog_name="cskd-pipeline")
-def main() -> None:
-    """Declarative compression pipeline: teacher, CS-KD distillation, export, validation, gate, ship.
-
-    \b
-    Start:    cskd-pipeline init my-project && cd my-project && cskd-pipeline run
-    Examples: cskd-pipeline run -m quickstart -o student.train.epochs=5
-              cskd-pipeline plan --json
-    """
 
 
 @main.command()
@@ -143,7 +56,7 @@ def run(manifest_opt: str | None, overrides: tuple[str, ...], quiet: bool, nproc
 
     flags = {"nproc": nproc, "nnodes": nnodes, "node_rank": node_rank, "rdzv_endpoint": rdzv_endpoint}
     overrides = (*overrides, *(f"distributed.{k}={v}" for k, v in flags.items() if v is not None))
-    manifest = _load(manifest_opt, overrides)
+    manifest = load_from_option(manifest_opt, overrides)
     if verbose:
         os.environ["CSKD_DEBUG"] = "1"  # handle_errors re-raises unexpected errors with their traceback
     outcome = run_pipeline(manifest, progress=not quiet and sys.stderr.isatty(), quiet=quiet, force=force,
@@ -172,7 +85,7 @@ def plan(manifest_opt: str | None, overrides: tuple[str, ...], as_json: bool) ->
     from pipeline.core.store import ArtifactStore
     from pipeline.orchestrator import plan as plan_graph
 
-    manifest = _load(manifest_opt, overrides)
+    manifest = load_from_option(manifest_opt, overrides)
     store = ArtifactStore(manifest.store)
     rows = [{"stage": step.kind, "id": step.id, "cached": store.has(step.kind, step.id)} for step in plan_graph(manifest)]
     if as_json:
@@ -204,13 +117,6 @@ def validate(manifest_opt: str | None, overrides: tuple[str, ...]) -> None:
                f"loss {manifest.student.loss.kind}, data {manifest.data.name})")
 
 
-def _registered_backends() -> dict:
-    import stages  # noqa: F401 - registers the back-ends
-    from pipeline.core.backends import backends
-
-    return backends()
-
-
 TRITON = "triton"  # not a back-end: a Triton model repository of every target the manifest exports
 
 
@@ -221,7 +127,7 @@ class TargetType(click.ParamType):
     name = "target"
 
     def convert(self, value, param, ctx):
-        known = [*_registered_backends(), TRITON]
+        known = [*registered_backends(), TRITON]
         if value not in known:
             self.fail(f"{value!r} is not an export target; choose from {', '.join(known)}", param, ctx)
         return value
@@ -254,7 +160,7 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
     from pipeline.core.manifest import Manifest
     from pipeline.orchestrator import run_pipeline
 
-    manifest = _load(manifest_opt, overrides)
+    manifest = load_from_option(manifest_opt, overrides)
     if target == TRITON:
         for path in _export_triton(manifest, out if out is not None else Path("exported") / f"{manifest.name}-triton",
                                    quiet=quiet):
@@ -301,11 +207,5 @@ def _export_triton(manifest, out: Path, *, quiet: bool) -> list[Path]:
                             gpu_targets=frozenset(t for t in targets if backend(t).device == "cuda"))
 
 
-from pipeline import cli_data, cli_manage, cli_serve, cli_study  # noqa: E402, F401 - registers runs, diff, init, gc, serve, study, shard
-
-if __name__ == "__main__":
-    # Run as `python -m pipeline.cli` this file is __main__: the commands in cli_manage were
-    # registered on the importable pipeline.cli module, so run that module's group.
-    from pipeline.cli import main as registered_main
-
-    registered_main()
+if __name__ == "__main__":  # python -m pipeline.cli
+    main()

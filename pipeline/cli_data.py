@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import handle_errors, main
+from pipeline.cli_base import handle_errors, main
 
 
 @main.command()

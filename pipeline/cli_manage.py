@@ -9,7 +9,13 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import _load, _registered_backends, handle_errors, main, manifest_option
+from pipeline.cli_base import (
+    handle_errors,
+    load_from_option,
+    main,
+    manifest_option,
+    registered_backends,
+)
 
 
 @main.command()
@@ -34,7 +40,7 @@ def targets() -> None:
     \b
     Example:  cskd-pipeline targets
     """
-    for name, spec in _registered_backends().items():
+    for name, spec in registered_backends().items():
         missing = spec.missing()
         where = "  (targets: auto takes it on a GPU only)" if spec.auto_device == "cuda" and not missing else ""
         click.echo(f"{name:<14} {spec.description}{where}" + (f"  [missing: {missing}]" if missing else ""))
@@ -60,7 +66,7 @@ def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None
 
     baseline = load_baseline(baseline_path)
     if report_path is None:
-        manifest = _load(manifest_opt)
+        manifest = load_from_option(manifest_opt)
         report_path = Path(manifest.report.dir) / manifest.name / "latest" / "report.json"
     rows = compare(baseline, load_json(report_path, "report (run the pipeline first)"), report_path)
     click.echo(json.dumps(rows, indent=2) if as_json else markdown(rows, report_path=report_path,
@@ -84,7 +90,7 @@ def verify(manifest_opt: str | None, as_json: bool) -> None:
     from pipeline.core.errors import StoreError
     from pipeline.core.store import ArtifactStore
 
-    manifest = _load(manifest_opt)
+    manifest = load_from_option(manifest_opt)
     store = ArtifactStore(manifest.store)
     ids = store.all_ids()
     problems = [p for kind, art_id in ids for p in store.problems(kind, art_id)]
@@ -115,7 +121,7 @@ def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> N
 
     name = None
     if manifest_opt is not None:
-        manifest = _load(manifest_opt)
+        manifest = load_from_option(manifest_opt)
         name, report_root = manifest.name, report_root or Path(manifest.report.dir)
     rows = list_runs(report_root or Path("reports"), name, warn=lambda line: click.echo(line, err=True))
     if as_json:
@@ -188,7 +194,7 @@ def gc(manifest_opt: str | None, really: bool, drop_failed: bool) -> None:
     from pipeline.core.store import ArtifactStore
     from pipeline.gc import collect, plan_gc
 
-    manifest = _load(manifest_opt)
+    manifest = load_from_option(manifest_opt)
     store = ArtifactStore(manifest.store)
     plan = plan_gc(store, drop_failed=drop_failed)
     reclaimed = collect(store, plan, really=really, echo=click.echo)
@@ -252,7 +258,7 @@ def _follow_alias(manifest_opt: str | None, name: str, version: str) -> None:
     ``champion`` follows latest."""
     from pipeline.tracking import set_champion
 
-    manifest = _load(manifest_opt) if manifest_opt is not None else None
+    manifest = load_from_option(manifest_opt) if manifest_opt is not None else None
     set_champion(manifest, name, version, echo=click.echo)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.cli import handle_errors, main
+from pipeline.cli_base import handle_errors, main
 from serving.engines import ENGINES
 
 
@@ -66,7 +66,7 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
               cskd-pipeline serve shipped/quickstart/v2 --target onnx-int8 --replicas 2 --port 8080
               cskd-pipeline serve quickstart --address 127.0.0.1:6379   (Ray Serve, on a running Ray cluster)
     """
-    from pipeline.cli import _registered_backends
+    from pipeline.cli_base import registered_backends
     from pipeline.core.errors import ManifestError, MissingBackend
     from serving.engines import ServeOptions
     from serving.runtime import Bundle
@@ -80,7 +80,7 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     folder = resolve_bundle(bundle, ship_dir)
     opened = Bundle.open(folder)
     target = target or opened.fastest_target()
-    known = _registered_backends()
+    known = registered_backends()
     files = [name for name in known[target].shipped if (folder / name).is_file()] if target in known else []
     if not files or not any(f.endswith((".onnx", ".xml")) for f in files):
         served = [t for t, b in known.items() if b.shipped and all((folder / n).is_file() for n in b.shipped)]

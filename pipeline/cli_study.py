@@ -6,7 +6,7 @@ import os
 
 import click
 
-from pipeline.cli import _load, handle_errors, main, manifest_option, set_option
+from pipeline.cli_base import handle_errors, load_from_option, main, manifest_option, set_option
 from pipeline.core.errors import ManifestError
 
 
@@ -57,7 +57,7 @@ def study(manifest_opt, losses, recipe, seeds, batch_sizes, reference, jobs, lau
     """
     from pipeline.study import StudyRequest, markdown, parse_losses, run_study, with_recipes
 
-    manifest = _load(manifest_opt, overrides)
+    manifest = load_from_option(manifest_opt, overrides)
     specs = with_recipes(parse_losses(losses), recipe)
     sizes = _int_list(batch_sizes, "--batch-sizes") if batch_sizes else [manifest.student.train.batch_size]
     request = StudyRequest(losses=specs, seeds=seeds, batch_sizes=sizes, reference=reference, jobs=jobs,

@@ -12,42 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.options import ServeOptions  # noqa: F401 - the engines' one argument, re-exported
+
 INSTALL = "pip install 'cskd-pipeline[serve]'"
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    bundle: Path
-    target: str
-    files: list[str]          # the bundle's files of the target
-    model_name: str
-    replicas: int = 1
-    max_batch: int = 64
-    batch_wait_ms: float = 2.0
-    threads_per_replica: int | None = None
-    host: str = "127.0.0.1"
-    port: int = 8000
-    max_body_mb: float = 8.0
-    request_timeout_s: float = 30.0
-    address: str | None = None
 
 
 @dataclass(frozen=True)
 class Engine:
     serve: Callable[[ServeOptions], None]
     missing: Callable[[], str | None]   # why it cannot run here (with the install line), or None
-
-
-def checked(decode, *args):
-    """``decode(*args)``, a ``BadRequest`` answered as HTTP 400 with its message (both engines)."""
-    from fastapi import HTTPException
-
-    from serving.runtime import BadRequest
-
-    try:
-        return decode(*args)
-    except BadRequest as exc:
-        raise HTTPException(status_code=400, detail=str(exc)) from None
 
 
 def _missing(*modules: str) -> Callable[[], str | None]:

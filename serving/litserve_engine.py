@@ -14,8 +14,8 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serving.engines import ServeOptions, checked
 from serving.metrics import Measured, observe_batch
+from serving.options import ServeOptions, checked
 from serving.runtime import (
     BINARY_HEADER,
     BINARY_KEY,

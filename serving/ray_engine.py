@@ -12,8 +12,8 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Request, Response
 from ray import serve
 
-from serving.engines import ServeOptions, checked
 from serving.metrics import FOLDER_ENV, Measured, exposition, observe_batch
+from serving.options import ServeOptions, checked
 from serving.runtime import BINARY_HEADER, Bundle, Codec, Runner, note_replica
 
 app = FastAPI()

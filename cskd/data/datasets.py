@@ -11,13 +11,12 @@ from __future__ import annotations
 import gzip
 import pickle
 import zlib
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cskd.data.split import DataSet, Split, missing_files, split_train_val, tensor_stats  # noqa: F401 - re-exported
 from cskd.errors import DataError
 
 DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "webdataset")
@@ -26,87 +25,6 @@ DATASETS = ("digits", "fashion_mnist", "cifar10", "cifar100", "imagefolder", "we
 # others are measured on the training split.
 _CIFAR100_MEAN, _CIFAR100_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 _CIFAR10_MEAN, _CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-
-
-@dataclass(frozen=True)
-class Split:
-    images: torch.Tensor  # uint8 [N, C, H, W]
-    labels: torch.Tensor  # int64 [N]
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def subset(self, index: torch.Tensor) -> Split:
-        return Split(self.images[index], self.labels[index])
-
-    @property
-    def sample_shape(self) -> tuple[int, int, int]:
-        return tuple(self.images.shape[1:])
-
-    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """The images in order, ``batch_size`` at a time (``FileSplit`` decodes them instead)."""
-        for start in range(0, len(self), batch_size):
-            yield self.images[start:start + batch_size]
-
-    def head(self, n: int) -> torch.Tensor:
-        return self.images[:n]
-
-
-@dataclass(frozen=True)
-class DataSet:
-    name: str
-    train: Split  # or a FileSplit (cskd.data.streaming): the same interface, decoded batch by batch
-    test: Split
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    class_names: tuple[str, ...] = ()
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.train.sample_shape[0])
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.train.sample_shape[1]), int(self.train.sample_shape[2])
-
-
-def split_train_val(train: Split, *, val_fraction: float, seed: int) -> tuple[Split, Split]:
-    """A fixed, seeded split of the training split into (train, val); ``val_fraction`` 0
-    keeps the whole split for training and an empty val split (the authors' recipe)."""
-    n = len(train)
-    n_val = max(1, int(round(n * val_fraction))) if val_fraction > 0 else 0
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return train.subset(perm[n_val:]), train.subset(perm[:n_val])
-
-
-def batch_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and (sample) std in [0, 1] of uint8 batches ``[B, C, H, W]``, summed in
-    float64 batch by batch: memory stays that of one batch (a float copy of 60,000 CIFAR images
-    is 700 MB, two of them were the load's peak)."""
-    total = squares = None
-    count = 0
-    for batch in batches:
-        x = batch.double() / 255.0
-        sums, sq = x.sum(dim=(0, 2, 3)), (x * x).sum(dim=(0, 2, 3))
-        total, squares = (sums, sq) if total is None else (total + sums, squares + sq)
-        count += x.shape[0] * x.shape[2] * x.shape[3]
-    mean = total / count
-    var = (squares / count - mean * mean) * count / max(count - 1, 1)
-    std = var.clamp_min(0).sqrt().clamp_min(1e-3)
-    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(v, 4) for v in std.tolist())
-
-
-def _measured_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    chunk = max(1, 2**23 // max(1, images[0].numel()))  # 8M values: 64 MB in float64 whatever the image size
-    return batch_stats(images[start:start + chunk] for start in range(0, len(images), chunk))
-
-
-def _missing(name: str, root: Path, expected: str) -> DataError:
-    return DataError(
-        f"data set {name!r}: files not found under {root} (expected {expected}); "
-        f"put them there, or set data.download: true where the network allows"
-    )
 
 
 # ---------------------------------------------------------------- digits
@@ -124,7 +42,7 @@ def load_digits_dataset() -> DataSet:
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     n_test = len(labels) // 5
     test, train = Split(images[perm[:n_test]], labels[perm[:n_test]]), Split(images[perm[n_test:]], labels[perm[n_test:]])
-    mean, std = _measured_stats(train.images)
+    mean, std = tensor_stats(train.images)
     return DataSet("digits", train, test, 10, mean, std, tuple(str(i) for i in range(10)))
 
 
@@ -193,13 +111,13 @@ def load_fashion_mnist(root: Path, *, download: bool = False) -> DataSet:
         _download("fashion_mnist", root, lambda: [FashionMNIST(str(root), train=t, download=True) for t in (True, False)])
         paths = [_find_idx(root, s) for s in stems]
     if any(p is None for p in paths):
-        raise _missing("fashion_mnist", root, "train-images-idx3-ubyte.gz and the three other IDX files")
+        raise missing_files("fashion_mnist", root, "train-images-idx3-ubyte.gz and the three other IDX files")
     arrays = [_read_idx(p) for p in paths]
     for images, labels, path in ((arrays[0], arrays[1], paths[1]), (arrays[2], arrays[3], paths[3])):
         _check_labels(labels, images=len(images), num_classes=10, path=path)
     train = Split(torch.from_numpy(arrays[0].copy())[:, None], torch.from_numpy(arrays[1].astype(np.int64)))
     test = Split(torch.from_numpy(arrays[2].copy())[:, None], torch.from_numpy(arrays[3].astype(np.int64)))
-    mean, std = _measured_stats(train.images)
+    mean, std = tensor_stats(train.images)
     return DataSet("fashion_mnist", train, test, 10, mean, std, _FASHION_CLASSES)
 
 
@@ -269,7 +187,7 @@ def load_cifar(name: str, root: Path, *, download: bool = False) -> DataSet:
 
         _download(name, root, lambda: (CIFAR10 if name == "cifar10" else CIFAR100)(str(root), train=True, download=True))
     if not all(p.is_file() for p in needed):
-        raise _missing(name, root, f"{folder.name}/{train_files[0]} ... {folder.name}/{test_files[0]}")
+        raise missing_files(name, root, f"{folder.name}/{train_files[0]} ... {folder.name}/{test_files[0]}")
     classes: tuple[str, ...] = ()
     if (folder / meta_file).is_file():
         classes = tuple(str(c) for c in _unpickle(folder / meta_file).get(names_key, ()))

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cskd.data.datasets import DataSet, Split, _measured_stats, _missing
 from cskd.data.decode import decode_image
+from cskd.data.split import DataSet, Split, missing_files, tensor_stats
 from cskd.errors import DataError
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff"}
 
 
-def _list_folder(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
+def list_folder(folder: Path, classes: list[str]) -> tuple[list[Path], list[int]]:
     """Image files sorted by class, then name; an empty class folder is an error."""
     paths, labels = [], []
     for label, cls in enumerate(classes):
@@ -41,7 +41,7 @@ def _list_folder(folder: Path, classes: list[str]) -> tuple[list[Path], list[int
 def _read_folder(folder: Path, classes: list[str], size: int | None, channels: int, max_pixels: int | None) -> Split:
     from PIL import Image
 
-    paths, labels = _list_folder(folder, classes)
+    paths, labels = list_folder(folder, classes)
     images = []
     for path in paths:
         arr = decode_image(str(path), channels=channels, max_pixels=max_pixels).numpy()  # [C, H, W]
@@ -63,10 +63,10 @@ def test_folder(root: Path) -> Path:
     return root / "test"
 
 
-def _classes(root: Path) -> list[str]:
+def class_folders(root: Path) -> list[str]:
     train_dir, test_dir = root / "train", test_folder(root)
     if not train_dir.is_dir() or not test_dir.is_dir():
-        raise _missing("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg (or val/<class>/*.jpg)")
+        raise missing_files("imagefolder", root, "train/<class>/*.jpg and test/<class>/*.jpg (or val/<class>/*.jpg)")
     classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir())
     if len(classes) < 2:
         raise DataError(f"{train_dir}: found {len(classes)} class folders, need at least 2")
@@ -92,7 +92,7 @@ def decoded_train_bytes(root: str, image_size: int | None, grayscale: bool, max_
     """Bytes the decoded training split would take in memory (``max_samples`` of it, if set):
     what ``data.in_memory: auto`` weighs against ``data.memory_limit_mib``."""
     base = Path(root).expanduser()
-    paths, _ = _list_folder(base / "train", _classes(base))
+    paths, _ = list_folder(base / "train", class_folders(base))
     side = image_size or _first_image_side(paths[0])
     count = min(len(paths), max_samples) if max_samples else len(paths)
     return count * (1 if grayscale else 3) * side * side
@@ -105,18 +105,18 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bo
     ``stream``: keep paths only and decode batch by batch in ``workers`` processes; the
     normalisation statistics then come from a fixed sample of 2,000 training images.
     """
-    classes = _classes(root)
+    classes = class_folders(root)
     channels = 1 if grayscale else 3
     if not stream:
         train = _read_folder(root / "train", classes, image_size, channels, max_pixels)
         test = _read_folder(test_folder(root), classes, image_size, channels, max_pixels)
-        mean, std = _measured_stats(train.images)
+        mean, std = tensor_stats(train.images)
         return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
     from cskd.data.streaming import FileSplit, measured_stats
 
     splits: list[FileSplit] = []
     for folder in (root / "train", test_folder(root)):
-        paths, labels = _list_folder(folder, classes)
+        paths, labels = list_folder(folder, classes)
         if not splits:  # the test split is read at the training split's size
             side = image_size or _first_image_side(paths[0])
         splits.append(FileSplit(np.array([str(p) for p in paths]), torch.tensor(labels, dtype=torch.int64),

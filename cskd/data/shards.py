@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cskd.data.datasets import DataSet
-from cskd.data.imagefolder import _classes, _list_folder, test_folder
+from cskd.data.imagefolder import class_folders, list_folder, test_folder
+from cskd.data.split import DataSet
 from cskd.data.streaming import FileSplit, Members, measured_stats
 from cskd.errors import DataError
 
@@ -60,11 +60,11 @@ def write_shards(root: Path, out: Path, *, shard_size: int, log: Callable[[str],
     blocker = next((p for p in out.parents if p.exists() or p.is_symlink()), None)
     if blocker is not None and (not blocker.is_dir() or blocker.is_symlink() and not blocker.exists()):
         raise DataError(f"{blocker}: is not a folder; choose a --out folder whose parent is a folder")
-    classes = _classes(root)
+    classes = class_folders(root)
     partial.mkdir(parents=True)
     summary: dict = {"classes": classes, "splits": {}}
     for split, folder in (("train", root / "train"), ("test", test_folder(root))):
-        paths, labels = _list_folder(folder, classes)
+        paths, labels = list_folder(folder, classes)
         with wds.ShardWriter(str(partial / f"{split}-%06d.tar"), maxcount=shard_size, verbose=0) as sink:
             for position, (path, label) in enumerate(zip(paths, labels, strict=True)):
                 sink.write({"__key__": f"{position:09d}", "cls": label, path.suffix.lower().lstrip("."): path.read_bytes()})

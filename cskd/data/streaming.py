@@ -33,8 +33,8 @@ import torch
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
 from cskd.data.augment import strong_view
-from cskd.data.datasets import batch_stats
 from cskd.data.decode import decode_image
+from cskd.data.split import batch_stats
 from cskd.errors import DataError
 
 # From this size up, augmentation and evaluation are ImageNet style.

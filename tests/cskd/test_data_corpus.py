@@ -188,7 +188,7 @@ def test_every_mode_decodes_identically_in_memory_streamed_from_shards_and_in_pr
 
     import torch
 
-    from cskd.data.imagefolder import _list_folder, load_imagefolder
+    from cskd.data.imagefolder import list_folder, load_imagefolder
     from cskd.data.shards import load_shards, write_shards
     from stages.ship import PREDICT_SCRIPT
 
@@ -204,7 +204,7 @@ def test_every_mode_decodes_identically_in_memory_streamed_from_shards_and_in_pr
     spec = importlib.util.spec_from_file_location("predict", PREDICT_SCRIPT)
     predict = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(predict)  # the bundle's copy of the rules, which imports nothing of ours
-    paths, _ = _list_folder(tmp_path / "folder" / "train", ["a", "b"])
+    paths, _ = list_folder(tmp_path / "folder" / "train", ["a", "b"])
     channels = 1 if grayscale else 3
     for path, image in zip(paths, in_memory, strict=True):
         with Image.open(path) as img:

@@ -1,0 +1,63 @@
+"""No import circle between the project's files (grimp, the graph import-linter builds): a circle
+is what made the CLI need an import at the bottom of a module and a ``__main__`` workaround, and
+what tied the data loaders together. Imports under ``TYPE_CHECKING`` do not run and do not count."""
+
+from __future__ import annotations
+
+import grimp
+
+PACKAGES = ("pipeline", "stages", "cskd", "exports", "serving")
+
+
+def import_circles(graph) -> list[list[str]]:
+    """The strongly connected sets of modules larger than one (Tarjan, iteratively)."""
+    edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in sorted(graph.modules)}
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack, on_stack, circles = [], set(), []
+    for root in edges:
+        if root in index:
+            continue
+        work = [(root, iter(edges[root]))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(edges[child])))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                members = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    members.append(member)
+                    if member == node:
+                        break
+                if len(members) > 1:
+                    circles.append(sorted(members))
+    return circles
+
+
+def test_no_module_imports_itself_through_others():
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False, exclude_type_checking_imports=True)
+    assert import_circles(graph) == []
+
+
+def test_a_circle_is_found():
+    """The finder itself, on a graph with one circle of three and a module outside it."""
+    graph = grimp.ImportGraph()
+    for importer, imported in (("a", "b"), ("b", "c"), ("c", "a"), ("c", "d")):
+        graph.add_import(importer=importer, imported=imported)
+    assert import_circles(graph) == [["a", "b", "c"]]

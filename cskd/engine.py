@@ -24,6 +24,7 @@ from cskd.config import TrainConfig
 from cskd.data.loader import DeviceLoader
 from cskd.data.split import Split
 from cskd.data.streaming import StreamLoader
+from cskd.distributed import data_parallel, local_rank, rank, sync_buffers, unwrap, world_size
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1
 from cskd.fast_engine import FastStep
@@ -32,69 +33,6 @@ from cskd.objectives import Objective
 from cskd.progress import epoch_steps
 
 _CKPT = "checkpoint.safetensors"
-
-
-def world_size() -> int:
-    """Processes in the current process group (1 without one)."""
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def rank() -> int:
-    """This process's rank (0 without a process group; rank 0 writes files)."""
-    import torch.distributed as dist
-
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def local_rank() -> int:
-    """This process's rank on its machine (the elastic launcher sets LOCAL_RANK)."""
-    import os
-
-    return int(os.environ.get("LOCAL_RANK", "0")) if world_size() > 1 else 0
-
-
-def _sync_buffers(module: torch.nn.Module) -> None:
-    """Every replica takes rank 0's buffers (BatchNorm running statistics, which each replica
-    updates from its own slice on CPUs): the model evaluated, and saved on any node, is rank 0's."""
-    import torch.distributed as dist
-
-    for buffer in _unwrap(module).buffers():
-        dist.broadcast(buffer, src=0)
-
-
-def _unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
-
-
-def _gather_rows(tensor: torch.Tensor) -> torch.Tensor:
-    """All replicas' rows, in rank order, with gradient flowing back to each replica's own rows."""
-    import warnings
-
-    from torch.distributed.nn.functional import all_gather
-
-    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
-        warnings.simplefilter("ignore", FutureWarning)
-        return torch.cat(all_gather(tensor), dim=0)
-
-
-def _data_parallel(objective: Objective, config: TrainConfig, device: torch.device) -> torch.nn.Module:
-    """Wrap the student in DDP when a process group is up; returns the plain student."""
-    net = objective.student
-    if world_size() == 1:
-        return net
-    if config.engine == "fast":
-        raise ValueError("engine: fast runs in one process (one CUDA graph); use engine: classic with several processes")
-    if config.batch_size % world_size():
-        raise ValueError(f"train.batch_size {config.batch_size} is not divisible by {world_size()} processes")
-    if device.type == "cuda":  # global batch statistics, as one process would compute them
-        net = objective.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
-    objective.student = torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.cs_batch == "global":
-        objective.gather = _gather_rows
-    return net
 
 
 def resolve_device(name: str) -> torch.device:
@@ -107,7 +45,7 @@ def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Op
                      steps_done: int = 0, sums: dict[str, torch.Tensor] | None = None) -> None:
     if rank() != 0:  # replicas hold identical weights; one writer
         return
-    tensors = {f"model.{k}": v for k, v in _unwrap(objective.student).state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in unwrap(objective.student).state_dict().items()}
     for idx, state in optimizer.state_dict()["state"].items():
         for key, value in state.items():
             if isinstance(value, torch.Tensor):
@@ -124,7 +62,7 @@ def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Op
     tensors = load_tensors(path)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
-    _unwrap(objective.student).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    unwrap(objective.student).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for key, value in tensors.items():
         if key.startswith("optim."):
@@ -163,7 +101,7 @@ def train(
     objective.to(device)
     if config.channels_last:
         objective.to(memory_format=torch.channels_last)
-    net = _data_parallel(objective, config, device)
+    net = data_parallel(objective, config, device)
     optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=config.nesterov)
     # Image folders larger than memory stream from disk (FileSplit); the rest live on the device.
@@ -206,12 +144,12 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
                                  sums=sums, stop=stop, ckpt=ckpt, progress=progress, label=label)
             skip, sums = 0, {}
             if world_size() > 1:
-                _sync_buffers(objective.student)
-            val_top1 = (top1(predict_logits(_unwrap(objective.student), val_split, device=device),
+                sync_buffers(objective.student)
+            val_top1 = (top1(predict_logits(unwrap(objective.student), val_split, device=device),
                              val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
             if monitor is not None:
-                last["monitor_top1"] = top1(predict_logits(_unwrap(objective.student), monitor, device=device),
+                last["monitor_top1"] = top1(predict_logits(unwrap(objective.student), monitor, device=device),
                                             monitor.labels)
             if writer:
                 with open(history, "a") as f:

@@ -24,9 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.environment import pid_alive
 from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import read_marker
-from pipeline.core.store import RECORD_FILE, ArtifactStore, pid_alive
+from pipeline.core.store import RECORD_FILE, ArtifactStore
 
 _VERSION = re.compile(r"^v\d+$")
 SCRATCH = ("quarantine", "superseded")  # set aside by the store: nothing reads them again

@@ -1,7 +1,5 @@
-"""Plan a manifest's stage graph from the stage registry and run it against the store.
+"""Run a manifest's planned stage graph (``planner.py``) against the store.
 
-``plan`` asks every registered stage for its config (the stages it does not
-need say None), orders them by their declared inputs, and chains the ids.
 ``run_pipeline`` reuses every artifact that verifies completely, quarantines and
 recomputes any that does not (a forged verdict is recomputed, never trusted),
 commits each new one atomically, writes the report, and publishes the bundle
@@ -10,7 +8,6 @@ only when the gate passed. This module imports no concrete stage.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -18,19 +15,15 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
-from pydantic import BaseModel
-
 import stages  # noqa: F401 - registers every stage and back-end
-from cskd.data.fingerprint import forget as forget_fingerprints
-from pipeline.core.contracts import Stage, StageContext, planning_without, recipe, registered_stages
+from pipeline.core.contracts import StageContext, recipe
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import confined
 from pipeline.core.manifest import Manifest
-from pipeline.core.store import Artifact, ArtifactStore, artifact_id
+from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.history import (
     check_owned,
     latest_version,
@@ -38,81 +31,9 @@ from pipeline.history import (
     planned_version,
     publish_version,
 )
+from pipeline.planner import PlannedStage, check_inputs, plan  # noqa: F401 - re-exported
+from pipeline.run_output import RunLog, progress_display
 from pipeline.tracking import track
-
-
-@dataclass(frozen=True)
-class PlannedStage:
-    stage: Stage
-    config: BaseModel
-    id: str
-    inputs: dict[str, str]  # input kind -> artifact id
-
-    @property
-    def kind(self) -> str:
-        return self.stage.kind
-
-
-def check_inputs(manifest: Manifest) -> None:
-    """Every file and folder the manifest names as input exists: the data (with the fix that
-    applies to its source) and the weights files. ``ManifestError`` (exit 2) names the first
-    one missing; nothing has been written yet."""
-    manifest.data.check_paths()
-    files = {"teacher.checkpoint.path": manifest.teacher.checkpoint, "teacher.init.path": manifest.teacher.init,
-             "student.init.path": manifest.student.init}
-    for name, ref in files.items():
-        if ref is not None and not Path(ref.path).is_file():
-            raise ManifestError(f"{name}: {ref.path} not found; give the weights file (a path relative to the "
-                                f"working directory, or absolute)")
-
-
-def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
-    """The stages the manifest asks for, in dependency order, with their ids.
-
-    With ``until``, only that stage and the stages it depends on.
-    """
-    check_inputs(manifest)
-    forget_fingerprints()  # read the data folders as they are now, once for this plan
-    steps = _plan(manifest, until)
-    ids = {s.kind: s.id for s in steps}
-    redundant = frozenset(s.kind for s in steps if s.stage.redundant(s.config, ids))
-    if redundant:  # e.g. the champion is the model this plan ships: plan as if it were not there
-        with planning_without(redundant):
-            steps = _plan(manifest, until)
-    return steps
-
-
-def _plan(manifest: Manifest, until: str | None) -> list[PlannedStage]:
-    chosen: dict[str, tuple[Stage, BaseModel]] = {}
-    for kind, cls in registered_stages().items():
-        config = cls.configure(manifest)
-        if config is not None:
-            chosen[kind] = (cls(), config)
-    needs = {kind: stage.inputs(config) for kind, (stage, config) in chosen.items()}
-    for kind, inputs in needs.items():
-        missing = [k for k in inputs if k not in chosen]
-        if missing:
-            raise RuntimeError(f"stage {kind!r} reads {missing} but the manifest enables no such stage")
-    try:
-        order = list(TopologicalSorter(needs).static_order())
-    except CycleError as exc:
-        raise RuntimeError(f"the stages' inputs form a cycle: {exc.args[1]}") from None
-    if until is not None:
-        keep, todo = set(), [until]
-        while todo:
-            kind = todo.pop()
-            if kind not in keep:
-                keep.add(kind)
-                todo.extend(needs[kind])
-        order = [k for k in order if k in keep]
-    ids: dict[str, str] = {}
-    planned = []
-    for kind in order:
-        stage, config = chosen[kind]
-        inputs = {k: ids[k] for k in needs[kind]}
-        ids[kind] = artifact_id(kind, stage.version, recipe(config), inputs)
-        planned.append(PlannedStage(stage, config, ids[kind], inputs))
-    return planned
 
 
 def output_folders(manifest: Manifest) -> dict[str, Path]:
@@ -181,26 +102,6 @@ def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifac
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-class RunLog:
-    """Every line a run prints, also appended to ``<store>/logs/<name>-<time>.log`` as it happens
-    (``tail -f`` it); the report folder gets a copy as ``run.log``."""
-
-    def __init__(self, store: ArtifactStore, name: str, echo: Callable[[str], None], *, quiet: bool):
-        self.path = store.root / "logs" / f"{name}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.log"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.echo, self.quiet = echo, quiet
-
-    def __call__(self, line: str, *, detail: bool = False) -> None:
-        with open(self.path, "a") as f:
-            f.write(line + "\n")
-        if not (detail and self.quiet):
-            self.echo(line)
-
-    def detail(self, line: str) -> None:
-        """A per-epoch line: in the log always, on screen unless quiet."""
-        self(line, detail=True)
-
-
 def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool = True, quiet: bool = False,
                  force: tuple[str, ...] = (), verbose: bool = False, echo: Callable[[str], None] = print) -> RunOutcome:
     """Run every stage (or those ``until`` needs). Raises ``GateFailed`` on a failing gate.
@@ -240,7 +141,7 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     outcome = RunOutcome()
     status = "error"
     try:
-        with _display(progress) as display:
+        with progress_display(progress) as display:
             _run_steps(store, steps, outcome, forced, display, log, verbose=verbose)
         if until is None:
             _finish(manifest, store, outcome, folders, run, clock, log)
@@ -251,27 +152,6 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
     finally:
         store.record_run({"run": run["id"], "status": status})
     return outcome
-
-
-@contextlib.contextmanager
-def _display(progress: bool):
-    """On a terminal: one rich display, an overall line per run and the stages' own bars. Lines the
-    run prints go above it."""
-    if not progress:
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), TimeElapsedColumn(),
-                  TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as display:
-        yield display
 
 
 def _units(step: PlannedStage) -> float:

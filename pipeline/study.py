@@ -20,14 +20,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import ManifestError, MissingBackend, PipelineError
+from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
+from pipeline.study_launch import check_launcher, run_local, run_submitit
 
 # The loss names a study takes, each a loss with its default settings.
 LOSS_PRESETS: dict[str, dict] = {
@@ -151,107 +151,6 @@ def cell_manifest(base: Manifest, cell: Cell) -> Manifest:
         raise ManifestError(f"study cell {cell.name}: {format_validation_error(exc)}") from None
 
 
-def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict:
-    """Run one cell up to validation (cached if done before); its result row. Runs in this
-    process, a ``--jobs`` worker, or a submitit job: everything it needs is in its arguments."""
-    import stages  # noqa: F401 - the registries, in a fresh worker process too
-    from pipeline.orchestrator import run_pipeline
-
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    manifest = cell_manifest(Manifest.model_validate_json(manifest_json), cell)
-    outcome = run_pipeline(manifest, until="validate", progress=False, quiet=True, echo=lambda line: None)
-    distill, validate = outcome.artifacts["distill"], outcome.artifacts["validate"]
-    epochs = manifest.student.train.epochs
-    samples = distill.metrics.get("train_samples", 0)
-    wall = float(distill.record.get("wall_s") or 0.0)
-    return {"loss": cell.loss.label, "loss_config": distill.record["config"]["loss"], "batch_size": cell.batch_size,
-            "seed": cell.seed, "student_top1": validate.metrics["student_top1"],
-            "teacher_top1": validate.metrics["teacher_top1"], "distill_id": distill.id,
-            "cached": all(r.status == "cached" for r in outcome.reports if r.kind in ("distill", "validate")),
-            "train_wall_s": wall, "images_per_s": round(samples * epochs / wall, 1) if wall else None,
-            "device": distill.record.get("environment", {}).get("device")}
-
-
-def _gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def _pin_worker(slots) -> None:
-    """A ``--jobs`` worker takes one GPU (or nothing on a CPU machine) for its lifetime."""
-    gpu = slots.get()
-    if gpu is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-
-
-def _run_local(manifest_json: str, cells: list[Cell], jobs: int, on_done: Callable[[dict], None],
-               echo: Callable[[str], None]) -> list[dict]:
-    if jobs == 1:
-        rows = []
-        for cell in cells:
-            echo(f"      {cell.name} ...  (epoch lines: the store's logs/)")
-            rows.append(run_cell(manifest_json, cell))
-            on_done(rows[-1])
-        return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    gpus = _gpu_count()
-    context = multiprocessing.get_context("spawn")  # CUDA cannot be forked
-    slots = context.Manager().Queue()
-    for i in range(jobs):
-        slots.put(i % gpus if gpus else None)
-    threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)  # CPU cells share the cores
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_worker, initargs=(slots,)) as pool:
-        futures = {pool.submit(run_cell, manifest_json, cell, threads): cell for cell in cells}
-        rows = []
-        for future in as_completed(futures):
-            rows.append(future.result())
-            on_done(rows[-1])
-    return rows
-
-
-def _check_launcher(launcher: str) -> None:
-    """A launcher whose back-end is missing is exit 3 with one line, before anything trains."""
-    if launcher == "local":
-        return
-    from pipeline.core.backends import installed
-
-    if not installed("submitit"):
-        raise MissingBackend(f"--launcher {launcher} needs submitit: pip install 'cskd-pipeline[cluster]'")
-    if launcher == "slurm" and not (shutil.which("sbatch") and shutil.which("srun")):
-        raise MissingBackend("--launcher slurm needs Slurm, and sbatch and srun are not on this machine's PATH; run "
-                             "the study on a Slurm login node, or use --launcher local")
-
-
-def _run_submitit(manifest_json: str, cells: list[Cell], *, cluster: str, folder: Path, jobs: int,
-                  slurm: dict, on_done: Callable[[dict], None]) -> list[dict]:
-    try:
-        import submitit
-    except ImportError:
-        raise MissingBackend("--launcher slurm needs submitit: pip install 'cskd-pipeline[cluster]'") from None
-    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    if cluster == "slurm":  # one GPU per cell; the scheduler spreads cells over its machines
-        executor.update_parameters(gpus_per_node=1, tasks_per_node=1, slurm_array_parallelism=jobs,
-                                   **{k: v for k, v in slurm.items() if v is not None})
-    else:
-        executor.update_parameters(timeout_min=slurm.get("timeout_min") or 60)
-    submitted = [executor.submit(run_cell, manifest_json, cell) for cell in cells]
-    rows = []
-    for job, cell in zip(submitted, cells, strict=True):
-        try:
-            rows.append(job.result())
-        except Exception as exc:  # submitit wraps the worker's exception with its log's path
-            raise PipelineError(f"study cell {cell.name} failed in job {job.job_id}: "
-                                f"{str(exc).strip().splitlines()[-1]} (logs: {folder})") from None
-        on_done(rows[-1])
-    return rows
-
-
 @dataclass(frozen=True)
 class StudyRequest:
     losses: list[LossSpec]
@@ -271,13 +170,13 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     """Run (or reuse) every cell, then the statistics; returns the study document."""
     from pipeline.orchestrator import output_folders, run_pipeline
 
-    _check_launcher(request.launcher)
+    check_launcher(request.launcher)
     labels = [s.label for s in request.losses]
     if request.reference not in labels:
         raise ManifestError(f"--reference {request.reference!r} is not among --losses ({', '.join(labels)})")
     cells = request.cells()
-    for cell in cells:  # every cell is a valid manifest before anything runs
-        cell_manifest(base, cell)
+    # every cell is a valid manifest before anything runs; a worker gets its cell's as JSON
+    work = [(cell_manifest(base, cell).model_dump_json(by_alias=True), cell) for cell in cells]
     folders = output_folders(base)
     started = time.perf_counter()
     # The shared upstream (data, teacher) once, here, before cells fan out: parallel cells
@@ -294,14 +193,13 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
              f"top-1 {row['student_top1']:.2f}" + ("  (cached)" if row["cached"] else
                                                   f"  ({row['train_wall_s']:.0f} s, {row['images_per_s'] or 0:.0f} img/s)"))
 
-    manifest_json = base.model_dump_json(by_alias=True)
     try:
         if request.launcher == "local":
-            _run_local(manifest_json, cells, request.jobs, on_done, echo)
+            run_local(work, request.jobs, on_done, echo)
         else:
-            _run_submitit(manifest_json, cells, cluster="slurm" if request.launcher == "slurm" else "local",
-                          folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},
-                          on_done=on_done)
+            run_submitit(work, cluster="slurm" if request.launcher == "slurm" else "local",
+                         folder=Path(base.store) / "study-jobs", jobs=request.jobs, slurm=request.slurm or {},
+                         on_done=on_done)
     except BaseException:  # interrupted or failed: keep what finished (complete: false); a rerun resumes
         if finished:
             write_study(_document(base, request, cells, finished, teacher, started, complete=False),

@@ -134,11 +134,21 @@ def _use_zmq(server: ls.LitServer) -> None:
     from litserve.transport.zmq_queue import Broker
     from litserve.transport.zmq_transport import ZMQTransport
 
+    class MainEnd(ZMQTransport):
+        """The main process's end, never set up (it neither sends nor receives): ZMQTransport.close
+        raises then, and LitServe's shutdown, which closes it first, would stop there and leave its
+        HTTP processes running, so that SIGTERM never ended the server. Workers unpickle the plain
+        class (``__reduce__``)."""
+
+        def close(self, **kwargs) -> None:
+            if self._zmq is not None:
+                super().close(**kwargs)
+
     def zmq_transport(config):
         broker = Broker()  # a thread of the main process; zmq.proxy runs outside the GIL
         broker.start()
         config.frontend_address, config.backend_address = broker.frontend_address, broker.backend_address
-        return ZMQTransport(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
+        return MainEnd(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
 
     server.transport_config.transport_type = "zmq"
     factory._create_zmq_transport = zmq_transport

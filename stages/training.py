@@ -19,7 +19,8 @@ import torch
 from pydantic import BaseModel
 
 from cskd.config import Strict, TrainConfig
-from cskd.engine import local_rank, rank, train
+from cskd.distributed import local_rank, rank
+from cskd.engine import train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
 from pipeline.core.data_section import TestData, TrainData

@@ -11,6 +11,7 @@ result).
 from __future__ import annotations
 
 import math
+import random
 
 import torch
 import torch.nn.functional as F
@@ -248,3 +249,41 @@ def strong_view(x: torch.Tensor, gen: torch.Generator, *, padding: int, flip: bo
     for _ in range(num_ops):
         x = _random_op(x, gen, select_all=select_all)
     return cutout(x, gen)
+
+
+# The streamed loader's per-sample views, drawn from a seeded ``random.Random`` per sample (a
+# resumed epoch replays them exactly).
+
+def resized_crop_box(height: int, width: int, rng: random.Random, scale=(0.08, 1.0),
+                      ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
+    """``v2.RandomResizedCrop``'s box (its ``make_params``, line for line) drawn from ``rng``: the
+    transform draws from torch's global generator, and saving and restoring that around every
+    sample costs more than decoding it."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect_ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target_area * aspect_ratio)))
+        h = int(round(math.sqrt(target_area / aspect_ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+    in_ratio = width / height  # fallback: the central crop
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def pad_crop_flip(image: torch.Tensor, rng: random.Random, *, padding: int, flip: bool) -> torch.Tensor:
+    """The weak view for one ``[C, H, W]`` image: zero-pad, crop back at a random offset, flip half."""
+    if padding:
+        h, w = image.shape[1:]
+        dy, dx = rng.randint(0, 2 * padding), rng.randint(0, 2 * padding)
+        image = torch.nn.functional.pad(image, (padding,) * 4)[:, dy:dy + h, dx:dx + w]
+    if flip and rng.random() < 0.5:
+        image = image.flip(-1)
+    return image.contiguous()

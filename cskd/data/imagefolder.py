@@ -112,7 +112,8 @@ def load_imagefolder(root: Path, *, image_size: int | None = None, grayscale: bo
         test = _read_folder(test_folder(root), classes, image_size, channels, max_pixels)
         mean, std = tensor_stats(train.images)
         return DataSet("imagefolder", train, test, len(classes), mean, std, tuple(classes))
-    from cskd.data.streaming import FileSplit, measured_stats
+    from cskd.data.split import measured_stats
+    from cskd.data.streaming import FileSplit
 
     splits: list[FileSplit] = []
     for folder in (root / "train", test_folder(root)):

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from cskd.data.imagefolder import class_folders, list_folder, test_folder
-from cskd.data.split import DataSet
-from cskd.data.streaming import FileSplit, Members, measured_stats
+from cskd.data.split import DataSet, measured_stats
+from cskd.data.streaming import FileSplit, Members
 from cskd.errors import DataError
 
 CLASSES_FILE = "classes.json"

@@ -96,3 +96,10 @@ def missing_files(name: str, root: Path, expected: str) -> DataError:
         f"data set {name!r}: files not found under {root} (expected {expected}); "
         f"put them there, or set data.download: true where the network allows"
     )
+
+
+def measured_stats(split: Split, *, samples: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """``batch_stats`` of a fixed, seeded sample of ``samples`` images of a split in memory or
+    streamed (``FileSplit``: its evaluation view, decoded)."""
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    return batch_stats(split.subset(pick).batches(256))

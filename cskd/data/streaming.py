@@ -20,7 +20,6 @@ A file that cannot be decoded stops the run with a ``DataError`` naming it.
 from __future__ import annotations
 
 import gc
-import math
 import os
 import random
 import weakref
@@ -32,9 +31,8 @@ import torch
 
 # Imported here, not in the workers: a forked worker inherits them instead of paying
 # for the import (a second or two) at every start.
-from cskd.data.augment import strong_view
+from cskd.data.augment import pad_crop_flip, resized_crop_box, strong_view
 from cskd.data.decode import decode_image
-from cskd.data.split import batch_stats
 from cskd.errors import DataError
 
 # From this size up, augmentation and evaluation are ImageNet style.
@@ -116,7 +114,7 @@ class FileSplit:
         """The un-augmented training view: the square below 64 px, a RandomResizedCrop from 64 px."""
         if not self.imagenet_style:
             return _square(image, self.size)
-        top, left, height, width = _resized_crop_box(image.shape[1], image.shape[2], rng)
+        top, left, height, width = resized_crop_box(image.shape[1], image.shape[2], rng)
         return _v2().functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
@@ -130,41 +128,6 @@ class FileSplit:
         first = self.subset(torch.arange(min(n, len(self))))
         return torch.cat(list(first.batches(256))) if len(first) else torch.empty(0, *self.sample_shape,
                                                                                   dtype=torch.uint8)
-
-
-def _resized_crop_box(height: int, width: int, rng: random.Random, scale=(0.08, 1.0),
-                      ratio=(3 / 4, 4 / 3)) -> tuple[int, int, int, int]:
-    """``v2.RandomResizedCrop``'s box (its ``make_params``, line for line) drawn from ``rng``: the
-    transform draws from torch's global generator, and saving and restoring that around every
-    sample costs more than decoding it."""
-    area = height * width
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect_ratio = math.exp(rng.uniform(*log_ratio))
-        w = int(round(math.sqrt(target_area * aspect_ratio)))
-        h = int(round(math.sqrt(target_area / aspect_ratio)))
-        if 0 < w <= width and 0 < h <= height:
-            return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-    in_ratio = width / height  # fallback: the central crop
-    if in_ratio < min(ratio):
-        w, h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        h, w = height, int(round(height * max(ratio)))
-    else:
-        w, h = width, height
-    return (height - h) // 2, (width - w) // 2, h, w
-
-
-def _pad_crop_flip(image: torch.Tensor, rng: random.Random, *, padding: int, flip: bool) -> torch.Tensor:
-    """The weak view for one ``[C, H, W]`` image: zero-pad, crop back at a random offset, flip half."""
-    if padding:
-        h, w = image.shape[1:]
-        dy, dx = rng.randint(0, 2 * padding), rng.randint(0, 2 * padding)
-        image = torch.nn.functional.pad(image, (padding,) * 4)[:, dy:dy + h, dx:dx + w]
-    if flip and rng.random() < 0.5:
-        image = image.flip(-1)
-    return image.contiguous()
 
 
 def _v2():
@@ -200,7 +163,7 @@ class _Samples(torch.utils.data.Dataset):
             return self.split.eval_view(image)
         rng = random.Random(seed)
         raw = self.split.train_view(image, rng)
-        weak = _pad_crop_flip(raw, rng, padding=self.crop_padding, flip=self.flip)
+        weak = pad_crop_flip(raw, rng, padding=self.crop_padding, flip=self.flip)
         if not self.strong:
             return weak
         # The paper preset's strong view (the in-memory path's code on a batch of one), on its own stream.
@@ -306,9 +269,3 @@ class StreamLoader:
             if strong is not None:
                 strong = strong.to(self.device, non_blocking=True)
             yield weak, labels[idx].to(self.device, non_blocking=True), strong
-
-
-def measured_stats(split: FileSplit, *, samples: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of the evaluation view of a fixed, seeded sample of ``samples`` images."""
-    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
-    return batch_stats(split.subset(pick).batches(256))

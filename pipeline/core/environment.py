@@ -1,8 +1,10 @@
-"""The software and hardware an artifact was made with (recorded in every artifact)."""
+"""The software and hardware an artifact was made with (recorded in every artifact), and whether
+a process of this machine is alive."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 from functools import lru_cache
 
@@ -32,3 +34,14 @@ def environment() -> dict:
         "openvino": package_version("openvino"),
         "cskd_pipeline": package_version("cskd-pipeline"),
     }
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this machine with that id is alive (one we may not signal counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

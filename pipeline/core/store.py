@@ -36,6 +36,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from pipeline.core.environment import pid_alive
 from pipeline.core.errors import OutputError, StoreError
 from pipeline.core.files import canonical_json, fsync_dir, sha256_file
 
@@ -295,14 +296,3 @@ def _read_json(path: Path) -> object:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this machine with that id is alive (one we may not signal counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

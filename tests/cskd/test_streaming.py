@@ -144,12 +144,12 @@ def test_the_random_resized_crop_box_keeps_torchvisions_scale_and_ratio_bounds()
     import math
     import random
 
-    from cskd.data.streaming import _resized_crop_box
+    from cskd.data.augment import resized_crop_box
 
     rng = random.Random(0)
     for height, width in ((96, 96), (120, 80), (64, 300)):
         for _ in range(2000):
-            top, left, h, w = _resized_crop_box(height, width, rng)
+            top, left, h, w = resized_crop_box(height, width, rng)
             assert 0 <= top <= height - h and 0 <= left <= width - w and h > 0 and w > 0
             if (h, w) != (height, width) and top != (height - h) // 2:  # not the fallback
                 # Rounding h and w moves area and ratio a little past the drawn bounds.
@@ -161,7 +161,7 @@ def test_the_random_resized_crop_box_keeps_torchvisions_scale_and_ratio_bounds()
     torch.manual_seed(0)
     theirs = v2.RandomResizedCrop(96).make_params
     image = torch.zeros(3, 120, 80)
-    ours = [math.prod(_resized_crop_box(120, 80, rng)[2:]) / 9600 for _ in range(8000)]
+    ours = [math.prod(resized_crop_box(120, 80, rng)[2:]) / 9600 for _ in range(8000)]
     torchvisions = [(lambda p: p["height"] * p["width"] / 9600)(theirs([image])) for _ in range(8000)]
     assert abs(sum(ours) / 8000 - sum(torchvisions) / 8000) < 0.015
 

@@ -81,6 +81,39 @@ def test_litserve_answers_over_zmq_with_its_addresses_the_right_way_round(tmp_pa
         transport.close()
 
 
+def _state(pid: str) -> str | None:
+    """A process's state letter (R, S, Z, ...), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0]
+    except OSError:
+        return None
+
+
+def _running_in_group(group: int, settle_s: float = 5.0) -> list[str]:
+    """The processes of a process group still running (zombies, exited and not yet reaped, do not
+    count), after up to ``settle_s`` for them to finish."""
+    deadline = time.monotonic() + settle_s
+    while True:
+        pids = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
+        running = [p for p in pids if _state(p) not in ("Z", None)]
+        if not running or time.monotonic() > deadline:
+            return running
+        time.sleep(0.2)
+
+
+def test_sigterm_ends_the_server_and_every_process_it_started(shipped_run):
+    """SIGTERM (what systemd, Kubernetes and stop_server send) ends ``serve`` by itself, its HTTP
+    and inference processes with it: no SIGKILL needed, nothing left running."""
+    folder = shipped_run[0]
+    process, _ = launch_server(folder / "shipped" / "tiny" / "latest", folder, "--engine", "litserve")
+    try:
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        assert _running_in_group(process.pid) == []
+    finally:
+        stop_server(process)
+
+
 def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split of the manifest the bundle was shipped from (the tiny one), as the pipeline draws it."""
     from pipeline.manifest_io import manifest_from_text

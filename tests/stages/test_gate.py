@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from pipeline.core.errors import ManifestError
 from pipeline.manifest_io import manifest_from_text
 from stages.gate import GateStage, describe_failures, evaluate_rules
 from tests.conftest import edited
@@ -330,3 +333,50 @@ def test_the_champion_rule_without_a_champion_or_not_comparable_or_other_images(
     validate_dir, champion = _champion_case(tmp_path / "c", 60, 50)
     better = champion_rule(rule, validate_dir, champion)
     assert better["passed"] and better["measured"] == 60.0 and better["threshold"] == 50.0 and "why" not in better
+
+
+def test_an_export_with_non_finite_logits_fails_a_rule_of_its_own_that_says_how_many():
+    from stages.gate import export_rules
+
+    metrics = _metrics(int8=89.5)
+    metrics["samples"] = 400
+    metrics["exports"]["onnx-int8"]["nonfinite"] = 7
+    rules = export_rules(99.0, {"onnx-int8": 100.0}, metrics)
+    broken = next(r for r in rules if "non-finite" in r["rule"])
+    assert broken == {"rule": "onnx-int8: test images with non-finite logits == 0", "measured": 7.0,
+                      "threshold": 0.0, "passed": False, "direction": "at_most", "measured_exact": 7.0,
+                      "target": "onnx-int8",
+                      "why": "onnx-int8 computed NaN or infinite logits on 7 of 400 test images; they count as "
+                             "wrong predictions"}
+    metrics["exports"]["onnx-int8"]["nonfinite"] = 0
+    assert not any("non-finite" in r["rule"] for r in export_rules(99.0, {"onnx-int8": 100.0}, metrics))
+
+
+@pytest.mark.parametrize(("changes", "says"), [
+    ({"gate__latency": {"max_p90_ms": 5}}, "gate.latency needs a 'latency' section that measures it"),
+    ({"latency": {"batch_sizes": [1]}, "gate__latency": {"max_p90_ms": 5, "batch": 64}},
+     "gate.latency.batch 64 is not in latency.batch_sizes"),
+    ({"latency": {"batch_sizes": [1]}, "gate__latency": {"max_p90_ms": 5, "backend": "onnx-int8"}},
+     "gate.latency.backend 'onnx-int8' is not in export.targets"),
+    ({"gate__serving": {"p99_ms": 50}}, "gate.serving needs a 'latency.serving' section that measures it"),
+    ({"latency": {"serving": {"concurrency": [1, 32]}}, "gate__serving": {"p99_ms": 50, "concurrency": 8}},
+     "gate.serving.concurrency 8 is not in latency.serving.concurrency"),
+])
+def test_a_gate_rule_that_nothing_measures_is_refused_with_what_to_add(changes, says):
+    from stages.gate import _measurable
+
+    with pytest.raises(ManifestError, match=re.escape(says)):
+        manifest_from_text(edited(**changes))
+    fine = manifest_from_text(edited(latency={"batch_sizes": [1], "serving": {"concurrency": [1, 32]}},
+                                     gate__latency={"max_p90_ms": 5, "backend": "fastest"},
+                                     gate__serving={"p99_ms": 50, "concurrency": 32}))
+    assert _measurable(fine) is None
+
+
+@pytest.mark.parametrize("backend", ["pytorch-eager", "fastest", "onnx"])
+def test_the_latency_rule_takes_the_eager_student_the_fastest_or_a_target(backend):
+    text = edited(latency={"batch_sizes": [1]}, gate__latency={"max_p90_ms": 5, "backend": backend})
+    assert manifest_from_text(text).gate.latency.backend == backend
+    with pytest.raises(ManifestError, match="unknown export target 'tensorflow'"):
+        manifest_from_text(edited(latency={"batch_sizes": [1]}, gate__latency={"max_p90_ms": 5,
+                                                                                "backend": "tensorflow"}))

@@ -53,3 +53,8 @@ def register_loss(config: type[LossConfig], *, examples: tuple[dict, ...] = ()):
         return build
 
     return decorate
+
+
+def registered_losses() -> dict[str, RegisteredLoss]:
+    """Every registered loss by kind (``cskd.loss_registry`` imports the built-in ones first)."""
+    return dict(_LOSSES)

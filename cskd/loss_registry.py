@@ -13,11 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from cskd import loss_configs  # noqa: F401 - the built-in losses register on import
-from cskd.loss_base import _LOSSES, LossConfig, RegisteredLoss, register_loss  # noqa: F401 - re-exported
-
-
-def registered_losses() -> dict[str, RegisteredLoss]:
-    return dict(_LOSSES)
+from cskd.loss_base import LossConfig, RegisteredLoss, register_loss, registered_losses  # noqa: F401 - re-exported
 
 
 def parse_loss(value: object) -> LossConfig:

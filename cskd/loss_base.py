@@ -58,3 +58,8 @@ def register_loss(config: type[LossConfig], *, examples: tuple[dict, ...] = ()):
 def registered_losses() -> dict[str, RegisteredLoss]:
     """Every registered loss by kind (``cskd.loss_registry`` imports the built-in ones first)."""
     return dict(_LOSSES)
+
+
+def unregister_loss(kind: str) -> None:
+    """Remove a loss (a test's own, when the test ends)."""
+    _LOSSES.pop(kind, None)

@@ -13,7 +13,13 @@ from __future__ import annotations
 import torch.nn as nn
 
 from cskd import loss_configs  # noqa: F401 - the built-in losses register on import
-from cskd.loss_base import LossConfig, RegisteredLoss, register_loss, registered_losses  # noqa: F401 - re-exported
+from cskd.loss_base import (  # noqa: F401 - re-exported
+    LossConfig,
+    RegisteredLoss,
+    register_loss,
+    registered_losses,
+    unregister_loss,
+)
 
 
 def parse_loss(value: object) -> LossConfig:

@@ -42,9 +42,6 @@ class SettingsRegistry:
         self._checks.pop(key, None)
         self._model = None
 
-    def keys(self) -> list[str]:
-        return list(self._keys)
-
     def checks(self) -> list[Callable[[Any], str | None]]:
         return list(self._checks.values())
 

@@ -130,7 +130,7 @@ def test_openvino_missing_is_exit_3_with_one_line(workdir, monkeypatch):
 def test_a_loss_registered_by_a_test_runs_through_the_distill_stage(workdir):
     import torch.nn.functional as F
 
-    from cskd.loss_registry import LossConfig, register_loss, registered_losses
+    from cskd.loss_registry import LossConfig, register_loss, registered_losses, unregister_loss
     from cskd.objectives import Objective
 
     def l1_logits(student_logits, teacher_logits):  # the pure function: [B, C], [B, C] -> scalar
@@ -161,7 +161,5 @@ def test_a_loss_registered_by_a_test_runs_through_the_distill_stage(workdir):
         history = [json.loads(line) for line in (distill / "metrics.jsonl").read_text().splitlines()]
         assert all(row["l1"] > 0 for row in history)  # the registered loss's term was trained on
     finally:
-        from cskd import loss_registry
-
-        loss_registry._LOSSES.pop("l1-test", None)
+        unregister_loss("l1-test")
     assert "l1-test" not in registered_losses()

@@ -21,6 +21,17 @@ from cskd.loss_base import (  # noqa: F401 - re-exported
     unregister_loss,
 )
 
+# The named losses (a loss with its default settings): what `study --losses` and QAD's
+# `export.int8.qad.loss` take. One place, so the two never spell a preset differently.
+LOSS_PRESETS: dict[str, dict] = {
+    "ce": {"kind": "ce"},
+    "kd": {"kind": "kd"},
+    "dkd": {"kind": "dkd"},
+    "dist": {"kind": "dist"},
+    "cskd-core": {"kind": "cskd", "preset": "core"},
+    "cskd-paper": {"kind": "cskd", "preset": "paper"},
+}
+
 
 def parse_loss(value: object) -> LossConfig:
     """A loss config from manifest data ``{kind: ..., ...}`` (or an already built config)."""

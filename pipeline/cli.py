@@ -83,18 +83,23 @@ def plan(manifest_opt: str | None, overrides: tuple[str, ...], as_json: bool) ->
     Example:  cskd-pipeline plan -o data.max_test_samples=500   (what would rerun)
     """
     from pipeline.core.store import ArtifactStore
+    from pipeline.orchestrator import on_demand
     from pipeline.orchestrator import plan as plan_graph
 
     manifest = load_from_option(manifest_opt, overrides)
     store = ArtifactStore(manifest.store)
-    rows = [{"stage": step.kind, "id": step.id, "cached": store.has(step.kind, step.id)} for step in plan_graph(manifest)]
+    steps = plan_graph(manifest)
+    deferred = on_demand(steps)
+    rows = [{"stage": step.kind, "id": step.id, "cached": store.has(step.kind, step.id),
+             "on_demand": step.kind in deferred} for step in steps]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if (line := manifest.export.auto_line()) is not None:
         click.echo(line)
     for row in rows:
-        click.echo(f"{row['stage']:<9} {row['id']}  {'cached' if row['cached'] else 'to run'}")
+        state = "cached" if row["cached"] else "if needed" if row["on_demand"] else "to run"
+        click.echo(f"{row['stage']:<9} {row['id']}  {state}")
 
 
 @main.command()

@@ -13,12 +13,12 @@ import os
 import shutil
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import stages  # noqa: F401 - registers every stage and back-end
-from pipeline.core.contracts import StageContext, recipe
+from pipeline.core.contracts import Inputs, StageContext, recipe
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import confined
@@ -31,7 +31,7 @@ from pipeline.history import (
     planned_version,
     publish_version,
 )
-from pipeline.planner import PlannedStage, check_inputs, plan  # noqa: F401 - re-exported
+from pipeline.planner import PlannedStage, check_inputs, on_demand, plan  # noqa: F401 - re-exported
 from pipeline.run_output import RunLog, progress_display
 from pipeline.tracking import track
 
@@ -85,7 +85,7 @@ def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None
     return None
 
 
-def _compute(store: ArtifactStore, step: PlannedStage, inputs: dict[str, Artifact], progress: object,
+def _compute(store: ArtifactStore, step: PlannedStage, inputs: Mapping[str, Artifact], progress: object,
              log: Callable[[str], None]) -> Artifact:
     tmp = store.new_tmp_dir(step.kind, step.id)
     try:
@@ -163,13 +163,13 @@ def _units(step: PlannedStage) -> float:
 
 def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutcome, forced: set[str], display,
                log: RunLog, *, verbose: bool = False) -> None:
-    overall = display.add_task("pipeline", total=sum(map(_units, steps)), overall=True) if display else None
-    done = 0.0
-    for number, step in enumerate(steps, 1):
-        if display:
-            display.update(overall, description=f"stage {number:>2}/{len(steps)}: {step.kind:<14}")
-        if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
-            break  # the report below says why; nothing ships
+    deferred = on_demand(steps)
+    by_kind = {step.kind: step for step in steps}
+    overall = display.add_task("pipeline", total=sum(_units(s) for s in steps if s.kind not in deferred),
+                               overall=True) if display else None
+
+    def obtain(step: PlannedStage) -> Artifact:
+        """The step's verified artifact from the store, or computed and committed now."""
         if verbose:
             log(f"[{step.kind:<8}] {step.id} recipe {json.dumps(recipe(step.config), sort_keys=True)} "
                 f"inputs {json.dumps({k: v[:12] for k, v in step.inputs.items()})}")
@@ -180,13 +180,24 @@ def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutc
             artifact = _usable(store, step, log)
             status = "cached"
             if artifact is None:
-                inputs = {kind: outcome.artifacts[kind] for kind in step.inputs}
+                inputs = Inputs(step.inputs, outcome.artifacts, lambda kind: obtain(by_kind[kind]))
                 artifact, status = _compute(store, step, inputs, display or False, log.detail), "ran"
         report = StageReport(step.kind, step.id, status, time.perf_counter() - started,
                              artifact.record.get("headline", ""))
         outcome.artifacts[step.kind] = artifact
         outcome.reports.append(report)
         log(report.line())
+        return artifact
+
+    done = 0.0
+    for number, step in enumerate(steps, 1):
+        if step.kind in deferred:
+            continue  # made when a reader asks for it
+        if display:
+            display.update(overall, description=f"stage {number:>2}/{len(steps)}: {step.kind:<14}")
+        if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
+            break  # the report below says why; nothing ships
+        obtain(step)
         if display:  # training advanced it epoch by epoch; a cached or resumed stage jumps to its end
             done += _units(step)
             display.update(overall, completed=done)

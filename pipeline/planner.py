@@ -60,6 +60,13 @@ def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
     return steps
 
 
+def on_demand(steps: list[PlannedStage]) -> set[str]:
+    """The kinds made only when a planned reader asks for them (``Stage.on_demand``); one that
+    nothing planned reads (``run --until`` it) runs in its place in the order."""
+    read = {kind for step in steps for kind in step.inputs}
+    return {step.kind for step in steps if step.kind in read and step.stage.on_demand(step.config)}
+
+
 def _plan(manifest: Manifest, until: str | None) -> list[PlannedStage]:
     chosen: dict[str, tuple[Stage, BaseModel]] = {}
     for kind, cls in registered_stages().items():

@@ -29,15 +29,6 @@ from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
 from pipeline.study_launch import check_launcher, run_local, run_submitit
 
-# The loss names a study takes, each a loss with its default settings.
-LOSS_PRESETS: dict[str, dict] = {
-    "ce": {"kind": "ce"},
-    "kd": {"kind": "kd"},
-    "dkd": {"kind": "dkd"},
-    "dist": {"kind": "dist"},
-    "cskd-core": {"kind": "cskd", "preset": "core"},
-    "cskd-paper": {"kind": "cskd", "preset": "paper"},
-}
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
 # Published training recipes a baseline can carry (`--losses kd@mdistiller`, or `--recipe own`),
@@ -75,7 +66,7 @@ def parse_losses(text: str) -> list[LossSpec]:
     with ``=`` and no ``:`` continues the variant before it."""
     import yaml
 
-    from cskd.loss_registry import registered_losses
+    from cskd.loss_registry import LOSS_PRESETS, registered_losses
 
     groups: list[list[str]] = []
     for item in (part.strip() for part in text.split(",")):
@@ -274,5 +265,5 @@ def markdown(study: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["LAUNCHERS", "LOSS_PRESETS", "Cell", "LossSpec", "StudyRequest", "markdown", "parse_losses",
+__all__ = ["LAUNCHERS", "Cell", "LossSpec", "StudyRequest", "markdown", "parse_losses",
            "run_study"]

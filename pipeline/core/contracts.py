@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -63,12 +63,31 @@ def recipe(config: BaseModel) -> dict:
     return config.model_dump(mode="json", by_alias=True, exclude=_exclusions(config) or None)
 
 
+class Inputs(Mapping):
+    """A stage's inputs by kind: the artifacts made before it, and on-demand ones made at their
+    first read (``Stage.on_demand``)."""
+
+    def __init__(self, kinds: dict[str, str], made: dict[str, Artifact], demand: Callable[[str], Artifact]):
+        self._kinds, self._made, self._demand = kinds, made, demand
+
+    def __getitem__(self, kind: str) -> Artifact:
+        if kind not in self._kinds:
+            raise KeyError(kind)
+        return self._made[kind] if kind in self._made else self._demand(kind)
+
+    def __iter__(self):
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+
 @dataclass
 class StageContext:
     out_dir: Path  # write outputs here (a temporary folder the runner commits)
     work_dir: Path  # resumable scratch that survives a killed run
     cache_dir: Path  # shared caches kept across artifacts (e.g. TensorRT timing cache)
-    inputs: dict[str, Artifact]  # verified input artifacts by kind
+    inputs: Mapping[str, Artifact]  # verified input artifacts by kind (an on-demand one is made when read)
     progress: object = False  # False, or the run's rich Progress display (a stage may add bars to it)
     log: Callable[[str], None] = print
 
@@ -107,6 +126,12 @@ class Stage(ABC):
     def inputs(self, config: BaseModel) -> tuple[str, ...]:
         """The kinds this stage reads; by default ``requires``."""
         return self.requires
+
+    def on_demand(self, config: BaseModel) -> bool:
+        """Whether this stage runs only when a reader asks for it, by reading ``ctx.inputs[kind]``
+        (QAD: only when post-training INT8 misses its budget). It is planned, and has its id, as
+        any stage; the runner computes it, or takes it from the store, at the first read."""
+        return False
 
     def redundant(self, config: BaseModel, ids: dict[str, str]) -> bool:
         """Given every planned id, whether this stage's result cannot matter (the champion is the very

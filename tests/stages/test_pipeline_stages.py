@@ -20,7 +20,7 @@ FULL = edited(export={"targets": ALL_CPU_TARGETS, "int8": {"calibration_images":
                       "fp16_max_drop": 100.0, "openvino": {"max_drop": 100.0}},
               latency={"batch_sizes": [1, 16], "runs": 100, "warmup": 2})
 
-DOWNSTREAM_OF_STUDENT = {"distill", "export", "export_fp16", "quantize", "openvino", "openvino_int8", "validate",
+DOWNSTREAM_OF_STUDENT = {"distill", "export", "export_fp16", "qad", "quantize", "openvino", "openvino_int8", "validate",
                          "latency", "gate", "ship"}
 # manifest edit (dotted path, value) -> the stages whose id must change (all others stay cached)
 EDITS = [
@@ -29,7 +29,11 @@ EDITS = [
     ("validate__seed", 1, {"validate", "gate", "ship"}),
     ("validate__bootstrap_resamples", 500, {"validate", "gate", "ship"}),
     ("student__train__epochs", 3, DOWNSTREAM_OF_STUDENT),
-    ("export__int8__max_drop", 2.0, {"quantize", "openvino_int8", "validate", "latency", "gate", "ship"}),
+    ("export__int8__max_drop", 2.0, {"quantize", "openvino_int8", "validate", "latency", "gate", "ship"}),  # not qad
+    ("export__int8__qad__epochs", 3, {"qad", "quantize", "openvino_int8", "validate", "latency", "gate", "ship"}),
+    ("export__int8__qad__when", "always", {"quantize", "openvino_int8", "validate", "latency", "gate", "ship"}),
+    ("export__int8__calibration_images", 256, {"qad", "quantize", "openvino_int8", "validate", "latency", "gate",
+                                               "ship"}),
     ("export__openvino__max_drop", 1.0, {"gate", "ship"}),
     ("export__fp16_max_drop", 1.0, {"gate", "ship"}),
     ("export__trt__max_drop", 1.0, set()),  # no trt target: nothing reads it

@@ -1,6 +1,6 @@
 """Quantization-aware distillation: the simulated INT8 model computes what the exported QDQ model
-says, QAD runs exactly when post-training INT8 misses its budget, and every QAD setting is in
-the quantize stage's id."""
+says, QAD runs exactly when post-training INT8 misses its budget, every QAD setting is in the QAD
+stage's id and no budget is."""
 
 from __future__ import annotations
 
@@ -159,13 +159,18 @@ def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run)
         assert drop >= 2.0, f"the unequalized student lost only {drop:.2f} points in INT8"
         result, held = run(max_drop=round(drop + 0.01, 2), qad={"epochs": 1})
         assert result.exit_code == 0 and held["qad"] is None and held["ptq_drop"] == pytest.approx(drop)
-        assert "[qad]" not in result.output
+        assert "[qad]" not in result.output and "[qad     ]" not in result.output  # not trained, not even read
         result, missed = run(max_drop=round(max(drop - 0.01, 0.0), 2), qad={"epochs": 1, "lr": 0.0005})
         assert missed["qad"] is not None and missed["ptq_drop"] == pytest.approx(drop), result.output
         assert missed["qad"]["epochs"] == 1 and missed["qad"]["loss"] == "cskd" and missed["qad"]["teacher"] == "teacher"
         assert missed["qad"]["parity"]["graph"]["top1_agreement"] >= 99.0
         assert "quantization-aware distillation" in (folder / ".cskd" / "logs").joinpath(
             sorted(p.name for p in (folder / ".cskd" / "logs").iterdir())[-1]).read_text()
+        assert "[qad     ] ran" in result.output
+        # A tighter budget reruns the quantize stage, not the training: QAD comes from the store.
+        result, tighter = run(max_drop=round(max(drop - 0.5, 0.0), 2), qad={"epochs": 1, "lr": 0.0005})
+        assert "[qad     ] cached" in result.output and "[quantize] ran" in result.output, result.output
+        assert tighter["qad"]["artifact"] == missed["qad"]["artifact"]
 
 
 def test_when_qad_still_misses_the_float_fallback_applies_to_the_qad_model(shipped_run):
@@ -222,16 +227,30 @@ def test_a_simulation_that_is_not_the_exported_model_skips_qad_and_the_fallback_
     assert card["val_drop"] <= 0.0  # the fallback, on the calibrated model, held the budget
 
 
-def test_every_qad_setting_is_in_the_quantize_stage_id(workdir):
+def test_every_qad_setting_is_in_the_qad_stage_id_and_no_budget_is(workdir):
+    from exports.cpu import machine_class
     from pipeline.manifest_io import load_manifest
     from pipeline.orchestrator import plan
 
-    def quantize_id(**qad) -> str:
-        text = edited(export={"targets": ["onnx", "onnx-int8"], "int8": {"qad": qad}})
-        return next(p.id for p in plan(load_manifest(write_manifest(workdir, text))) if p.kind == "quantize")
+    def ids(**int8) -> tuple[str | None, str]:
+        text = edited(export={"targets": ["onnx", "onnx-int8"], "int8": int8})
+        planned = {p.kind: p.id for p in plan(load_manifest(write_manifest(workdir, text)))}
+        return planned.get("qad"), planned["quantize"]
 
-    ids = [quantize_id(), quantize_id(when="always"), quantize_id(when="never"), quantize_id(epochs=3),
-           quantize_id(lr=0.01), quantize_id(loss="kd"), quantize_id(loss="cskd-core"),
-           quantize_id(teacher="fp32-student")]
-    assert len(set(ids)) == len(ids)
-    assert quantize_id() == quantize_id(when="on_drop", epochs=2, lr=0.001, loss="inherit", teacher="teacher")
+    base = ids()
+    trains_otherwise = [ids(qad={"epochs": 3}), ids(qad={"lr": 0.01}), ids(qad={"loss": "kd"}),
+                        ids(qad={"loss": "dist"}), ids(qad={"teacher": "fp32-student"}),
+                        ids(calibration_images=256), ids(calibration="entropy"), ids(activation_type="int8"),
+                        ids(per_channel=False), ids(reduce_range=machine_class() == "vnni"),  # not the default here
+                        ids(operators="all")]
+    qad_ids = [base[0], *(qad for qad, _ in trains_otherwise)]
+    assert None not in qad_ids and len(set(qad_ids)) == len(qad_ids)
+    always, never, budget = ids(qad={"when": "always"}), ids(qad={"when": "never"}), ids(max_drop=0.25)
+    quantize_ids = [base[1], *(q for _, q in trains_otherwise), always[1], never[1], budget[1]]
+    assert len(set(quantize_ids)) == len(quantize_ids)  # the quantize stage reads all of them
+    assert always[0] == base[0]  # when QAD runs is not what it computes
+    assert never[0] is None  # no QAD stage in the plan
+    assert budget[0] == base[0]  # editing the budget retrains nothing
+    assert ids(operators="weighted")[0] == base[0]  # QAD trains weighted under auto
+    assert ids(qad={"loss": "cskd-core"})[0] == base[0]  # the tiny student's own loss: what inherit means
+    assert base == ids(qad={"when": "on_drop", "epochs": 2, "lr": 0.001, "loss": "inherit", "teacher": "teacher"})

@@ -51,6 +51,7 @@ def plan(manifest: Manifest, *, until: str | None = None) -> list[PlannedStage]:
     """
     check_inputs(manifest)
     forget_fingerprints()  # read the data folders as they are now, once for this plan
+    manifest = manifest.model_copy(update={"data": manifest.data.decided()})  # in memory or streamed, once
     steps = _plan(manifest, until)
     ids = {s.kind: s.id for s in steps}
     redundant = frozenset(s.kind for s in steps if s.stage.redundant(s.config, ids))

@@ -147,6 +147,13 @@ class DataSection(Strict):
             return False
         return size > self.memory_limit_mib * 2**20
 
+    def decided(self) -> DataSection:
+        """This section with ``in_memory: auto`` resolved. The planner calls it once per plan: the
+        decision lists the whole training folder, and every stage's view reads it."""
+        if self.in_memory != "auto":
+            return self
+        return self.model_copy(update={"in_memory": not self.streams()})
+
     def source(self) -> DataSource:
         stream = self.streams()
         return DataSource(name=self.name, root=self.root, image_size=self.image_size, grayscale=self.grayscale,

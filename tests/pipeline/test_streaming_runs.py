@@ -41,6 +41,24 @@ def test_whether_a_folder_streams_is_in_the_ids_and_the_number_of_workers_is_not
     assert ids() == memory  # auto: 72 images of 8 x 8 fit in memory
 
 
+def test_a_plan_lists_the_training_folder_once_to_decide_in_memory_auto(workdir, monkeypatch):
+    """Every stage reading data resolves the same view; the folder (which may hold millions of
+    files) is listed for the decision once per plan, not once per stage."""
+    import cskd.data.imagefolder as imagefolder
+    from pipeline.manifest_io import load_manifest
+    from pipeline.orchestrator import plan
+
+    _write_folder(workdir / "images")
+    listed = []
+    measure = imagefolder.decoded_train_bytes
+    counted = lambda *args: listed.append(args) or measure(*args)  # noqa: E731 - counts cached calls too
+    counted.cache_clear = measure.cache_clear
+    monkeypatch.setattr(imagefolder, "decoded_train_bytes", counted)
+    section = {"name": "imagefolder", "root": "images", "image_size": 8, "grayscale": True}
+    steps = plan(load_manifest(write_manifest(workdir, edited(data=section))))
+    assert len([s for s in steps if hasattr(s.config, "data")]) >= 4 and len(listed) == 1
+
+
 def test_an_image_folder_sharded_by_the_shard_command_runs_to_the_end(workdir):
     """`cskd-pipeline shard` writes tar shards that read exactly as the folder does; a run on them
     ships, and a changed shard reruns the stages that read the training data."""

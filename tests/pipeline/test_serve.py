@@ -38,14 +38,17 @@ ENGINES = ["litserve", pytest.param("ray", marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=ENGINES)
-def server(shipped_run, request):
-    """The tiny run's shipped bundle served by each engine, dynamic batching on, 2 workers."""
+def server(shipped_run, request, tmp_path_factory):
+    """The tiny run's shipped bundle served by each engine, dynamic batching on, 2 workers (each
+    leaves its process id in ``pids``, for the test that kills one: the last of the module)."""
     folder, _, code, _ = shipped_run
     assert code == 0
     bundle = folder / "shipped" / "tiny" / "latest"
+    pids = tmp_path_factory.mktemp("pids")
     process, client, url = start_server(bundle, folder, "--engine", request.param, "--replicas", "2",
-                                        "--max-batch", "32", "--max-body-mb", "1")
-    yield bundle, client, url
+                                        "--max-batch", "32", "--max-body-mb", "1", "--request-timeout", "3",
+                                        pids=pids)
+    yield bundle, client, url, pids
     stop_server(process)
 
 
@@ -136,7 +139,7 @@ def _infer(client, images: np.ndarray, *, binary: bool = False) -> np.ndarray:
 def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server, binary):
     import onnxruntime as ort
 
-    bundle, client, _ = server
+    bundle, client, _, _ = server
     assert client.is_server_live() and client.is_model_ready("tiny")
     meta = client.get_model_metadata("tiny")
     assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and meta["outputs"][0]["name"] == "logits"
@@ -155,7 +158,7 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
 
     from PIL import Image
 
-    bundle, _, url = server
+    bundle, _, url, _ = server
     images, _ = _test_images(bundle)
     paths = []
     for i in range(12):
@@ -188,7 +191,7 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
 ])
 def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succeeds(server, name, request_kwargs,
                                                                                      status, says):
-    bundle, client, url = server
+    bundle, client, url, _ = server
     path = "/v1/classify" if "files" in request_kwargs else "/v2/models/tiny/infer"
     response = requests.post(url + path, timeout=30, **request_kwargs)
     assert response.status_code == status and says in response.text, response.text
@@ -207,7 +210,7 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_requests_by_status_time_them_and_histogram_the_batches(server):
-    bundle, client, url = server
+    bundle, client, url, _ = server
     images, _ = _test_images(bundle)
     before = _metrics(url)
     for n in (1, 2, 5):
@@ -234,7 +237,7 @@ def test_loadtest_measures_the_server_with_locust(server, tmp_path):
 
     from pipeline.cli import main
 
-    bundle, _, url = server
+    bundle, _, url, _ = server
     images, _ = _test_images(bundle)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -261,43 +264,37 @@ def test_loadtest_of_an_address_where_nothing_serves_is_one_line_exit_2():
     assert len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.slow  # two server starts and load tests of 8 s on each engine
-@pytest.mark.parametrize("engine", ["litserve", "ray"])
-def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(shipped_run, tmp_path, engine):
+@pytest.mark.slow  # load tests of 7 s on each engine, and a replica's restart
+def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(server):
+    """The module's server (it runs after every other test of the module on it): a replica killed
+    while 8 clients send requests; the errors while it is down are counted, a replacement starts,
+    and then no request fails."""
     import os
     import signal
     import threading
 
     from serving.loadtest import run_load
 
-    folder, _, _, _ = shipped_run
-    pids = tmp_path / "pids"
-    pids.mkdir()
-    process, _, url = start_server(folder / "shipped" / "tiny" / "latest", folder, "--engine", engine,
-                                   "--replicas", "2", "--request-timeout", "3", pids=pids)
-    try:
-        deadline = time.monotonic() + 120   # ready answers with the first replica; wait for both
-        while time.monotonic() < deadline and len(list(pids.iterdir())) < 2:
-            time.sleep(0.5)
-        first = {int(p.name) for p in pids.iterdir()}
-        assert len(first) >= 2
-        during: dict = {}
-        load = threading.Thread(target=lambda: during.update(run_load(
-            {"url": url, "model": "tiny", "concurrency": 8, "duration_s": 8})))
-        load.start()
-        time.sleep(4)
-        victim = min(first)
-        os.kill(victim, signal.SIGKILL)
-        load.join()
-        deadline = time.monotonic() + 120          # the engine starts a replacement
-        while time.monotonic() < deadline and not {int(p.name) for p in pids.iterdir()} - first:
-            time.sleep(0.5)
-        assert {int(p.name) for p in pids.iterdir()} - first, "no replica was started again"
-        assert during["requests"] > 0   # the errors while it was down are counted, not hidden
-        after = run_load({"url": url, "model": "tiny", "concurrency": 8, "duration_s": 4})
-        assert after["requests"] > 0 and after["failures"] == 0, after
-    finally:
-        stop_server(process)
+    _, _, url, pids = server
+    deadline = time.monotonic() + 120   # ready answers with the first replica; wait for both
+    while time.monotonic() < deadline and len(list(pids.iterdir())) < 2:
+        time.sleep(0.5)
+    first = {int(p.name) for p in pids.iterdir()}
+    assert len(first) >= 2
+    during: dict = {}
+    load = threading.Thread(target=lambda: during.update(run_load(
+        {"url": url, "model": "tiny", "concurrency": 8, "duration_s": 4})))
+    load.start()
+    time.sleep(2)
+    os.kill(min(first), signal.SIGKILL)
+    load.join()
+    deadline = time.monotonic() + 120          # the engine starts a replacement
+    while time.monotonic() < deadline and not {int(p.name) for p in pids.iterdir()} - first:
+        time.sleep(0.5)
+    assert {int(p.name) for p in pids.iterdir()} - first, "no replica was started again"
+    assert during["requests"] > 0   # the errors while it was down are counted, not hidden
+    after = run_load({"url": url, "model": "tiny", "concurrency": 8, "duration_s": 3})
+    assert after["requests"] > 0 and after["failures"] == 0, after
 
 
 # A Ray cluster of one node started with `ray start --head`, then a deployment onto it. Marked

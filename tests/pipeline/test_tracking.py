@@ -3,6 +3,7 @@ params, per-epoch metrics, artifacts and a registered model are read back throug
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -80,7 +81,9 @@ def mlflow_server(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
                              "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
                              "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
-                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            # no job runner (three huey consumer processes): the tracking API is what runs use
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):  # bounded: at most a minute to come up

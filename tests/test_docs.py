@@ -133,6 +133,9 @@ def test_the_sample_comparison_catches_a_changed_id_and_a_missing_line() -> None
     assert differences(sample, sample[:-1], same_cpu_class=False)
     timed = [re.sub(r"\b\d+\.\ds\b", "99.9s", line) for line in sample]
     assert not differences(sample, timed, same_cpu_class=True)     # timings are masked
+    raced = [re.sub(r"(fastest at batch \d+:) \S+", r"\1 onnx-fp16", line) for line in sample]
+    assert any("fastest" in line for line in sample)
+    assert not differences(sample, raced, same_cpu_class=True)     # so is which back-end won them
     assert condense(["[teacher ] r epoch 1/3 x", "[teacher ] r epoch 2/3 x", "[teacher ] r epoch 3/3 x",
                      "[teacher ] ran"]) == ["[teacher ] r epoch 1/3 x", "...", "[teacher ] ran"]
 

@@ -32,6 +32,7 @@ _VARYING = [
     (re.compile(r"\s+\d+\.\ds\b"), " <s>"),                                 # stage time (its padding too)
     (re.compile(r"\b\d+ KiB\b"), "<KiB>"),                                   # file sizes vary by metadata bytes
     (re.compile(r"\b\d+ img/s\b"), "<img/s>"),                              # throughput
+    (re.compile(r"(fastest at batch \d+:) \S+"), r"\1 <backend>"),            # which back-end wins a timing
     (re.compile(r"ETA \d+:\d\d(:\d\d)?"), "ETA <t>"),
     (re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}"), "<run>"),                      # run id
 ]

@@ -167,6 +167,10 @@ def build(options: ServeOptions, *, add_routes: Callable) -> ls.LitServer:
                           timeout=options.request_timeout_s, fast_queue=True,
                           middlewares=[JsonBodies, Measured], max_payload_size=int(options.max_body_mb * 2**20),
                           healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
+    # SIGTERM gives requests in flight their own timeout to finish, not uvicorn's 30 s per HTTP
+    # process: after a worker died under load, requests it held never finish, and the shutdown
+    # waited the full 30 s for each HTTP process (61 s with 2 workers) before killing them.
+    server.uvicorn_graceful_timeout = options.request_timeout_s + 1.0
     _use_zmq(server)
     add_routes(server.app, options)
     return server

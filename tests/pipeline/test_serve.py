@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -37,6 +38,14 @@ def start_server(bundle: Path, cwd: Path, *args: str, pids: Path | None = None, 
 ENGINES = ["litserve", pytest.param("ray", marks=pytest.mark.slow)]
 
 
+class Served(NamedTuple):
+    bundle: Path
+    client: object  # tritonclient's InferenceServerClient
+    url: str
+    pids: Path  # one file per live replica, named by its process id
+    process: subprocess.Popen
+
+
 @pytest.fixture(scope="module", params=ENGINES)
 def server(shipped_run, request, tmp_path_factory):
     """The tiny run's shipped bundle served by each engine, dynamic batching on, 2 workers (each
@@ -48,7 +57,7 @@ def server(shipped_run, request, tmp_path_factory):
     process, client, url = start_server(bundle, folder, "--engine", request.param, "--replicas", "2",
                                         "--max-batch", "32", "--max-body-mb", "1", "--request-timeout", "3",
                                         pids=pids)
-    yield bundle, client, url, pids
+    yield Served(bundle, client, url, pids, process)
     stop_server(process)
 
 
@@ -139,7 +148,7 @@ def _infer(client, images: np.ndarray, *, binary: bool = False) -> np.ndarray:
 def test_tritonclient_gets_the_cards_onnx_predictions_and_top1(server, binary):
     import onnxruntime as ort
 
-    bundle, client, _, _ = server
+    bundle, client = server.bundle, server.client
     assert client.is_server_live() and client.is_model_ready("tiny")
     meta = client.get_model_metadata("tiny")
     assert meta["inputs"][0]["shape"] == [-1, 1, 8, 8] and meta["outputs"][0]["name"] == "logits"
@@ -158,7 +167,7 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
 
     from PIL import Image
 
-    bundle, _, url, _ = server
+    bundle, url = server.bundle, server.url
     images, _ = _test_images(bundle)
     paths = []
     for i in range(12):
@@ -191,7 +200,7 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
 ])
 def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succeeds(server, name, request_kwargs,
                                                                                      status, says):
-    bundle, client, url, _ = server
+    bundle, client, url = server.bundle, server.client, server.url
     path = "/v1/classify" if "files" in request_kwargs else "/v2/models/tiny/infer"
     response = requests.post(url + path, timeout=30, **request_kwargs)
     assert response.status_code == status and says in response.text, response.text
@@ -210,7 +219,7 @@ def _metrics(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def test_metrics_count_requests_by_status_time_them_and_histogram_the_batches(server):
-    bundle, client, url, _ = server
+    bundle, client, url = server.bundle, server.client, server.url
     images, _ = _test_images(bundle)
     before = _metrics(url)
     for n in (1, 2, 5):
@@ -237,7 +246,7 @@ def test_loadtest_measures_the_server_with_locust(server, tmp_path):
 
     from pipeline.cli import main
 
-    bundle, _, url, _ = server
+    bundle, url = server.bundle, server.url
     images, _ = _test_images(bundle)
     folder = tmp_path / "images"
     folder.mkdir()
@@ -266,16 +275,16 @@ def test_loadtest_of_an_address_where_nothing_serves_is_one_line_exit_2():
 
 @pytest.mark.slow  # load tests of 7 s on each engine, and a replica's restart
 def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(server):
-    """The module's server (it runs after every other test of the module on it): a replica killed
-    while 8 clients send requests; the errors while it is down are counted, a replacement starts,
-    and then no request fails."""
+    """The module's server (this test runs after every other test of the module on it, and stops
+    it): a replica killed while 8 clients send requests; the errors while it is down are counted,
+    a replacement starts, then no request fails, and SIGTERM ends the server in seconds."""
     import os
     import signal
     import threading
 
     from serving.loadtest import run_load
 
-    _, _, url, pids = server
+    url, pids = server.url, server.pids
     deadline = time.monotonic() + 120   # ready answers with the first replica; wait for both
     while time.monotonic() < deadline and len(list(pids.iterdir())) < 2:
         time.sleep(0.5)
@@ -295,6 +304,10 @@ def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(server)
     assert during["requests"] > 0   # the errors while it was down are counted, not hidden
     after = run_load({"url": url, "model": "tiny", "concurrency": 8, "duration_s": 3})
     assert after["requests"] > 0 and after["failures"] == 0, after
+    # SIGTERM still ends it, giving requests in flight their timeout (3 s), not 30 s per HTTP process
+    stopping = time.monotonic()
+    server.process.terminate()
+    assert server.process.wait(timeout=60) == 0 and time.monotonic() - stopping < 20
 
 
 # A Ray cluster of one node started with `ray start --head`, then a deployment onto it. Marked

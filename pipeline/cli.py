@@ -196,14 +196,16 @@ def _export_triton(manifest, out: Path, *, quiet: bool) -> list[Path]:
     from exports.triton import Batching, check_repository_folder, write_repository
     from pipeline.core.backends import backend
     from pipeline.core.errors import OutputError
+    from pipeline.core.records import BundleRecord, kind_of, need
     from pipeline.orchestrator import run_pipeline
 
     try:
         check_repository_folder(out)  # before any compute
     except FileExistsError as exc:
         raise OutputError(str(exc)) from None
-    outcome = run_pipeline(manifest, until="ship", progress=not quiet and sys.stderr.isatty(), quiet=quiet)
-    bundle = outcome.artifacts["ship"].file("model_card.json").parent
+    outcome = run_pipeline(manifest, until=kind_of(BundleRecord), progress=not quiet and sys.stderr.isatty(),
+                           quiet=quiet)
+    bundle = need(outcome.artifacts, BundleRecord).file(BundleRecord.CARD).parent
     targets = [t for t in manifest.export.targets if backend(t).shipped]
     preferred = tuple(b for b in (manifest.latency.batch_sizes if manifest.latency else [64]) if b > 1)
     batching = Batching(max_batch_size=manifest.export.trt.max_batch, preferred=preferred)

@@ -282,8 +282,9 @@ def bundle_verify(directory: Path) -> None:
     """
     from pipeline.core.errors import ManifestError, StoreError
     from pipeline.core.files import sha256_file
+    from pipeline.core.records import BundleRecord
 
-    card_path = directory / "model_card.json"
+    card_path = directory / BundleRecord.CARD
     try:
         files = json.loads(card_path.read_text())["files"]
         assert isinstance(files, dict)

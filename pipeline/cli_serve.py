@@ -18,14 +18,15 @@ def _interrupt(*_) -> None:
 def resolve_bundle(what: str, ship_dir: Path) -> Path:
     """A bundle folder as given, or the latest shipped version of a name."""
     from pipeline.core.errors import ManifestError
+    from pipeline.core.records import BundleRecord
 
     given = Path(what)
-    if (given / "model_card.json").is_file():
+    if (given / BundleRecord.CARD).is_file():
         return given
     latest = ship_dir / what / "latest"
-    if (latest / "model_card.json").is_file():
+    if (latest / BundleRecord.CARD).is_file():
         return latest
-    raise ManifestError(f"{what}: neither a bundle folder (with model_card.json) nor a name shipped under "
+    raise ManifestError(f"{what}: neither a bundle folder (with {BundleRecord.CARD}) nor a name shipped under "
                         f"{ship_dir}/ (no {latest}); give shipped/<name>/v<N> or a shipped name")
 
 

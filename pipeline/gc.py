@@ -27,6 +27,7 @@ from pathlib import Path
 from pipeline.core.environment import pid_alive
 from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import read_marker
+from pipeline.core.records import BundleRecord
 from pipeline.core.store import RECORD_FILE, ArtifactStore
 
 _VERSION = re.compile(r"^v\d+$")
@@ -47,7 +48,7 @@ def _card_lineage(ship_dir: Path) -> dict[tuple[str, str], str]:
     for version in sorted(p for p in ship_dir.iterdir() if _VERSION.match(p.name) and p.is_dir()):
         if version.is_symlink() or read_marker(version) is None:
             continue
-        card = version / "model_card.json"
+        card = version / BundleRecord.CARD
         try:
             artifacts = json.loads(card.read_text())["artifacts"]
             pairs = [(str(kind), str(art_id)) for kind, art_id in artifacts.items()]

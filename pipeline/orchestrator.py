@@ -23,6 +23,16 @@ from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
 from pipeline.core.files import confined
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import (
+    BundleRecord,
+    Found,
+    VerdictRecord,
+    checked,
+    find,
+    kind_of,
+    need,
+    reread,
+)
 from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.history import (
     check_owned,
@@ -93,6 +103,7 @@ def _compute(store: ArtifactStore, step: PlannedStage, inputs: Mapping[str, Arti
                            inputs=inputs, progress=progress, log=log)
         started = time.perf_counter()
         result = step.stage.run(step.config, ctx)
+        checked(step.kind, step.stage.Record, result.metrics)  # what the layer above reads is what the stage declared
         record = {"version": step.stage.version, "config": recipe(step.config), "inputs": step.inputs,
                   "metrics": result.metrics, "headline": result.headline, "environment": environment(),
                   "wall_s": round(time.perf_counter() - started, 3), **result.extra}
@@ -195,7 +206,7 @@ def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutc
             continue  # made when a reader asks for it
         if display:
             display.update(overall, description=f"stage {number:>2}/{len(steps)}: {step.kind:<14}")
-        if step.kind == "ship" and outcome.artifacts["gate"].metrics.get("passed") is not True:
+        if step.kind == kind_of(BundleRecord) and not need(outcome.artifacts, VerdictRecord).record.passed:
             break  # the report below says why; nothing ships
         obtain(step)
         if display:  # training advanced it epoch by epoch; a cached or resumed stage jumps to its end
@@ -244,10 +255,10 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
 
     run.update(duration_s=round(time.perf_counter() - clock, 1), stages_ran=[r.kind for r in outcome.reports
                                                                                if r.status == "ran"])
-    gate = store.get("gate", outcome.artifacts["gate"].id)  # re-read from the verified record
-    passed = gate.metrics.get("passed") is True
-    ship = outcome.artifacts.get("ship")
-    bundle = planned_version(folders["ship.dir"], ship.metrics["bundle_key"]) if passed and ship else None
+    gate = reread(store, outcome.artifacts, VerdictRecord)  # the verdict acted on, verified again
+    passed = gate.record.passed
+    ship = find(outcome.artifacts, BundleRecord)
+    bundle = planned_version(folders["ship.dir"], ship.record.bundle_key) if passed and ship else None
     # A run that ships always becomes latest: the champion rule already held (or promote: always).
     run["release"] = {"version": bundle.name if bundle else None, "latest": bundle is not None,
                       "path": os.path.relpath(bundle) if bundle else None,
@@ -256,32 +267,31 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
                                       bundle=bundle)
     if not passed:
         track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)
-        reason = gate.record.get("headline", "").removeprefix("FAIL: ")
+        reason = gate.artifact.record.get("headline", "").removeprefix("FAIL: ")
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
     outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"], run=run, gate=gate)
     track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
 
 
 def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path, *, run: dict,
-            gate: Artifact) -> Path:
+            gate: Found[VerdictRecord]) -> Path:
     """The verified bundle and the run's report as a version under ``<ship.dir>/<name>/``: the
     existing version when these models shipped before, else a new one (never overwritten). The
     bundle's report.html links its files by their names, so the folder works wherever it is copied.
     ``gate``: the verified gate record the caller read (its verdict goes into releases.jsonl)."""
     from pipeline.report import render_html
 
-    bundle = store.get("ship", outcome.artifacts["ship"].id)
+    bundle = reread(store, outcome.artifacts, BundleRecord)
 
     def fill(tmp: Path) -> None:
-        for name in bundle.metrics["files"]:
+        for name in bundle.record.files:
             shutil.copyfile(bundle.file(name), tmp / name)
         shutil.copyfile(outcome.report_dir / "report.json", tmp / "report.json")
         report = json.loads((tmp / "report.json").read_text())
-        (tmp / "report.html").write_text(render_html(report, {name: name for name in bundle.metrics["files"]}))
+        (tmp / "report.html").write_text(render_html(report, {name: name for name in bundle.record.files}))
 
     marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}
-    verdict = {"passed": True, "gate_artifact": gate.id,
-               "rules": [r["rule"] for r in gate.metrics.get("rules", [])]}
-    target, _ = publish_version(folder, bundle.metrics["bundle_key"], fill, marker=marker, run=run["id"],
+    verdict = {"passed": True, "gate_artifact": gate.id, "rules": [r["rule"] for r in gate.record.rules]}
+    target, _ = publish_version(folder, bundle.record.bundle_key, fill, marker=marker, run=run["id"],
                                 gate=verdict)
     return target

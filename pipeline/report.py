@@ -17,9 +17,21 @@ from pathlib import Path
 from pipeline.core.backends import backends, fastest_passing
 from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import (
+    BundleRecord,
+    LatencyRecord,
+    QuantizationRecord,
+    ServingRecord,
+    StudentRecord,
+    TeacherRecord,
+    ValidationRecord,
+    VerdictRecord,
+    find,
+    metrics_of,
+    need,
+    training_curves,
+)
 from pipeline.core.store import Artifact
-
-WEIGHTS = "model.safetensors"
 
 
 def fastest(latency: dict, gate: dict) -> dict[str, dict]:
@@ -47,14 +59,6 @@ def latency_warnings(latency: dict) -> list[str]:
     return warnings
 
 
-def training_curves(artifact: Artifact | None) -> list[dict]:
-    """The per-epoch rows a training artifact recorded (metrics.jsonl); empty for any other."""
-    path = artifact.file("metrics.jsonl") if artifact is not None else None
-    if path is None or not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def served(serving: dict) -> dict:
     """The serving stage's figures with each load level's share of the in-process throughput at
     the largest batch (the most the runtime does without HTTP) and p99 over p50."""
@@ -69,14 +73,14 @@ def served(serving: dict) -> dict:
 
 def _compression(artifacts: dict[str, Artifact], latency: dict | None) -> list[dict]:
     """Teacher against student: parameters, weights size, test top-1, eager latency per batch."""
-    validate = artifacts["validate"].metrics
+    validation = need(artifacts, ValidationRecord).record
     rows = []
-    for who, kind, backend in (("teacher", "teacher", "teacher-eager"), ("student", "distill", "pytorch-eager")):
-        art = artifacts[kind]
+    for who, role, backend in (("teacher", TeacherRecord, "teacher-eager"), ("student", StudentRecord, "pytorch-eager")):
+        trained = need(artifacts, role)
         cells = {c["batch"]: c for c in (latency or {"results": []})["results"] if c["backend"] == backend}
-        rows.append({"model": who, "architecture": art.record["config"]["model"],
-                     "parameters": art.metrics.get("parameters"), "bytes": art.file(WEIGHTS).stat().st_size,
-                     "top1": validate[f"{who}_top1"], "latency": cells})
+        rows.append({"model": who, "architecture": trained.artifact.record["config"]["model"],
+                     "parameters": trained.record.parameters, "bytes": trained.file(role.WEIGHTS).stat().st_size,
+                     "top1": getattr(validation, f"{who}_top1"), "latency": cells})
     teacher, student = rows
     student["size_ratio"] = (teacher["parameters"] / student["parameters"]
                              if teacher["parameters"] and student["parameters"] else None)
@@ -89,24 +93,25 @@ def _deployables(artifacts: dict[str, Artifact], latency: dict | None, gate: dic
     """The report's first table: the teacher, then every exported file of the student as it ships
     (size on disk, test top-1 through its own runtime, p50 per batch size), with the ratios to the
     teacher, and whether its accuracy budget held (only those can be the fastest)."""
-    validate = artifacts["validate"].metrics
+    validate = need(artifacts, ValidationRecord).record
     cells = {(c["backend"], c["batch"]): c for c in (latency or {"results": []})["results"]}
     batches = sorted({c["batch"] for c in (latency or {"results": []})["results"]})
     failed = {r.get("target") for r in gate.get("rules", []) if not r["passed"]}
-    teacher = artifacts["teacher"]
-    rows = [{"model": "teacher", "runtime": "PyTorch", "files": [], "bytes": teacher.file(WEIGHTS).stat().st_size,
-             "top1": validate["teacher_top1"], "within_budget": None,
+    teacher = need(artifacts, TeacherRecord)
+    rows = [{"model": "teacher", "runtime": "PyTorch", "files": [],
+             "bytes": teacher.file(TeacherRecord.WEIGHTS).stat().st_size, "top1": validate.teacher_top1,
+             "within_budget": None,
              "p50_ms": {b: cells[("teacher-eager", b)]["p50_ms"] for b in batches if ("teacher-eager", b) in cells}}]
     for target, entry in backends().items():
-        if entry.kind not in artifacts or target not in validate["models"]:
+        if entry.kind not in artifacts or target not in validate.models:
             continue
         # the bundle's copy where there is one: it carries the class names and input spec in its metadata
-        bundle = artifacts.get("ship")
+        bundle = find(artifacts, BundleRecord)
         files = {name: bundle.file(name) if bundle is not None and bundle.file(name).is_file()
                  else artifacts[entry.kind].file(inner) for name, inner in entry.shipped.items()}
         rows.append({"model": f"student {target}", "runtime": target, "files": sorted(files),
                      "bytes": sum(f.stat().st_size for f in files.values() if f.is_file()),
-                     "top1": validate["models"][target]["top1"], "within_budget": target not in failed,
+                     "top1": validate.models[target]["top1"], "within_budget": target not in failed,
                      "p50_ms": {b: cells[(target, b)]["p50_ms"] for b in batches if (target, b) in cells}})
     for row in rows[1:]:
         row["smaller"] = rows[0]["bytes"] / row["bytes"] if row["bytes"] else None
@@ -130,19 +135,22 @@ def _confusion(artifacts: dict[str, Artifact]) -> dict[str, list[list[int]]]:
 
     from cskd.checkpoint import load_tensors
 
-    preds = load_tensors(artifacts["validate"].file("predictions.safetensors"))
+    validation = need(artifacts, ValidationRecord)
+    preds = load_tensors(validation.file(ValidationRecord.PREDICTIONS))
     labels = preds["labels"].numpy()
-    classes = list(range(artifacts["validate"].metrics["num_classes"]))
+    classes = list(range(validation.record.num_classes))
     return {who: confusion_matrix(labels, preds[who].numpy().argmax(1), labels=classes).tolist()
             for who in ("student", "teacher")}
 
 
 def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
-    validate = artifacts["validate"].metrics
-    distill = artifacts["distill"].metrics
-    data = {**artifacts["validate"].record.get("data", {}), "train": distill.get("train_samples"),
-            "val": distill.get("val_samples"), "test": validate["samples"]}
-    latency = artifacts["latency"].metrics if "latency" in artifacts else None
+    validation = need(artifacts, ValidationRecord)
+    validate, student = validation.artifact.metrics, need(artifacts, StudentRecord).record
+    verdict = need(artifacts, VerdictRecord).artifact.metrics
+    data = {**validation.artifact.record.get("data", {}), "train": student.train_samples,
+            "val": student.val_samples, "test": validation.record.samples}
+    latency = metrics_of(artifacts, LatencyRecord)
+    serving = metrics_of(artifacts, ServingRecord)
     names = data.get("class_names") or [str(i) for i in range(validate["num_classes"])]
     models = validate["models"]
     return {
@@ -157,23 +165,23 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
                     for kind, art in artifacts.items()],
         "metrics": validate,
         "compression": _compression(artifacts, latency),
-        "deployables": _deployables(artifacts, latency, artifacts["gate"].metrics),
+        "deployables": _deployables(artifacts, latency, verdict),
         "paired": paired_sentence(validate),
         "latency": latency,
         "latency_warnings": latency_warnings(latency) if latency else [],
-        "serving": served(artifacts["serving"].metrics) if "serving" in artifacts else None,
-        "fastest": fastest(latency, artifacts["gate"].metrics) if latency else None,
-        "quantization": artifacts["quantize"].metrics if "quantize" in artifacts else None,
+        "serving": served(serving) if serving else None,
+        "fastest": fastest(latency, verdict) if latency else None,
+        "quantization": metrics_of(artifacts, QuantizationRecord),
         "confusion": _confusion(artifacts),
         "per_class": [{"class": names[c], "teacher": t, "student": s,
                        "delta": (s - t) if s is not None and t is not None else None}
                       for c, (s, t) in enumerate(zip(models["student"]["per_class"], models["teacher"]["per_class"],
                                                      strict=True))],
-        "gate": artifacts["gate"].metrics,
+        "gate": verdict,
         # validate.paper_protocol: the best epoch chosen on the test set (labelled; never read by the gate)
-        "paper_protocol": artifacts["distill"].metrics.get("paper_protocol") if "distill" in artifacts else None,
-        "training": {"teacher": training_curves(artifacts.get("teacher")),
-                     "student": training_curves(artifacts.get("distill"))},
+        "paper_protocol": student.paper_protocol,
+        "training": {"teacher": training_curves(need(artifacts, TeacherRecord).artifact),
+                     "student": training_curves(need(artifacts, StudentRecord).artifact)},
         "manifest": manifest.model_dump(mode="json", by_alias=True),
     }
 
@@ -275,8 +283,9 @@ def write_report(manifest: Manifest, artifacts: dict[str, Artifact], folder: Pat
 
     report = {**build_report(manifest, artifacts), "run": run}
     here = folder / RUNS / run["id"]
-    links = {name: os.path.relpath(bundle / name, here) for name in artifacts["ship"].metrics["files"]} \
-        if bundle is not None and "ship" in artifacts else {}
+    shipped = find(artifacts, BundleRecord)
+    links = {name: os.path.relpath(bundle / name, here) for name in shipped.record.files} \
+        if bundle is not None and shipped is not None else {}
 
     def fill(tmp: Path) -> None:
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -284,5 +293,5 @@ def write_report(manifest: Manifest, artifacts: dict[str, Artifact], folder: Pat
         if log is not None and log.is_file():
             shutil.copyfile(log, tmp / "run.log")
 
-    marker = {"manifest": manifest.name, "what": "run report", "gate_artifact": artifacts["gate"].id}
+    marker = {"manifest": manifest.name, "what": "run report", "gate_artifact": need(artifacts, VerdictRecord).id}
     return write_run(folder, run["id"], fill, marker=marker)

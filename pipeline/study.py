@@ -159,6 +159,7 @@ class StudyRequest:
 
 def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every cell, then the statistics; returns the study document."""
+    from pipeline.core.records import TeacherRecord, kind_of, need
     from pipeline.orchestrator import output_folders, run_pipeline
 
     check_launcher(request.launcher)
@@ -172,8 +173,8 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
     started = time.perf_counter()
     # The shared upstream (data, teacher) once, here, before cells fan out: parallel cells
     # must not all train the same teacher.
-    teacher = run_pipeline(cell_manifest(base, cells[0]), until="teacher", progress=False, echo=echo)
-    echo(f"teacher {base.teacher.model}: {teacher.artifacts['teacher'].record.get('headline', '')}")
+    teacher = run_pipeline(cell_manifest(base, cells[0]), until=kind_of(TeacherRecord), progress=False, echo=echo)
+    echo(f"teacher {base.teacher.model}: {need(teacher.artifacts, TeacherRecord).artifact.record.get('headline', '')}")
     echo(f"study {base.name}: {len(cells)} cells ({len(request.losses)} losses x {len(request.batch_sizes)} "
          f"batch sizes x {request.seeds} seeds), launcher {request.launcher}, jobs {request.jobs}")
     finished: list[dict] = []
@@ -204,6 +205,7 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
 def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: list[dict], teacher, started: float,
               *, complete: bool) -> dict:
     from pipeline.core.environment import environment
+    from pipeline.core.records import TeacherRecord, need
     from pipeline.study_stats import summarize
 
     order = {(c.loss.label, c.batch_size, c.seed): i for i, c in enumerate(cells)}
@@ -216,7 +218,7 @@ def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: li
                   "reference": request.reference, "launcher": request.launcher, "jobs": request.jobs,
                   "teacher": base.teacher.model, "student": base.student.model,
                   "epochs": base.student.train.epochs, "data": base.data.name,
-                  "train_samples": teacher.artifacts["teacher"].metrics.get("train_samples")},
+                  "train_samples": need(teacher.artifacts, TeacherRecord).record.train_samples},
         "teacher_top1": rows[0]["teacher_top1"],
         "complete": complete,
         "cells": rows,

@@ -22,6 +22,7 @@ def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict
     Runs in this process, a ``--jobs`` worker, or a submitit job: everything it needs is in its
     arguments."""
     import stages  # noqa: F401 - the registries, in a fresh worker process too
+    from pipeline.core.records import StudentRecord, ValidationRecord, kind_of, need
     from pipeline.orchestrator import run_pipeline
 
     if threads:
@@ -29,15 +30,17 @@ def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict
 
         torch.set_num_threads(threads)
     manifest = Manifest.model_validate_json(manifest_json)
-    outcome = run_pipeline(manifest, until="validate", progress=False, quiet=True, echo=lambda line: None)
-    distill, validate = outcome.artifacts["distill"], outcome.artifacts["validate"]
+    outcome = run_pipeline(manifest, until=kind_of(ValidationRecord), progress=False, quiet=True,
+                           echo=lambda line: None)
+    student, validation = need(outcome.artifacts, StudentRecord), need(outcome.artifacts, ValidationRecord)
+    distill = student.artifact
     epochs = manifest.student.train.epochs
-    samples = distill.metrics.get("train_samples", 0)
+    samples = student.record.train_samples or 0
     wall = float(distill.record.get("wall_s") or 0.0)
     return {"loss": cell.loss.label, "loss_config": distill.record["config"]["loss"], "batch_size": cell.batch_size,
-            "seed": cell.seed, "student_top1": validate.metrics["student_top1"],
-            "teacher_top1": validate.metrics["teacher_top1"], "distill_id": distill.id,
-            "cached": all(r.status == "cached" for r in outcome.reports if r.kind in ("distill", "validate")),
+            "seed": cell.seed, "student_top1": validation.record.student_top1,
+            "teacher_top1": validation.record.teacher_top1, "distill_id": distill.id,
+            "cached": all(r.status == "cached" for r in outcome.reports if r.id in (distill.id, validation.id)),
             "train_wall_s": wall, "images_per_s": round(samples * epochs / wall, 1) if wall else None,
             "device": distill.record.get("environment", {}).get("device")}
 

@@ -18,9 +18,19 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import (
+    LatencyRecord,
+    StudentRecord,
+    TeacherRecord,
+    ValidationRecord,
+    VerdictRecord,
+    find,
+    kind_of,
+    need,
+    training_curves,
+)
 from pipeline.core.store import Artifact
 from pipeline.history import flatten
-from pipeline.report import training_curves
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow opens it as model training
 CHAMPION_ALIAS = "champion"
@@ -67,7 +77,7 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
     if mlflow is None:
         return None
     section = manifest.tracking.mlflow
-    passed = bool(artifacts["gate"].metrics.get("passed"))
+    passed = need(artifacts, VerdictRecord).record.passed
     release = run.get("release") or {}
     tags = {"cskd.manifest": manifest.name, "cskd.run": run["id"], "cskd.gate": "PASS" if passed else "FAIL",
             "cskd.version_shipped": release.get("version") or "none", "cskd.became_latest": str(release.get("latest"))}
@@ -81,9 +91,10 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
                 params = flatten(manifest.model_dump(mode="json", by_alias=True))
                 mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
                 mlflow.set_tags({f"cskd.artifact.{k}": a.id for k, a in artifacts.items()})
-                for role in ("teacher", "distill"):
-                    for row in training_curves(artifacts.get(role)):
-                        mlflow.log_metrics({f"{role}/{k}": float(v) for k, v in row.items()
+                for role in (TeacherRecord, StudentRecord):  # as teacher/... and distill/... (the stage kinds)
+                    prefix, trained = kind_of(role), find(artifacts, role)
+                    for row in training_curves(trained.artifact if trained else None):
+                        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in row.items()
                                             if k != "epoch" and v is not None}, step=int(row["epoch"]))
                 _final_metrics(mlflow, artifacts)
                 _log_test_data(mlflow, manifest, artifacts)
@@ -121,8 +132,8 @@ def _quiet_output():
 
 
 def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict) -> str:
-    m = artifacts["validate"].metrics
-    verdict = "passed" if artifacts["gate"].metrics.get("passed") else "failed"
+    m = need(artifacts, ValidationRecord).artifact.metrics
+    verdict = "passed" if need(artifacts, VerdictRecord).record.passed else "failed"
     shipped = f"shipped as {release['version']} (now latest)" if release.get("version") else "nothing shipped"
     return (f"{manifest.teacher.model} -> {manifest.student.model} with {manifest.student.loss.kind} on "
             f"{manifest.data.name}: test top-1 teacher {m['teacher_top1']:.2f}, student {m['student_top1']:.2f}, "
@@ -130,12 +141,12 @@ def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict)
 
 
 def _final_metrics(mlflow, artifacts: dict[str, Artifact]) -> None:
-    validate = artifacts["validate"].metrics
+    validate = need(artifacts, ValidationRecord).artifact.metrics
     final = {"test/teacher_top1": validate["teacher_top1"], "test/student_top1": validate["student_top1"],
-             "gate/passed": float(bool(artifacts["gate"].metrics.get("passed")))}
+             "gate/passed": float(need(artifacts, VerdictRecord).record.passed)}
     final.update({f"test/{target}_top1": values["top1"] for target, values in validate["exports"].items()})
-    if "latency" in artifacts:
-        for cell in artifacts["latency"].metrics["results"]:
+    if (latency := find(artifacts, LatencyRecord)) is not None:
+        for cell in latency.record.results:
             final[f"latency/{cell['backend']}_b{cell['batch']}_p50_ms"] = cell["p50_ms"]
     mlflow.log_metrics(final)
 
@@ -145,7 +156,7 @@ def _log_test_data(mlflow, manifest: Manifest, artifacts: dict[str, Artifact]) -
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.meta_dataset import MetaDataset
 
-    data = artifacts["validate"].record.get("config", {}).get("data", {})
+    data = need(artifacts, ValidationRecord).artifact.record.get("config", {}).get("data", {})
     source = CodeDatasetSource({"data": manifest.data.name, "root": str(manifest.data.root),
                                 "max_test_samples": str(manifest.data.max_test_samples)})
     dataset = MetaDataset(source, name=f"{manifest.data.name}/test", digest=str(data.get("fingerprint", ""))[:36])

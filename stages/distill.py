@@ -7,6 +7,7 @@ from pipeline.core.contracts import Added, Located, Stage, StageContext, StageRe
 from pipeline.core.data_section import TestData, TrainData
 from pipeline.core.manifest import Manifest
 from pipeline.core.model_sections import LossField, Normalization
+from pipeline.core.records import StudentRecord
 from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
 from stages.training import (
     Launch,
@@ -33,10 +34,19 @@ class DistillConfig(Strict):
     paper_protocol: TestData | None = Added()  # validate.paper_protocol: the test split after every epoch
 
 
+class DistillRecord(StudentRecord):
+    """The student's last epoch: val_top1, lr and each term of its loss (ce, cs, cs_cswt, ...)."""
+
+    epoch: int
+    val_top1: float | None = None
+    loss: float
+
+
 class DistillStage(Stage):
     kind = "distill"
     version = 3  # 3: the strong view draws from its own stream; PIL-exact geometric ops
     Config = DistillConfig
+    Record = DistillRecord
     every_node = True
     requires = ("teacher",)
 
@@ -58,7 +68,7 @@ class DistillStage(Stage):
                           work_dir=str(ctx.work_dir), out_dir=str(ctx.out_dir), init=config.init,
                           preprocess=config.preprocess, monitor=config.paper_protocol)
         last = run_training(job, launch=config.launch, progress=ctx.progress, log=ctx.log)
-        protocol = paper_protocol(ctx.out_dir / "metrics.jsonl")
+        protocol = paper_protocol(ctx.out_dir / DistillRecord.HISTORY)
         summary = val_summary(last)
         if protocol is not None:
             summary += (f"; paper protocol: best test top-1 {protocol['best_test_top1']:.2f} at epoch "

@@ -27,6 +27,7 @@ from pipeline.core.backends import FASTEST, backend, fastest_passing
 from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.fields import Points, known_target
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import VerdictRecord
 from pipeline.core.sections import SECTIONS
 from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
 from stages.champion import ChampionStage
@@ -264,6 +265,7 @@ class GateStage(Stage):
     version = 5  # 5: the latency rule judges the fastest passing artifact by default (the champion rule is an
     # Added field: gates without it keep their ids)
     Config = GateConfig
+    Record = VerdictRecord  # passed, and every rule with its measured value
 
     @classmethod
     def configure(cls, manifest: Manifest) -> GateConfig:

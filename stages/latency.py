@@ -18,6 +18,7 @@ from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.data_section import DataSource
 from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import LatencyRecord
 from pipeline.core.sections import SECTIONS
 from stages.models import WEIGHTS_FILE, load_network
 
@@ -77,10 +78,16 @@ class LatencyConfig(Strict):
     machine: dict  # timings belong to the machine: a store shared between machines must not reuse them
 
 
+class LatencyStageRecord(LatencyRecord):
+    threads: int  # intra-op threads every runtime was timed with
+    device: str
+
+
 class LatencyStage(Stage):
     kind = "latency"
     version = 4
     Config = LatencyConfig
+    Record = LatencyStageRecord
 
     @classmethod
     def configure(cls, manifest: Manifest) -> LatencyConfig | None:

@@ -24,9 +24,10 @@ from pipeline.core.contracts import Located
 from pipeline.core.data_section import DataSource
 from pipeline.core.errors import ManifestError
 from pipeline.core.model_sections import Normalization, WeightsInit
+from pipeline.core.records import TrainedRecord
 from stages.data import dataset
 
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_FILE = TrainedRecord.WEIGHTS
 
 
 class InitRef(Strict):

@@ -25,6 +25,7 @@ from pipeline.core.backends import Backend, register_backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.data_section import TrainData
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import QuantizationRecord
 from stages.data import held_out
 from stages.export import ONNX_FILE, onnx_loader
 from stages.int8_settings import Int8Section, calibration_images, cpu_class, resolved_int8
@@ -69,12 +70,26 @@ def cpu_check(cpu: str, *, reduce_range: bool) -> dict:
             "note": f"validated for {cpu} CPUs; a CPU of another class may compute different INT8 results"}
 
 
+class QuantizeRecord(QuantizationRecord):
+    """The INT8 model's budget check (split, images, FP32 and INT8 top-1, the drop after calibration
+    and after QAD and the fallback), its operators and why, the CPU class it was checked for."""
+
+    val_fp32_top1: float
+    val_int8_top1: float
+    ptq_drop: float
+    kept_float: list[str]
+    qad: dict | None = None  # the QAD stage's run, when it was used: its artifact, epochs, loss, parity
+    qad_skipped: str | None = None
+    cpu: dict
+
+
 class QuantizeStage(Stage):
     kind = "quantize"
     # 3: QAD before the float fallback; 4: QAD keeps the ranges it trained with;
     # 5: operators auto, reduce_range and the budget's kernels follow export.cpu; 6: QAD is a stage of its own
     version = 6
     Config = QuantizeConfig
+    Record = QuantizeRecord
     requires = ("export",)
 
     @classmethod

@@ -21,6 +21,7 @@ from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import MissingBackend
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import ServingRecord
 from stages.gate import export_budgets, export_rules
 from stages.latency import ServingSection
 from stages.ship import CARD_FILE, PREDICT_SCRIPT, describe_io
@@ -65,10 +66,16 @@ def write_bundle(folder: Path, name: str, target: str, ctx: StageContext) -> Non
     shutil.copyfile(PREDICT_SCRIPT, folder / "predict.py")
 
 
+class ServingStageRecord(ServingRecord):
+    target: str  # the back-end served (the fastest that passed its budget)
+    engine: str
+
+
 class ServingStage(Stage):
     kind = "serving"
     version = 1
     Config = ServingConfig
+    Record = ServingStageRecord
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ServingConfig | None:

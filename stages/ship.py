@@ -17,10 +17,11 @@ from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed
 from pipeline.core.files import sha256_file
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import BundleRecord
 from pipeline.core.store import Artifact
 from stages.models import WEIGHTS_FILE
 
-CARD_FILE = "model_card.json"
+CARD_FILE = BundleRecord.CARD
 README_FILE = "README.md"
 PREDICT_SCRIPT = Path(__file__).parent / "bundle" / "predict.py"
 
@@ -153,6 +154,7 @@ class ShipStage(Stage):
     kind = "ship"
     version = 3  # 3: README.md, the card's int8 entry
     Config = ShipConfig
+    Record = BundleRecord  # the bundle's files, and the key a shipped version is found by
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ShipConfig:

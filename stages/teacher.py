@@ -10,6 +10,7 @@ from pipeline.core.data_section import TrainData
 from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
 from pipeline.core.model_sections import CheckpointRef, Normalization
+from pipeline.core.records import TeacherRecord
 from stages.models import (
     InitRef,
     build_network,
@@ -33,10 +34,18 @@ class TeacherConfig(Strict):
     preprocess: Normalization | None = Added()  # None: the data set's statistics
 
 
+class TeacherStageRecord(TeacherRecord):
+    """A trained teacher's last epoch (val_top1, lr, each loss term), or a loaded checkpoint's size."""
+
+    epoch: int | None = None
+    val_top1: float | None = None
+
+
 class TeacherStage(Stage):
     kind = "teacher"
     version = 2
     Config = TeacherConfig
+    Record = TeacherStageRecord
     every_node = True
 
     @classmethod

@@ -25,6 +25,7 @@ from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
 from pipeline.core.data_section import TestData, TrainData
 from pipeline.core.model_sections import Normalization
+from pipeline.core.records import TrainedRecord
 from stages.data import dataset, test_split, train_val
 from stages.models import InitRef, build_network, load_network, save_network
 
@@ -136,7 +137,7 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     train_split, val_split = train_val(job.data)
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
-                 metrics_path=out_dir / "metrics.jsonl", progress=progress, label=f"[{job.role}] {job.model}",
+                 metrics_path=out_dir / TrainedRecord.HISTORY, progress=progress, label=f"[{job.role}] {job.model}",
                  on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None,
                  monitor=test_split(job.monitor) if job.monitor is not None else None)
     if local_rank() == 0:  # replicas hold identical weights (buffers synced): one writer per node, into its own out_dir

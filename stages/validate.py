@@ -19,12 +19,24 @@ from pipeline.core.backends import backend
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.data_section import TestData
 from pipeline.core.manifest import Manifest
+from pipeline.core.records import ValidationRecord
 from pipeline.core.run_sections import ValidateSection
 from stages.data import describe, test_split
 from stages.models import WEIGHTS_FILE, load_network
 from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 
-PREDICTIONS_FILE = "predictions.safetensors"
+
+class ValidateRecord(ValidationRecord):
+    """Test top-1 of the teacher, the student and each exported model, the paired comparison, and
+    each export's agreement with the student."""
+
+    exports: dict  # target -> agreement with the PyTorch student, largest logit difference
+    onnx_top1: float | None = None
+    onnx_agreement: float | None = None
+    teacher_student_agreement: float
+
+
+PREDICTIONS_FILE = ValidateRecord.PREDICTIONS
 
 
 class ValidateConfig(Strict):
@@ -39,6 +51,7 @@ class ValidateStage(Stage):
     kind = "validate"
     version = 3
     Config = ValidateConfig
+    Record = ValidateRecord
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ValidateConfig:

@@ -106,6 +106,9 @@ class Stage(ABC):
     version: ClassVar[int]
     Config: ClassVar[type[BaseModel]]
     requires: ClassVar[tuple[str, ...]] = ()  # input kinds, unless ``inputs`` says otherwise
+    # The model of what ``run`` records under metrics (pipeline/core/records.py), when a layer
+    # above the stages reads it; the runner checks each new record against it.
+    Record: ClassVar[type[BaseModel] | None] = None
     # Runs on every node of a multi-node run (training); other stages run on node 0 only.
     every_node: ClassVar[bool] = False
     registry: ClassVar[dict[str, type[Stage]]] = {}

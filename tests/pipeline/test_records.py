@@ -1,0 +1,102 @@
+"""Typed stage records (pipeline/core/records.py): each role is played by exactly one registered
+stage, a stage's new record is checked against the model it declares before it is committed, and
+the layer above the stages names no stage kind and no file a stage writes."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import stages  # noqa: F401 - registers every stage
+from pipeline.cli import main
+from pipeline.core.contracts import registered_stages
+from pipeline.core.errors import EXIT_RUNTIME
+from pipeline.core.records import (
+    BundleRecord,
+    LatencyRecord,
+    QuantizationRecord,
+    ServingRecord,
+    StudentRecord,
+    TeacherRecord,
+    TrainedRecord,
+    ValidationRecord,
+    VerdictRecord,
+    kind_of,
+)
+from tests.conftest import REPO, write_manifest
+
+PLAYED_BY = {TeacherRecord: "teacher", StudentRecord: "distill", ValidationRecord: "validate",
+             LatencyRecord: "latency", ServingRecord: "serving", QuantizationRecord: "quantize",
+             VerdictRecord: "gate", BundleRecord: "ship"}
+
+
+def test_each_role_is_played_by_exactly_one_registered_stage():
+    assert {role: kind_of(role) for role in PLAYED_BY} == PLAYED_BY
+    for role, kind in PLAYED_BY.items():  # the stage declares its own record, with the role's fields
+        assert issubclass(registered_stages()[kind].Record, role)
+
+
+def test_a_record_that_does_not_fit_the_declared_model_is_not_committed(workdir, monkeypatch):
+    from stages.gate import GateStage
+
+    class Stricter(VerdictRecord):
+        reviewer: str  # no gate writes it
+
+    monkeypatch.setattr(GateStage, "Record", Stricter)
+    result = CliRunner().invoke(main, ["run", "-m", str(write_manifest(workdir)), "--quiet"])
+    assert result.exit_code == EXIT_RUNTIME, result.output
+    assert "the gate stage's metrics do not fit its Stricter: reviewer: Field required" in result.output
+    assert list((workdir / ".cskd" / "artifacts" / "validate").glob("*/artifact.json"))  # the stages before it
+    assert not list((workdir / ".cskd" / "artifacts").glob("gate/*/artifact.json"))
+    assert not (workdir / "shipped").exists()
+
+
+def _top_layer() -> list[Path]:
+    return sorted((REPO / "pipeline").glob("*.py"))  # pipeline/core is below the stages
+
+
+def _named_kinds(tree: ast.AST, kinds: set[str]) -> list[str]:
+    """String constants naming a stage kind where the code looks an artifact up by it: an index or
+    ``.get`` on something called artifacts, ``until=``, or a comparison with a ``.kind``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Subscript) and "artifacts" in ast.unparse(node.value):
+            candidates = [node.slice]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                and "artifacts" in ast.unparse(node.func.value):
+            candidates = node.args[:1]
+        elif isinstance(node, ast.Call):
+            candidates = [k.value for k in node.keywords if k.arg == "until"]
+        elif isinstance(node, ast.Compare) and ".kind" in ast.unparse(node):
+            candidates = [node.left, *node.comparators]
+        else:
+            continue
+        found += [f"{c.value!r} (line {c.lineno})" for c in candidates
+                  if isinstance(c, ast.Constant) and c.value in kinds]
+    return found
+
+
+def _problems(tree: ast.AST) -> list[str]:
+    kinds = set(registered_stages())
+    files = {ValidationRecord.PREDICTIONS, TrainedRecord.WEIGHTS, TrainedRecord.HISTORY, BundleRecord.CARD}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(ast.unparse(t) == "_UNMARKED_OUTPUTS" for t in node.targets):
+            node.value = ast.Constant(None)  # history: what versions before markers wrote, by name
+    return [f"stage kind {k}" for k in _named_kinds(tree, kinds)] + [
+        f"file {node.value!r} (line {node.lineno})" for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and node.value in files]
+
+
+def test_the_layer_above_the_stages_names_no_stage_kind_and_no_stage_file():
+    problems = [f"{path.name}: {problem}" for path in _top_layer() for problem in _problems(ast.parse(path.read_text()))]
+    assert len(_top_layer()) >= 15 and not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("source", [
+    'artifacts["validate"].metrics', 'outcome.artifacts.get("ship")', 'run_pipeline(m, until="teacher")',
+    'step.kind == "ship"', 'path = folder / "model_card.json"', 'a.file("predictions.safetensors")'])
+def test_the_scan_catches_each_way_of_naming_a_stage_or_its_file(source):
+    assert _problems(ast.parse(source))

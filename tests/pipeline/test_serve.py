@@ -254,7 +254,7 @@ def test_loadtest_measures_the_server_with_locust(server, tmp_path):
         Image.fromarray(images[i, 0]).save(folder / f"{i}.png")
     for extra in ([], ["--images", str(folder)]):   # OIP tensors, then image files through /v1/classify
         out = tmp_path / "load.json"
-        result = CliRunner().invoke(main, ["loadtest", url, "--concurrency", "4", "--duration", "3",
+        result = CliRunner().invoke(main, ["loadtest", url, "--concurrency", "4", "--duration", "2",
                                            "--out", str(out), *extra])
         assert result.exit_code == 0, result.output
         figures = json.loads(out.read_text())

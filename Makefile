@@ -26,12 +26,13 @@ pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
 # Two pytest processes, side by side (one process running the whole suite died of SIGSEGV near its
-# end, with no Python frame to show). The suite alone keeps about one core busy: the second process
-# uses the other. Its output follows the first's; either failing fails the target.
+# end, with no Python frame to show). The first keeps about one core busy; the second, smaller one
+# runs its tiny models on one thread (OMP_NUM_THREADS=1) on the other, so the two do not fight
+# over both cores. Its output follows the first's; either failing fails the target.
 SECOND := tests/stages tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
 test: $(STAMP)  ## the test suite without the tests marked slow (about 4 minutes on 2 CPU cores)
 	@log=$$(mktemp); \
-	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(SECOND) > $$log 2>&1 & second=$$!; \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(SECOND) > $$log 2>&1 & second=$$!; \
 	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline; first=$$?; \
 	wait $$second; code=$$?; echo "--- $(SECOND)"; cat $$log; rm -f $$log; \
 	exit $$(( first != 0 ? first : code ))

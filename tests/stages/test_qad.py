@@ -140,6 +140,12 @@ def _lossy_int8_manifest(folder: Path, **int8) -> Path:
     return write_manifest(folder, edited(student=student, export={"targets": ["onnx", "onnx-int8"], "int8": int8}))
 
 
+def _shipped_or_failed_on_the_int8_budget(result) -> None:
+    failed = [line for line in result.output.splitlines() if line.startswith("[gate    ]") and "FAIL" in line]
+    assert result.exit_code == (EXIT_GATE_FAILED if failed else 0), result.output
+    assert all(line.count(" budget: measured") == 1 and "onnx-int8_top1" in line for line in failed)
+
+
 def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run):
     """On a copy of the tiny run's store (teacher cached), a student INT8 hurts on every CPU kind:
     measure the post-training drop, then set the budget just above it (QAD must not run) and just
@@ -158,7 +164,11 @@ def test_qad_runs_when_int8_misses_its_budget_and_not_when_it_holds(shipped_run)
         drop = measured["ptq_drop"]
         assert drop >= 2.0, f"the unequalized student lost only {drop:.2f} points in INT8"
         result, held = run(max_drop=round(drop + 0.01, 2), qad={"epochs": 1})
-        assert result.exit_code == 0 and held["qad"] is None and held["ptq_drop"] == pytest.approx(drop)
+        assert held["qad"] is None and held["ptq_drop"] == pytest.approx(drop)
+        # the stage holds the budget on val; the gate judges it again on the test split, which the
+        # stage never saw: the run ships, or fails there and only there (the float rounding of the
+        # machine and its thread count decide which)
+        _shipped_or_failed_on_the_int8_budget(result)
         assert "[qad]" not in result.output and "[qad     ]" not in result.output  # not trained, not even read
         result, missed = run(max_drop=round(max(drop - 0.01, 0.0), 2), qad={"epochs": 1, "lr": 0.0005})
         assert missed["qad"] is not None and missed["ptq_drop"] == pytest.approx(drop), result.output
@@ -188,9 +198,7 @@ def test_when_qad_still_misses_the_float_fallback_applies_to_the_qad_model(shipp
     assert card["ptq_drop"] >= 2.0
     # the stage meets the zero budget on val; the gate judges the same budget on the test split,
     # which the fallback never saw: it may fail there, and then only there
-    failed = [line for line in result.output.splitlines() if line.startswith("[gate    ]") and "FAIL" in line]
-    assert result.exit_code == (EXIT_GATE_FAILED if failed else 0), result.output
-    assert all(line.count(" budget: measured") == 1 and "onnx-int8_top1" in line for line in failed)
+    _shipped_or_failed_on_the_int8_budget(result)
     assert card["qad"] is not None and card["qad"]["drop"] > 0  # QAD ran and did not meet the budget alone
     assert card["kept_float"], "the fallback kept no node in float"
     assert card["val_drop"] <= 0.0 and card["val_drop"] < card["qad"]["drop"]

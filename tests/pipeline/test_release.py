@@ -7,6 +7,7 @@ import html.parser
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -125,20 +126,34 @@ def test_gc_stops_on_an_unreadable_card_or_index_and_removes_nothing(shipped_run
         assert sorted(p.name for p in (folder / ".cskd/artifacts").rglob("*")) == before
 
 
-@pytest.mark.slow  # a real run in a subprocess, raced by gc while it trains: about 12 s
+def _stopped(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] == "T"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a real run in a subprocess, held still inside its student's training while gc runs
 def test_gc_during_a_training_run_removes_nothing_of_it(workdir):
-    manifest = write_manifest(workdir, edited(student__train__epochs=40))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    from cskd.engine import SIGNAL_HOOK
+
+    manifest = write_manifest(workdir)
+    # the run stops itself (SIGSTOP) after the first step of the student's second epoch
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", SIGNAL_HOOK: "distill:2:1:STOP"}
     run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "-m", str(manifest), "-q"], cwd=workdir,
                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 240
-    while not list((workdir / ".cskd/work").glob("distill-*/metrics.jsonl")):  # the distill stage is training
-        assert run.poll() is None and time.monotonic() < deadline, "the run ended before the distill stage trained"
-        time.sleep(0.2)
-    result = _cli("gc", "-m", str(manifest), "--yes")
-    assert result.exit_code == 0, result.output
-    assert "in use by a running pipeline" in result.output or "removed 0 entries" in result.output
-    assert list((workdir / ".cskd/work").glob("distill-*/metrics.jsonl"))  # its work folder is still there
+    try:
+        deadline = time.monotonic() + 240
+        while not _stopped(run.pid):
+            assert run.poll() is None and time.monotonic() < deadline, "the run ended before the distill stage trained"
+            time.sleep(0.1)
+        assert list((workdir / ".cskd/work").glob("distill-*/metrics.jsonl"))  # inside the distill stage
+        result = _cli("gc", "-m", str(manifest), "--yes")
+        assert result.exit_code == 0, result.output
+        assert "in use by a running pipeline" in result.output or "removed 0 entries" in result.output
+        assert list((workdir / ".cskd/work").glob("distill-*/metrics.jsonl"))  # its work folder is still there
+    finally:
+        os.kill(run.pid, signal.SIGCONT)
     out, _ = run.communicate(timeout=240)
     assert run.returncode == 0, out
     assert (workdir / "shipped/tiny/latest/student.onnx").is_file()

@@ -240,6 +240,9 @@ def test_metrics_count_requests_by_status_time_them_and_histogram_the_batches(se
     assert grew("cskd_batch_size_bucket", le="4.0") <= grew("cskd_batch_size_bucket", le="8.0")
 
 
+# The load generator speaks HTTP to whatever serves: one engine is enough (the replica-kill test
+# drives Ray Serve with it too).
+@pytest.mark.parametrize("server", ["litserve"], indirect=True)
 def test_loadtest_measures_the_server_with_locust(server, tmp_path):
     from click.testing import CliRunner
     from PIL import Image

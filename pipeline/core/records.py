@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from pipeline.core.contracts import registered_stages
 from pipeline.core.store import Artifact
@@ -74,7 +74,7 @@ class QuantizationRecord(StageRecord):
 
 
 class VerdictRecord(StageRecord):
-    passed: bool
+    passed: StrictBool  # true itself: a verdict never ships on "true", 1 or "yes"
     rules: list[dict]  # each: rule, passed, target (for a back-end's budget), measured, ...
 
 

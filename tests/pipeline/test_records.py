@@ -54,6 +54,19 @@ def test_a_record_that_does_not_fit_the_declared_model_is_not_committed(workdir,
     assert not (workdir / "shipped").exists()
 
 
+@pytest.mark.parametrize("passed", ["true", 1, "yes"])
+def test_a_verdict_passes_only_on_true_itself(passed):
+    from pipeline.core.records import find
+
+    class Verdict:  # an artifact as the store hands it out: its metrics as recorded
+        metrics = {"passed": passed, "rules": []}
+
+    with pytest.raises(ValueError, match="passed"):
+        find({kind_of(VerdictRecord): Verdict()}, VerdictRecord)
+    Verdict.metrics = {"passed": True, "rules": []}
+    assert find({kind_of(VerdictRecord): Verdict()}, VerdictRecord).record.passed is True
+
+
 def _top_layer() -> list[Path]:
     return sorted((REPO / "pipeline").glob("*.py"))  # pipeline/core is below the stages
 

@@ -26,11 +26,11 @@ pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
 # Two pytest processes, side by side (one process running the whole suite died of SIGSEGV near its
-# end, with no Python frame to show). The first keeps about one core busy; the second, smaller one
+# end, with no Python frame to show). The first keeps about one core busy; the second
 # runs its tiny models on one thread (OMP_NUM_THREADS=1) on the other, so the two do not fight
 # over both cores. Its output follows the first's; either failing fails the target.
 SECOND := tests/stages tests/pipeline/test_study.py tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
-test: $(STAMP)  ## the test suite without the tests marked slow (about 4 minutes on 2 CPU cores)
+test: $(STAMP)  ## the test suite without the tests marked slow (just under 5 minutes on 2 CPU cores)
 	@log=$$(mktemp); \
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(SECOND) > $$log 2>&1 & second=$$!; \
 	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline --ignore=tests/pipeline/test_study.py; \

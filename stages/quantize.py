@@ -28,7 +28,13 @@ from pipeline.core.manifest import Manifest
 from pipeline.core.records import QuantizationRecord
 from stages.data import held_out
 from stages.export import ONNX_FILE, onnx_loader
-from stages.int8_settings import Int8Section, calibration_images, cpu_class, resolved_int8
+from stages.int8_settings import (
+    Calibration,
+    Int8Section,
+    calibration_images,
+    cpu_class,
+    resolved_int8,
+)
 from stages.models import WEIGHTS_FILE, load_network
 from stages.qad import FLOAT_FILE, PARITY_IMAGES, PINNED_FILE
 
@@ -110,9 +116,8 @@ class QuantizeStage(Stage):
         check = cpu_check(config.cpu, reduce_range=section.reduce_range)
         # With QAD always, auto means weighted: what QAD trains under auto (stages/qad.py)
         operators = "weighted" if section.operators == "auto" and when == "always" else section.operators
-        settings = Int8Settings(calibration=section.calibration, activation_type=section.activation_type,
-                                per_channel=section.per_channel, reduce_range=section.reduce_range,
-                                operators="all" if operators == "auto" else operators)
+        # the same settings the QAD stage calibrated with (its pinned ranges must fit them)
+        settings = Calibration.of(section, operators="all" if operators == "auto" else operators).settings()
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         val, split_name = held_out(config.data)
         calibration = calibration_images(config.data, section.calibration_images)

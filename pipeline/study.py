@@ -49,6 +49,16 @@ class LossSpec:
     label: str  # as the user wrote it: "kd", "kd:temperature=2", "kd@mdistiller"
     loss: dict
     recipe: str | None = None  # a name in RECIPES; None: the manifest's student.train
+    seeds: int | None = None  # this arm's seed count (--seeds-for); None: the study's --seeds
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """Two arms whose paired difference isolates one part of a method."""
+
+    loss: str
+    control: str
+    isolates: str  # what the difference measures, as a sentence's object: "the label weight"
 
 @dataclass(frozen=True)
 class Cell:
@@ -106,12 +116,62 @@ def parse_losses(text: str) -> list[LossSpec]:
     return specs
 
 
+def ablation(name: str) -> tuple[list[LossSpec], list[Contrast]]:
+    """``study --ablate NAME``: the arms and contrasts of a named ablation.
+
+    ``cskd``: each arm changes one part against the arm before it, so the paired
+    difference of neighbours isolates that part:
+
+    - ``kd``: Hinton's KD at mdistiller's defaults (CE 0.1, KL 0.9, T 4);
+    - ``kd-ce1``: the same with cskd-core's label weight (the control for the label term:
+      cskd-core weighs CE ten times more than kd does);
+    - ``cskd-fixed-t``: cskd-core with CSWT off, every sample at the fixed temperature
+      (``cswt_low = cswt_high = T``): the cosine loss against KL at the same label weight;
+    - ``cskd-core``: CE + CS(T) + CS(CSWT), so against ``cskd-fixed-t`` it isolates CSWT;
+    - ``cskd-paper``: the authors' full objective (two views, masks, correlation terms).
+    """
+    from cskd.loss_configs import CSKDLoss
+
+    if name != "cskd":
+        raise ManifestError(f"--ablate: unknown ablation {name!r}; choose from cskd")
+    core = CSKDLoss(kind="cskd")
+    label_weight = core.ce_weight
+    fixed = core.temperature
+    arms = [LossSpec("kd", {"kind": "kd"}),
+            LossSpec("kd-ce1", {"kind": "kd", "ce_weight": label_weight}),
+            LossSpec("cskd-fixed-t", {"kind": "cskd", "preset": "core", "cswt_low": fixed, "cswt_high": fixed}),
+            LossSpec("cskd-core", {"kind": "cskd", "preset": "core"}),
+            LossSpec("cskd-paper", {"kind": "cskd", "preset": "paper"})]
+    contrasts = [Contrast("kd-ce1", "kd", f"the label weight (CE {label_weight:g} in place of kd's 0.1)"),
+                 Contrast("cskd-fixed-t", "kd-ce1", f"the cosine loss in place of KL (both at T = {fixed:g})"),
+                 Contrast("cskd-core", "cskd-fixed-t", "CSWT (per-sample temperatures in place of a fixed one)"),
+                 Contrast("cskd-paper", "cskd-core",
+                          "the authors' additions (strong view, confidence masks, correlation terms)"),
+                 Contrast("cskd-core", "kd", "CS-KD core as a whole against KD")]
+    return arms, contrasts
+
+
+def with_seeds(specs: list[LossSpec], text: str | None) -> list[LossSpec]:
+    """``--seeds-for LABEL=N,LABEL=N``: fewer (or more) seeds for the arms named."""
+    if not text:
+        return specs
+    counts: dict[str, int] = {}
+    labels = [s.label for s in specs]
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        label, sep, value = item.rpartition("=")
+        if not sep or label not in labels or not value.isdigit() or int(value) < 1:
+            raise ManifestError(f"--seeds-for: {item!r} is not LABEL=N with LABEL one of {', '.join(labels)} "
+                                f"and N a positive integer")
+        counts[label] = int(value)
+    return [LossSpec(s.label, s.loss, s.recipe, counts.get(s.label, s.seeds)) for s in specs]
+
+
 def with_recipes(specs: list[LossSpec], recipe: str) -> list[LossSpec]:
     """``--recipe own``: every loss without an explicit ``@recipe`` takes its published one
     (``OWN_RECIPE``); ``shared``: the manifest's student.train for all (as written)."""
     if recipe == "shared":
         return specs
-    return [s if s.recipe else LossSpec(s.label, s.loss, OWN_RECIPE.get(s.loss["kind"])) for s in specs]
+    return [s if s.recipe else LossSpec(s.label, s.loss, OWN_RECIPE.get(s.loss["kind"]), s.seeds) for s in specs]
 
 
 def recipe_settings(recipe: str, student_model: str) -> dict:
@@ -151,10 +211,17 @@ class StudyRequest:
     jobs: int = 1
     launcher: str = "local"
     slurm: dict | None = None
+    contrasts: tuple[Contrast, ...] = ()  # besides every loss against the reference
+
+    def seeds_of(self, loss: LossSpec) -> int:
+        return loss.seeds or self.seeds
 
     def cells(self) -> list[Cell]:
-        return [Cell(loss, batch, seed) for batch in self.batch_sizes for loss in self.losses
-                for seed in range(self.seeds)]
+        """Seed by seed: a study stopped part-way holds whole pairs (every arm of the seeds
+        it reached), not five seeds of one arm and none of another."""
+        rounds = max(self.seeds_of(loss) for loss in self.losses)
+        return [Cell(loss, batch, seed) for batch in self.batch_sizes for seed in range(rounds)
+                for loss in self.losses if seed < self.seeds_of(loss)]
 
 
 def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], None] = print) -> dict:
@@ -208,13 +275,16 @@ def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: li
     from pipeline.core.records import TeacherRecord, need
     from pipeline.study_stats import summarize
 
-    order = {(c.loss.label, c.batch_size, c.seed): i for i, c in enumerate(cells)}
-    rows = sorted(rows, key=lambda r: order[(r["loss"], r["batch_size"], r["seed"])])
-    stats = summarize(rows, reference=request.reference)
+    # shown arm by arm (the cells ran seed by seed)
+    arm = {s.label: i for i, s in enumerate(request.losses)}
+    rows = sorted(rows, key=lambda r: (request.batch_sizes.index(r["batch_size"]), arm[r["loss"]], r["seed"]))
+    stats = summarize(rows, reference=request.reference,
+                      contrasts=[(c.loss, c.control, c.isolates) for c in request.contrasts])
     return {
         "study": {"name": base.name, "losses": {s.label: s.loss for s in request.losses},
                   "recipes": {s.label: s.recipe or "manifest" for s in request.losses},
                   "seeds": list(range(request.seeds)), "batch_sizes": request.batch_sizes,
+                  "seeds_per_loss": {s.label: request.seeds_of(s) for s in request.losses},
                   "reference": request.reference, "launcher": request.launcher, "jobs": request.jobs,
                   "teacher": base.teacher.model, "student": base.student.model,
                   "epochs": base.student.train.epochs, "data": base.data.name,

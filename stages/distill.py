@@ -44,7 +44,8 @@ class DistillRecord(StudentRecord):
 
 class DistillStage(Stage):
     kind = "distill"
-    version = 3  # 3: the strong view draws from its own stream; PIL-exact geometric ops
+    version = 4  # 4: the strong view's enhance ops and Cutout match PIL and the authors (5be4e5b; 3 missed it)
+    # 3: the strong view draws from its own stream; PIL-exact geometric ops
     Config = DistillConfig
     Record = DistillRecord
     every_node = True

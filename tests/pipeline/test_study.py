@@ -142,8 +142,9 @@ def test_paired_statistics_by_hand():
     assert paired["sign_p"] == pytest.approx(0.25)
     kd = next(r for r in stats["summary"] if r["loss"] == "kd")
     assert kd["mean"] == 81.0 and kd["std"] == 1.0
-    assert stats["conclusion"] == ("What this data supports: cskd-core cannot be told from kd with these 3 seeds "
-                                   f"(mean +2.00, interval [{2.0 - half:+.2f}, {2.0 + half:+.2f}]).")
+    assert stats["conclusion"] == ("What this data supports: cskd-core against kd: 3 of 3 seeds ahead, mean +2.00 "
+                                   f"(interval [{2.0 - half:+.2f}, {2.0 + half:+.2f}]); 3 pairs are fewer than 5, "
+                                   "too few to establish an effect size.")
 
 
 def test_a_top1_interval_stays_within_0_and_100_and_the_sentence_says_what_holds():
@@ -159,7 +160,8 @@ def test_a_top1_interval_stays_within_0_and_100_and_the_sentence_says_what_holds
     assert next(r for r in stats["summary"] if r["loss"] == "cskd-core")["ci95"][1] == 100.0
     (paired,) = stats["paired"]  # diffs 2.0, 2.5, 2.2: the interval excludes 0
     assert paired["excludes_zero"] is True
-    assert stats["conclusion"].startswith("What this data supports: cskd-core is 2.23 points above kd (interval [+")
+    assert stats["conclusion"].startswith("What this data supports: cskd-core against kd: 3 of 3 seeds ahead, mean "
+                                          "+2.23 (interval [+")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -169,6 +171,9 @@ def test_a_top1_interval_stays_within_0_and_100_and_the_sentence_says_what_holds
     (["--losses", "kd,kd:temperature=-1"], "study cell kd:temperature=-1"),
     (["--batch-sizes", "64,x"], "--batch-sizes"),
     (["--losses", "kd@nowhere,cskd-core"], "unknown recipe 'nowhere'"),
+    (["--ablate", "cskd", "--losses", "kd"], "give --ablate or --losses, not both"),
+    (["--seeds-for", "cskd-paper=3"], "--seeds-for: 'cskd-paper=3' is not LABEL=N with LABEL one of kd, cskd-core"),
+    (["--ablate", "cskd", "--seeds-for", "cskd-paper=0"], "--seeds-for"),
 ])
 def test_bad_study_options_exit_2_with_one_line(tiny_manifest, args, needle):
     code, out = _cli("study", "-m", str(tiny_manifest), *args)
@@ -202,3 +207,43 @@ def test_a_baseline_can_carry_its_published_recipe(tiny_manifest):
     mobile = base.model_copy(update={"student": base.student.model_copy(update={"model": "MobileNetV2"})})
     assert train(cskd, mobile).lr == 0.01
     assert train(parse_losses("kd")[0]).epochs == base.student.train.epochs  # shared: the manifest's
+
+
+def test_the_cskd_ablation_expands_to_exactly_these_arms(tiny_manifest):
+    """`--ablate cskd`: kd at mdistiller's defaults, kd at cskd-core's label weight, cskd-core at a
+    fixed temperature, cskd-core, cskd-paper; each contrast differs from its control in one part."""
+    from cskd.loss_registry import build_objective
+    from pipeline.manifest_io import load_manifest
+    from pipeline.study import Cell, StudyRequest, ablation, cell_manifest, with_seeds
+
+    base = load_manifest(tiny_manifest)
+    arms, contrasts = ablation("cskd")
+    assert [a.label for a in arms] == ["kd", "kd-ce1", "cskd-fixed-t", "cskd-core", "cskd-paper"]
+    loss = {a.label: cell_manifest(base, Cell(a, 64, 0)).student.loss for a in arms}
+    assert (loss["kd"].ce_weight, loss["kd"].kd_weight, loss["kd"].temperature) == (0.1, 0.9, 4.0)
+    # the label-term control: kd with cskd-core's CE weight, nothing else changed
+    assert loss["kd-ce1"].ce_weight == loss["cskd-core"].ce_weight == 1.0
+    assert loss["kd-ce1"].model_dump(exclude={"ce_weight"}) == loss["kd"].model_dump(exclude={"ce_weight"})
+    # the CSWT control: cskd-core with every sample at the fixed temperature, nothing else changed
+    fixed = loss["cskd-fixed-t"]
+    assert fixed.cswt_low == fixed.cswt_high == fixed.temperature == 4.0
+    assert fixed.model_dump(exclude={"cswt_low", "cswt_high"}) == loss["cskd-core"].model_dump(
+        exclude={"cswt_low", "cswt_high"})
+    assert (loss["cskd-core"].cswt_low, loss["cskd-core"].cswt_high) == (2.0, 6.0)
+    assert loss["cskd-core"].preset == "core" and loss["cskd-paper"].preset == "paper"
+    assert loss["cskd-paper"].model_dump(exclude={"preset"}) == loss["cskd-core"].model_dump(exclude={"preset"})
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(8, 10), torch.nn.Linear(8, 10)
+    out = build_objective(fixed, student, teacher)(torch.randn(16, 8), torch.randint(0, 10, (16,)))
+    assert out["mean_temperature"].item() == 4.0  # CSWT off: no per-sample temperature
+    out = build_objective(loss["cskd-core"], student, teacher)(torch.randn(16, 8), torch.randint(0, 10, (16,)))
+    assert out["mean_temperature"].item() != 4.0
+    assert [(c.loss, c.control) for c in contrasts] == [("kd-ce1", "kd"), ("cskd-fixed-t", "kd-ce1"),
+                                                         ("cskd-core", "cskd-fixed-t"), ("cskd-paper", "cskd-core"),
+                                                         ("cskd-core", "kd")]
+    # seed by seed, the paper arm on its own count: a study stopped part-way holds whole pairs
+    request = StudyRequest(losses=with_seeds(arms, "cskd-paper=3"), seeds=5, batch_sizes=[64])
+    cells = [(c.loss.label, c.seed) for c in request.cells()]
+    assert len(cells) == 4 * 5 + 3 and cells[:5] == [(a.label, 0) for a in arms]
+    assert [seed for label, seed in cells if label == "cskd-paper"] == [0, 1, 2]
+    assert [c[1] for c in cells] == sorted(c[1] for c in cells)

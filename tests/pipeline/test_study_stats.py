@@ -86,16 +86,16 @@ def test_only_seeds_both_methods_ran_are_paired_and_other_batch_sizes_apart():
 def test_one_seed_has_no_interval_and_the_conclusion_says_so():
     (paired,) = summarize(_rows({"kd": [90.0], "cskd": [92.0]}), reference="kd")["paired"]
     assert paired["ci95"] is None and paired["excludes_zero"] is None and paired["std_diff"] is None
-    assert "cskd: one seed, no interval" in conclusion([paired])
+    assert "cskd: one seed against kd, no interval" in conclusion([paired])
 
 
 def test_the_conclusion_states_direction_and_whether_the_data_can_tell():
-    up = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 81.2, 80.9, 81.1]}), reference="kd")["paired"]
-    assert "cskd is 1.05 points above kd" in conclusion(up) and "excludes 0, n = 4" in conclusion(up)
-    down = summarize(_rows({"kd": [80.0] * 4, "cskd": [79.0, 78.8, 79.1, 78.9]}), reference="kd")["paired"]
+    up = summarize(_rows({"kd": [80.0] * 5, "cskd": [81.0, 81.2, 80.9, 81.1, 81.05]}), reference="kd")["paired"]
+    assert "cskd is 1.05 points above kd" in conclusion(up) and "excludes 0, 5 of 5 seeds ahead, n = 5" in conclusion(up)
+    down = summarize(_rows({"kd": [80.0] * 5, "cskd": [79.0, 78.8, 79.1, 78.9, 79.0]}), reference="kd")["paired"]
     assert "points below kd" in conclusion(down)
-    mixed = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 79.0, 80.5, 79.5]}), reference="kd")["paired"]
-    assert "cskd cannot be told from kd with these 4 seeds" in conclusion(mixed)
+    mixed = summarize(_rows({"kd": [80.0] * 5, "cskd": [81.0, 79.0, 80.5, 79.5, 80.0]}), reference="kd")["paired"]
+    assert "cskd cannot be told from kd with these 5 seeds" in conclusion(mixed)
     assert conclusion([]).startswith("No loss was paired")
     two = mixed + [{**mixed[0], "batch_size": 256}]
     assert "cskd (batch 64)" in conclusion(two) and "cskd (batch 256)" in conclusion(two)
@@ -130,13 +130,46 @@ def test_a_narrow_interval_around_zero_and_the_sign_test_edges():
 
 
 def test_the_conclusion_sentence_word_for_word():
-    up = summarize(_rows({"kd": [80.0] * 4, "cskd": [80.4, 80.6, 80.5, 80.5]}), reference="kd")["paired"]
+    up = summarize(_rows({"kd": [80.0] * 5, "cskd": [80.4, 80.6, 80.5, 80.5, 80.4]}), reference="kd")["paired"]
     low, high = up[0]["ci95"]
-    assert conclusion(up) == (f"What this data supports: cskd is 0.50 points above kd (interval "
-                              f"[{low:+.2f}, {high:+.2f}] excludes 0, n = 4).")
-    mixed = summarize(_rows({"kd": [80.0] * 4, "cskd": [81.0, 79.0, 80.5, 79.5]}) + _rows({"kd": [80.0],
-                                                                                            "dist": [81.0]}),
+    assert conclusion(up) == (f"What this data supports: cskd is 0.48 points above kd (interval "
+                              f"[{low:+.2f}, {high:+.2f}] excludes 0, 5 of 5 seeds ahead, n = 5).")
+    mixed = summarize(_rows({"kd": [80.0] * 5, "cskd": [81.0, 79.0, 80.5, 79.5, 80.0]}) + _rows({"kd": [80.0],
+                                                                                                  "dist": [81.0]}),
                       reference="kd")["paired"]
     low, high = mixed[0]["ci95"]
-    assert conclusion(mixed) == (f"What this data supports: cskd cannot be told from kd with these 4 seeds (mean "
-                                 f"+0.00, interval [{low:+.2f}, {high:+.2f}]); dist: one seed, no interval.")
+    assert conclusion(mixed) == (f"What this data supports: cskd cannot be told from kd with these 5 seeds (mean "
+                                 f"+0.00, interval [{low:+.2f}, {high:+.2f}], 2 of 5 seeds ahead); dist: one seed "
+                                 f"against kd, no interval.")
+
+
+def test_under_five_pairs_the_sentence_gives_the_sign_count_and_claims_no_effect_size():
+    """Three pairs whose interval excludes 0 still establish no effect size: the sentence says
+    how many seeds were ahead and that the pairs are too few."""
+    (three,) = summarize(_rows({"kd": [80.0, 80.0, 80.0], "cskd": [81.6, 81.9, 81.8]}), reference="kd")["paired"]
+    assert three["excludes_zero"] is True
+    low, high = three["ci95"]
+    assert conclusion([three]) == (f"What this data supports: cskd against kd: 3 of 3 seeds ahead, mean +1.77 "
+                                   f"(interval [{low:+.2f}, {high:+.2f}]); 3 pairs are fewer than 5, too few to "
+                                   f"establish an effect size.")
+    assert "points above" not in conclusion([three])
+
+
+def test_each_contrast_pairs_an_arm_with_its_own_control():
+    rows = _rows({"kd": [80.0] * 5, "kd-ce1": [81.0, 81.2, 80.8, 81.1, 80.9],
+                  "cskd-core": [81.1, 81.3, 80.6, 81.0, 81.2]})
+    out = summarize(rows, reference="kd", contrasts=[("kd-ce1", "kd", "the label weight"),
+                                                     ("cskd-core", "kd-ce1", "the cosine loss")])
+    label, cosine = out["contrasts"]
+    assert (label["loss"], label["reference"], label["isolates"]) == ("kd-ce1", "kd", "the label weight")
+    assert label["diffs"] == pytest.approx([1.0, 1.2, 0.8, 1.1, 0.9]) and label["excludes_zero"] is True
+    assert label["sentence"].startswith("kd-ce1 is 1.00 points above kd (")
+    assert cosine["diffs"] == pytest.approx([0.1, 0.1, -0.2, -0.1, 0.3]) and cosine["reference"] == "kd-ce1"
+    assert (cosine["wins"], cosine["losses"], cosine["ties"]) == (3, 2, 0)
+    assert cosine["sentence"].startswith("cskd-core cannot be told from kd-ce1 with these 5 seeds (mean +0.04, ")
+    assert cosine["sentence"].endswith(", 3 of 5 seeds ahead).")
+    assert [p["loss"] for p in out["paired"]] == ["kd-ce1", "cskd-core"]  # the reference pairs stay
+    # an arm with fewer seeds is paired on the seeds both have
+    short = summarize(rows + _rows({"paper": [82.0, 82.5, 81.5]}), reference="kd",
+                      contrasts=[("paper", "cskd-core", "the authors' additions")])["contrasts"]
+    assert short[0]["seeds"] == [0, 1, 2] and short[0]["n"] == 3 and "fewer than 5" in short[0]["sentence"]

@@ -63,7 +63,15 @@ def study(manifest_opt, losses, ablate, recipe, seeds, seeds_for, batch_sizes, r
               cskd-pipeline study -m cifar10-cpu --ablate cskd --seeds 5 --seeds-for cskd-paper=3
               cskd-pipeline study -m resnet8x4 --launcher slurm --jobs 32 --slurm-partition gpu
     """
-    from pipeline.study import StudyRequest, ablation, markdown, parse_losses, run_study, with_recipes, with_seeds
+    from pipeline.study import (
+        StudyRequest,
+        ablation,
+        markdown,
+        parse_losses,
+        run_study,
+        with_recipes,
+        with_seeds,
+    )
 
     if ablate and losses:
         raise ManifestError("--ablate names its own arms; give --ablate or --losses, not both")

@@ -205,7 +205,7 @@ def test_a_baseline_can_carry_its_published_recipe(tiny_manifest):
     t = train(cskd)
     assert (t.epochs, t.lr) == (480, 0.025)
     mobile = base.model_copy(update={"student": base.student.model_copy(update={"model": "MobileNetV2"})})
-    assert train(cskd, mobile).lr == 0.01
+    assert train(cskd, mobile).lr == 0.01 and train(kd, mobile).lr == 0.01
     assert train(parse_losses("kd")[0]).epochs == base.student.train.epochs  # shared: the manifest's
 
 
@@ -247,3 +247,29 @@ def test_the_cskd_ablation_expands_to_exactly_these_arms(tiny_manifest):
     assert len(cells) == 4 * 5 + 3 and cells[:5] == [(a.label, 0) for a in arms]
     assert [seed for label, seed in cells if label == "cskd-paper"] == [0, 1, 2]
     assert [c[1] for c in cells] == sorted(c[1] for c in cells)
+
+
+# The published configs each recipe copies: (recipe, student) -> (epochs, lr, milestones, weight decay,
+# momentum), read from the files named. mdistiller: configs/cifar100/<file>; the authors: CSKD.md 4.
+PUBLISHED = {
+    ("mdistiller", "resnet8x4"): ("kd.yaml, dkd/res32x4_res8x4.yaml", 240, 0.05),
+    ("mdistiller", "resnet20"): ("dkd/res56_res20.yaml", 240, 0.05),
+    ("mdistiller", "ShuffleV1"): ("dkd/res32x4_shuv1.yaml, dkd/wrn40_2_shuv1.yaml", 240, 0.01),
+    ("mdistiller", "ShuffleV2"): ("dkd/res32x4_shuv2.yaml", 240, 0.01),
+    ("mdistiller", "MobileNetV2"): ("dkd/vgg13_mv2.yaml, dkd/res50_mv2.yaml", 240, 0.01),
+    ("cskd", "resnet8x4"): ("CSKD.md 4: ResNet/WRN/VGG students", 480, 0.025),
+    ("cskd", "wrn_16_2"): ("CSKD.md 4: ResNet/WRN/VGG students", 480, 0.025),
+    ("cskd", "ShuffleV2"): ("CSKD.md 4: ShuffleNet/MobileNet students", 480, 0.01),
+    ("cskd", "MobileNetV2"): ("CSKD.md 4: ShuffleNet/MobileNet students", 480, 0.01),
+}
+
+
+@pytest.mark.parametrize("recipe, student", sorted(PUBLISHED))
+def test_each_recipe_trains_at_the_published_rate(recipe, student):
+    from pipeline.study import recipe_settings
+
+    source, epochs, lr = PUBLISHED[recipe, student]
+    settings = recipe_settings(recipe, student)
+    assert (settings["epochs"], settings["lr"]) == (epochs, lr), source
+    assert (settings["milestones"], settings["gamma"], settings["weight_decay"], settings["momentum"]) == (
+        [150, 180, 210], 0.1, 5.0e-4, 0.9), source

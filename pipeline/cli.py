@@ -1,5 +1,5 @@
 """The ``cskd-pipeline`` command line: the pipeline commands (run, plan, validate, export) here,
-the others in ``cli_manage``, ``cli_data``, ``cli_serve`` and ``cli_study``, all registered on
+the others in ``cli_manage``, ``cli_release``, ``cli_data``, ``cli_serve`` and ``cli_study``, all registered on
 the group in ``cli_base`` (exit codes there)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import cli_data, cli_manage, cli_serve, cli_study  # noqa: F401 - their commands register on main
+from pipeline import cli_data, cli_manage, cli_release, cli_serve, cli_study  # noqa: F401 - their commands register on main
 from pipeline.cli_base import (  # noqa: F401 - main is the entry point; the rest is re-exported for tests
     handle_errors,
     load_from_option,
@@ -139,6 +139,7 @@ class TargetType(click.ParamType):
 
 
 @main.command()
+@click.argument("source", required=False, metavar="[NAME[@vN]]")
 @manifest_option
 @click.option("--target", type=TargetType(), default="onnx", show_default=True,
               help="what to export: onnx, onnx-fp16, onnx-int8, trt, openvino, openvino-int8, or any other "
@@ -147,16 +148,20 @@ class TargetType(click.ParamType):
 @click.option("--out", "out", type=click.Path(path_type=Path), default=None,
               help="the folder the exported file(s) are written into (default: exported/<manifest name>); "
                    "files the export did not write there are never replaced")
+@click.option("--ship-dir", type=click.Path(path_type=Path), default=None,
+              help="with NAME: the folder holding <name>/v<N>/ (default: the manifest's ship.dir, else shipped)")
 @set_option
 @click.option("-q", "--quiet", is_flag=True, help="no progress bars")
 @handle_errors
-def export(manifest_opt: str | None, target: str, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
-    """Export the student (training teacher and student first if they are not cached) into a folder
-    of your choice, outside the store; print the path of each file written.
+def export(source: str | None, manifest_opt: str | None, target: str, out: Path | None, ship_dir: Path | None,
+           overrides: tuple[str, ...], quiet: bool) -> None:
+    """Export a shipped version (NAME, NAME@vN: its verified files, nothing retrained), or the
+    manifest's student (training teacher and student first if they are not cached), into a folder
+    of your choice outside the store; print what was written.
 
     \b
-    Examples: cskd-pipeline export --target trt
-              cskd-pipeline export --target onnx-int8 --out deploy/
+    Examples: cskd-pipeline export quickstart@v1 --target onnx-int8 --out deploy/
+              cskd-pipeline export --target trt
               cskd-pipeline export --target openvino-int8 -m resnet8x4
               cskd-pipeline export --target triton --out model_repository/
     """
@@ -164,8 +169,22 @@ def export(manifest_opt: str | None, target: str, out: Path | None, overrides: t
     from pipeline.core.files import check_owned_files, copy_owned_files
     from pipeline.core.manifest import Manifest
     from pipeline.orchestrator import run_pipeline
+    from pipeline.shipped_export import check_out_folder, export_shipped
 
+    if source is not None:
+        import stages  # noqa: F401 - the back-end registry
+
+        manifest = load_from_option(manifest_opt, overrides) if manifest_opt or overrides else None
+        ship = ship_dir or Path(manifest.ship.dir if manifest else "shipped")
+        protected = ({"store": Path(manifest.store), "report.dir": Path(manifest.report.dir)} if manifest else
+                     {"store": Path(".cskd"), "report.dir": Path("reports")})
+        _, line = export_shipped(source, target, out, ship_dir=ship, protected={**protected, "ship.dir": ship})
+        click.echo(line)
+        return
     manifest = load_from_option(manifest_opt, overrides)
+    if out is not None:
+        check_out_folder(out, {"store": Path(manifest.store), "report.dir": Path(manifest.report.dir),
+                               "ship.dir": Path(manifest.ship.dir)})
     if target == TRITON:
         for path in _export_triton(manifest, out if out is not None else Path("exported") / f"{manifest.name}-triton",
                                    quiet=quiet):

@@ -68,6 +68,7 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
               cskd-pipeline serve quickstart --address 127.0.0.1:6379   (Ray Serve, on a running Ray cluster)
     """
     from pipeline.cli_base import registered_backends
+    from pipeline.core.bundle_seal import verify_bundle
     from pipeline.core.errors import ManifestError, MissingBackend
     from serving.engines import ServeOptions
     from serving.runtime import Bundle
@@ -79,6 +80,7 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     if missing is not None:
         raise MissingBackend(f"serve --engine {engine}: {missing}")
     folder = resolve_bundle(bundle, ship_dir)
+    sums = verify_bundle(folder)  # the server loads only what shipped, and runs none of the bundle's code
     opened = Bundle.open(folder)
     target = target or opened.fastest_target()
     known = registered_backends()
@@ -87,9 +89,10 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
         served = [t for t, b in known.items() if b.shipped and all((folder / n).is_file() for n in b.shipped)]
         raise ManifestError(f"--target {target}: not in {folder} or not servable here; this bundle has "
                             f"{', '.join(served)}")
-    name = opened.name
-    click.echo(f"serving {folder} ({target}) as model {name!r} on http://{host}:{port} with {engine}: "
-               f"POST /v2/models/{name}/infer, POST /v1/classify, GET /v2/models/{name}, GET /v2/health/ready")
+    name, model = opened.name, next(f for f in files if f.endswith(('.onnx', '.xml')))
+    click.echo(f"serving {folder} as model {name!r} version {opened.version} ({target}: {model} sha256 "
+               f"{sums[model]}) on http://{host}:{port} with {engine}: POST /v2/models/{name}/infer, "
+               f"POST /v1/classify, GET /v2/models/{name}, GET /v2/health/ready")
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM shuts down like Ctrl-C: workers and replicas go too
     ENGINES[engine].serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
                                        replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,

@@ -1,9 +1,7 @@
-"""Run history: every run keeps its report, every lineage keeps its bundle.
+"""Run history: every run keeps its report (``pipeline.releases``: every lineage keeps its bundle).
 
     reports/<name>/runs/<run-id>/   report.json, report.html, run.log of one run
     reports/<name>/latest           -> runs/<newest run-id>
-    shipped/<name>/v<N>/            one bundle per lineage (a different ship artifact: a new version)
-    shipped/<name>/latest           -> the newest version
 
 The ``<name>`` folders carry the pipeline's marker: a folder there that the
 pipeline did not make is refused, never written into. ``latest`` is replaced
@@ -14,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 import uuid
 from collections.abc import Callable
@@ -25,13 +22,11 @@ from pipeline.core.files import (
     LATEST,
     OUTPUT_MARKER,
     check_replaceable,
-    latest_version,
     read_marker,
     replace_output_dir,
 )
 
-RUNS, RELEASES = "runs", "releases.jsonl"
-_VERSION = re.compile(r"^v(\d+)$")
+RUNS = "runs"
 
 
 def new_run_id() -> str:
@@ -88,111 +83,6 @@ def write_run(folder: Path, run_id: str, fill: Callable[[Path], None], *, marker
         final = replace_output_dir(folder / RUNS / run_id, fill, marker={**marker, "run": run_id}, field="report.dir")
         point_latest(folder, f"{RUNS}/{run_id}")
     return final
-
-
-def _versions(folder: Path) -> dict[int, Path]:
-    if not folder.is_dir():
-        return {}
-    return {int(m.group(1)): p for p in folder.iterdir() if (m := _VERSION.match(p.name)) and p.is_dir()}
-
-
-def planned_version(folder: Path, bundle_key: str) -> Path:
-    """Where ``publish_version`` will put the bundle whose model files hash to ``bundle_key``: the
-    version that already holds those models (whatever gate or champion let them ship), or the next."""
-    versions = _versions(folder)
-    for _, path in sorted(versions.items(), reverse=True):
-        marker = read_marker(path) or {}
-        if bundle_key in (marker.get("bundle_key"), marker.get("ship_artifact")):
-            return path
-    return folder / f"v{max(versions, default=0) + 1}"
-
-
-def _append_release(folder: Path, *, action: str, source: str | None, target: str, why: str,
-                    run: str | None = None, gate: dict | None = None) -> None:
-    """One line of ``releases.jsonl``, the audit trail of ``latest``: appended, never rewritten."""
-    line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "from": source,
-            "to": target, "why": why, "run": run, "gate": gate}
-    with open(folder / RELEASES, "a") as f:
-        f.write(json.dumps(line, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _move_latest(folder: Path, target: str, **record) -> bool:
-    """Point ``latest`` at ``target`` and record the move; False when it was there already."""
-    before = latest_version(folder)
-    if before == target:
-        return False
-    point_latest(folder, target)
-    _append_release(folder, source=before, target=target, **record)
-    return True
-
-
-def publish_version(folder: Path, bundle_key: str, fill: Callable[[Path], None], *, marker: dict, run: str,
-                    gate: dict) -> tuple[Path, bool]:
-    """The bundle as ``v<N>``: the existing version when these models shipped before, else a new one
-    (a version folder is never rewritten). It becomes ``latest``, recorded in ``releases.jsonl``.
-    Returns the version folder and whether ``latest`` moved."""
-    owned_folder(folder, field="ship.dir", what="shipped bundles")
-    with _lock(folder):
-        target = planned_version(folder, bundle_key)
-        if not target.exists():
-            replace_output_dir(target, fill, marker={**marker, "bundle_key": bundle_key}, field="ship.dir")
-        moved = _move_latest(folder, target.name, action="ship", run=run, gate=gate,
-                             why="the gate passed (every rule, the champion rule included)")
-    return target, moved
-
-
-def release_history(folder: Path) -> list[dict]:
-    """Every move of ``latest``, oldest first; ``ManifestError`` naming the file if a line is unreadable."""
-    path = folder / RELEASES
-    if not path.is_file():
-        return []
-    moves = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        try:
-            moves.append(json.loads(line))
-        except ValueError:
-            raise ManifestError(f"{path}:{number}: not a JSON line; the audit trail is damaged") from None
-    return moves
-
-
-def _version_folder(folder: Path, version: str) -> str:
-    name = version if version.startswith("v") else f"v{version}"
-    path = folder / name
-    if not _VERSION.match(name) or not path.is_dir() or path.is_symlink() or read_marker(path) is None:
-        known = ", ".join(sorted(p.name for p in _versions(folder).values())) or "none"
-        raise ManifestError(f"{path}: no such shipped version (versions: {known})")
-    return name
-
-
-def promote(folder: Path, version: str, *, why: str = "promoted by hand") -> tuple[str | None, str, bool]:
-    """Make ``version`` the champion. Returns (previous latest, new latest, whether it moved)."""
-    check_owned(folder, field="ship.dir")
-    with _lock(folder):
-        target = _version_folder(folder, version)
-        before = latest_version(folder)
-        return before, target, _move_latest(folder, target, action="promote", why=why)
-
-
-def rollback(folder: Path, *, why: str = "rolled back by hand") -> tuple[str, str]:
-    """``latest`` back to the version that was the champion before the current one became it (each
-    ship or promote stacks a version, each rollback takes one off). Returns (from, to)."""
-    check_owned(folder, field="ship.dir")
-    with _lock(folder):
-        stack: list[str] = []
-        for move in release_history(folder):
-            if move["action"] == "rollback":
-                stack.pop() if stack else None
-            elif not stack or stack[-1] != move["to"]:
-                stack.append(move["to"])
-        current = latest_version(folder)
-        if len(stack) < 2 or current is None:
-            raise ManifestError(f"{folder}: nothing to roll back to ({RELEASES} records "
-                                f"{len(stack)} champion(s)); `cskd-pipeline promote` names a version")
-        target = _version_folder(folder, stack[-2])
-        _move_latest(folder, target, action="rollback", why=why)
-        return current, target
 
 
 # ---- reading the history --------------------------------------------------------------

@@ -21,11 +21,12 @@ import stages  # noqa: F401 - registers every stage and back-end
 from pipeline.core.contracts import Inputs, StageContext, recipe
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
-from pipeline.core.files import confined
+from pipeline.core.files import confined, latest_version
 from pipeline.core.manifest import Manifest
 from pipeline.core.records import (
     BundleRecord,
     Found,
+    ValidationRecord,
     VerdictRecord,
     checked,
     find,
@@ -34,14 +35,9 @@ from pipeline.core.records import (
     reread,
 )
 from pipeline.core.store import Artifact, ArtifactStore
-from pipeline.history import (
-    check_owned,
-    latest_version,
-    new_run_id,
-    planned_version,
-    publish_version,
-)
+from pipeline.history import check_owned, new_run_id
 from pipeline.planner import PlannedStage, check_inputs, on_demand, plan  # noqa: F401 - re-exported
+from pipeline.releases import planned_version, publish_version, ship_reason
 from pipeline.run_output import RunLog, progress_display
 from pipeline.tracking import track
 
@@ -263,6 +259,11 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
     run["release"] = {"version": bundle.name if bundle else None, "latest": bundle is not None,
                       "path": os.path.relpath(bundle) if bundle else None,
                       "champion_before": latest_version(folders["ship.dir"])}
+    if bundle is not None:  # what the report's verdict line and releases.jsonl say: only what ran
+        skipped = ["champion rule skipped (ship.promote: always)"] if manifest.ship.promote == "always" else []
+        onnx = (find(outcome.artifacts, ValidationRecord).record.models.get("onnx") or {}).get("top1")
+        run["release"].update(rules_skipped=skipped, why=ship_reason(
+            folders["ship.dir"], bundle.name, rules=[r["rule"] for r in gate.record.rules], skipped=skipped, top1=onnx))
     outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=echo.path,
                                       bundle=bundle)
     if not passed:
@@ -291,7 +292,9 @@ def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folde
         (tmp / "report.html").write_text(render_html(report, {name: name for name in bundle.record.files}))
 
     marker = {"manifest": manifest.name, "what": "shipped bundle", "ship_artifact": bundle.id}
-    verdict = {"passed": True, "gate_artifact": gate.id, "rules": [r["rule"] for r in gate.record.rules]}
+    release = run["release"]
+    verdict = {"passed": True, "gate_artifact": gate.id, "rules": [r["rule"] for r in gate.record.rules],
+               "skipped": release["rules_skipped"]}
     target, _ = publish_version(folder, bundle.record.bundle_key, fill, marker=marker, run=run["id"],
-                                gate=verdict)
+                                gate=verdict, why=release["why"])
     return target

@@ -17,6 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline.core.bundle_seal import verify_bundle
 from pipeline.core.manifest import Manifest
 from pipeline.core.records import (
     LatencyRecord,
@@ -31,10 +32,9 @@ from pipeline.core.records import (
 )
 from pipeline.core.store import Artifact
 from pipeline.history import flatten
+from pipeline.registry import backfill, register, remember_tracking
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow opens it as model training
-CHAMPION_ALIAS = "champion"
-BUNDLE_VERSION_TAG = "cskd.bundle_version"
 
 
 def tracking_uri(manifest: Manifest | None) -> str | None:
@@ -81,6 +81,7 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
     release = run.get("release") or {}
     tags = {"cskd.manifest": manifest.name, "cskd.run": run["id"], "cskd.gate": "PASS" if passed else "FAIL",
             "cskd.version_shipped": release.get("version") or "none", "cskd.became_latest": str(release.get("latest"))}
+    notes: list[str] = []  # said after MLflow's output is ours again
     try:
         with _quiet_output():
             mlflow.set_tracking_uri(uri)
@@ -101,9 +102,15 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
                 if report_dir is not None:
                     mlflow.log_artifacts(str(report_dir), artifact_path="report")
                 if bundle_dir is not None:
+                    verify_bundle(bundle_dir)  # what the registry gets is what shipped
                     mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
-                    _register(mlflow, manifest.name, bundle_dir, tags=tags, latest=bool(release.get("latest")))
+                    register(mlflow, manifest.name, bundle_dir, tags=tags, latest=bool(release.get("latest")))
+                    backfill(mlflow, manifest.name, bundle_dir.parent, echo=notes.append)
                 run_id, experiment_id = active.info.run_id, active.info.experiment_id
+        for line in notes:
+            echo(line)
+        if bundle_dir is not None:
+            remember_tracking(bundle_dir.parent, uri)
         if uri.startswith(("http://", "https://")):
             # MLflow 3's UI picks its GenAI or model-training views from this parameter (or the
             # visitor's last choice), not from the experiment's tag: the link opens the training view
@@ -161,52 +168,3 @@ def _log_test_data(mlflow, manifest: Manifest, artifacts: dict[str, Artifact]) -
                                 "max_test_samples": str(manifest.data.max_test_samples)})
     dataset = MetaDataset(source, name=f"{manifest.data.name}/test", digest=str(data.get("fingerprint", ""))[:36])
     mlflow.log_input(dataset, context="test")
-
-
-def _register(mlflow, name: str, bundle_dir: Path, *, tags: dict, latest: bool) -> None:
-    """The shipped ONNX student in the Model Registry (ONNX flavour, with its signature), described
-    and tagged with its bundle version; the alias ``champion`` follows ``latest``."""
-    import numpy as np
-    import onnx
-    from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
-
-    model = onnx.load(str(bundle_dir / "student.onnx"))
-    spec = json.loads({p.key: p.value for p in model.metadata_props}["cskd.input"])
-    classes = len(json.loads({p.key: p.value for p in model.metadata_props}["cskd.class_names"]))
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *spec["shape"][1:]), spec["name"])]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, classes), "logits")]))
-    info = mlflow.onnx.log_model(model, name="model", signature=signature, registered_model_name=name)
-    client = mlflow.MlflowClient()
-    version = str(info.registered_model_version)
-    client.update_registered_model(name, description=f"Students distilled by cskd-pipeline from manifest {name!r}; "
-                                                     f"the alias '{CHAMPION_ALIAS}' is the shipped latest.")
-    client.set_registered_model_tag(name, "cskd.manifest", name)
-    client.update_model_version(name, version, description=f"bundle {bundle_dir.name} of {name} ({bundle_dir})")
-    for key, value in {**tags, BUNDLE_VERSION_TAG: bundle_dir.name, "cskd.promoted": str(latest)}.items():
-        client.set_model_version_tag(name, version, key, value)
-    if latest:
-        client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-
-
-def set_champion(manifest: Manifest | None, name: str, bundle_version: str, *, echo: Callable[[str], None]) -> None:
-    """After ``promote`` or ``rollback``: the alias ``champion`` moves to the registered model version of
-    ``bundle_version`` (the version tagged with it). Nothing to do without tracking."""
-    uri = tracking_uri(manifest)
-    mlflow = _mlflow(uri, echo) if uri is not None else None
-    if mlflow is None:
-        return
-    try:
-        with _quiet_output():
-            client = mlflow.MlflowClient(tracking_uri=uri)
-            found = [v for v in client.search_model_versions(f"name = '{name}'")
-                     if v.tags.get(BUNDLE_VERSION_TAG) == bundle_version]
-            if not found:
-                echo(f"warning: no registered version of {name} is tagged {BUNDLE_VERSION_TAG}={bundle_version} at "
-                     f"{uri}; the alias '{CHAMPION_ALIAS}' was not moved")
-                return
-            version = max(found, key=lambda v: int(v.version)).version
-            client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
-            client.set_model_version_tag(name, version, "cskd.promoted", "True")
-    except Exception as exc:  # noqa: BLE001 - as for runs: one line, the move on disk stands
-        _warn(echo, uri, exc)

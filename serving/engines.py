@@ -65,6 +65,9 @@ def _add_protocol_routes(app, options: ServeOptions) -> None:
                                       "models": [options.model_name]}, methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}", lambda: codec.metadata(platform), methods=["GET"])
     app.add_api_route(f"/v2/models/{options.model_name}/ready", lambda: {"ready": True}, methods=["GET"])
+    version = f"/v2/models/{options.model_name}/versions/{codec.version}"
+    app.add_api_route(version, lambda: codec.metadata(platform), methods=["GET"])
+    app.add_api_route(f"{version}/ready", lambda: {"ready": True}, methods=["GET"])
     app.add_api_route("/metrics", _metrics_response, methods=["GET"])
 
 

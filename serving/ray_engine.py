@@ -83,6 +83,22 @@ class OipDeployment:
         self._model(name)
         return {"ready": True}
 
+    @app.get("/v2/models/{name}/versions/{version}")
+    def version_metadata(self, name: str, version: str) -> dict:
+        self._version(name, version)
+        return self.codec.metadata(self.platform)
+
+    @app.get("/v2/models/{name}/versions/{version}/ready")
+    def version_ready(self, name: str, version: str) -> dict:
+        self._version(name, version)
+        return {"ready": True}
+
+    def _version(self, name: str, version: str) -> None:
+        self._model(name)
+        if version != self.codec.version:
+            raise HTTPException(status_code=404, detail=f"no version {version!r} of {name!r}; this server serves "
+                                                        f"version {self.codec.version}")
+
     @app.post("/v2/models/{name}/infer")
     async def infer(self, name: str, request: Request) -> dict:
         self._model(name)

@@ -3,18 +3,20 @@
 The runner loads one exported file of a bundle (ONNX Runtime for the ONNX files, OpenVINO for
 the IR) and maps a float32 batch to logits. The codec speaks the Open Inference Protocol v2
 (KServe v2, what Triton, KServe and MLServer speak: JSON tensors in, JSON tensors out) and
-``/v1/classify`` (image bytes in, label and probabilities out, through the bundle's own
-``predict.py`` preprocessing). An engine (``engines.py``) only adapts these to its
-server and its dynamic batching, so engines cannot drift apart.
+``/v1/classify`` (image bytes in, label and probabilities out, decoded by the pipeline's own
+decoder, ``cskd.data.decode``: the server runs no code the bundle carries). Every answer names
+the version served. An engine (``engines.py``) only adapts these to its server and its dynamic
+batching, so engines cannot drift apart.
 
-A bad request raises ``BadRequest`` with a message; engines answer it with HTTP 400.
+A bad request raises ``BadRequest`` with a message; engines answer it with HTTP 400. Bodies are
+parsed strictly: NaN, infinities (``1e400``) and JSON nested past the parser's recursion limit
+are bad requests, and so is a non-finite value in a tensor.
 """
 
 from __future__ import annotations
 
 import base64
-import importlib.util
-import io
+import hashlib
 import json
 import os
 import re
@@ -28,6 +30,25 @@ _DATATYPES = {"FP32": np.float32, "FP16": np.float16, "FP64": np.float64}
 BINARY_HEADER = "inference-header-content-length"
 # where an engine that can only pass JSON to its workers (LitServe) carries the binary part, base64
 BINARY_KEY = "binary_data_b64"
+_VERSION_FOLDER = re.compile(r"^v(\d+)$")
+
+
+def _reject_constant(name: str) -> float:
+    raise BadRequest(f"{name} is not a number this model takes: send finite values")
+
+
+def parse_json(raw: bytes) -> object:
+    """A request body as JSON, strictly: BadRequest for NaN and Infinity, or nesting deeper than the
+    parser's recursion limit (json's C scanner stops there; an infer request nests 4 deep). A
+    number too large for FP32 (``1e400``) parses, and ``decode_infer`` refuses the tensor."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest("the body nests too deeply to be an infer request (it needs 4 levels)") from None
+    except ValueError as exc:
+        if isinstance(exc, BadRequest):
+            raise
+        raise BadRequest(f"the body is not JSON: {exc}") from None
 
 
 class BadRequest(ValueError):
@@ -40,6 +61,7 @@ class Bundle:
 
     folder: Path
     card: dict
+    version: str  # what OIP answers name: N of a folder vN, else the first 12 hex of its SHA256SUMS
 
     @classmethod
     def open(cls, folder: Path) -> Bundle:
@@ -47,7 +69,11 @@ class Bundle:
         if not card_path.is_file():
             raise FileNotFoundError(f"{folder}: not a bundle (no model_card.json); give a shipped version folder "
                                     f"such as shipped/<name>/latest")
-        return cls(folder, json.loads(card_path.read_text()))
+        match = _VERSION_FOLDER.match(Path(folder).resolve().name)
+        sums = Path(folder) / "SHA256SUMS"
+        version = match.group(1) if match else (
+            hashlib.sha256(sums.read_bytes()).hexdigest()[:12] if sums.is_file() else "unsealed")
+        return cls(folder, json.loads(card_path.read_text()), version)
 
     @property
     def name(self) -> str:
@@ -105,10 +131,10 @@ class Codec:
         self.input_name, self.sample_shape = spec["name"], tuple(spec["shape"][1:])
         self.output_name = bundle.card["output"]["name"]
         self.classes = bundle.card["class_names"]
-        self._preprocess = None
+        self.version = bundle.version
 
     def metadata(self, platform: str) -> dict:
-        return {"name": self.model_name, "versions": ["1"], "platform": platform,
+        return {"name": self.model_name, "versions": [self.version], "platform": platform,
                 "inputs": [{"name": self.input_name, "datatype": "FP32", "shape": [-1, *self.sample_shape]}],
                 "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": [-1, len(self.classes)]}],
                 "parameters": {"class_names": self.classes}}
@@ -116,17 +142,15 @@ class Codec:
     @staticmethod
     def split_binary(raw: bytes, header_length: str | None) -> tuple[object, bytes]:
         """A request body as its JSON part and its binary part (empty without the extension)."""
+        if header_length is None:
+            return parse_json(raw), b""
         try:
-            if header_length is None:
-                return json.loads(raw), b""
             length = int(header_length)
-            if not 0 < length <= len(raw):
-                raise BadRequest(f"{BINARY_HEADER}: {length} is not within the body's {len(raw)} bytes")
-            return json.loads(raw[:length]), raw[length:]
-        except ValueError as exc:
-            if isinstance(exc, BadRequest):
-                raise
-            raise BadRequest(f"the body is not JSON: {exc}") from None
+        except ValueError:
+            raise BadRequest(f"{BINARY_HEADER}: {header_length!r} is not a number of bytes") from None
+        if not 0 < length <= len(raw):
+            raise BadRequest(f"{BINARY_HEADER}: {length} is not within the body's {len(raw)} bytes")
+        return parse_json(raw[:length]), raw[length:]
 
     def decode_infer(self, body: object, binary: bytes = b"") -> tuple[str | None, np.ndarray]:
         """An OIP v2 infer request (JSON tensors, or the binary tensor extension's bytes) as its id and
@@ -145,12 +169,17 @@ class Codec:
             raise BadRequest(f"shape {shape}: this model takes [N, {', '.join(map(str, self.sample_shape))}]")
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:
-            return body.get("id"), self._binary(body, binary, dtype, shape, size)
-        try:
-            data = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
-        except (TypeError, ValueError) as exc:
-            raise BadRequest(f"data does not fill shape {shape} with numbers ({exc})") from None
-        return body.get("id"), data.astype(np.float32)
+            data = self._binary(body, binary, dtype, shape, size)
+        else:
+            try:
+                with np.errstate(over="ignore"):  # a value past FP32's range becomes inf: refused below
+                    data = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape).astype(np.float32)
+            except (TypeError, ValueError) as exc:
+                raise BadRequest(f"data does not fill shape {shape} with numbers ({exc})") from None
+        if not np.isfinite(data).all():
+            raise BadRequest(f"{int((~np.isfinite(data)).sum())} values are NaN or infinite (in FP32): send finite "
+                             f"values")
+        return body.get("id"), data
 
     @staticmethod
     def _binary(body: dict, binary: bytes, dtype, shape: list[int], size: object) -> np.ndarray:
@@ -160,30 +189,47 @@ class Codec:
         if size != expected or len(binary) != expected:
             raise BadRequest(f"binary_data_size {size} with {len(binary)} bytes sent: shape {shape} of "
                              f"{np.dtype(dtype).name} is {expected} bytes")
-        return np.frombuffer(binary, dtype=dtype).reshape(shape).astype(np.float32)
+        with np.errstate(over="ignore"):
+            return np.frombuffer(binary, dtype=dtype).reshape(shape).astype(np.float32)
 
     def encode_infer(self, request_id: str | None, logits: np.ndarray) -> dict:
-        out = {"model_name": self.model_name, "model_version": "1",
-               "outputs": [{"name": self.output_name, "datatype": "FP32", "shape": list(logits.shape),
-                            "data": logits.ravel().tolist()}]}
+        finite = np.isfinite(logits)
+        # JSON has no NaN: a non-finite logit (a broken model, not a bad request) is sent as null and counted
+        data = logits.ravel().tolist() if finite.all() else [v if ok else None for v, ok in
+                                                            zip(logits.ravel().tolist(), finite.ravel(), strict=True)]
+        output = {"name": self.output_name, "datatype": "FP32", "shape": list(logits.shape), "data": data}
+        if not finite.all():
+            output["parameters"] = {"non_finite": int((~finite).sum())}
+        out = {"model_name": self.model_name, "model_version": self.version, "outputs": [output]}
         return {**out, "id": request_id} if request_id is not None else out
 
     def decode_image(self, data: bytes) -> np.ndarray:
-        """Image bytes as one float32 sample, by the bundle's own predict.py; BadRequest if unreadable."""
-        if self._preprocess is None:
-            spec = importlib.util.spec_from_file_location("bundle_predict", self.bundle.folder / "predict.py")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-            self._preprocess = module.Classifier(self.bundle.folder / "student.onnx", threads=1)
+        """Image bytes as one float32 sample in [0, 1] at the model's size, by the pipeline's own
+        decoder (the rules predict.py copies); BadRequest if unreadable or over the pixel limit."""
+        from PIL import Image
+
+        from cskd.data.decode import decode_image
+        from cskd.errors import DataError
+
+        channels, height, width = self.sample_shape
         try:
-            return self._preprocess.pixels(io.BytesIO(data))
-        except ValueError as exc:  # Pillow names the buffer object: say "the upload" instead
-            raise BadRequest(f"the upload is not an image this model can read: "
-                             f"{re.sub(r'<[^>]*>', 'the upload', str(exc))}") from None
+            chw = decode_image(data, channels=channels, where="the upload").numpy()
+        except DataError as exc:
+            raise BadRequest(str(exc).replace("; remove or replace it", "").replace(
+                "remove it, or raise data.max_image_pixels", "send a smaller image")) from None
+        if chw.shape[1:] != (height, width):  # as predict.py resizes: bilinear, on the uint8 image
+            hwc = chw[0] if channels == 1 else chw.transpose(1, 2, 0)
+            resized = np.asarray(Image.fromarray(hwc).resize((width, height), Image.BILINEAR))
+            chw = resized[None] if channels == 1 else resized.transpose(2, 0, 1)
+        return chw.astype(np.float32) / 255.0
 
     def encode_classification(self, logits: np.ndarray) -> dict:
+        if not np.isfinite(logits).all():
+            return {"label": None, "index": None, "probability": None, "probabilities": None,
+                    "model_version": self.version, "error": "the model gave non-finite logits for this image"}
         shifted = np.exp(logits - logits.max())
         probabilities = shifted / shifted.sum()
         best = int(probabilities.argmax())
         return {"label": self.classes[best], "index": best, "probability": float(probabilities[best]),
+                "model_version": self.version,
                 "probabilities": {c: float(p) for c, p in zip(self.classes, probabilities, strict=True)}}

@@ -17,9 +17,10 @@ import torch
 from cskd.checkpoint import save_tensors
 from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
+from pipeline.core.bundle_seal import verify_bundle
 from pipeline.core.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
 from pipeline.core.data_section import TestData
-from pipeline.core.errors import ManifestError
+from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import latest_version, sha256_file
 from pipeline.core.manifest import Manifest
 from stages.data import describe, test_split
@@ -33,11 +34,11 @@ def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
     version = latest_version(ship_folder)
     if version is None:
         return None
-    model = ship_folder / version / CHAMPION_FILE
-    if not model.is_file() or model.is_symlink():
-        raise ManifestError(f"{model}: the champion's model is missing; `cskd-pipeline bundle verify "
-                            f"{ship_folder / version}` says what else is, or `cskd-pipeline promote` another version")
-    return version, model
+    try:  # the new student is held to this model: it must be the one that shipped
+        verify_bundle(ship_folder / version)
+    except StoreError as exc:
+        raise StoreError(f"champion {version}: {exc} (nothing ships while latest fails its seal)") from None
+    return version, ship_folder / version / CHAMPION_FILE
 
 
 class ChampionConfig(Strict):

@@ -110,6 +110,10 @@ def bundle_readme(card: dict) -> str:
     lines += ["", f"Input `{spec['name']}`: {spec['dtype']} {spec['layout']} {spec['shape']}, pixels in [0, 1] "
                   f"(normalisation is inside the model). Output: logits over {len(card['class_names'])} classes "
                   f"(`labels.txt`).", "", *_which_file(card), "",
+              "Verify the bundle before you use it: `sha256sum -c SHA256SUMS` in this folder (or "
+              "`cskd-pipeline bundle verify <this folder>`) checks every file, this README, the model card and "
+              "`predict.py` included, and names any file that is not listed. Run `predict.py` only from a folder "
+              "that verifies: Python imports modules from the script's folder first.", "",
               "Classify image files: `python predict.py student.onnx image.png` (one line per image), or in "
               "Python (onnxruntime, numpy and Pillow only):", "", "```python",
               "from predict import Classifier", "", 'model = Classifier("student.onnx")',
@@ -152,7 +156,7 @@ def _which_file(card: dict) -> list[str]:
 
 class ShipStage(Stage):
     kind = "ship"
-    version = 3  # 3: README.md, the card's int8 entry
+    version = 4  # 4: README.md says to verify the bundle (SHA256SUMS) before use; 3: README.md, the card's int8 entry
     Config = ShipConfig
     Record = BundleRecord  # the bundle's files, and the key a shipped version is found by
 

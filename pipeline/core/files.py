@@ -79,13 +79,15 @@ def check_replaceable(final: Path, *, field: str) -> None:
                           f"inside); move it away or choose another {field}")
 
 
-def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dict, field: str) -> Path:
+def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dict, field: str,
+                       seal: Callable[[Path], None] | None = None) -> Path:
     """Build a folder with ``fill(tmp)``, then swap it in for ``final`` atomically.
 
     ``final`` may be absent or a folder this pipeline made (it has the marker). Anything
     else there (a user's folder, a file, a symlink) is refused with ``OutputError``; nothing
     is deleted. The folder is built in a hidden sibling and renamed, so a reader never sees
-    a half-written folder; the old one is renamed aside before it is removed.
+    a half-written folder; the old one is renamed aside before it is removed. ``seal(tmp)``, if
+    given, runs last, over everything the folder holds (the marker included).
     """
     check_replaceable(final, field=field)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -95,6 +97,8 @@ def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dic
     try:
         fill(tmp)
         (tmp / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline", **marker}, indent=2) + "\n")
+        if seal is not None:
+            seal(tmp)
         for path in tmp.iterdir():
             if path.is_file():
                 path.chmod(0o644)  # bundles are read by other users and services

@@ -23,6 +23,7 @@ from pathlib import Path
 from pipeline.core.bundle_seal import seal_bundle, verify_bundle
 from pipeline.core.errors import ManifestError
 from pipeline.core.files import latest_version, read_marker, replace_output_dir
+from pipeline.core.records import BundleRecord
 from pipeline.history import _lock, check_owned, owned_folder, point_latest
 
 RELEASES = "releases.jsonl"
@@ -84,9 +85,11 @@ def _top1(folder: Path, version: str) -> str:
 
     try:
         verify_bundle(folder / version)
-        return f"ONNX top-1 {json.loads((folder / version / 'model_card.json').read_text())['metrics']['onnx_top1']:.2f}"
-    except StoreError as exc:
-        return f"unverified: {str(exc).split(': ', 1)[-1].split(':')[0]}"
+        card = json.loads((folder / version / BundleRecord.CARD).read_text())
+        return f"ONNX top-1 {card['metrics']['onnx_top1']:.2f}"
+    except StoreError as exc:  # "<path>: <what> (<detail>): <fix>" -> "unverified: <file> <what>"
+        path, _, what = str(exc).partition(": ")
+        return f"unverified: {Path(path).name} {what.split(' (')[0].split(':')[0]}"
     except (OSError, ValueError, KeyError, TypeError):
         return "no ONNX top-1 in its card"
 
@@ -215,14 +218,15 @@ def promote(folder: Path, version: str, *, why: str = "promoted by hand") -> tup
 
 def rollback(folder: Path, *, why: str = "rolled back by hand") -> tuple[str, str]:
     """``latest`` back to the version that was the champion before the current one became it (each
-    ship or promote stacks a version, each rollback takes one off). Returns (from, to)."""
-    check_owned(folder, field="ship.dir")
+    ship or promote stacks a version, each rollback takes one off; a repair moves nothing). The
+    version rolled back to must verify. Returns (from, to)."""
+    _shipped_name(folder)
     with _lock(folder):
         stack: list[str] = []
         for move in release_history(folder):
             if move["action"] == "rollback":
                 stack.pop() if stack else None
-            elif not stack or stack[-1] != move["to"]:
+            elif move["action"] != "repair" and (not stack or stack[-1] != move["to"]):
                 stack.append(move["to"])
         current = latest_version(folder)
         if len(stack) < 2 or current is None:

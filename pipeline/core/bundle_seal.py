@@ -19,9 +19,10 @@ from pathlib import Path
 
 from pipeline.core.errors import StoreError
 from pipeline.core.files import sha256_file
+from pipeline.core.records import BundleRecord
 
 SUMS = "SHA256SUMS"
-CARD = "model_card.json"
+CARD = BundleRecord.CARD
 _LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9._-]+)$")  # sha256sum's text mode: digest, two spaces, name
 
 

@@ -196,7 +196,19 @@ def test_classify_gives_the_labels_of_predict_py(server, tmp_path):
                             + b"\0" * 100, "headers": {"Inference-Header-Content-Length": "116"}}, 400,
      "100 bytes sent"),
     ("over --max-body-mb", {"data": b"[" + b"0," * 600_000 + b"0]"}, 413, "too large"),
-    ("undecodable image", {"files": {"file": ("a.png", b"not a png", "image/png")}}, 400, "not an image"),
+    ("undecodable image", {"files": {"file": ("a.png", b"not a png", "image/png")}}, 400,
+     "the upload: not a readable image"),
+    # hostile JSON: each a client error that names the problem, never a 500
+    ("NaN in the data", {"data": b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 8], '
+                                 b'"data": [NaN' + b', 0.0' * 63 + b']}]}'}, 400, "NaN is not a number"),
+    ("1e400 in the data", {"data": b'{"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 8], '
+                                   b'"data": [1e400' + b', 0.0' * 63 + b']}]}'}, 400, "1 values are NaN or infinite"),
+    ("NaN through the binary extension",
+     {"data": json.dumps({"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 8],
+                                      "parameters": {"binary_data_size": 256}}]}).encode()
+      + np.full(64, np.nan, dtype=np.float32).tobytes(), "headers": {"Inference-Header-Content-Length": "116"}},
+     400, "64 values are NaN or infinite"),
+    ("100,000 levels deep", {"data": b"[" * 100_000 + b"]" * 100_000}, 400, "nests too deeply"),
 ])
 def test_a_bad_request_gets_its_status_and_a_message_and_the_next_good_one_succeeds(server, name, request_kwargs,
                                                                                      status, says):
@@ -352,3 +364,80 @@ def test_serve_deploys_onto_a_running_ray_cluster_through_address(shipped_run, t
     finally:
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(short, ignore_errors=True)
+
+
+def test_the_server_names_the_version_it_serves(server):
+    """OIP metadata lists the shipped version (latest is v1 of the tiny run), every infer response
+    carries it, and the versioned ready and metadata routes answer for it and only for it."""
+    bundle, client, url = server.bundle, server.client, server.url
+    version = bundle.resolve().name.removeprefix("v")
+    assert client.get_model_metadata("tiny")["versions"] == [version]
+    images, _ = _test_images(bundle)
+    tensor = http.InferInput("images", [2, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(images[:2].astype(np.float32) / 255.0)
+    assert client.infer("tiny", [tensor]).get_response()["model_version"] == version
+    assert client.is_model_ready("tiny", model_version=version)
+    assert requests.get(f"{url}/v2/models/tiny/versions/{version}", timeout=30).json()["versions"] == [version]
+    assert requests.get(f"{url}/v2/models/tiny/versions/{int(version) + 1}/ready", timeout=30).status_code == 404
+    label = requests.post(f"{url}/v1/classify", files={"file": ("a.png", _png(images[0, 0]), "image/png")},
+                          timeout=30).json()
+    assert label["model_version"] == version
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_serve_refuses_a_bundle_that_fails_its_seal_before_running_anything(shipped_run, tmp_path):
+    """A line appended to predict.py: `bundle verify` and `serve` both exit 4 naming the file, and
+    the planted line never runs (the server would not run it anyway: the next test)."""
+    import shutil
+
+    folder, _, code, _ = shipped_run
+    assert code == 0
+    copy = tmp_path / "v1"
+    shutil.copytree(folder / "shipped" / "tiny" / "v1", copy)
+    planted = tmp_path / "planted-line-ran"
+    with open(copy / "predict.py", "a") as f:
+        f.write(f"\nopen({str(planted)!r}, 'w').write('ran')\n")
+    binary = Path(sys.executable).parent / "cskd-pipeline"
+    for command in (["bundle", "verify", str(copy)], ["serve", str(copy), "--port", str(_free_port())]):
+        proc = subprocess.run([str(binary), *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert "predict.py: changed since it shipped" in proc.stderr and "Traceback" not in proc.stderr
+    assert not planted.exists()
+
+
+def test_the_server_decodes_uploads_itself_and_needs_no_code_from_the_bundle(shipped_run, tmp_path):
+    """The classify path decodes with the pipeline's decoder: a bundle folder without predict.py
+    classifies exactly as predict.py would, and an image over the pixel limit is a bad request."""
+    import importlib.util
+    import shutil
+
+    from serving.runtime import BadRequest, Bundle, Codec
+
+    folder, _, code, _ = shipped_run
+    assert code == 0
+    source = folder / "shipped" / "tiny" / "v1"
+    bare = tmp_path / "bare"
+    shutil.copytree(source, bare)
+    (bare / "predict.py").unlink()
+    codec = Codec(Bundle.open(bare), "tiny")
+    spec = importlib.util.spec_from_file_location("bundle_predict", source / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    reference = predict.Classifier(source / "student.onnx")
+    images, _ = _test_images(source)
+    for pixels in (images[0, 0], np.kron(images[1, 0], np.ones((3, 3), dtype=np.uint8))):  # 8x8, and 24x24 resized
+        data = _png(pixels)
+        import io
+
+        np.testing.assert_array_equal(codec.decode_image(data)[None], reference.pixels(io.BytesIO(data))[None])
+    with pytest.raises(BadRequest, match="the upload: not a readable image"):
+        codec.decode_image(b"GIF89a broken")

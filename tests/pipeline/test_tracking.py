@@ -124,3 +124,33 @@ def test_an_unwritable_sqlite_store_costs_one_warning_and_no_retries(workdir):
     warnings = [line for line in result.output.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and "no-such-folder" in warnings[0], result.output
     assert time.monotonic() - started < 60  # the pipeline's own work, not minutes of retries
+
+
+def test_the_registry_follows_the_disk_without_a_manifest(workdir, monkeypatch):
+    """v1 ships with tracking off, v2 with it on: the registry gets both (v1 on the next tracked
+    ship), each tagged with its bundle version; `rollback` without -m moves the alias (the ship
+    folder remembers where it is tracked); `track status` says when alias and latest disagree."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    assert CliRunner().invoke(main, ["run", "-m", str(write_manifest(workdir)), "-q"]).exit_code == 0
+    tracked = write_manifest(workdir, edited(tracking={"mlflow": {"uri": uri, "experiment": "cskd-tests"}}))
+    result = CliRunner().invoke(main, ["run", "-m", str(tracked), "-q", "-o", "student.train.epochs=1",
+                                       "-o", "ship.promote=always"])
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    registered = {v.tags["cskd.bundle_version"]: v.version for v in client.search_model_versions("name='tiny'")}
+    assert sorted(registered) == ["v1", "v2"]  # v1, shipped before tracking, registered at the next ship
+
+    def champion() -> str:
+        return client.get_model_version_by_alias("tiny", "champion").tags["cskd.bundle_version"]
+
+    assert champion() == "v2"
+    result = CliRunner().invoke(main, ["rollback", "tiny"])  # no -m, no MLFLOW_TRACKING_URI
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    assert f"MLflow alias 'champion' -> model version {registered['v1']} (v1)" in result.output
+    assert champion() == "v1"
+    status = CliRunner().invoke(main, ["track", "status", "tiny"])
+    assert status.exit_code == 0 and "latest v1 on disk" in status.output and "in step" in status.output
+    client.set_registered_model_alias("tiny", "champion", registered["v2"])  # moved behind the pipeline's back
+    status = CliRunner().invoke(main, ["track", "status", "tiny"])
+    assert status.exit_code == 1 and "DISAGREE" in status.output and "promote tiny v1" in status.output

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from pipeline.core.errors import ManifestError
+from pipeline.core.bundle_seal import seal_bundle
+from pipeline.core.errors import StoreError
 from pipeline.core.files import sha256_file
 from pipeline.manifest_io import manifest_from_text
 from stages.champion import CHAMPION_FILE, ChampionConfig, ChampionStage, champion_of
@@ -16,24 +17,32 @@ from tests.conftest import edited
 
 
 def _shipped(folder, version="v2", card=None):
+    """A sealed bundle as the ship step leaves it: the model, its card listing it, SHA256SUMS."""
     (folder / version).mkdir(parents=True)
-    (folder / version / CHAMPION_FILE).write_bytes(b"onnx bytes of " + version.encode())
-    (folder / version / "model_card.json").write_text(json.dumps(card or {"artifacts": {"export": "e" * 64}}))
+    model = folder / version / CHAMPION_FILE
+    model.write_bytes(b"onnx bytes of " + version.encode())
+    card = {"artifacts": {"export": "e" * 64}, **(card or {}), "files": {CHAMPION_FILE: sha256_file(model)}}
+    (folder / version / "model_card.json").write_text(json.dumps(card))
+    seal_bundle(folder / version)
     (folder / "latest").symlink_to(f"{version}/")
-    return folder / version / CHAMPION_FILE
+    return model
 
 
-def test_the_champion_is_what_latest_points_at(tmp_path):
+def test_the_champion_is_what_latest_points_at_and_it_must_verify(tmp_path):
     assert champion_of(tmp_path / "nothing") is None
     model = _shipped(tmp_path / "a")
     assert champion_of(tmp_path / "a") == ("v2", model)
-    model.unlink()
-    with pytest.raises(ManifestError, match=r"v2/student\.onnx: the champion's model is missing; `cskd-pipeline "
-                                            r"bundle verify .*v2` says what else is"):
+    model.write_bytes(b"a weaker model's bytes")  # tampered: the new student must not be held to it
+    with pytest.raises(StoreError, match=r"^champion v2: .*v2/student\.onnx: changed since it shipped .*nothing "
+                                         r"ships while latest fails its seal") as failed:
         champion_of(tmp_path / "a")
-    (tmp_path / "elsewhere.onnx").write_bytes(b"x")
-    model.symlink_to(tmp_path / "elsewhere.onnx")  # a link is not the shipped file
-    with pytest.raises(ManifestError, match="missing"):
+    assert failed.value.exit_code == 4
+    model.unlink()
+    with pytest.raises(StoreError, match=r"v2/student\.onnx: missing from the bundle"):
+        champion_of(tmp_path / "a")
+    (tmp_path / "elsewhere.onnx").write_bytes(b"onnx bytes of v2")
+    model.symlink_to(tmp_path / "elsewhere.onnx")  # a link is not the shipped file, even to the same bytes
+    with pytest.raises(StoreError, match="missing"):
         champion_of(tmp_path / "a")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from scipy import stats
 
 from pipeline.core.errors import ManifestError
 from pipeline.manifest_io import manifest_from_text
@@ -303,7 +304,11 @@ def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_
     assert result["champion"]["version"] == "v3" and result["champion"]["top1"] == 90.0
     assert result["champion"]["student_top1"] == 89.0 and result["champion"]["samples"] == 100
     boot = result["champion"]["bootstrap"]
-    assert boot["ci_low"] <= -1.0 <= boot["ci_high"] and result["champion"]["mcnemar"]["p_value"] <= 1.0
+    assert boot["ci_low"] <= -1.0 <= boot["ci_high"]
+    # one discordant image (the champion right, ours wrong): the exact two-sided p of 0 of 1 is 1
+    test = result["champion"]["mcnemar"]
+    assert (test["only_a"] + test["only_b"], min(test["only_a"], test["only_b"])) == (1, 0)
+    assert test["p_value"] == pytest.approx(stats.binomtest(0, 1).pvalue)
     worse = champion_rule(rule.model_copy(update={"max_regression": 0.5}), validate_dir, champion)
     assert worse["passed"] is False and worse["threshold"] == 89.5
     assert worse["why"].startswith("worse than the shipped champion v3 (90.00); nothing ships and latest stays on v3")

@@ -4,15 +4,17 @@
 #   carry: .whl (pydantic wheels for a machine without them), gpu/cifar10-jpeg.tar.gz
 #   bash benchmarks/gpu_study.sh [TEACHER_EPOCHS] [STUDENT_EPOCHS] [SEEDS] [STUDY_SECONDS] [LOSSES]
 # Within 15 minutes of an H100/H200: the engine benchmark of both presets (core and paper, with the
-# gathered strong view) at batch 64 and 128, then the CIFAR-10 study (kd and cskd-core x 3 seeds,
-# 60 epochs; LOSSES=kd,cskd-core,cskd-paper adds the paper preset where time allows). Cells are
-# cached: a second run on the same machine finishes an interrupted study.
+# gathered strong view) at batch 64 and 128, then the CIFAR-10 ablation (`study --ablate cskd`: kd,
+# kd-ce1 (the label-weight control), cskd-fixed-t (the CSWT control), cskd-core, cskd-paper), 60
+# epochs. Cells run seed by seed, so whatever the time box lets finish is whole pairs of every
+# arm: the controls are among the first cells, not the last. LOSSES=kd,cskd-core runs a plain
+# loss comparison instead. Cells are cached: a second run on the same machine finishes the study.
 set -u
 TEACHER_EPOCHS=${1:-20}
 STUDENT_EPOCHS=${2:-60}
 SEEDS=${3:-3}
 STUDY_SECONDS=${4:-480}
-LOSSES=${5:-kd,cskd-core}
+LOSSES=${5:-ablate}
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -32,7 +34,8 @@ if [ ! -f "$OUT/engine.json" ] && [ ! -f /tmp/engine.json ]; then
 fi
 cp /tmp/engine.json "$OUT/engine.json" 2>/dev/null
 start=$(date +%s)
-timeout -s INT "$STUDY_SECONDS" python3 -m pipeline.cli study -m cifar10-jpeg --losses "$LOSSES" --seeds "$SEEDS" \
+if [ "$LOSSES" = ablate ]; then ARMS=(--ablate cskd); else ARMS=(--losses "$LOSSES"); fi
+timeout -s INT "$STUDY_SECONDS" python3 -m pipeline.cli study -m cifar10-jpeg "${ARMS[@]}" --seeds "$SEEDS" \
   -o data.root=/tmp/cifar10-jpeg -o "export.targets=[onnx]" \
   -o teacher.train.epochs="$TEACHER_EPOCHS" -o student.train.epochs="$STUDENT_EPOCHS" 2>&1 | tee -a "$OUT/study.log"
 echo "study command: rc ${PIPESTATUS[0]}, $(( $(date +%s) - start )) s" | tee -a "$OUT/study.log"

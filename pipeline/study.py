@@ -338,6 +338,15 @@ def markdown(study: dict) -> str:
             verdict = {True: "yes", False: "no", None: "-"}[row["excludes_zero"]]
             lines.append(f"| {row['loss']} | {row['batch_size']} | {row['n']} | {fmt(row['mean_diff'])} | {ci} "
                          f"| {verdict} | {row['wins']}/{row['losses']}/{row['ties']} | {fmt(row['sign_p'], 3)} |")
+    if study.get("contrasts"):
+        lines += ["", "What each part adds (arm minus control, paired by seed):", "",
+                  "| arm | control | isolates | n | mean diff | 95% t-interval | seeds ahead | sign test p |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for row in study["contrasts"]:
+            ci = f"[{fmt(row['ci95'][0])}, {fmt(row['ci95'][1])}]" if row["ci95"] else "-"
+            lines.append(f"| {row['loss']} | {row['reference']} | {row['isolates']} | {row['n']} | "
+                         f"{fmt(row['mean_diff'])} | {ci} | {row['wins']} of {row['n']} | {fmt(row['sign_p'], 3)} |")
+        lines += [""] + [row["sentence"] for row in study["contrasts"]]
     if study.get("conclusion"):
         lines += ["", study["conclusion"]]
     return "\n".join(lines)

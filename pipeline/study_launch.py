@@ -22,7 +22,13 @@ def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict
     Runs in this process, a ``--jobs`` worker, or a submitit job: everything it needs is in its
     arguments."""
     import stages  # noqa: F401 - the registries, in a fresh worker process too
-    from pipeline.core.records import StudentRecord, ValidationRecord, kind_of, need
+    from pipeline.core.records import (
+        StudentRecord,
+        ValidationRecord,
+        kind_of,
+        need,
+        training_curves,
+    )
     from pipeline.orchestrator import run_pipeline
 
     if threads:
@@ -42,7 +48,9 @@ def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict
             "teacher_top1": validation.record.teacher_top1, "distill_id": distill.id,
             "cached": all(r.status == "cached" for r in outcome.reports if r.id in (distill.id, validation.id)),
             "train_wall_s": wall, "images_per_s": round(samples * epochs / wall, 1) if wall else None,
-            "device": distill.record.get("environment", {}).get("device")}
+            "device": distill.record.get("environment", {}).get("device"),
+            # test top-1 after each epoch (validate.paper_protocol: true), from the distill artifact itself
+            "curve": [row["monitor_top1"] for row in training_curves(distill) if row.get("monitor_top1") is not None]}
 
 
 def _gpu_count() -> int:

@@ -3,6 +3,7 @@
     python tools/study_table.py README.md        # rewrite every <!-- study-table: PATH --> block
     python tools/study_table.py --curves STORE docs/study-fashion-mnist.json docs/study-fashion-mnist-curves.png
     python tools/study_table.py --plot docs/study-fashion-mnist.json docs/study-fashion-mnist.png
+    python tools/study_table.py --plots docs/study-cifar10-ablation.json docs/study-cifar10-ablation
 
 A block is the lines between ``<!-- study-table: docs/x.json -->`` and ``<!-- /study-table -->``;
 a test checks that each block is what this script writes from its JSON. ``--curves`` plots each
@@ -72,14 +73,33 @@ def plot(study_json: Path, out: Path) -> None:
     import base64
 
     sys.path.insert(0, str(ROOT))
-    from pipeline.study_stats import _plot
+    from pipeline.study_page import _plot
 
     out.write_bytes(base64.b64decode(_plot(json.loads(study_json.read_text()))))
+
+
+def plots(study_json: Path, prefix: Path) -> list[Path]:
+    """Every plot of the study page as PNG files: PREFIX.png (per seed), PREFIX-differences.png
+    (each comparison's paired differences), PREFIX-curves.png (test top-1 by epoch, from the cells)."""
+    import base64
+
+    sys.path.insert(0, str(ROOT))
+    from pipeline.study_page import plots as page_plots
+
+    written = []
+    for name, data in page_plots(json.loads(study_json.read_text())).items():
+        if data is not None:
+            out = prefix.with_name(prefix.name + ("" if name == "plot" else f"-{name}") + ".png")
+            out.write_bytes(base64.b64decode(data))
+            written.append(out)
+    return written
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--plot":
         plot(Path(sys.argv[2]), Path(sys.argv[3]))
+    elif sys.argv[1] == "--plots":
+        print("\n".join(str(p) for p in plots(Path(sys.argv[2]), Path(sys.argv[3]))))
     elif sys.argv[1] == "--curves":
         curves(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]))
     else:

@@ -173,3 +173,35 @@ def test_each_contrast_pairs_an_arm_with_its_own_control():
     short = summarize(rows + _rows({"paper": [82.0, 82.5, 81.5]}), reference="kd",
                       contrasts=[("paper", "cskd-core", "the authors' additions")])["contrasts"]
     assert short[0]["seeds"] == [0, 1, 2] and short[0]["n"] == 3 and "fewer than 5" in short[0]["sentence"]
+
+
+def test_the_page_and_the_table_show_each_contrast_every_seed_and_the_curves():
+    import base64
+    import io
+
+    from PIL import Image
+
+    from pipeline.study import markdown
+    from pipeline.study_page import plots, render_html
+
+    scores = {"kd": [80.0, 80.0, 80.2, 79.9, 80.1], "kd-ce1": [81.0, 81.2, 80.8, 81.1, 80.9]}
+    rows = [{**r, "curve": [70.0, 75.0, r["student_top1"]], "train_wall_s": 10.0, "images_per_s": 100.0,
+             "distill_id": "d" * 64} for r in _rows(scores)]
+    study = {"study": {"name": "s", "student": "resnet8", "teacher": "resnet20", "data": "digits", "epochs": 3,
+                       "losses": {"kd": {}, "kd-ce1": {}}, "batch_sizes": [64], "seeds": [0, 1, 2, 3, 4],
+                       "reference": "kd"},
+             "teacher_top1": 90.0, "complete": True, "cells": rows, "wall_s": 1.0,
+             "environment": {"device": "cpu", "torch": "x"},
+             **summarize(rows, reference="kd", contrasts=[("kd-ce1", "kd", "the label weight")])}
+    images = plots(study)
+    assert set(images) == {"plot", "differences", "curves"} and all(images.values())
+    for data in images.values():
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 300
+    html = render_html(study)
+    (contrast,) = study["contrasts"]
+    assert "What each part of the method adds" in html and contrast["sentence"] in html
+    assert html.count("data:image/png;base64,") == 3 and "the label weight" in html
+    table = markdown(study)
+    assert "| kd-ce1 | kd | the label weight | 5 |" in table and contrast["sentence"] in table
+    no_curves = {**study, "cells": [{k: v for k, v in c.items() if k != "curve"} for c in rows]}
+    assert plots(no_curves)["curves"] is None and render_html(no_curves).count("data:image/png;base64,") == 2

@@ -10,6 +10,8 @@ import click
 
 from pipeline.cli_base import handle_errors, load_from_option, main, manifest_option
 
+ship_dir_option = click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"),
+                               show_default=True, help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
 
 def _ship_folder(name: str, ship_dir: Path) -> Path:
     from pipeline.core.files import confined
@@ -20,8 +22,7 @@ def _ship_folder(name: str, ship_dir: Path) -> Path:
 @main.command()
 @click.argument("name")
 @click.argument("version")
-@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
-              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@ship_dir_option
 @manifest_option
 @handle_errors
 def promote(name: str, version: str, ship_dir: Path, manifest_opt: str | None) -> None:
@@ -41,8 +42,7 @@ def promote(name: str, version: str, ship_dir: Path, manifest_opt: str | None) -
 
 @main.command()
 @click.argument("name")
-@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
-              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@ship_dir_option
 @manifest_option
 @handle_errors
 def rollback(name: str, ship_dir: Path, manifest_opt: str | None) -> None:
@@ -79,8 +79,7 @@ def track() -> None:
 
 @track.command("status")
 @click.argument("name")
-@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
-              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@ship_dir_option
 @manifest_option
 @handle_errors
 def track_status(name: str, ship_dir: Path, manifest_opt: str | None) -> None:
@@ -117,8 +116,7 @@ def releases() -> None:
 
 @releases.command("repair")
 @click.argument("name")
-@click.option("--ship-dir", type=click.Path(path_type=Path), default=Path("shipped"), show_default=True,
-              help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
+@ship_dir_option
 @handle_errors
 def releases_repair(name: str, ship_dir: Path) -> None:
     """Set the damaged lines of NAME's releases.jsonl (torn, not JSON, not a move) aside in a file of

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.core.bundle_seal import SUMS, verify_bundle
 from pipeline.core.environment import pid_alive
 from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import read_marker
@@ -49,6 +50,11 @@ def _card_lineage(ship_dir: Path) -> dict[tuple[str, str], str]:
         if version.is_symlink() or read_marker(version) is None:
             continue
         card = version / BundleRecord.CARD
+        if (version / SUMS).exists():  # sealed: its card is read only once the bundle verifies
+            try:
+                verify_bundle(version)
+            except StoreError as exc:
+                raise StoreError(f"{exc}; gc removed nothing") from None
         try:
             artifacts = json.loads(card.read_text())["artifacts"]
             pairs = [(str(kind), str(art_id)) for kind, art_id in artifacts.items()]

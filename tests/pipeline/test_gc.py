@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from pipeline.core.errors import ManifestError
+from pipeline.core.bundle_seal import seal_bundle
+from pipeline.core.errors import ManifestError, StoreError
 from pipeline.core.files import OUTPUT_MARKER
 from pipeline.core.store import ArtifactStore
 from pipeline.gc import collect, plan_gc
@@ -144,6 +145,15 @@ def test_an_unreadable_model_card_stops_gc_before_anything_goes(store, tmp_path)
     (ship / "v2" / "model_card.json").write_text("{truncated")
     (ship / "notes").mkdir()
     assert plan_gc(store).keep[("distill", drop)] == "shipped a/v1"
+    # a sealed version's card is read only once the bundle verifies: a card edited to name other
+    # artifacts (so that gc would take this version's lineage) stops gc, naming the file
+    (ship / "v1" / "model_card.json").write_text(json.dumps({"artifacts": {"distill": drop}, "files": {}}))
+    seal_bundle(ship / "v1")
+    assert plan_gc(store).keep[("distill", drop)] == "shipped a/v1"
+    (ship / "v1" / "model_card.json").write_text(json.dumps({"artifacts": {}, "files": {}}))
+    with pytest.raises(StoreError, match=r"v1/model_card\.json: changed since it shipped.*gc removed nothing"):
+        plan_gc(store)
+    assert store.exists("distill", drop)
 
 
 def test_edges_no_runs_no_start_line_only_failed_runs_and_runs_without_a_start_time(tmp_path):

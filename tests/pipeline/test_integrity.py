@@ -181,23 +181,28 @@ def test_moves_to_nothing_leave_nothing_and_a_tampered_version_is_not_promoted(t
 
 
 # ---- export from what shipped ---------------------------------------------------------
-def test_export_of_a_shipped_version_is_its_bytes_after_another_shipped(two_versions):
-    v1 = two_versions / "shipped/tiny/v1"
-    result = _cli("export", "tiny@v1", "--target", "onnx-int8", "--out", "deploy")
+def test_export_of_a_shipped_version_is_its_bytes_after_another_shipped(shipped):
+    int8 = ["-o", "export.targets=[onnx,onnx-int8]"]
+    assert _cli("run", "-m", "tiny.yaml", "-q", *int8).exit_code == 0  # the same student with INT8: v2
+    result = _cli("run", "-m", "tiny.yaml", "-q", *int8, *WORSE)  # another student over it: v3
+    assert result.exit_code == 0 and _latest(shipped) == "v3", result.output
+    v2 = shipped / "shipped/tiny/v2"
+    result = _cli("export", "tiny@v2", "--target", "onnx-int8", "--out", "deploy")
     assert result.exit_code == 0, result.output
-    out = two_versions / "deploy"
-    assert (out / "student_int8.onnx").read_bytes() == (v1 / "student_int8.onnx").read_bytes()
-    assert (out / "labels.txt").read_bytes() == (v1 / "labels.txt").read_bytes()
+    out = shipped / "deploy"
+    assert (out / "student_int8.onnx").read_bytes() == (v2 / "student_int8.onnx").read_bytes()
+    assert (out / "labels.txt").read_bytes() == (v2 / "labels.txt").read_bytes()
     card = json.loads((out / "export_card.json").read_text())
-    report = json.loads((v1 / "report.json").read_text())
+    report = json.loads((v2 / "report.json").read_text())
     top1 = report["metrics"]["models"]["onnx-int8"]["top1"]
-    assert card["source"]["version"] == "v1" and card["target"] == "onnx-int8"
+    assert card["source"]["version"] == "v2" and card["target"] == "onnx-int8"
     assert card["test_metrics"]["top1"] == top1 and set(card["files"]) == {"student_int8.onnx", "labels.txt"}
-    assert result.output.startswith(f"exported tiny v1 (onnx-int8, test top-1 {top1:.2f}, verified against SHA256SUMS)")
+    assert result.output.startswith(f"exported tiny v2 (onnx-int8, test top-1 {top1:.2f}, verified against SHA256SUMS)")
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
-    latest = _cli("export", "tiny", "--target", "onnx", "--out", "deploy-latest")  # @latest by default: v2
-    assert latest.exit_code == 0 and "exported tiny v2 (onnx" in latest.output, latest.output
-    assert json.loads((two_versions / "deploy-latest/export_card.json").read_text())["source"]["version"] == "v2"
+    latest = _cli("export", "tiny", "--target", "onnx", "--out", "deploy-latest")  # @latest by default: v3
+    assert latest.exit_code == 0 and "exported tiny v3 (onnx" in latest.output, latest.output
+    assert json.loads((shipped / "deploy-latest/export_card.json").read_text())["source"]["version"] == "v3"
+    assert _cli("export", "tiny@v1", "--target", "onnx-int8", "--out", "x").exit_code == 2  # v1 holds no INT8
 
 
 @pytest.mark.parametrize("args, code, says", [

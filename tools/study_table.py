@@ -1,6 +1,7 @@
 """The README's study table, written from a committed study.json so the two cannot disagree.
 
     python tools/study_table.py README.md        # rewrite every <!-- study-table: PATH --> block
+    python tools/study_table.py docs/results.md  # and every <!-- study-decision: PATH --> block
     python tools/study_table.py --curves STORE docs/study-fashion-mnist.json docs/study-fashion-mnist-curves.png
     python tools/study_table.py --plot docs/study-fashion-mnist.json docs/study-fashion-mnist.png
     python tools/study_table.py --plots docs/study-cifar10-ablation.json docs/study-cifar10-ablation
@@ -37,12 +38,46 @@ def table(study: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decision_table(study: dict) -> str:
+    """The results page's table: each arm's test top-1, the paired difference it rests on (against
+    its control in a named ablation, else against the reference) with its interval and the seeds
+    ahead, and the median training time of one cell."""
+    import statistics
+
+    against: dict[tuple[str, int], dict] = {}
+    for comparison in study.get("contrasts") or study["paired"]:  # an arm's first contrast: against its control
+        against.setdefault((comparison["loss"], comparison["batch_size"]), comparison)
+    seconds: dict[tuple[str, int], list[float]] = {}
+    for cell in study["cells"]:
+        seconds.setdefault((cell["loss"], cell["batch_size"]), []).append(cell["train_wall_s"])
+    lines = ["| arm | seeds | test top-1, mean [95% CI] | against | paired difference [95% t-interval] | "
+             "seeds ahead | training s per cell (median) |", "|---|---|---|---|---|---|---|"]
+    for row in study["summary"]:
+        key = (row["loss"], row["batch_size"])
+        low, high = row["ci95"] or (row["mean"], row["mean"])
+        p = against.get(key)
+        versus = ("(reference) | | " if p is None else
+                  f"{p['reference']} | {p['mean_diff']:+.2f} "
+                  + (f"[{p['ci95'][0]:+.2f}, {p['ci95'][1]:+.2f}]" if p["ci95"] else "(one pair)")
+                  + f" | {p['wins']} of {p['n']}")
+        lines.append(f"| {row['loss']} | {row['n']} | {row['mean']:.2f} [{low:.2f}, {high:.2f}] | {versus} | "
+                     f"{statistics.median(seconds[key]):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+DECISION = re.compile(r"(<!-- study-decision: (?P<path>\S+) -->\n)(?P<body>.*?)(<!-- /study-decision -->)", re.S)
+
+
 def rewrite(page: Path) -> str:
     def fill(match: re.Match) -> str:
         study = json.loads((ROOT / match.group("path")).read_text())
         return match.group(1) + table(study) + match.group(4)
 
-    return BLOCK.sub(fill, page.read_text())
+    def fill_decision(match: re.Match) -> str:
+        study = json.loads((ROOT / match.group("path")).read_text())
+        return match.group(1) + decision_table(study) + match.group(4)
+
+    return DECISION.sub(fill_decision, BLOCK.sub(fill, page.read_text()))
 
 
 def curves(store: Path, study_json: Path, out: Path) -> None:

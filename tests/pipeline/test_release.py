@@ -118,8 +118,9 @@ def test_gc_stops_on_an_unreadable_card_or_index_and_removes_nothing(shipped_run
     with working_dir(folder):
         (folder / "shipped/tiny/v1/model_card.json").write_text("{broken")
         before = sorted(p.name for p in (folder / ".cskd/artifacts").rglob("*"))
-        result = _cli("gc", "-m", "tiny.yaml", "--yes")
-        assert result.exit_code == 2 and "shipped/tiny/v1/model_card.json" in result.output, result.output
+        result = _cli("gc", "-m", "tiny.yaml", "--yes")  # a sealed bundle's broken card: it fails its seal
+        assert result.exit_code == 4 and "shipped/tiny/v1/model_card.json: changed since it shipped" in result.output
+        assert "gc removed nothing" in result.output
         (folder / ".cskd/runs.jsonl").write_text("not json\n")
         result = _cli("gc", "-m", "tiny.yaml", "--yes")
         assert result.exit_code == 4 and "runs.jsonl:1" in result.output, result.output

@@ -17,6 +17,7 @@ from pathlib import Path
 from pipeline.core.bundle_seal import verify_bundle
 from pipeline.core.errors import StoreError
 from pipeline.core.files import latest_version
+from pipeline.mlflow_access import mlflow_or_warn, quiet_output, tracking_uri, warn
 
 CHAMPION_ALIAS = "champion"
 BUNDLE_VERSION_TAG = "cskd.bundle_version"
@@ -93,9 +94,7 @@ def backfill(mlflow, name: str, ship_folder: Path, *, echo: Callable[[str], None
 
 
 def _client(uri: str, echo: Callable[[str], None]):
-    from pipeline.tracking import _mlflow
-
-    mlflow = _mlflow(uri, echo)
+    mlflow = mlflow_or_warn(uri, echo)
     return None if mlflow is None else mlflow.MlflowClient(tracking_uri=uri)
 
 
@@ -112,8 +111,6 @@ def _registered(client, name: str) -> dict[str, str]:
 def uri_for(manifest, ship_folder: Path) -> str | None:
     """Where ``name`` is tracked: the manifest's (``-m``), else what its ship folder recorded, else
     MLFLOW_TRACKING_URI."""
-    from pipeline.tracking import tracking_uri
-
     section = manifest.tracking.mlflow if manifest is not None else None
     return ((section.uri if section is not None and section.uri else None) or remembered_uri(ship_folder)
             or tracking_uri(None))
@@ -123,14 +120,12 @@ def set_champion(manifest, name: str, ship_folder: Path, bundle_version: str, *,
                  echo: Callable[[str], None]) -> None:
     """After ``promote`` or ``rollback``: the alias ``champion`` moves to the registered version of
     ``bundle_version``. Nothing to do without tracking; a failure is one visible warning."""
-    from pipeline.tracking import _quiet_output, _warn
-
     uri = uri_for(manifest, ship_folder)
     if uri is None:
         return
     notes: list[str] = []
     try:
-        with _quiet_output():
+        with quiet_output():
             client = _client(uri, notes.append)
             version = _registered(client, name).get(bundle_version) if client is not None else None
             if client is not None and version is None:
@@ -142,25 +137,21 @@ def set_champion(manifest, name: str, ship_folder: Path, bundle_version: str, *,
                 client.set_model_version_tag(name, version, "cskd.promoted", "True")
                 notes.append(f"{name}: MLflow alias '{CHAMPION_ALIAS}' -> model version {version} ({bundle_version})")
     except Exception as exc:  # noqa: BLE001 - as for runs: one line, the move on disk stands
-        _warn(notes.append, uri, exc)
+        warn(notes.append, uri, exc)
     for line in notes:
         echo(line)
 
 
 def status(manifest, name: str, ship_folder: Path, *, echo: Callable[[str], None]) -> bool | None:
     """Print whether the registry's alias and ``latest`` agree; True, False, or None (no tracking)."""
-    from pipeline.tracking import _quiet_output
-
     uri = uri_for(manifest, ship_folder)
     latest = latest_version(ship_folder)
     if uri is None:
         echo(f"{name}: latest {latest}; no MLflow tracking recorded for it (tracking.json, -m, MLFLOW_TRACKING_URI)")
         return None
-    from pipeline.tracking import _warn
-
     notes: list[str] = []
     try:
-        with _quiet_output():
+        with quiet_output():
             client = _client(uri, notes.append)
             registered = _registered(client, name) if client is not None else {}
             try:
@@ -168,7 +159,7 @@ def status(manifest, name: str, ship_folder: Path, *, echo: Callable[[str], None
             except Exception:  # noqa: BLE001 - MLflow raises its own error for a missing alias or model
                 alias = None
     except Exception as exc:  # noqa: BLE001 - a server that is down: one line
-        _warn(echo, uri, exc)
+        warn(echo, uri, exc)
         return None
     for line in notes:
         echo(line)

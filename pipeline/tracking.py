@@ -9,11 +9,7 @@ made is on disk regardless. Nothing here is part of any artifact id.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
-import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,41 +28,13 @@ from pipeline.core.records import (
 )
 from pipeline.core.store import Artifact
 from pipeline.history import flatten
+from pipeline.mlflow_access import mlflow_or_warn as _mlflow
+from pipeline.mlflow_access import quiet_output as _quiet_output
+from pipeline.mlflow_access import tracking_uri
+from pipeline.mlflow_access import warn as _warn
 from pipeline.registry import backfill, register, remember_tracking
 
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow opens it as model training
-
-
-def tracking_uri(manifest: Manifest | None) -> str | None:
-    section = manifest.tracking.mlflow if manifest is not None else None
-    return (section.uri if section is not None and section.uri else None) or os.environ.get("MLFLOW_TRACKING_URI")
-
-
-def _mlflow(uri: str, echo: Callable[[str], None]):
-    """mlflow, set up to fail fast and quietly, or None with one warning line: not installed, or a
-    SQLite file that cannot be written (MLflow would retry for minutes)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # an unreachable server: one try
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    if uri.startswith("sqlite:///"):
-        path = Path(uri.removeprefix("sqlite:///"))
-        folder = path.parent if str(path.parent) else Path(".")
-        if not (os.access(path, os.W_OK) if path.exists() else folder.is_dir() and os.access(folder, os.W_OK)):
-            echo(f"warning: MLflow tracking at {uri} failed (cannot write {path}); the run's report and bundle are "
-                 f"on disk")
-            return None
-    try:
-        import mlflow
-    except ImportError:
-        echo("warning: MLflow tracking is configured but mlflow is not installed; pip install 'cskd-pipeline[mlflow]'")
-        return None
-    for name in ("mlflow", "alembic", "urllib3"):  # their INFO lines are not the pipeline's output
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return mlflow
-
-
-def _warn(echo: Callable[[str], None], uri: str, exc: Exception) -> None:
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    echo(f"warning: MLflow tracking at {uri} failed ({first[:200]}); the run's report and bundle are on disk")
 
 
 def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, report_dir: Path | None,
@@ -120,22 +88,6 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
     except Exception as exc:  # noqa: BLE001 - tracking is best effort by design: the run's outputs are on disk
         _warn(echo, uri, exc)
         return None
-
-
-@contextlib.contextmanager
-def _quiet_output():
-    """MLflow prints to stdout and stderr itself (run links, migration notes): not into ours. And
-    ``mlflow.set_tracking_uri`` writes MLFLOW_TRACKING_URI into the environment: put it back, or the
-    next run in this process (a study's cells, a test) would track to this run's server."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict) -> str:

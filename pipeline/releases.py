@@ -51,11 +51,11 @@ ACTIONS = ("ship", "promote", "rollback", "repair")
 
 
 def _append_release(folder: Path, *, action: str, source: str | None, target: str, why: str,
-                    run: str | None = None, gate: dict | None = None, **extra) -> None:
+                    run: str | None = None, gate: dict | None = None) -> None:
     """One line of ``releases.jsonl``, the audit trail of ``latest``: appended in one write (never
     rewritten), and synced before the caller goes on."""
     line = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "action": action, "from": source,
-            "to": target, "why": why, "run": run, "gate": gate, **extra}
+            "to": target, "why": why, "run": run, "gate": gate}
     data = (json.dumps(line, sort_keys=True) + "\n").encode()
     fd = os.open(folder / RELEASES, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:

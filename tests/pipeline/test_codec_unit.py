@@ -146,3 +146,53 @@ def test_uploads_decode_by_the_pipelines_rules_and_a_bomb_is_refused(codec, monk
 def test_a_folder_without_a_card_is_not_a_bundle(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a bundle"):
         Bundle.open(Path(tmp_path))
+
+
+def test_every_answer_is_exactly_the_protocols_shape(codec):
+    assert codec.metadata("openvino") == {
+        "name": "tiny", "versions": ["7"], "platform": "openvino",
+        "inputs": [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, 3]}],
+        "parameters": {"class_names": ["0", "1", "2"]}}
+    logits = np.array([[0.5, -1.0, 2.0], [3.0, 0.0, 0.0]], dtype=np.float32)
+    assert codec.encode_infer("a", logits) == {
+        "model_name": "tiny", "model_version": "7", "id": "a",
+        "outputs": [{"name": "logits", "datatype": "FP32", "shape": [2, 3], "data": logits.ravel().tolist()}]}
+    assert codec.encode_infer(None, np.array([[np.inf, 0.0, 1.0]], dtype=np.float32))["outputs"] == [
+        {"name": "logits", "datatype": "FP32", "shape": [1, 3], "data": [None, 0.0, 1.0],
+         "parameters": {"non_finite": 1}}]
+    scores = np.array([1.0, 3.0, 2.0])
+    expected = np.exp(scores - 3.0) / np.exp(scores - 3.0).sum()
+    answer = codec.encode_classification(scores)
+    assert answer == {"label": "1", "index": 1, "probability": pytest.approx(expected[1]), "model_version": "7",
+                      "probabilities": {"0": pytest.approx(expected[0]), "1": pytest.approx(expected[1]),
+                                        "2": pytest.approx(expected[2])}}
+    assert isinstance(answer["index"], int) and isinstance(answer["probability"], float)
+    assert codec.encode_classification(np.array([0.0, np.nan, 1.0])) == {
+        "label": None, "index": None, "probability": None, "probabilities": None, "model_version": "7",
+        "error": "the model gave non-finite logits for this image"}
+
+
+def test_the_messages_name_the_numbers(codec):
+    with pytest.raises(BadRequest) as failed:
+        codec.decode_infer(_request(parameters={"binary_data_size": 100}), b"\0" * 40)
+    assert str(failed.value) == ("binary_data_size 100 with 40 bytes sent: shape [1, 1, 8, 8] of float32 is "
+                                 "256 bytes")
+    with pytest.raises(BadRequest) as failed:
+        codec.split_binary(b"{}" + b"\0" * 3, "9")
+    assert str(failed.value) == "inference-header-content-length: 9 is not within the body's 5 bytes"
+    with pytest.raises(BadRequest) as failed:
+        parse_json(b"{nope")
+    assert str(failed.value).startswith("the body is not JSON: ")
+    with pytest.raises(BadRequest) as failed:
+        codec.decode_infer(_request([0.0] * 64, datatype="INT8"))
+    assert str(failed.value) == "datatype 'INT8': this model takes FP32 (FP16 and FP64 are converted)"
+    with pytest.raises(BadRequest) as failed:
+        codec.decode_infer(_request([np.nan] * 2 + [0.0] * 62))
+    assert str(failed.value) == "2 values are NaN or infinite (in FP32): send finite values"
+    rid, batch = codec.decode_infer({"inputs": _request([0.5] * 64)["inputs"]})  # no id: None
+    assert rid is None and batch.shape == (1, 1, 8, 8) and batch.dtype == np.float32
+    half = np.full(64, 0.25, dtype=np.float16)
+    _, batch = codec.decode_infer(_request(datatype="FP16", parameters={"binary_data_size": 128}), half.tobytes())
+    assert batch.dtype == np.float32 and np.all(batch == 0.25)
+    assert codec.split_binary(b'{"a": 1}' + b"xy", "8") == ({"a": 1}, b"xy")

@@ -214,3 +214,28 @@ def test_the_trail_is_appended_whole_and_synced(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "write", counting)
     _ship(folder, b"b")
     assert len(writes) == 1 and writes[0].endswith(b"\n") and json.loads(writes[0])["to"] == "v2"
+
+
+def test_a_repair_keeps_every_whole_line_word_for_word_and_says_what_it_did(tmp_path):
+    folder = tmp_path / "tiny"
+    _ship(folder, b"a")
+    _ship(folder, b"b")
+    trail = folder / RELEASES
+    whole = trail.read_text().splitlines()
+    trail.write_text(f"{whole[0]}\n[1]\n{whole[1]}\n{{}}")  # a foreign line between two moves, a torn last one
+    damaged, aside = repair_releases(folder)
+    assert damaged == [2, 4] and aside.parent == folder
+    assert aside.name.startswith("releases.damaged-") and aside.name.endswith(".jsonl")
+    assert aside.read_text() == "[1]\n{}\n"
+    lines = trail.read_text().splitlines()
+    assert lines[:2] == whole and len(lines) == 3 and trail.read_text().endswith("\n")
+    repair = json.loads(lines[2])
+    assert (repair["action"], repair["from"], repair["to"]) == ("repair", "v2", "v2")
+    assert repair["why"] == f"set aside 2 damaged line(s) (line 2, line 4) to {aside.name}"
+    assert sorted(p.name for p in folder.iterdir() if p.name.startswith(".releases")) == []  # no temporary left
+    assert repair_releases(tmp_path / "nothing-shipped") == ([], None)
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / RELEASES).write_text("[1]\n")
+    with pytest.raises(OutputError):
+        repair_releases(tmp_path / "theirs")  # a folder the pipeline did not make is never rewritten
+    assert (tmp_path / "theirs" / RELEASES).read_text() == "[1]\n"

@@ -29,11 +29,14 @@ pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or
 # end, with no Python frame to show). The first keeps about one core busy; the second
 # runs its tiny models on one thread (OMP_NUM_THREADS=1) on the other, so the two do not fight
 # over both cores. Its output follows the first's; either failing fails the target.
-SECOND := tests/stages tests/pipeline/test_study.py tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
+SECOND := tests/stages tests/pipeline/test_study.py tests/pipeline/test_integrity.py \
+	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
+	tests/pipeline/test_tracking.py tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
+FIRST_SKIPS := $(foreach t,$(filter tests/pipeline/%.py,$(SECOND)),--ignore=$(t))
 test: $(STAMP)  ## the test suite without the tests marked slow (just under 5 minutes on 2 CPU cores)
 	@log=$$(mktemp); \
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(SECOND) > $$log 2>&1 & second=$$!; \
-	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline --ignore=tests/pipeline/test_study.py; \
+	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline $(FIRST_SKIPS); \
 	first=$$?; \
 	wait $$second; code=$$?; echo "--- $(SECOND)"; cat $$log; rm -f $$log; \
 	exit $$(( first != 0 ? first : code ))

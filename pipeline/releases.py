@@ -192,7 +192,8 @@ def _version_folder(folder: Path, version: str) -> str:
     name = version if version.startswith("v") else f"v{version}"
     path = folder / name
     if not _VERSION.match(name) or not path.is_dir() or path.is_symlink() or read_marker(path) is None:
-        known = ", ".join(sorted(p.name for p in _versions(folder).values())) or "none"
+        known = ", ".join(sorted(p.name for p in _versions(folder).values()
+                                 if not p.is_symlink() and read_marker(p) is not None)) or "none"
         raise ManifestError(f"{path}: no such shipped version (versions: {known})")
     return name
 

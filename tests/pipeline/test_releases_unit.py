@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -239,3 +240,76 @@ def test_a_repair_keeps_every_whole_line_word_for_word_and_says_what_it_did(tmp_
     with pytest.raises(OutputError):
         repair_releases(tmp_path / "theirs")  # a folder the pipeline did not make is never rewritten
     assert (tmp_path / "theirs" / RELEASES).read_text() == "[1]\n"
+
+
+def test_the_trail_records_the_time_and_the_default_reasons_and_reads_what_old_versions_wrote(tmp_path):
+    folder = tmp_path / "tiny"
+    assert ship_reason(folder, "v1", rules=["r"], skipped=[], top1=90.0) == (
+        "the gate passed: 1 rules ran; v1 (ONNX top-1 90.00) is the first version of this name")
+    _ship(folder, b"a")
+    _ship(folder, b"b")
+    promote(folder, "v1")
+    rollback(folder)
+    moves = release_history(folder)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", m["time"]) for m in moves)
+    assert [m["why"] for m in moves[2:]] == ["promoted by hand", "rolled back by hand"]
+    # a version an older release marked with its ship artifact (no bundle_key) is still found by it
+    (folder / "v2" / ".cskd-output.json").write_text(json.dumps({"made_by": "cskd-pipeline", "ship_artifact": "k2"}))
+    assert planned_version(folder, "k2").name == "v2" and planned_version(folder, "k9").name == "v3"
+    card = json.loads((folder / "v1" / "model_card.json").read_text())
+    del card["metrics"]
+    (folder / "v1" / "model_card.json").write_text(json.dumps(card))
+    seal_bundle(folder / "v1")
+    promote(folder, "v1")
+    assert ship_reason(folder, "v3", rules=[], skipped=[], top1=None).endswith(
+        "replaced v1 (no ONNX top-1 in its card) with v3")
+
+
+def test_only_marked_real_version_folders_can_become_latest(tmp_path):
+    folder = tmp_path / "tiny"
+    _ship(folder, b"a")
+    (folder / "v5").symlink_to(folder / "v1")
+    (folder / "v6").mkdir()  # no marker: not made by the pipeline
+    for version in ("v5", "v6", "x1"):  # only the real, marked versions are named
+        with pytest.raises(ManifestError) as failed:
+            promote(folder, version)
+        assert str(failed.value).endswith("no such shipped version (versions: v1)")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".cskd-output.json").write_text(json.dumps({"made_by": "cskd-pipeline"}))
+    with pytest.raises(ManifestError, match=r"no such shipped version \(versions: none\)"):
+        promote(empty, "v1")
+    (tmp_path / "theirs").mkdir()
+    with pytest.raises(OutputError, match="ship.dir"):
+        promote(tmp_path / "theirs", "v1")
+
+
+def test_rollback_reads_an_unusual_trail_without_crashing(tmp_path):
+    folder = tmp_path / "tiny"
+    _ship(folder, b"a")
+    _ship(folder, b"b")
+    trail = folder / RELEASES
+    lines = trail.read_text().splitlines()
+    stray = json.dumps({"action": "rollback", "to": "v1"})  # a rollback before any ship: nothing to take off
+    repair = json.dumps({"action": "repair", "from": "v1", "to": "v1", "why": "x"})  # moves nothing
+    trail.write_text("\n".join([stray, lines[0], lines[1], repair]) + "\n")
+    assert rollback(folder) == ("v2", "v1")
+
+
+def test_bytes_that_are_not_text_are_a_damaged_line_not_a_crash(tmp_path):
+    folder = tmp_path / "tiny"
+    _ship(folder, b"a")
+    trail = folder / RELEASES
+    trail.write_bytes(trail.read_bytes() + b"\xff\xfe garbage\n")
+    with pytest.raises(ManifestError, match=r"releases\.jsonl:2: not a JSON line"):
+        release_history(folder)
+    damaged, aside = repair_releases(folder)
+    assert damaged == [2] and re.fullmatch(r"releases\.damaged-\d{8}T\d{6}Z-[0-9a-f]{6}\.jsonl", aside.name)
+    assert len(release_history(folder)) == 2
+
+
+def test_the_damage_messages_name_the_known_actions():
+    from pipeline.releases import _damage
+
+    assert _damage('{"action": "x", "to": "v1"}') == "no known action (ship, promote, rollback, repair)"
+    assert _damage('{"action": "ship", "to": "v1"}') is None

@@ -196,3 +196,33 @@ def test_the_messages_name_the_numbers(codec):
     _, batch = codec.decode_infer(_request(datatype="FP16", parameters={"binary_data_size": 128}), half.tobytes())
     assert batch.dtype == np.float32 and np.all(batch == 0.25)
     assert codec.split_binary(b'{"a": 1}' + b"xy", "8") == ({"a": 1}, b"xy")
+
+
+def test_a_colour_model_gets_its_uploads_resized_as_predict_py_resizes_them(tmp_path):
+    import io
+
+    from PIL import Image
+
+    folder = tmp_path / "v1"
+    folder.mkdir()
+    (folder / "model_card.json").write_text(json.dumps({**CARD, "input": {"name": "images", "shape": [1, 3, 8, 8]}}))
+    codec = Codec(Bundle.open(folder), "rgb")
+    rng = np.random.default_rng(0)
+    for size in (8, 16, 11):
+        rgb = rng.integers(0, 256, (size, size + 2, 3), dtype=np.uint8)  # H x W, not square
+        buffer = io.BytesIO()
+        Image.fromarray(rgb).save(buffer, format="PNG")
+        resized = np.asarray(Image.fromarray(rgb).resize((8, 8), Image.BILINEAR))
+        expected = resized.transpose(2, 0, 1).astype(np.float32) / 255.0
+        assert np.array_equal(codec.decode_image(buffer.getvalue()), expected), size
+
+
+def test_exact_messages_and_the_bounds_of_the_binary_header(codec):
+    with pytest.raises(BadRequest) as failed:
+        parse_json(b"[" * 100_000 + b"]" * 100_000)
+    assert str(failed.value) == "the body nests too deeply to be an infer request (it needs 4 levels)"
+    with pytest.raises(BadRequest) as failed:
+        codec.decode_image(b"not an image at all")
+    assert str(failed.value).startswith("the upload: not a readable image (") and "remove" not in str(failed.value)
+    assert codec.split_binary(b"7", "1") == (7, b"")  # a header of one byte, and one of the whole body
+    assert codec.split_binary(b'{"a": 2}', "8") == ({"a": 2}, b"")

@@ -313,3 +313,28 @@ def test_the_damage_messages_name_the_known_actions():
 
     assert _damage('{"action": "x", "to": "v1"}') == "no known action (ship, promote, rollback, repair)"
     assert _damage('{"action": "ship", "to": "v1"}') is None
+
+
+def test_the_seal_names_files_as_given_in_order_and_with_the_fix(tmp_path, monkeypatch):
+    folder, _ = _ship(tmp_path / "tiny", b"model one")
+    fix = "restore it, or `cskd-pipeline promote` a version that `cskd-pipeline bundle verify` accepts"
+    (folder / "b.py").write_text("")
+    (folder / "a.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StoreError) as failed:
+        verify_bundle(Path("tiny") / "latest")
+    assert str(failed.value) == f"tiny/v1/a.py: an unlisted file in the bundle (SHA256SUMS does not name it): " \
+                                f"remove it, or {fix}"  # relative as given, the first by name
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    with pytest.raises(StoreError, match=rf"^{re.escape(str(folder.resolve()))}/a.py: "):  # outside: the whole path
+        verify_bundle(folder)
+    (folder / "a.py").unlink()
+    (folder / "b.py").unlink()
+    (folder / SUMS).write_bytes(b"\xff\xfe\n")
+    with pytest.raises(StoreError, match=r"SHA256SUMS: unreadable \("):
+        verify_bundle(folder)
+    (folder / SUMS).unlink()
+    (folder / "odd name.txt").write_text("")
+    with pytest.raises(StoreError, match="odd name.txt: a bundle holds plain files with plain names only"):
+        seal_bundle(folder)

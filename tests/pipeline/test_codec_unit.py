@@ -226,3 +226,31 @@ def test_exact_messages_and_the_bounds_of_the_binary_header(codec):
     assert str(failed.value).startswith("the upload: not a readable image (") and "remove" not in str(failed.value)
     assert codec.split_binary(b"7", "1") == (7, b"")  # a header of one byte, and one of the whole body
     assert codec.split_binary(b'{"a": 2}', "8") == ({"a": 2}, b"")
+
+
+def test_the_pixel_limit_is_exact_at_its_boundary(codec, monkeypatch):
+    """An 8x8 upload (64 pixels) passes a limit of 64 and is refused at 63, through the server's
+    path and the data path alike (one decoder)."""
+    import io
+
+    from PIL import Image
+
+    import cskd.data.decode as decode
+    from cskd.errors import DataError
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), dtype=np.uint8)).save(buffer, format="PNG")
+    for limit, ok in ((64, True), (63, False), (65, True)):
+        monkeypatch.setattr(decode, "DEFAULT_MAX_PIXELS", limit)
+        if ok:
+            assert codec.decode_image(buffer.getvalue()).shape == (1, 8, 8)
+            assert decode.decode_image(buffer.getvalue(), channels=1).shape == (1, 8, 8)
+        else:
+            with pytest.raises(BadRequest, match="8x8 is 64 pixels, over data.max_image_pixels \\(63\\)"):
+                codec.decode_image(buffer.getvalue())
+            with pytest.raises(DataError, match="over data.max_image_pixels"):
+                decode.decode_image(buffer.getvalue(), channels=1, where="x.png")
+    monkeypatch.setattr(decode, "DEFAULT_MAX_PIXELS", 10**9)  # data.max_image_pixels given: it decides
+    assert decode.decode_image(buffer.getvalue(), channels=1, max_pixels=64).shape == (1, 8, 8)
+    with pytest.raises(DataError, match=r"x.png: 8x8 is 64 pixels, over data.max_image_pixels \(63\)"):
+        decode.decode_image(buffer.getvalue(), channels=1, where="x.png", max_pixels=63)

@@ -17,14 +17,16 @@ from pathlib import Path
 
 from cskd.config import Strict
 from pipeline.core.backends import FASTEST, backend, fastest_passing
+from pipeline.core.bundle_seal import seal_bundle
 from pipeline.core.contracts import Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import MissingBackend
+from pipeline.core.files import sha256_file
 from pipeline.core.manifest import Manifest
 from pipeline.core.records import ServingRecord
 from stages.gate import export_budgets, export_rules
 from stages.latency import ServingSection
-from stages.ship import CARD_FILE, PREDICT_SCRIPT, describe_io
+from stages.ship import CARD_FILE, describe_io
 
 RESULT_FILE = "serving.json"
 
@@ -56,14 +58,16 @@ def choose_target(config: ServingConfig, validate: dict, latency: dict) -> str:
 
 
 def write_bundle(folder: Path, name: str, target: str, ctx: StageContext) -> None:
-    """The part of a shipped bundle the server reads: the card's name and input/output spec and
-    the target's files (plus ONNX and predict.py for /v1/classify's preprocessing)."""
+    """The part of a shipped bundle the server reads: the card's name, input/output spec and file
+    list, and the target's files (plus ONNX), sealed as a shipped bundle is: `serve` verifies
+    whatever it serves, this bundle too (its files come from the verified store inputs)."""
     folder.mkdir()
-    (folder / CARD_FILE).write_text(json.dumps({"name": name, **describe_io(ctx.inputs)}) + "\n")
     for entry in [backend(t) for t in dict.fromkeys((target, "onnx"))]:
         for shipped, inner in entry.shipped.items():
             shutil.copyfile(ctx.inputs[entry.kind].file(inner), folder / shipped)
-    shutil.copyfile(PREDICT_SCRIPT, folder / "predict.py")
+    files = {path.name: sha256_file(path) for path in sorted(folder.iterdir())}
+    (folder / CARD_FILE).write_text(json.dumps({"name": name, **describe_io(ctx.inputs), "files": files}) + "\n")
+    seal_bundle(folder)
 
 
 class ServingStageRecord(ServingRecord):

@@ -182,9 +182,11 @@ def test_moves_to_nothing_leave_nothing_and_a_tampered_version_is_not_promoted(t
 
 # ---- export from what shipped ---------------------------------------------------------
 def test_export_of_a_shipped_version_is_its_bytes_after_another_shipped(shipped):
-    int8 = ["-o", "export.targets=[onnx,onnx-int8]"]
-    assert _cli("run", "-m", "tiny.yaml", "-q", *int8).exit_code == 0  # the same student with INT8: v2
-    result = _cli("run", "-m", "tiny.yaml", "-q", *int8, *WORSE)  # another student over it: v3
+    # the same student with INT8 (a wide budget: what is under test is the export, not the INT8 drop): v2
+    int8 = ["-o", "export.targets=[onnx,onnx-int8]", "-o", "export.int8.max_drop=100"]
+    result = _cli("run", "-m", "tiny.yaml", "-q", *int8)
+    assert result.exit_code == 0, result.output
+    result = _cli("run", "-m", "tiny.yaml", "-q", *WORSE)  # another student over it, ONNX only: v3
     assert result.exit_code == 0 and _latest(shipped) == "v3", result.output
     v2 = shipped / "shipped/tiny/v2"
     result = _cli("export", "tiny@v2", "--target", "onnx-int8", "--out", "deploy")

@@ -15,6 +15,12 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 
+# Whole pipeline runs (each trains a student on a copy of the tiny run): `make test-slow`, which CI
+# runs. `make test` keeps each protection through the fast unit tests of the same code
+# (test_releases_unit.py: the seal, the trail, promote and rollback; test_champion_unit.py: a
+# tampered champion; test_codec_unit.py: the server's codec).
+pytestmark = pytest.mark.slow
+
 
 def _cli(*args: str):
     return CliRunner().invoke(main, list(args))

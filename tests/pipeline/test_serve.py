@@ -289,6 +289,84 @@ def test_loadtest_of_an_address_where_nothing_serves_is_one_line_exit_2():
 
 
 @pytest.mark.slow  # load tests of 7 s on each engine, and a replica's restart
+def test_the_server_names_the_version_it_serves(server):
+    """OIP metadata lists the shipped version (latest is v1 of the tiny run), every infer response
+    carries it, and the versioned ready and metadata routes answer for it and only for it."""
+    bundle, client, url = server.bundle, server.client, server.url
+    version = bundle.resolve().name.removeprefix("v")
+    assert client.get_model_metadata("tiny")["versions"] == [version]
+    images, _ = _test_images(bundle)
+    tensor = http.InferInput("images", [2, 1, 8, 8], "FP32")
+    tensor.set_data_from_numpy(images[:2].astype(np.float32) / 255.0)
+    assert client.infer("tiny", [tensor]).get_response()["model_version"] == version
+    assert client.is_model_ready("tiny", model_version=version)
+    assert requests.get(f"{url}/v2/models/tiny/versions/{version}", timeout=30).json()["versions"] == [version]
+    assert requests.get(f"{url}/v2/models/tiny/versions/{int(version) + 1}/ready", timeout=30).status_code == 404
+    label = requests.post(f"{url}/v1/classify", files={"file": ("a.png", _png(images[0, 0]), "image/png")},
+                          timeout=30).json()
+    assert label["model_version"] == version
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_serve_refuses_a_bundle_that_fails_its_seal_before_running_anything(shipped_run, tmp_path):
+    """A line appended to predict.py: `bundle verify` and `serve` both exit 4 naming the file, and
+    the planted line never runs (the server would not run it anyway: the next test)."""
+    import shutil
+
+    folder, _, code, _ = shipped_run
+    assert code == 0
+    copy = tmp_path / "v1"
+    shutil.copytree(folder / "shipped" / "tiny" / "v1", copy)
+    planted = tmp_path / "planted-line-ran"
+    with open(copy / "predict.py", "a") as f:
+        f.write(f"\nopen({str(planted)!r}, 'w').write('ran')\n")
+    binary = Path(sys.executable).parent / "cskd-pipeline"
+    for command in (["bundle", "verify", str(copy)], ["serve", str(copy), "--port", str(_free_port())]):
+        proc = subprocess.run([str(binary), *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert "predict.py: changed since it shipped" in proc.stderr and "Traceback" not in proc.stderr
+    assert not planted.exists()
+
+
+def test_the_server_decodes_uploads_itself_and_needs_no_code_from_the_bundle(shipped_run, tmp_path):
+    """The classify path decodes with the pipeline's decoder: a bundle folder without predict.py
+    classifies exactly as predict.py would, and an image over the pixel limit is a bad request."""
+    import importlib.util
+    import shutil
+
+    from serving.runtime import BadRequest, Bundle, Codec
+
+    folder, _, code, _ = shipped_run
+    assert code == 0
+    source = folder / "shipped" / "tiny" / "v1"
+    bare = tmp_path / "bare"
+    shutil.copytree(source, bare)
+    (bare / "predict.py").unlink()
+    codec = Codec(Bundle.open(bare), "tiny")
+    spec = importlib.util.spec_from_file_location("bundle_predict", source / "predict.py")
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    reference = predict.Classifier(source / "student.onnx")
+    images, _ = _test_images(source)
+    for pixels in (images[0, 0], np.kron(images[1, 0], np.ones((3, 3), dtype=np.uint8))):  # 8x8, and 24x24 resized
+        data = _png(pixels)
+        import io
+
+        np.testing.assert_array_equal(codec.decode_image(data)[None], reference.pixels(io.BytesIO(data))[None])
+    with pytest.raises(BadRequest, match="the upload: not a readable image"):
+        codec.decode_image(b"GIF89a broken")
+
+
+# The last test of the module that uses the module's server: it kills a replica.
 def test_a_replica_killed_under_load_is_restarted_and_then_nothing_fails(server):
     """The module's server (this test runs after every other test of the module on it, and stops
     it): a replica killed while 8 clients send requests; the errors while it is down are counted,
@@ -365,79 +443,3 @@ def test_serve_deploys_onto_a_running_ray_cluster_through_address(shipped_run, t
         subprocess.run([str(ray), "stop", "--force"], env=env, capture_output=True, timeout=120)
         shutil.rmtree(short, ignore_errors=True)
 
-
-def test_the_server_names_the_version_it_serves(server):
-    """OIP metadata lists the shipped version (latest is v1 of the tiny run), every infer response
-    carries it, and the versioned ready and metadata routes answer for it and only for it."""
-    bundle, client, url = server.bundle, server.client, server.url
-    version = bundle.resolve().name.removeprefix("v")
-    assert client.get_model_metadata("tiny")["versions"] == [version]
-    images, _ = _test_images(bundle)
-    tensor = http.InferInput("images", [2, 1, 8, 8], "FP32")
-    tensor.set_data_from_numpy(images[:2].astype(np.float32) / 255.0)
-    assert client.infer("tiny", [tensor]).get_response()["model_version"] == version
-    assert client.is_model_ready("tiny", model_version=version)
-    assert requests.get(f"{url}/v2/models/tiny/versions/{version}", timeout=30).json()["versions"] == [version]
-    assert requests.get(f"{url}/v2/models/tiny/versions/{int(version) + 1}/ready", timeout=30).status_code == 404
-    label = requests.post(f"{url}/v1/classify", files={"file": ("a.png", _png(images[0, 0]), "image/png")},
-                          timeout=30).json()
-    assert label["model_version"] == version
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def test_serve_refuses_a_bundle_that_fails_its_seal_before_running_anything(shipped_run, tmp_path):
-    """A line appended to predict.py: `bundle verify` and `serve` both exit 4 naming the file, and
-    the planted line never runs (the server would not run it anyway: the next test)."""
-    import shutil
-
-    folder, _, code, _ = shipped_run
-    assert code == 0
-    copy = tmp_path / "v1"
-    shutil.copytree(folder / "shipped" / "tiny" / "v1", copy)
-    planted = tmp_path / "planted-line-ran"
-    with open(copy / "predict.py", "a") as f:
-        f.write(f"\nopen({str(planted)!r}, 'w').write('ran')\n")
-    binary = Path(sys.executable).parent / "cskd-pipeline"
-    for command in (["bundle", "verify", str(copy)], ["serve", str(copy), "--port", str(_free_port())]):
-        proc = subprocess.run([str(binary), *command], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-        assert proc.returncode == 4, proc.stdout + proc.stderr
-        assert "predict.py: changed since it shipped" in proc.stderr and "Traceback" not in proc.stderr
-    assert not planted.exists()
-
-
-def test_the_server_decodes_uploads_itself_and_needs_no_code_from_the_bundle(shipped_run, tmp_path):
-    """The classify path decodes with the pipeline's decoder: a bundle folder without predict.py
-    classifies exactly as predict.py would, and an image over the pixel limit is a bad request."""
-    import importlib.util
-    import shutil
-
-    from serving.runtime import BadRequest, Bundle, Codec
-
-    folder, _, code, _ = shipped_run
-    assert code == 0
-    source = folder / "shipped" / "tiny" / "v1"
-    bare = tmp_path / "bare"
-    shutil.copytree(source, bare)
-    (bare / "predict.py").unlink()
-    codec = Codec(Bundle.open(bare), "tiny")
-    spec = importlib.util.spec_from_file_location("bundle_predict", source / "predict.py")
-    predict = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(predict)
-    reference = predict.Classifier(source / "student.onnx")
-    images, _ = _test_images(source)
-    for pixels in (images[0, 0], np.kron(images[1, 0], np.ones((3, 3), dtype=np.uint8))):  # 8x8, and 24x24 resized
-        data = _png(pixels)
-        import io
-
-        np.testing.assert_array_equal(codec.decode_image(data)[None], reference.pixels(io.BytesIO(data))[None])
-    with pytest.raises(BadRequest, match="the upload: not a readable image"):
-        codec.decode_image(b"GIF89a broken")

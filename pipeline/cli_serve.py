@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
 from pathlib import Path
 
@@ -11,7 +13,19 @@ from pipeline.cli_base import handle_errors, main
 from serving.engines import ENGINES
 
 
-def _interrupt(*_) -> None:
+_SERVER: dict = {}  # the serving process's id, and the signal that stopped it
+
+
+def _stop(signum: int, _frame) -> None:
+    """SIGTERM and Ctrl-C end ``serve`` the same way. The engine forks its HTTP processes, which inherit
+    this handler; uvicorn in each catches the signal, shuts its server down and then raises the signal
+    again: there it ends the process quietly instead of printing a KeyboardInterrupt traceback."""
+    if os.getpid() != _SERVER.get("pid"):
+        raise SystemExit(0)
+    _SERVER["signal"] = signum
+    # Ctrl-C reached the HTTP processes too, and they may end before the engine stops them: its
+    # "already not alive" warnings about them are not news to anyone who pressed Ctrl-C.
+    logging.getLogger("litserve.server").setLevel(logging.ERROR)
     raise KeyboardInterrupt
 
 
@@ -93,12 +107,16 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     click.echo(f"serving {folder} as model {name!r} version {opened.version} ({target}: {model} sha256 "
                f"{sums[model]}) on http://{host}:{port} with {engine}: POST /v2/models/{name}/infer, "
                f"POST /v1/classify, GET /v2/models/{name}, GET /v2/health/ready")
-    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM shuts down like Ctrl-C: workers and replicas go too
+    _SERVER.update(pid=os.getpid(), signal=None)
+    for signum in (signal.SIGTERM, signal.SIGINT):  # either shuts down every process it started, quietly
+        signal.signal(signum, _stop)
     ENGINES[engine].serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
                                        replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                        threads_per_replica=threads_per_replica, host=host, port=port,
                                        max_body_mb=max_body_mb, request_timeout_s=request_timeout_s,
                                        address=address))
+    if _SERVER["signal"] is not None:
+        click.echo(f"serve: stopped by {signal.Signals(_SERVER['signal']).name}; every process it started has ended")
 
 
 @main.command()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import signal
 from collections.abc import Callable
 
 import litserve as ls
@@ -41,6 +42,9 @@ class _Api(ls.LitAPI):
         self.options = options
 
     def setup(self, device) -> None:
+        # Ctrl-C reaches every process of the terminal's group: the serving process stops this one
+        # (with SIGTERM); a KeyboardInterrupt here would only print a traceback on its way out.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         bundle = Bundle.open(self.options.bundle)
         self.codec = Codec(bundle, self.options.model_name)
         self.runner = Runner(bundle, self.options.files, threads=self.options.threads_per_replica)
@@ -157,6 +161,25 @@ def _use_zmq(server: ls.LitServer) -> None:
 
     server.transport_config.transport_type = "zmq"
     factory._create_zmq_transport = zmq_transport
+    _skip_pings()
+
+
+def _skip_pings() -> None:
+    """A worker that starts (a replica restarted, or started while the server shuts down) sends
+    ``0|__ping__`` to consumer 0 to wait for subscribers; LitServe 0.2.19's consumer unpickles it,
+    fails, logs two ERROR lines and stops reading responses for that HTTP process. A ping is no
+    response: it is skipped (the response loops already skip None)."""
+    from litserve.transport import zmq_queue
+
+    parse = zmq_queue.BaseConsumer._parse_message
+    if getattr(parse, "skips_pings", False):
+        return
+
+    def parse_message(self, message: bytes):
+        return None if message.partition(b"|")[2] == b"__ping__" else parse(self, message)
+
+    parse_message.skips_pings = True
+    zmq_queue.BaseConsumer._parse_message = parse_message
 
 
 def build(options: ServeOptions, *, add_routes: Callable) -> ls.LitServer:

@@ -113,17 +113,47 @@ def _running_in_group(group: int, settle_s: float = 5.0) -> list[str]:
         time.sleep(0.2)
 
 
-def test_sigterm_ends_the_server_and_every_process_it_started(shipped_run):
-    """SIGTERM (what systemd, Kubernetes and stop_server send) ends ``serve`` by itself, its HTTP
-    and inference processes with it: no SIGKILL needed, nothing left running."""
+@pytest.mark.parametrize("how", ["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_ends_the_server_and_every_process_it_started_in_one_line(shipped_run, how):
+    """SIGTERM (what systemd, Kubernetes and stop_server send) or Ctrl-C (SIGINT to the terminal's
+    whole process group) ends ``serve`` by itself, its HTTP and inference processes with it: no
+    SIGKILL needed, nothing left running, and one line said, no traceback from any of them."""
+    import os
+    import signal
+
     folder = shipped_run[0]
-    process, _ = launch_server(folder / "shipped" / "tiny" / "latest", folder, "--engine", "litserve")
+    process, url = launch_server(folder / "shipped" / "tiny" / "latest", folder, "--engine", "litserve")
     try:
-        process.terminate()
+        body = {"inputs": [{"name": "images", "datatype": "FP32", "shape": [1, 1, 8, 8], "data": [0.0] * 64}]}
+        assert requests.post(f"{url}/v2/models/tiny/infer", json=body, timeout=30).status_code == 200
+        if how == "SIGTERM":
+            process.terminate()
+        else:
+            os.killpg(process.pid, signal.SIGINT)  # the server runs in a session of its own
         assert process.wait(timeout=30) == 0
         assert _running_in_group(process.pid) == []
+        said = process.stdout.read()
+        assert "Traceback" not in said and "KeyboardInterrupt" not in said, said
+        name = "SIGTERM" if how == "SIGTERM" else "SIGINT"
+        assert said.splitlines()[1:] == [f"serve: stopped by {name}; every process it started has ended"], said
     finally:
         stop_server(process)
+
+
+def test_a_workers_ping_is_not_read_as_a_response():
+    """LitServe's workers ping consumer 0 when they start (a restarted replica); its consumer would
+    fail to unpickle the ping, log two errors and stop reading responses for that HTTP process."""
+    import pickle
+
+    from litserve.transport.zmq_queue import BaseConsumer
+
+    from serving.engines import ServeOptions
+    from serving.litserve_engine import build
+
+    build(ServeOptions(bundle=Path("."), target="onnx", files=[], model_name="m"), add_routes=lambda app, o: None)
+    consumer = BaseConsumer.__new__(BaseConsumer)  # parsing needs no socket
+    assert consumer._parse_message(b"0|__ping__") is None
+    assert consumer._parse_message(b"0|" + pickle.dumps({"uid": 1})) == {"uid": 1}
 
 
 def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:

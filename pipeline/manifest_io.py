@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 import stages  # noqa: F401 - registers the stages, export back-ends and losses a manifest may name
+from cskd.loss_base import LossConfig, registered_losses
 from pipeline.core.errors import ManifestError
 from pipeline.core.manifest import Manifest
 from pipeline.core.sections import all_fields
@@ -114,8 +115,30 @@ def _models_in(tp: object) -> list[type[BaseModel]]:
     return [m for arg in typing.get_args(tp) for m in _models_in(arg)]
 
 
-def _field_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model at ``loc`` inside ``model`` (to list the keys it allows)."""
+def _field_model(model: type[BaseModel], loc: tuple, data: object = None) -> type[BaseModel] | None:
+    """The pydantic model at ``loc`` inside ``model`` (to list the keys it allows). A loss section is
+    typed as the registry's base class: its keys are those of the registered loss its ``kind`` names
+    in ``data`` (the manifest as read)."""
+    found = _declared_model(model, loc)
+    if found is LossConfig:
+        kind = _value_at(data, loc).get("kind") if isinstance(_value_at(data, loc), dict) else None
+        registered = registered_losses().get(kind) if isinstance(kind, str) else None
+        return registered.config if registered is not None else found
+    return found
+
+
+def _value_at(data: object, loc: tuple) -> object:
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        else:
+            return None
+    return data
+
+
+def _declared_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
     current: object = model
     for part in loc:
         if isinstance(part, int):  # a list index: stay on the element type
@@ -139,12 +162,12 @@ def _short(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _describe(error: dict) -> str:
+def _describe(error: dict, data: object = None) -> str:
     loc = tuple(error["loc"])
     # A key is user text: a control character in it must not break the one-line-per-problem form.
     path = ".".join(str(p) if str(p).isprintable() and str(p) else repr(p) for p in loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        parent = _field_model(Manifest, loc[:-1])
+        parent = _field_model(Manifest, loc[:-1], data)
         allowed = sorted((f.alias or n) for n, f in all_fields(parent).items()) if parent else []
         near = difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -155,29 +178,29 @@ def _describe(error: dict) -> str:
     return f"{path}: found {_short(error.get('input'))}; {msg}"
 
 
-def _misspelt(errors: list[dict]) -> set[tuple]:
+def _misspelt(errors: list[dict], data: object = None) -> set[tuple]:
     """Where a required key is missing because it was misspelt: the did-you-mean of an unknown key."""
     found = set()
     for error in errors:
         if error["type"] == "extra_forbidden":
             loc = tuple(error["loc"])
-            parent = _field_model(Manifest, loc[:-1])
+            parent = _field_model(Manifest, loc[:-1], data)
             allowed = [(f.alias or n) for n, f in all_fields(parent).items()] if parent else []
             found.update((*loc[:-1], near) for near in difflib.get_close_matches(str(loc[-1]), allowed, n=1, cutoff=0.6))
     return found
 
 
 def format_validation_error(exc: ValidationError, overrides: list[str] | tuple[str, ...] = (),
-                            positions: dict[tuple, tuple[int, int]] | None = None) -> str:
+                            positions: dict[tuple, tuple[int, int]] | None = None, data: object = None) -> str:
     """One line per problem, unknown keys first. A misspelt key is one line (its did-you-mean), not
     also a missing one. A problem in a ``-o key=value`` override names the override."""
     errors = exc.errors()
-    misspelt = _misspelt(errors)
+    misspelt = _misspelt(errors, data)
     errors = sorted((e for e in errors if not (e["type"] == "missing" and tuple(e["loc"]) in misspelt)),
                     key=lambda e: e["type"] != "extra_forbidden")
 
     def blamed(error: dict) -> str:
-        line = _describe(error)
+        line = _describe(error, data)
         dotted = ".".join(map(str, error["loc"]))
         culprit = next((o for o in reversed(overrides) if dotted == o.partition("=")[0].strip()
                         or dotted.startswith(o.partition("=")[0].strip() + ".")), None)
@@ -194,7 +217,9 @@ OVERRIDE_PREFIX = "-o "
 
 def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
     """``key.path=value`` edits (Hydra/OmegaConf dotlists); values are YAML (``3``, ``true``,
-    ``[1, 64]``). The result is validated like the file, so overrides are part of the ids."""
+    ``[1, 64]``). The result is validated like the file, so overrides are part of the ids.
+    ``section.kind=other`` replaces the section with ``other``'s defaults; later overrides of that
+    section's keys apply on top (``-o student.loss.kind=kd -o student.loss.temperature=2``)."""
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
@@ -205,7 +230,12 @@ def apply_overrides(data: dict, overrides: list[str] | tuple[str, ...]) -> dict:
             if not isinstance(node.get(part, {}), dict):
                 raise ManifestError(f"--set {item!r}: {part!r} is not a section")
             node = node.setdefault(part, {})
-        node[parts[-1]] = parse_yaml(text) if text.strip() else None
+        value = parse_yaml(text) if text.strip() else None
+        if parts[-1] == "kind" and node.get("kind") not in (None, value):
+            # A section's kind picks its settings (a loss, a source): the old kind's settings mean
+            # nothing to the new one, so the section starts again from the new kind's defaults.
+            node.clear()
+        node[parts[-1]] = value
     return data
 
 
@@ -219,7 +249,7 @@ def manifest_from_text(text: str, overrides: list[str] | tuple[str, ...] = ()) -
     try:
         manifest = Manifest.model_validate(data)
     except ValidationError as exc:
-        raise ManifestError(format_validation_error(exc, overrides, yaml_positions(text))) from None
+        raise ManifestError(format_validation_error(exc, overrides, yaml_positions(text), data)) from None
     manifest._overrides = tuple(overrides)
     return manifest
 

@@ -257,3 +257,62 @@ def test_a_schema_error_points_at_its_line_and_column(workdir):
     assert f"{path}:10:3: student.wrong_key: unknown key 'wrong_key'" in lines[0]
     assert any(line.startswith(f"{path}:6:13: teacher.train.epochs: found 0") for line in lines), lines
     assert any(line.startswith(f"{path}:11:7: gate.max_drop: required field is missing") for line in lines), lines
+
+
+def test_setting_a_loss_kind_on_the_command_line_starts_from_that_losss_defaults(workdir):
+    """``-o student.loss.kind=kd`` on a manifest whose loss is ``{kind: cskd, preset: core}``: a KD
+    loss with KD's defaults (the preset means nothing to KD), and later overrides apply on top."""
+    from cskd.loss_configs import KDLoss
+
+    path = workdir / "tiny.yaml"
+    path.write_text(TINY_MANIFEST)
+    loss = load_manifest(path, ["student.loss.kind=kd"]).student.loss
+    assert isinstance(loss, KDLoss) and loss == KDLoss(kind="kd")
+    tuned = load_manifest(path, ["student.loss.kind=kd", "student.loss.temperature=2"]).student.loss
+    assert isinstance(tuned, KDLoss) and tuned.temperature == 2
+    # the same kind again keeps the section's settings
+    assert load_manifest(path, ["student.loss.kind=cskd"]).student.loss.preset == "core"
+
+
+@pytest.mark.parametrize("overrides, suggestion, allowed", [
+    (["student.loss.temprature=4"], "temperature", "alpha, ce_weight, cswt_high, cswt_low, kd_weight, kind, preset, "
+                                                   "temperature"),
+    (["student.loss.kind=kd", "student.loss.standardise=true"], "standardize",
+     "ce_weight, kd_weight, kind, standardize, temperature"),
+])
+def test_a_misspelt_loss_key_is_one_line_with_the_keys_of_that_loss(workdir, overrides, suggestion, allowed):
+    path = workdir / "tiny.yaml"
+    path.write_text(TINY_MANIFEST)
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path, overrides)
+    (line,) = str(err.value).splitlines()
+    key = overrides[-1].partition("=")[0].rpartition(".")[2]
+    assert line == (f"-o {overrides[-1]}: student.loss.{key}: unknown key {key!r}; did you mean {suggestion!r}? "
+                    f"(allowed keys: {allowed})")
+
+
+def test_a_misspelt_loss_key_in_the_file_names_its_line_and_suggests(workdir):
+    path = workdir / "tiny.yaml"
+    path.write_text(TINY_MANIFEST.replace("loss: {kind: cskd, preset: core}", "loss: {kind: cskd, prest: core}"))
+    with pytest.raises(ManifestError) as err:
+        load_manifest(path)
+    (line,) = str(err.value).splitlines()
+    assert line.startswith(f"{path}:") and "student.loss.prest: unknown key 'prest'; did you mean 'preset'?" in line
+
+
+@pytest.mark.slow  # a whole run of the tiny manifest (about 40 s)
+def test_a_kd_student_is_distilled_when_the_command_line_sets_the_loss_kind(workdir):
+    """What the user typed runs: the distilled student's recorded loss is KD with KD's defaults."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    (workdir / "tiny.yaml").write_text(TINY_MANIFEST)
+    result = CliRunner().invoke(main, ["run", "-m", "tiny.yaml", "--quiet",
+                                       "-o", "student.loss.kind=kd"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (record,) = [json.loads(p.read_text()) for p in (workdir / ".cskd" / "artifacts" / "distill").glob("*/artifact.json")]
+    assert record["config"]["loss"] == {"kind": "kd", "temperature": 4.0, "ce_weight": 0.1, "kd_weight": 0.9,
+                                        "standardize": False}

@@ -142,9 +142,13 @@ def runs(manifest_opt: str | None, report_root: Path | None, as_json: bool) -> N
 @click.argument("run_b")
 @click.option("--reports", "report_root", type=click.Path(path_type=Path), default=Path("reports"),
               show_default=True, help="report folder holding <name>/runs/<run id>/")
+@click.option("--all", "everything", is_flag=True,
+              help="every row: unchanged ones and latencies that moved within their noise too")
 @handle_errors
-def diff(run_a: str, run_b: str, report_root: Path) -> None:
-    """The manifest settings and metrics that differ between two runs, as a Markdown table.
+def diff(run_a: str, run_b: str, report_root: Path, everything: bool) -> None:
+    """The manifest settings and metrics that differ between two runs, as a Markdown table with the
+    change. A latency that moved less than the spread of its timing rounds is noise, not a change:
+    it is shown only with --all, marked as such.
 
     \b
     Example:  cskd-pipeline diff 20261128T031500Z 20261128T032210Z   (a unique prefix is enough)
@@ -152,12 +156,14 @@ def diff(run_a: str, run_b: str, report_root: Path) -> None:
     from pipeline.history import diff_runs, find_run
 
     a, b = find_run(report_root, run_a), find_run(report_root, run_b)
-    click.echo(f"| setting or metric | {a['run']['id']} | {b['run']['id']} |\n|---|---|---|")
+    click.echo(f"| setting or metric | {a['run']['id']} | {b['run']['id']} | change |\n|---|---|---|---|")
+
     def show(value) -> str:
         return f"{value:.2f}" if isinstance(value, float) else str(value)
 
-    for key, left, right in diff_runs(a, b):
-        click.echo(f"| `{key}` | {show(left)} | {show(right)} |")
+    for row in diff_runs(a, b, everything=everything):
+        change = row.change + (" (within noise)" if row.noise else "")
+        click.echo(f"| `{row.key}` | {show(row.left)} | {show(row.right)} | {change or 'unchanged'} |")
 
 
 @main.command()

@@ -16,7 +16,9 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
+from exports.latency import within_noise
 from pipeline.core.errors import ManifestError
 from pipeline.core.files import (
     LATEST,
@@ -174,8 +176,38 @@ def _comparable(report: dict) -> dict[str, object]:
     return {k: v for k, v in flat.items() if not isinstance(v, list)}
 
 
-def diff_runs(a: dict, b: dict) -> list[tuple[str, object, object]]:
-    """(key, value in a, value in b) for every setting and metric that differs between two runs."""
+class DiffRow(NamedTuple):
+    key: str
+    left: object
+    right: object
+    change: str  # b - a for numbers (and the relative change of a latency), else "changed"; "" when equal
+    noise: bool  # a latency that moved less than its rounds spread: not a change
+
+
+def diff_runs(a: dict, b: dict, *, everything: bool = False) -> list[DiffRow]:
+    """Every setting and metric that differs between two runs; a latency whose round ranges overlap
+    in the two runs moved within its noise and counts as unchanged. ``everything``: every row."""
     flat_a, flat_b = _comparable(a), _comparable(b)
-    return [(k, flat_a.get(k), flat_b.get(k)) for k in sorted(set(flat_a) | set(flat_b))
-            if flat_a.get(k) != flat_b.get(k)]
+    cells_a, cells_b = _latency_cells(a), _latency_cells(b)
+    rows = []
+    for key in sorted(set(flat_a) | set(flat_b)):
+        left, right = flat_a.get(key), flat_b.get(key)
+        noise = left != right and key in cells_a and key in cells_b and within_noise(cells_a[key], cells_b[key])
+        if everything or (left != right and not noise):
+            rows.append(DiffRow(key, left, right, _change(key, left, right), noise))
+    return rows
+
+
+def _latency_cells(report: dict) -> dict[str, dict]:
+    return {f"latency.{c['backend']}.batch{c['batch']}.p50_ms": c
+            for c in (report.get("latency") or {}).get("results") or []}
+
+
+def _change(key: str, left: object, right: object) -> str:
+    if left == right:
+        return ""
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right))
+    if not numbers:
+        return "changed"
+    change = f"{right - left:+.2f}"
+    return change + (f" ({(right / left - 1) * 100:+.0f}%)" if key.startswith("latency.") and left else "")

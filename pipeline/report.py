@@ -14,7 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from pipeline.core.backends import backends, fastest_passing
+from exports.latency import within_noise
+from pipeline.core.backends import NOT_SHIPPED, TEACHER_ONNX, backends, fastest_passing
 from pipeline.core.environment import environment
 from pipeline.core.manifest import Manifest
 from pipeline.core.records import (
@@ -40,7 +41,10 @@ def fastest(latency: dict, gate: dict) -> dict[str, dict]:
     for batch in sorted({c["batch"] for c in latency["results"]}):
         cell = fastest_passing(latency["results"], gate["rules"], batch=batch)
         if cell is not None:
-            best[str(batch)] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"]}
+            failed = {r["target"] for r in gate["rules"] if r.get("target") and not r["passed"]}
+            tied = [c["backend"] for c in latency["results"] if c["batch"] == batch and c is not cell
+                    and c["backend"] not in (*NOT_SHIPPED, *failed) and within_noise(c, cell)]
+            best[str(batch)] = {"backend": cell["backend"], "p50_ms": cell["p50_ms"], "within_noise": tied}
     return best
 
 
@@ -98,10 +102,16 @@ def _deployables(artifacts: dict[str, Artifact], latency: dict | None, gate: dic
     batches = sorted({c["batch"] for c in (latency or {"results": []})["results"]})
     failed = {r.get("target") for r in gate.get("rules", []) if not r["passed"]}
     teacher = need(artifacts, TeacherRecord)
-    rows = [{"model": "teacher", "runtime": "PyTorch", "files": [],
+    # Like with like: the teacher as ONNX FP32 in ONNX Runtime, the runtime the student's files run
+    # in (its eager figures are in the PyTorch table). A record from before it was timed: eager, said so.
+    timed_as = TEACHER_ONNX if any(c["backend"] == TEACHER_ONNX for c in cells.values()) else "teacher-eager"
+    rows = [{"model": "teacher", "runtime": timed_as, "files": [],
+             "timed_in": "ONNX Runtime, FP32 (exported for timing only)" if timed_as == TEACHER_ONNX
+             else "PyTorch eager",
              "bytes": teacher.file(TeacherRecord.WEIGHTS).stat().st_size, "top1": validate.teacher_top1,
              "within_budget": None,
-             "p50_ms": {b: cells[("teacher-eager", b)]["p50_ms"] for b in batches if ("teacher-eager", b) in cells}}]
+             "p50_ms": {b: cells[(timed_as, b)]["p50_ms"] for b in batches if (timed_as, b) in cells},
+             "spread_ms": {b: cells[(timed_as, b)].get("spread_ms") for b in batches if (timed_as, b) in cells}}]
     for target, entry in backends().items():
         if entry.kind not in artifacts or target not in validate.models:
             continue
@@ -112,7 +122,8 @@ def _deployables(artifacts: dict[str, Artifact], latency: dict | None, gate: dic
         rows.append({"model": f"student {target}", "runtime": target, "files": sorted(files),
                      "bytes": sum(f.stat().st_size for f in files.values() if f.is_file()),
                      "top1": validate.models[target]["top1"], "within_budget": target not in failed,
-                     "p50_ms": {b: cells[(target, b)]["p50_ms"] for b in batches if (target, b) in cells}})
+                     "p50_ms": {b: cells[(target, b)]["p50_ms"] for b in batches if (target, b) in cells},
+                     "spread_ms": {b: cells[(target, b)].get("spread_ms") for b in batches if (target, b) in cells}})
     for row in rows[1:]:
         row["smaller"] = rows[0]["bytes"] / row["bytes"] if row["bytes"] else None
         row["faster"] = {b: rows[0]["p50_ms"][b] / ms for b, ms in row["p50_ms"].items() if b in rows[0]["p50_ms"]}
@@ -204,13 +215,14 @@ def _charts(report: dict) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
     if latency:
         batch = max(r["batch"] for r in latency["results"])
-        names = {"pytorch-eager": "student", "teacher-eager": "teacher"}
-        points = [(names.get(r["backend"], r["backend"]), r["p50_ms"], models[names.get(r["backend"], r["backend"])]["top1"])
+        names = {"pytorch-eager": "student", "teacher-eager": "teacher", TEACHER_ONNX: "teacher"}  # whose top-1
+        shown = {"pytorch-eager": "student (eager)", "teacher-eager": "teacher (eager)", TEACHER_ONNX: "teacher (onnx)"}
+        points = [(shown.get(r["backend"], r["backend"]), r["p50_ms"], models[names.get(r["backend"], r["backend"])]["top1"])
                   for r in latency["results"] if r["batch"] == batch]
         markers = "osD^v<>Pp*hX"
         for n, (name, ms, top1) in enumerate(points):  # a legend, not labels beside the points: none overlap
             ax.scatter(ms, top1, s=70, marker=markers[n % len(markers)], label=f"{name}: {top1:.2f}%, {ms:.3g} ms",
-                       alpha=0.85, color="black" if name == "teacher" else None)
+                       alpha=0.85, color="black" if name.startswith("teacher") else None)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())

@@ -1,10 +1,13 @@
-"""Latency: p50/p90/p99 and throughput of the PyTorch student and every export,
-for each batch size in the manifest, measured in one process side by side."""
+"""Latency: p50/p90/p99 and throughput of the PyTorch student and every export, and of the
+teacher in PyTorch and in ONNX Runtime FP32, for each batch size in the manifest, measured in
+one process side by side, interleaved in rounds (``exports.latency.measure_interleaved``)."""
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -12,8 +15,10 @@ import torch
 from pydantic import Field, model_validator
 
 from cskd.config import Strict
-from exports.latency import measure
-from pipeline.core.backends import FASTEST, backend
+from exports.latency import measure_interleaved
+from exports.onnx_export import export_onnx
+from exports.ort_runtime import create_session, run_batched
+from pipeline.core.backends import FASTEST, NOT_SHIPPED, TEACHER_ONNX, backend
 from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.data_section import DataSource
 from pipeline.core.environment import environment
@@ -85,7 +90,7 @@ class LatencyStageRecord(LatencyRecord):
 
 class LatencyStage(Stage):
     kind = "latency"
-    version = 4
+    version = 5  # 5: interleaved rounds with their spread; the teacher timed in ONNX Runtime too
     Config = LatencyConfig
     Record = LatencyStageRecord
 
@@ -113,23 +118,28 @@ class LatencyStage(Stage):
         teacher = load_network(config.teacher_model, config.data, ctx.inputs["teacher"].file(WEIGHTS_FILE))
         runners = {t: backend(t).runner(ctx.inputs, batch_size=max(section.batch_sizes), threads=threads)
                    for t in config.targets}
+        cuda = frozenset(t for t in config.targets if backend(t).device == "cuda")
         results = []
-        for batch in section.batch_sizes:
-            images = np.zeros((batch, *shape), dtype=np.uint8)
-            x = torch.from_numpy(images).float() / 255.0
+        with tempfile.TemporaryDirectory() as scratch:
+            # The teacher in ONNX Runtime FP32, for timing only (never shipped): the report's headline
+            # compares the student with the teacher on the same runtime, not ONNX Runtime with eager.
+            path = export_onnx(teacher, sample=torch.zeros(2, *shape), path=Path(scratch) / "teacher.onnx")
+            session = create_session(path, threads=threads)
+            for batch in section.batch_sizes:
+                images = np.zeros((batch, *shape), dtype=np.uint8)
+                x = torch.from_numpy(images).float() / 255.0
 
-            def eager(x=x, net=model):
-                with torch.inference_mode():
-                    net(x)
+                def eager(x=x, net=model):
+                    with torch.inference_mode():
+                        net(x)
 
-            timing = {"batch": batch, "warmup": section.warmup, "runs": section.runs}
-            results.append({"backend": "pytorch-eager", **measure(eager, **timing)})
-            results.append({"backend": "teacher-eager", **measure(lambda x=x: eager(x, teacher), **timing)})
-            for target, run in runners.items():
-                results.append({"backend": target, **measure(lambda r=run, i=images: r(i), **timing,
-                                                              cuda=backend(target).device == "cuda")})
+                fns = {"pytorch-eager": eager, "teacher-eager": lambda x=x: eager(x, teacher),
+                       TEACHER_ONNX: lambda i=images: run_batched(session, i, batch_size=batch),
+                       **{target: (lambda r=run, i=images: r(i)) for target, run in runners.items()}}
+                timed = measure_interleaved(fns, batch=batch, warmup=section.warmup, runs=section.runs, cuda=cuda)
+                results.extend({"backend": name, **cell} for name, cell in timed.items())
         (ctx.out_dir / "latency.json").write_text(json.dumps({"threads": threads, "results": results}, indent=2) + "\n")
-        best = max((r for r in results if r["batch"] == max(section.batch_sizes) and r["backend"] != "teacher-eager"),
+        best = max((r for r in results if r["batch"] == max(section.batch_sizes) and r["backend"] not in NOT_SHIPPED),
                    key=lambda r: r["throughput_ips"])
         return StageResult({"threads": threads, "device": "cpu", "results": results},
                            f"fastest at batch {best['batch']}: {best['backend']} {best['throughput_ips']:.0f} img/s")

@@ -100,7 +100,19 @@ def test_every_cpu_backend_is_built_validated_timed_and_shipped(full_run):
     assert exports["openvino"]["agreement"] >= 99.0 and exports["openvino"]["max_logit_diff"] < 1e-3
     assert exports["onnx-fp16"]["agreement"] >= 95.0 and exports["openvino-int8"]["agreement"] >= 80.0
     cells = {(r["backend"], r["batch"]) for r in report["latency"]["results"]}
-    assert cells == {(b, n) for b in ["pytorch-eager", "teacher-eager", *ALL_CPU_TARGETS] for n in (1, 16)}
+    assert cells == {(b, n) for b in ["pytorch-eager", "teacher-eager", "teacher-onnx", *ALL_CPU_TARGETS]
+                     for n in (1, 16)}
+    # every model timed in the same interleaved rounds, each with the spread of its round p50s
+    assert all(len(c["round_p50_ms"]) == c["rounds"] == 5 and c["spread_ms"] == max(c["round_p50_ms"]) -
+               min(c["round_p50_ms"]) for c in report["latency"]["results"])
+    # The headline compares like with like: the teacher in ONNX Runtime FP32 against each file.
+    teacher, *files = report["deployables"]
+    p50 = {(c["backend"], c["batch"]): c["p50_ms"] for c in report["latency"]["results"]}
+    assert teacher["runtime"] == "teacher-onnx" and "ONNX Runtime" in teacher["timed_in"]
+    assert teacher["p50_ms"] == {"1": p50[("teacher-onnx", 1)], "16": p50[("teacher-onnx", 16)]}
+    for row in files:
+        for b, ratio in row["faster"].items():
+            assert ratio == p50[("teacher-onnx", int(b))] / p50[(row["runtime"], int(b))]
     gate_rules = {r["rule"] for r in report["gate"]["rules"]}
     assert {f"{t}_top1 >= student_top1 - {t} budget" for t in ALL_CPU_TARGETS if t != "onnx"} <= gate_rules
     fastest = report["fastest"]

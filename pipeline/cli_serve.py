@@ -12,7 +12,6 @@ import click
 from pipeline.cli_base import handle_errors, main
 from serving.engines import ENGINES
 
-
 _SERVER: dict = {}  # the serving process's id, and the signal that stopped it
 
 

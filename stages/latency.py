@@ -134,7 +134,7 @@ class LatencyStage(Stage):
                         net(x)
 
                 fns = {"pytorch-eager": eager, "teacher-eager": lambda x=x: eager(x, teacher),
-                       TEACHER_ONNX: lambda i=images: run_batched(session, i, batch_size=batch),
+                       TEACHER_ONNX: lambda i=images, n=batch: run_batched(session, i, batch_size=n),
                        **{target: (lambda r=run, i=images: r(i)) for target, run in runners.items()}}
                 timed = measure_interleaved(fns, batch=batch, warmup=section.warmup, runs=section.runs, cuda=cuda)
                 results.extend({"backend": name, **cell} for name, cell in timed.items())

@@ -8,16 +8,17 @@ only when the gate passed. This module imports no concrete stage.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import stages  # noqa: F401 - registers every stage and back-end
+from cskd.interrupts import Interrupted
 from pipeline.core.contracts import Inputs, StageContext, recipe
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed, ManifestError, OutputError
@@ -38,8 +39,8 @@ from pipeline.core.store import Artifact, ArtifactStore
 from pipeline.history import check_owned, new_run_id
 from pipeline.planner import PlannedStage, check_inputs, on_demand, plan  # noqa: F401 - re-exported
 from pipeline.releases import planned_version, publish_version, ship_reason
-from pipeline.run_output import RunLog, progress_display
-from pipeline.tracking import track
+from pipeline.run_output import RunLog, RunOutcome, StageReport, progress_display
+from pipeline.tracking import LiveRun, track
 
 
 def output_folders(manifest: Manifest) -> dict[str, Path]:
@@ -59,24 +60,6 @@ def output_folders(manifest: Manifest) -> dict[str, Path]:
     return places
 
 
-@dataclass
-class StageReport:
-    kind: str
-    id: str
-    status: str  # "ran" or "cached"
-    wall_s: float
-    headline: str
-
-    def line(self) -> str:
-        return f"[{self.kind:<8}] {self.status:<6} {self.wall_s:7.1f}s  {self.id[:12]}  {self.headline}"
-
-
-@dataclass
-class RunOutcome:
-    artifacts: dict[str, Artifact] = field(default_factory=dict)
-    reports: list[StageReport] = field(default_factory=list)
-    report_dir: Path | None = None
-    shipped: Path | None = None
 
 
 def _usable(store: ArtifactStore, step: PlannedStage, echo: Callable[[str], None]) -> Artifact | None:
@@ -145,19 +128,24 @@ def run_pipeline(manifest: Manifest, *, until: str | None = None, progress: bool
                       # its working folder keeps finding them
                       "ids": {s.kind: s.id for s in steps}, "report_dir": f"{manifest.report.dir}/{manifest.name}",
                       "ship_dir": f"{manifest.ship.dir}/{manifest.name}"})
-    outcome = RunOutcome()
+    outcome = RunOutcome(live=LiveRun.open(manifest, run, log))
     status = "error"
     try:
-        with progress_display(progress) as display:
+        with outcome.live or contextlib.nullcontext(), progress_display(progress) as display:
             _run_steps(store, steps, outcome, forced, display, log, verbose=verbose)
-        if until is None:
-            _finish(manifest, store, outcome, folders, run, clock, log)
+            if until is None:
+                _finish(manifest, store, outcome, folders, run, clock, log)
         status = "partial" if until is not None else "passed"
     except GateFailed:
         status = "failed"
         raise
+    except (Interrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
     finally:
         store.record_run({"run": run["id"], "status": status})
+        if outcome.live is not None:
+            outcome.live.end(status)
     return outcome
 
 
@@ -194,6 +182,8 @@ def _run_steps(store: ArtifactStore, steps: list[PlannedStage], outcome: RunOutc
         outcome.artifacts[step.kind] = artifact
         outcome.reports.append(report)
         log(report.line())
+        if outcome.live is not None:
+            outcome.live.stage(step.kind, status, report.wall_s, report.headline)
         return artifact
 
     done = 0.0
@@ -267,11 +257,13 @@ def _finish(manifest: Manifest, store: ArtifactStore, outcome: RunOutcome, folde
     outcome.report_dir = write_report(manifest, outcome.artifacts, folders["report.dir"], run=run, log=echo.path,
                                       bundle=bundle)
     if not passed:
-        track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None, echo=echo)
+        track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=None,
+              live=outcome.live, echo=echo)
         reason = gate.artifact.record.get("headline", "").removeprefix("FAIL: ")
         raise GateFailed(f"gate failed, nothing shipped: {reason} (report: {os.path.relpath(outcome.report_dir)}/report.html)")
     outcome.shipped = publish(store, manifest, outcome, folders["ship.dir"], run=run, gate=gate)
-    track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped, echo=echo)
+    track(manifest, outcome.artifacts, run=run, report_dir=outcome.report_dir, bundle_dir=outcome.shipped,
+          live=outcome.live, echo=echo)
 
 
 def publish(store: ArtifactStore, manifest: Manifest, outcome: RunOutcome, folder: Path, *, run: dict,

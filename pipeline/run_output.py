@@ -1,5 +1,5 @@
-"""What a run shows: every line it prints, also in a log file as it happens; and on a terminal,
-one rich progress display."""
+"""What a run shows: every line it prints, also in a log file as it happens; on a terminal, one
+rich progress display; and what it made (each stage's report line, the outcome)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,36 @@ import contextlib
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline.core.store import ArtifactStore
+from pipeline.core.store import Artifact, ArtifactStore
+
+if TYPE_CHECKING:
+    from pipeline.tracking import LiveRun
+
+
+@dataclass
+class StageReport:
+    kind: str
+    id: str
+    status: str  # "ran" or "cached"
+    wall_s: float
+    headline: str
+
+    def line(self) -> str:
+        return f"[{self.kind:<8}] {self.status:<6} {self.wall_s:7.1f}s  {self.id[:12]}  {self.headline}"
+
+
+@dataclass
+class RunOutcome:
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+    reports: list[StageReport] = field(default_factory=list)
+    report_dir: Path | None = None
+    shipped: Path | None = None
+    live: LiveRun | None = None  # the MLflow run, when tracking is configured
+
 
 
 class RunLog:

@@ -10,10 +10,13 @@ made is on disk regardless. Nothing here is part of any artifact id.
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.core.bundle_seal import verify_bundle
+from pipeline.core.live_metrics import RUN_ENV
 from pipeline.core.manifest import Manifest
 from pipeline.core.records import (
     LatencyRecord,
@@ -37,14 +40,98 @@ from pipeline.registry import backfill, register, remember_tracking
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow opens it as model training
 
 
+class LiveRun:
+    """The run's MLflow run, opened when the pipeline run starts (status RUNNING) and ended with
+    it: FINISHED (the gate's verdict is a tag), FAILED on an error, KILLED on Ctrl-C or SIGTERM.
+    While it is open the environment names it, so the training processes log each epoch as it is
+    measured (``pipeline.core.live_metrics``), and each stage's result is logged as it finishes.
+    ``run_id`` None: tracking is configured but failed (one warning said); the run goes on."""
+
+    STATUS = {"passed": "FINISHED", "partial": "FINISHED", "failed": "FINISHED", "interrupted": "KILLED",
+              "error": "FAILED"}
+
+    def __init__(self, uri: str, run_id: str | None, client=None, echo: Callable[[str], None] = print):
+        self.uri, self.run_id, self.client, self.echo = uri, run_id, client, echo
+        self._environment: dict[str, str | None] = {}
+
+    @classmethod
+    def open(cls, manifest: Manifest, run: dict, echo: Callable[[str], None]) -> LiveRun | None:
+        """None when tracking is not configured."""
+        uri = tracking_uri(manifest)
+        if uri is None:
+            return None
+        mlflow = _mlflow(uri, echo)
+        if mlflow is None:
+            return cls(uri, None, echo=echo)
+        section = manifest.tracking.mlflow
+        try:
+            with _quiet_output():
+                mlflow.set_tracking_uri(uri)
+                experiment = mlflow.set_experiment((section.experiment if section is not None else None)
+                                                   or manifest.name)
+                mlflow.set_experiment_tag(*EXPERIMENT_KIND)
+                client = mlflow.MlflowClient(tracking_uri=uri)
+                opened = client.create_run(experiment.experiment_id, run_name=run["id"],
+                                           tags={"cskd.manifest": manifest.name, "cskd.run": run["id"]})
+        except Exception as exc:  # noqa: BLE001 - tracking is best effort by design
+            _warn(echo, uri, exc)
+            return cls(uri, None, echo=echo)
+        live = cls(uri, opened.info.run_id, client, echo)
+        echo(f"mlflow run: {open_line(uri, experiment.experiment_id, live.run_id)}")
+        return live
+
+    def __enter__(self) -> LiveRun:
+        if self.run_id is not None:  # inherited by every process the run starts
+            for name, value in ((RUN_ENV, self.run_id), ("MLFLOW_TRACKING_URI", self.uri)):
+                self._environment[name] = os.environ.get(name)
+                os.environ[name] = value
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name, value in self._environment.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    def stage(self, kind: str, status: str, wall_s: float, headline: str) -> None:
+        """A stage's result as it finishes: its wall time, and a tag with its status and headline."""
+        self._best_effort(lambda: (self.client.log_metric(self.run_id, f"stage/{kind}_s", wall_s),
+                                   self.client.set_tag(self.run_id, f"cskd.stage.{kind}", f"{status}: {headline}")))
+
+    def end(self, status: str) -> None:
+        self._best_effort(lambda: self.client.set_terminated(self.run_id, self.STATUS.get(status, "FAILED")))
+
+    def _best_effort(self, call: Callable[[], object]) -> None:
+        if self.run_id is None:
+            return
+        try:
+            with _quiet_output():
+                call()
+        except Exception as exc:  # noqa: BLE001
+            _warn(self.echo, self.uri, exc)
+            self.run_id = None  # one warning: nothing more is tried
+
+
+def open_line(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where to open the run: its URL on a server; for a local store, the command that serves it
+    and the URL the run then has. MLflow 3's UI picks its GenAI or model-training views from the
+    ``workflowType`` parameter (or the visitor's last choice), not from the experiment's tag."""
+    path = f"#/experiments/{experiment_id}/runs/{run_id}?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"`mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/{path}"
+
+
 def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, report_dir: Path | None,
-          bundle_dir: Path | None, echo: Callable[[str], None]) -> str | None:
-    """Log the run to MLflow; returns the MLflow run id, or None (not configured, or failed)."""
-    uri = tracking_uri(manifest)
-    mlflow = _mlflow(uri, echo) if uri is not None else None
+          bundle_dir: Path | None, live: LiveRun | None, echo: Callable[[str], None]) -> str | None:
+    """Complete the run's live MLflow run: params, the epochs no process logged live (a cached
+    stage's), final metrics, the report and bundle, the registry. Returns the MLflow run id, or None."""
+    if live is None or live.run_id is None:
+        return None
+    mlflow = _mlflow(live.uri, echo)
     if mlflow is None:
         return None
-    section = manifest.tracking.mlflow
     passed = need(artifacts, VerdictRecord).record.passed
     release = run.get("release") or {}
     tags = {"cskd.manifest": manifest.name, "cskd.run": run["id"], "cskd.gate": "PASS" if passed else "FAIL",
@@ -52,19 +139,13 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
     notes: list[str] = []  # said after MLflow's output is ours again
     try:
         with _quiet_output():
-            mlflow.set_tracking_uri(uri)
-            mlflow.set_experiment((section.experiment if section is not None else None) or manifest.name)
-            mlflow.set_experiment_tag(*EXPERIMENT_KIND)
-            with mlflow.start_run(run_name=run["id"], tags=tags, description=_describe(manifest, artifacts, release)) \
-                    as active:
+            mlflow.set_tracking_uri(live.uri)
+            with mlflow.start_run(run_id=live.run_id):
+                mlflow.set_tags({**tags, "mlflow.note.content": _describe(manifest, artifacts, release)})
                 params = flatten(manifest.model_dump(mode="json", by_alias=True))
                 mlflow.log_params({k: json.dumps(v) if isinstance(v, list) else str(v) for k, v in params.items()})
                 mlflow.set_tags({f"cskd.artifact.{k}": a.id for k, a in artifacts.items()})
-                for role in (TeacherRecord, StudentRecord):  # as teacher/... and distill/... (the stage kinds)
-                    prefix, trained = kind_of(role), find(artifacts, role)
-                    for row in training_curves(trained.artifact if trained else None):
-                        mlflow.log_metrics({f"{prefix}/{k}": float(v) for k, v in row.items()
-                                            if k != "epoch" and v is not None}, step=int(row["epoch"]))
+                _missing_epochs(live.client, live.run_id, artifacts)
                 _final_metrics(mlflow, artifacts)
                 _log_test_data(mlflow, manifest, artifacts)
                 if report_dir is not None:
@@ -74,20 +155,36 @@ def track(manifest: Manifest, artifacts: dict[str, Artifact], *, run: dict, repo
                     mlflow.log_artifacts(str(bundle_dir), artifact_path="bundle")
                     register(mlflow, manifest.name, bundle_dir, tags=tags, latest=bool(release.get("latest")))
                     backfill(mlflow, manifest.name, bundle_dir.parent, echo=notes.append)
-                run_id, experiment_id = active.info.run_id, active.info.experiment_id
         for line in notes:
             echo(line)
         if bundle_dir is not None:
-            remember_tracking(bundle_dir.parent, uri)
-        if uri.startswith(("http://", "https://")):
-            # MLflow 3's UI picks its GenAI or model-training views from this parameter (or the
-            # visitor's last choice), not from the experiment's tag: the link opens the training view
-            echo(f"mlflow run: {uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?"
-                 f"workflowType=machine_learning")
-        return run_id
+            remember_tracking(bundle_dir.parent, live.uri)
+        return live.run_id
     except Exception as exc:  # noqa: BLE001 - tracking is best effort by design: the run's outputs are on disk
-        _warn(echo, uri, exc)
+        _warn(echo, live.uri, exc)
         return None
+
+
+def _missing_epochs(client, run_id: str, artifacts: dict[str, Artifact]) -> None:
+    """Each training stage's per-epoch rows (as teacher/... and distill/..., the stage kinds) that
+    are not in the run yet: all of a cached stage's, none of one that trained in this run."""
+    from mlflow.entities import Metric
+
+    stamp, missing = int(time.time() * 1000), []
+    for role in (TeacherRecord, StudentRecord):
+        prefix, trained = kind_of(role), find(artifacts, role)
+        logged: dict[str, set[int]] = {}
+        for row in training_curves(trained.artifact if trained else None):
+            for name, value in row.items():
+                if name == "epoch" or value is None:
+                    continue
+                key = f"{prefix}/{name}"
+                if key not in logged:
+                    logged[key] = {m.step for m in client.get_metric_history(run_id, key)}
+                if int(row["epoch"]) not in logged[key]:
+                    missing.append(Metric(key, float(value), stamp, int(row["epoch"])))
+    for start in range(0, len(missing), 1000):  # MLflow takes at most 1000 metrics a batch
+        client.log_batch(run_id, metrics=missing[start:start + 1000])
 
 
 def _describe(manifest: Manifest, artifacts: dict[str, Artifact], release: dict) -> str:

@@ -24,6 +24,7 @@ from cskd.engine import train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
 from pipeline.core.data_section import TestData, TrainData
+from pipeline.core.live_metrics import epoch_logger
 from pipeline.core.model_sections import Normalization
 from pipeline.core.records import TrainedRecord
 from stages.data import dataset, test_split, train_val
@@ -96,6 +97,20 @@ def epoch_lines(job: TrainingJob, samples: int, log: Callable[[str], None]) -> C
     return line
 
 
+def _on_epoch(job: TrainingJob, samples: int, log: Callable[[str], None] | None) -> Callable[[dict], None] | None:
+    """What rank 0 does with each epoch's row: print its line, and log it to the open MLflow run."""
+    callbacks = [c for c in (epoch_lines(job, samples, log) if log is not None else None,
+                             epoch_logger(job.role, warn=log or print)) if c is not None]
+    if not callbacks:
+        return None
+
+    def each(row: dict) -> None:
+        for callback in callbacks:
+            callback(row)
+
+    return each
+
+
 def paper_protocol(metrics_file: Path) -> dict | None:
     """The best test top-1 over the epochs of a run trained with a monitor (the paper protocol),
     from its metrics history; None for a run without one."""
@@ -138,7 +153,7 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),
                  metrics_path=out_dir / TrainedRecord.HISTORY, progress=progress, label=f"[{job.role}] {job.model}",
-                 on_epoch=epoch_lines(job, len(train_split), log) if log is not None and rank() == 0 else None,
+                 on_epoch=_on_epoch(job, len(train_split), log) if rank() == 0 else None,
                  monitor=test_split(job.monitor) if job.monitor is not None else None)
     if local_rank() == 0:  # replicas hold identical weights (buffers synced): one writer per node, into its own out_dir
         save_network(model, out_dir)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -30,13 +31,18 @@ def _run_and_read_back(workdir, uri: str) -> None:
     result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0 and "warning" not in result.output, result.output
     assert "INFO" not in result.output and "View run" not in result.output  # MLflow's own lines stay out
-    links = [line for line in result.output.splitlines() if line.startswith("mlflow run: ")]
-    assert len(links) == (1 if uri.startswith("http") else 0)  # a link that opens MLflow's training views
-    assert all(link.endswith("?workflowType=machine_learning") for link in links)
+    (link,) = [line for line in result.output.splitlines() if line.startswith("mlflow run: ")]
+    assert link.endswith("?workflowType=machine_learning")  # a link that opens MLflow's training views
+    # a server's URL; for a local store, the command that serves it first
+    assert link.startswith(f"mlflow run: {uri}/#/experiments/" if uri.startswith("http") else
+                           f"mlflow run: `mlflow ui --backend-store-uri {uri}`, then http://127.0.0.1:5000/#/")
     client = mlflow.MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name("cskd-tests")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # opens as model training
     (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_id in link and run.info.status == "FINISHED"
+    assert run.info.end_time - run.info.start_time >= 1000 * _run_seconds(result.output)  # open from the start
+    assert run.data.tags["cskd.stage.distill"].startswith("ran: ") and run.data.metrics["stage/distill_s"] > 0
     params = run.data.params
     assert params["student.train.epochs"] == "2" and params["student.loss.kind"] == "cskd"
     history = client.get_metric_history(run.info.run_id, "distill/cs_cswt")  # "/": MLflow groups the charts
@@ -69,6 +75,12 @@ def _run_and_read_back(workdir, uri: str) -> None:
         result = CliRunner().invoke(main, [*command, "-m", str(manifest)])
         assert result.exit_code == 0 and "warning" not in result.output, result.output
         assert champion() == expected, command
+
+
+def _run_seconds(output: str) -> float:
+    """The stages' own wall time, from their lines: what an MLflow run open for the whole run spans."""
+    return sum(float(line.split()[3].removesuffix("s")) for line in output.splitlines()
+               if line.startswith("[") and line.split()[2] in ("ran", "cached"))
 
 
 def test_a_local_sqlite_tracking_store(workdir):
@@ -154,3 +166,44 @@ def test_the_registry_follows_the_disk_without_a_manifest(workdir, monkeypatch):
     client.set_registered_model_alias("tiny", "champion", registered["v2"])  # moved behind the pipeline's back
     status = CliRunner().invoke(main, ["track", "status", "tiny"])
     assert status.exit_code == 1 and "DISAGREE" in status.output and "promote tiny v1" in status.output
+
+
+def test_a_run_is_tracked_while_it_trains_and_an_interrupted_one_ends_killed_with_its_last_epoch(workdir):
+    """The MLflow run exists from the start: RUNNING, with each epoch's metrics as the teacher
+    trains (logged by the process that trains). Ctrl-C (SIGINT) stops the run at the end of an
+    epoch: the MLflow run ends KILLED, holding every epoch the run finished, the last one too."""
+    import json
+    import signal
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    manifest = write_manifest(workdir, edited(tracking={"mlflow": {"uri": uri, "experiment": "live"}},
+                                              teacher__train__epochs=60))
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    process = subprocess.Popen([str(Path(sys.executable).parent / "cskd-pipeline"), "run", "-m", str(manifest),
+                                "--quiet"], cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    try:
+        deadline, run = time.monotonic() + 240, None
+        while time.monotonic() < deadline and process.poll() is None:
+            experiment = client.get_experiment_by_name("live") if (workdir / "mlflow.db").exists() else None
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "teacher/val_top1")) >= 2:
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None, "no epochs were logged while the teacher trained"
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        assert client.get_metric_history(run.info.run_id, "teacher/loss")  # every term of the row
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 130 and "Traceback" not in output, output
+    ended = client.get_run(run.info.run_id)
+    assert ended.info.status == "KILLED"
+    (history,) = (workdir / ".cskd" / "work").glob("teacher-*/metrics.jsonl")  # the resumable run's
+    finished = [json.loads(line)["epoch"] for line in history.read_text().splitlines()]
+    logged = [m.step for m in client.get_metric_history(run.info.run_id, "teacher/val_top1")]
+    assert logged == finished and 2 <= finished[-1] < 60

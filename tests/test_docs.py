@@ -163,3 +163,47 @@ def test_the_readme_study_table_is_the_committed_study() -> None:
     study = json.loads((ROOT / "docs" / "study-fashion-mnist.json").read_text())
     first = study["summary"][0]
     assert f"| {first['loss']} | {first['n']} | {first['mean']:.2f} |" in table(study)
+
+
+class _Assets(__import__("html.parser").parser.HTMLParser):
+    """What a page makes the browser fetch: scripts, styles, fonts, icons, images, frames."""
+
+    FETCHED_LINKS = {"stylesheet", "preload", "preconnect", "modulepreload", "icon", "manifest", "dns-prefetch"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag in ("script", "img", "iframe", "source", "audio", "video") and a.get("src"):
+            self.urls.append(a["src"])
+        if tag == "link" and set((a.get("rel") or "").split()) & self.FETCHED_LINKS:
+            self.urls.append(a.get("href") or "")
+
+
+def test_the_built_site_loads_nothing_from_the_network(tmp_path: Path) -> None:
+    """Opened from file:// on a machine without internet, every script, style, font and image a
+    page loads is in the site: no Google Fonts, no unpkg shim (the offline search needs it)."""
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    build = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--quiet", "-d", str(site)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    remote = re.compile(r"^(https?:)?//", re.I)
+    pages = sorted(site.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        parser = _Assets()
+        parser.feed(page.read_text())
+        assert not [url for url in parser.urls if remote.match(url)], page
+        assert "mermaid" not in page.read_text()  # Material loads mermaid from unpkg for a diagram
+        if "md-search" in page.read_text():  # a page of the site (not a study page it links to)
+            assert "iframe-worker-shim.js" in page.read_text()  # the offline search's shim, bundled
+    for sheet in site.rglob("*.css"):  # fonts and images a stylesheet pulls in
+        assert not re.findall(r"(?:url\(\s*['\"]?|@import\s+['\"])(?:https?:)?//", sheet.read_text()), sheet
+    assert (site / "search" / "search_index.js").is_file()  # the index inlined for file://

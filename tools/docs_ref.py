@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import sys
 
-import click
-
 
 def _type(prop: dict, defs: dict) -> str:
     """A short, readable type for one JSON-schema property."""
@@ -96,22 +94,19 @@ def manifest_reference() -> str:
 
 
 def cli_reference() -> str:
-    from pipeline.cli import main
-
-    out = ["# CLI reference", "",
-           "Generated from the click commands at every build of this site (`tools/docs_ref.py`): each "
-           "command's `--help`, as it prints. [Commands](../commands.md) describes them with exit codes.", ""]
-
-    def walk(command: click.Command, path: list[str]) -> None:
-        ctx = click.Context(command, info_name=" ".join(path), parent=None, terminal_width=100,
-                            max_content_width=100)
-        out.extend([f"## `{' '.join(path)}`", "", "```text", command.get_help(ctx).rstrip(), "```", ""])
-        if isinstance(command, click.Group):
-            for name in command.list_commands(ctx):
-                walk(command.get_command(ctx, name), path + [name])
-
-    walk(main, ["cskd-pipeline"])
-    return "\n".join(out) + "\n"
+    """Every command's options as a table (type, default, help), by mkdocs-click from the click
+    commands themselves at every build: the reference cannot drift from the code."""
+    return "\n".join([
+        "# CLI reference", "",
+        "Generated from the click commands at every build of this site (mkdocs-click): each command's "
+        "usage, description and options. [Commands](../commands.md) describes them with exit codes.", "",
+        "::: mkdocs-click",
+        "    :module: pipeline.cli",
+        "    :command: main",
+        "    :prog_name: cskd-pipeline",
+        "    :style: table",
+        "    :list_subcommands: true",
+        "    :depth: 1", ""])
 
 
 if __name__ == "__main__":

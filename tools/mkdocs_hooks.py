@@ -17,3 +17,10 @@ def on_files(files, config):
                       ("reference/cli.md", docs_ref.cli_reference)):
         files.append(File.generated(config, uri, content=make()))
     return files
+
+
+def on_page_content(html, page, config, files):
+    # click 8.3 marks "no default" with a sentinel that mkdocs-click 0.9 prints as it is
+    if page.file.src_uri == "reference/cli.md":
+        html = html.replace("<code>Sentinel.UNSET</code>", "-")
+    return html

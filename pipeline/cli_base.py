@@ -57,6 +57,9 @@ def handle_errors(fn: Callable) -> Callable:
             _fail(str(exc), 128 + exc.signum)  # 130 for SIGINT, 143 for SIGTERM
         except KeyboardInterrupt:
             _fail("interrupted; rerun the same command to resume", 130)
+        except BrokenPipeError:  # `cskd-pipeline plan | head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by it
         except Exception as exc:  # a bug or an environment failure: one line, traceback on request
             if os.environ.get("CSKD_DEBUG"):
                 raise

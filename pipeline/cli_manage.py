@@ -168,17 +168,29 @@ def diff(run_a: str, run_b: str, report_root: Path, everything: bool) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
+@click.option("--example", is_flag=True,
+              help="also write an image folder to try it on (the digits as PNG files in DIRECTORY/images/"
+                   "train|test/<class>/), with the manifest reading it: no download needed")
 @handle_errors
-def init(directory: Path) -> None:
+def init(directory: Path, example: bool) -> None:
     """Write a commented starter manifest, DIRECTORY/manifest.yaml, that runs as written.
 
     \b
-    Example:  cskd-pipeline init my-project && cd my-project && cskd-pipeline run
+    Examples: cskd-pipeline init my-project && cd my-project && cskd-pipeline run
+              cskd-pipeline init --example my-first && cd my-first && cskd-pipeline run
     """
     from pipeline.core.files import write_new_file
 
+    starter = (Path(__file__).parent / "starter.yaml").read_text()
     target = directory / "manifest.yaml"
-    write_new_file(target, (Path(__file__).parent / "starter.yaml").read_text(), what="manifest")
+    if example:
+        from pipeline.example_folder import write_example
+
+        target, counts = write_example(directory, starter)
+        click.echo(f"wrote {directory / 'images'} ({counts['train']} training and {counts['test']} test PNG "
+                   f"images, a folder per class)")
+    else:
+        write_new_file(target, starter, what="manifest")
     next_step = "cskd-pipeline run" if directory.resolve() == Path.cwd().resolve() else \
         f"cd {directory} && cskd-pipeline run"
     click.echo(f"wrote {target}; next: {next_step}")

@@ -107,6 +107,43 @@ def test_init_then_run_from_the_new_folder_finds_its_manifest(workdir, monkeypat
     assert code == 0 and out.startswith("manifest.yaml: valid (my-model:")
 
 
+def test_init_example_writes_the_digits_as_an_image_folder_and_a_manifest_that_reads_it(workdir):
+    """The offline next step after the quickstart: the "your own image folder" path, on images a
+    newcomer already has. PNG files per class in train/ and test/, and the manifest reads them."""
+    from PIL import Image
+
+    from pipeline.manifest_io import load_manifest
+
+    code, out = _cli("init", "--example", "first")
+    assert code == 0, out
+    assert out.splitlines() == ["wrote first/images (1438 training and 359 test PNG images, a folder per class)",
+                                "wrote first/manifest.yaml; next: cd first && cskd-pipeline run"]
+    images = workdir / "first" / "images"
+    for split, count in (("train", 1438), ("test", 359)):
+        assert sorted(p.name for p in (images / split).iterdir()) == [str(d) for d in range(10)]
+        files = sorted((images / split).rglob("*.png"))
+        assert len(files) == count
+        with Image.open(files[0]) as image:
+            assert image.mode == "L" and image.size == (8, 8)
+    manifest = load_manifest(workdir / "first" / "manifest.yaml")
+    assert manifest.data.name == "imagefolder" and manifest.data.grayscale and str(manifest.data.root) == "images"
+    # never over something that is there, and nothing half-written next to it
+    (workdir / "second" / "images").mkdir(parents=True)
+    code, out = _cli("init", "--example", "second")
+    assert code == 2 and "images already exists" in out
+    assert [p.name for p in (workdir / "second").iterdir()] == ["images"]
+    assert not any((workdir / "second" / "images").iterdir())
+
+
+@pytest.mark.slow  # a whole run on the example folder (about a minute)
+def test_the_example_folder_runs_and_ships(workdir, monkeypatch):
+    assert _cli("init", "--example", "first")[0] == 0
+    monkeypatch.chdir(workdir / "first")
+    code, out = _cli("run", "--quiet")
+    assert code == 0, out
+    assert (workdir / "first" / "shipped" / "digits-folder" / "latest" / "student.onnx").is_file()
+
+
 def test_a_bare_name_is_looked_up_here_before_manifests(workdir):
     write_manifest(workdir, edited(name="here"), "mine.yaml")
     code, out = _cli("validate", "-m", "mine")

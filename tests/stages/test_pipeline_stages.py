@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -132,6 +133,32 @@ def test_fastest_artifact_must_pass_its_budget(full_run):
     assert fastest(latency, passing)["1"]["backend"] == "onnx-int8"
     passing["rules"][0]["passed"] = False
     assert fastest(latency, passing)["1"]["backend"] == "onnx"
+
+
+def test_diff_of_two_timings_of_the_same_models_shows_only_latencies_beyond_their_noise(full_run):
+    """The same models timed twice (``--force latency``): ``diff`` shows a latency only where the two
+    runs' round ranges do not overlap, with its change; ``--all`` shows the others, marked."""
+    from exports.latency import within_noise
+
+    folder, _ = full_run
+    with working_dir(folder):
+        forced = CliRunner().invoke(main, ["run", "-m", "tiny.yaml", "--quiet", "--force", "latency"])
+        assert forced.exit_code == 0, forced.output
+        runs = json.loads(CliRunner().invoke(main, ["runs", "-m", "tiny.yaml", "--json"]).output)
+        first, last = runs[0]["run"], runs[-1]["run"]
+        shown = CliRunner().invoke(main, ["diff", first, last]).output.splitlines()
+        everything = CliRunner().invoke(main, ["diff", first, last, "--all"]).output.splitlines()
+    reports = [json.loads(Path(r["report"]).read_text()) for r in (runs[0], runs[-1])]
+    cells = [{(c["backend"], c["batch"]): c for c in r["latency"]["results"]} for r in reports]
+    assert shown[0] == f"| setting or metric | {first} | {last} | change |"
+    for (backend, batch), cell in cells[0].items():
+        key = f"| `latency.{backend}.batch{batch}.p50_ms` |"
+        row = [line for line in shown if line.startswith(key)]
+        assert bool(row) == (not within_noise(cell, cells[1][(backend, batch)])), (key, row)
+        (full,) = [line for line in everything if line.startswith(key)]
+        assert full.endswith("(within noise) |") == within_noise(cell, cells[1][(backend, batch)])
+    assert not any("manifest." in line for line in shown[2:])  # the same manifest: no setting differs
+    assert len(everything) > len(shown)
 
 
 def test_openvino_missing_is_exit_3_with_one_line(workdir, monkeypatch):

@@ -38,7 +38,24 @@ def mlflow_or_warn(uri: str, echo: Callable[[str], None]):
         return None
     for name in ("mlflow", "alembic", "urllib3"):  # their INFO lines are not the pipeline's output
         logging.getLogger(name).setLevel(logging.ERROR)
+    if uri.startswith("sqlite:///"):
+        try:
+            _create_sqlite_schema(mlflow, uri, path)
+        except Exception as exc:  # noqa: BLE001 - tracking is best effort by design
+            warn(echo, uri, exc)
+            return None
     return mlflow
+
+
+def _create_sqlite_schema(mlflow, uri: str, path: Path) -> None:
+    """MLflow creates a new SQLite store's tables on first use, and two processes doing that at
+    once fail ("duplicate column name"): two runs, or a study's cells, started against one new
+    file. The first to take the lock creates them; the rest find them made. Taken every time: a
+    file that exists may be one whose tables another process is still creating."""
+    from filelock import FileLock
+
+    with FileLock(f"{path}.lock", timeout=300), quiet_output():
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
 def warn(echo: Callable[[str], None], uri: str, exc: Exception) -> None:

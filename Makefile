@@ -33,10 +33,11 @@ SECOND := tests/stages tests/pipeline/test_study.py \
 	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
 	tests/pipeline/test_tracking.py tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
 FIRST_SKIPS := $(foreach t,$(filter tests/pipeline/%.py,$(SECOND)),--ignore=$(t))
-test: $(STAMP)  ## the test suite without the tests marked slow (about 7 minutes on 2 CPU cores; the target is 5, issue 39)
+PYTEST_ARGS ?=
+test: $(STAMP)  ## the test suite without the tests marked slow (about 8 minutes on 2 CPU cores; the target is 5, issue 39). PYTEST_ARGS=--durations=20 adds options to both processes
 	@log=$$(mktemp); \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(SECOND) > $$log 2>&1 & second=$$!; \
-	$(BIN)/python -m pytest -q -m "not slow" tests/cskd tests/exports tests/pipeline $(FIRST_SKIPS); \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(PYTEST_ARGS) $(SECOND) > $$log 2>&1 & second=$$!; \
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests/cskd tests/exports tests/pipeline $(FIRST_SKIPS); \
 	first=$$?; \
 	wait $$second; code=$$?; echo "--- $(SECOND)"; cat $$log; rm -f $$log; \
 	exit $$(( first != 0 ? first : code ))

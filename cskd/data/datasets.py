@@ -9,6 +9,7 @@ training split (``split_train_val``).
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import pickle
 import zlib
 from pathlib import Path
@@ -34,16 +35,29 @@ def load_digits_dataset() -> DataSet:
     It has no official test split: a fixed 20% (seed 0, independent of the manifest)
     is the test split.
     """
-    from sklearn.datasets import load_digits
-
-    bunch = load_digits()
-    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
-    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    pixels, target = _digits_arrays()
+    images = torch.from_numpy((pixels * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    labels = torch.from_numpy(target.astype(np.int64))
     perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     n_test = len(labels) // 5
     test, train = Split(images[perm[:n_test]], labels[perm[:n_test]]), Split(images[perm[n_test:]], labels[perm[n_test:]])
     mean, std = tensor_stats(train.images)
     return DataSet("digits", train, test, 10, mean, std, tuple(str(i) for i in range(10)))
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 8x8 images (0-16) and labels, read from the file scikit-learn ships the way its
+    ``load_digits`` reads it, without importing sklearn (about two seconds of every run's
+    start-up); through ``load_digits`` where that file is not where it has always been."""
+    spec = importlib.util.find_spec("sklearn")  # finds the package without running it
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return bunch.images, bunch.target
+    data = np.loadtxt(path, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST (IDX files)

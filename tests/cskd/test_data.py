@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -287,3 +288,23 @@ def test_cutout_matches_the_authors_cutoutabs_drawn_with_pil():
         assert np.array_equal(_to_array(out[i:i + 1]), theirs), f"box {i} differs from PIL's"
         areas.append((theirs.sum(axis=-1) > 0).mean())
     assert 0.07 < float(np.mean(areas)) < 0.10  # the authors' ~8.4% mean area, not the clipped 6.7%
+
+
+def test_the_digits_are_scikit_learns_read_without_importing_it():
+    """The loader reads sklearn's bundled file itself (importing sklearn costs seconds of every
+    run's start-up); its images and labels are exactly what ``load_digits`` returns."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from cskd.data.datasets import _digits_arrays
+
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+    probe = ("import sys; from cskd.data.datasets import load_digits_dataset; load_digits_dataset(); "
+             "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).parents[2]).stdout.split()
+    assert out[-1] == "False"

@@ -200,3 +200,17 @@ def test_latency_warnings_flag_slow_int8_and_long_tails():
     assert "pytorch-eager at batch 1: p90" in warnings[1]
     cells["results"][1]["p50_ms"], cells["results"][2]["p90_ms"] = 0.3, 1.0
     assert latency_warnings(cells) == []
+
+
+def test_the_confusion_matrix_is_sklearns_at_50000_predictions():
+    """The report counts its confusion matrices with numpy (importing sklearn costs every run
+    seconds of start-up); they equal sklearn's, every class present or not."""
+    import numpy as np
+    from sklearn.metrics import confusion_matrix as sklearn_confusion
+
+    from pipeline.report import confusion_matrix
+
+    rng = np.random.default_rng(0)
+    labels, predicted = rng.integers(0, 100, 50_000), rng.integers(0, 99, 50_000)  # class 99 never predicted
+    assert np.array_equal(confusion_matrix(labels, predicted, 100),
+                          sklearn_confusion(labels, predicted, labels=list(range(100))))

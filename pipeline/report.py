@@ -7,8 +7,6 @@ links to the shipped files. Charts are inline PNGs, so the page opens offline.""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import shutil
@@ -33,6 +31,7 @@ from pipeline.core.records import (
     training_curves,
 )
 from pipeline.core.store import Artifact
+from pipeline.report_charts import charts
 
 
 def fastest(latency: dict, gate: dict) -> dict[str, dict]:
@@ -204,84 +203,6 @@ def build_report(manifest: Manifest, artifacts: dict[str, Artifact]) -> dict:
     }
 
 
-def _png(fig) -> str:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
-def _charts(report: dict) -> dict[str, str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
-
-    charts = {}
-    models, latency = report["metrics"]["models"], report["latency"]
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    if latency:
-        batch = max(r["batch"] for r in latency["results"])
-        names = {"pytorch-eager": "student", "teacher-eager": "teacher", TEACHER_ONNX: "teacher"}  # whose top-1
-        shown = {"pytorch-eager": "student (eager)", "teacher-eager": "teacher (eager)", TEACHER_ONNX: "teacher (onnx)"}
-        points = [(shown.get(r["backend"], r["backend"]), r["p50_ms"], models[names.get(r["backend"], r["backend"])]["top1"])
-                  for r in latency["results"] if r["batch"] == batch]
-        markers = "osD^v<>Pp*hX"
-        for n, (name, ms, top1) in enumerate(points):  # a legend, not labels beside the points: none overlap
-            ax.scatter(ms, top1, s=70, marker=markers[n % len(markers)], label=f"{name}: {top1:.2f}%, {ms:.3g} ms",
-                       alpha=0.85, color="black" if name.startswith("teacher") else None)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
-        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
-        ax.set_xlabel(f"p50 latency at batch {batch} (ms, log scale)")
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
-        _honest_top1_axis(ax, [p[2] for p in points])
-    else:
-        ax.bar(list(models), [m["top1"] for m in models.values()], color="tab:blue")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title("accuracy vs latency" if latency else "accuracy")
-    charts["accuracy vs latency"] = _png(fig)
-    plt.close(fig)
-    for who, rows in report["training"].items():
-        if not rows:
-            continue
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-        skip = {"epoch", "lr", "val_top1", "monitor_top1", "mean_temperature", "frac_mask_b", "frac_mask_c", "loss"}
-        for term in [k for k in rows[0] if k not in skip] + ["loss"]:
-            left.plot([r["epoch"] for r in rows], [r[term] for r in rows], marker="o", label=term)
-        if all(r[t] > 0 for r in rows for t in rows[0] if t not in skip or t == "loss"):
-            left.set_yscale("log")  # the first epoch's loss is many times the rest: a linear axis flattens them
-        left.set_xlabel("epoch")
-        left.set_title(f"{who}: loss terms per epoch (train, log scale)")
-        left.legend(fontsize=8)
-        right.plot([r["epoch"] for r in rows], [r["val_top1"] for r in rows], marker="o", label="val top-1 (%)")
-        if "monitor_top1" in rows[0]:
-            right.plot([r["epoch"] for r in rows], [r["monitor_top1"] for r in rows], marker="^",
-                       label="test top-1 (%), paper protocol")
-            right.legend(fontsize=8)
-        if "mean_temperature" in rows[0]:
-            twin = right.twinx()
-            twin.plot([r["epoch"] for r in rows], [r["mean_temperature"] for r in rows], color="tab:orange",
-                      marker="s", label="mean CSWT temperature")
-            twin.set_ylabel("mean CSWT temperature")
-        right.set_xlabel("epoch")
-        right.set_title(f"{who}: val top-1" + (" and CSWT temperature" if "mean_temperature" in rows[0] else ""))
-        charts[f"{who} training"] = _png(fig)
-        plt.close(fig)
-    return charts
-
-
-def _honest_top1_axis(ax, values: list[float], *, span: float = 5.0) -> None:
-    """A top-1 axis at least ``span`` points tall, within [0, 100]: 0.3 points between two models
-    must not look like a cliff, and the axis says how tall it is."""
-    low, high = min(values), max(values)
-    pad = max(span - (high - low), 0) / 2 + 0.5
-    bottom, top = max(0.0, low - pad), min(100.0, high + pad)
-    ax.set_ylim(bottom, top)
-    ax.text(0.01, 0.01, f"axis: {top - bottom:.1f} points", transform=ax.transAxes, fontsize=7, color="#666")
-
-
 def render_html(report: dict, links: dict[str, str] | None = None) -> str:
     import jinja2
     import yaml
@@ -289,7 +210,7 @@ def render_html(report: dict, links: dict[str, str] | None = None) -> str:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
                              undefined=jinja2.StrictUndefined)
     return env.get_template("report.html.j2").render(
-        r=report, charts=_charts(report), links=links or {},
+        r=report, charts=charts(report), links=links or {},
         manifest_yaml=yaml.safe_dump(report["manifest"], sort_keys=False))
 
 

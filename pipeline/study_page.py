@@ -5,18 +5,9 @@ their interval, and each cell's test top-1 after every epoch (when the cells rec
 
 from __future__ import annotations
 
-import base64
-import io
 from pathlib import Path
 
-
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode()
+from pipeline.report_charts import png
 
 
 def _pyplot():
@@ -53,7 +44,7 @@ def _plot(study: dict) -> str:
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{study['study']['name']}: {study['study']['student']} from {study['study']['teacher']}")
     ax.legend(fontsize=7, loc="best")
-    return _png(fig)
+    return png(fig)
 
 
 def _comparisons(study: dict) -> list[dict]:
@@ -83,7 +74,7 @@ def _plot_differences(study: dict) -> str | None:
     ax.set_xlabel("paired difference in test top-1 (points); dots: seeds (colour = seed), square: mean, 95% t-interval")
     ax.set_title("What each comparison rests on")
     ax.grid(axis="x", alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def _plot_curves(study: dict) -> str | None:
@@ -104,7 +95,7 @@ def _plot_curves(study: dict) -> str | None:
     ax.set_title(f"{study['study']['name']}: every cell, one line per seed")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-    return _png(fig)
+    return png(fig)
 
 
 def plots(study: dict) -> dict[str, str | None]:

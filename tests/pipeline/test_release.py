@@ -21,9 +21,6 @@ from PIL import Image
 from pipeline.cli import main
 from tests.conftest import REPO, edited, working_dir, write_manifest
 
-QUICKSTART = str(REPO / "manifests" / "quickstart.yaml")
-LIGHT = ["-o", "export.targets=[onnx]", "-o", "latency=null"]  # the quickstart's training and gate, fewer exports
-
 
 def _cli(*args: str):
     return CliRunner().invoke(main, list(args))
@@ -33,30 +30,31 @@ def _latest(folder: Path, name: str = "quickstart") -> str:
     return os.readlink(folder / "shipped" / name / "latest")
 
 
-def test_a_worse_experiment_does_not_replace_the_champion_and_every_move_is_recorded(workdir):
-    assert _cli("run", "-m", QUICKSTART, "-q", *LIGHT).exit_code == 0
-    assert _latest(workdir) == "v1"
-    champion_top1 = json.loads((workdir / "shipped/quickstart/v1/model_card.json").read_text())["metrics"]["onnx_top1"]
-    # fewer student epochs: within the teacher rule (max_drop raised to 10), worse than v1
-    worse = [*LIGHT, "-o", "student.train.epochs=4", "-o", "gate.max_drop=10"]
-    result = _cli("run", "-m", QUICKSTART, "-q", *worse)
+def test_a_worse_experiment_does_not_replace_the_champion_and_every_move_is_recorded(tiny_manifest, workdir):
+    # The tiny manifest: the champion rule compares two students' ONNX predictions, whatever trained them
+    manifest = str(tiny_manifest)
+    assert _cli("run", "-m", manifest, "-q").exit_code == 0
+    assert _latest(workdir, "tiny") == "v1"
+    champion_top1 = json.loads((workdir / "shipped/tiny/v1/model_card.json").read_text())["metrics"]["onnx_top1"]
+    worse = ["-o", "student.train.epochs=1"]  # one student epoch instead of two: within the teacher rule, worse
+    result = _cli("run", "-m", manifest, "-q", *worse)
     assert result.exit_code == 1, result.output
     assert "onnx_top1 >= champion v1 top1 - max_regression" in result.output and f"{champion_top1:.2f}" in result.output
     assert "student_top1 >= teacher_top1 - max_drop" not in result.output  # the teacher rule held
-    assert _latest(workdir) == "v1" and not (workdir / "shipped/quickstart/v2").exists()
-    result = _cli("run", "-m", QUICKSTART, "-q", *worse, "-o", "ship.promote=always")
+    assert _latest(workdir, "tiny") == "v1" and not (workdir / "shipped/tiny/v2").exists()
+    result = _cli("run", "-m", manifest, "-q", *worse, "-o", "ship.promote=always")
     assert result.exit_code == 0, result.output
-    assert _latest(workdir) == "v2"
-    assert _cli("promote", "quickstart", "v1").exit_code == 0 and _latest(workdir) == "v1"
-    assert _cli("rollback", "quickstart").exit_code == 0 and _latest(workdir) == "v2"
-    assert _cli("rollback", "quickstart").exit_code == 0 and _latest(workdir) == "v1"
-    assert _cli("rollback", "quickstart").exit_code == 2  # nothing before v1
-    moves = [json.loads(line) for line in (workdir / "shipped/quickstart/releases.jsonl").read_text().splitlines()]
+    assert _latest(workdir, "tiny") == "v2"
+    assert _cli("promote", "tiny", "v1").exit_code == 0 and _latest(workdir, "tiny") == "v1"
+    assert _cli("rollback", "tiny").exit_code == 0 and _latest(workdir, "tiny") == "v2"
+    assert _cli("rollback", "tiny").exit_code == 0 and _latest(workdir, "tiny") == "v1"
+    assert _cli("rollback", "tiny").exit_code == 2  # nothing before v1
+    moves = [json.loads(line) for line in (workdir / "shipped/tiny/releases.jsonl").read_text().splitlines()]
     assert [(m["action"], m["from"], m["to"]) for m in moves] == [
         ("ship", None, "v1"), ("ship", "v1", "v2"), ("promote", "v2", "v1"), ("rollback", "v1", "v2"),
         ("rollback", "v2", "v1")]
     assert moves[0]["run"] and moves[0]["gate"]["passed"] is True and all(m["time"] and m["why"] for m in moves)
-    rows = json.loads(_cli("runs", "-m", QUICKSTART, "--json").output)
+    rows = json.loads(_cli("runs", "-m", manifest, "--json").output)
     assert [(r["gate"], r["shipped"], r["became_latest"]) for r in rows] == [
         ("PASS", "v1", True), ("FAIL", None, False), ("PASS", "v2", True)]
 

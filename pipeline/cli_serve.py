@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -18,9 +19,14 @@ _SERVER: dict = {}  # the serving process's id, and the signal that stopped it
 def _stop(signum: int, _frame) -> None:
     """SIGTERM and Ctrl-C end ``serve`` the same way. The engine forks its HTTP processes, which inherit
     this handler; uvicorn in each catches the signal, shuts its server down and then raises the signal
-    again: there it ends the process quietly instead of printing a KeyboardInterrupt traceback."""
+    again: there it ends the process quietly instead of printing a KeyboardInterrupt traceback.
+    It ends with ``os._exit``, not by raising: the second signal can land inside uvloop's own
+    teardown, and an exception raised there left the loop half-closed and printed three chained
+    tracebacks (seen once in a `make test` run, on Ctrl-C)."""
     if os.getpid() != _SERVER.get("pid"):
-        raise SystemExit(0)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     _SERVER["signal"] = signum
     # Ctrl-C reached the HTTP processes too, and they may end before the engine stops them: its
     # "already not alive" warnings about them are not news to anyone who pressed Ctrl-C.

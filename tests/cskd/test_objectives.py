@@ -94,7 +94,7 @@ def test_objective_compiles_without_graph_breaks(name):
     objective = BUILDERS[name](student, teacher).train()
     images, labels, strong = _batch()
     epoch = torch.tensor(3.0)
-    compiled = torch.compile(objective, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(objective, fullgraph=True, backend="eager")  # dynamo alone finds graph breaks
     out = compiled(images, labels, strong=strong, epoch=epoch)
     objective_eager = objective
     eager = objective_eager(images, labels, strong=strong, epoch=epoch)

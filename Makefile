@@ -25,24 +25,32 @@ install:  ## (re)create .venv with the project (editable), OpenVINO, MLflow, tim
 pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or a path)
 	$(BIN)/cskd-pipeline run -m $(MANIFEST)
 
-# Two pytest processes, side by side (one process running the whole suite died of SIGSEGV near its
-# end, with no Python frame to show), each on one thread (OMP_NUM_THREADS=1), one per core: with
-# torch's default of two threads beside the other process, a training test took 1.6 times as long
-# (its OpenMP threads wait for a core the other process holds). The split balances the two by
-# measured durations (issue 39). The second's output follows the first's; either failing fails.
-SECOND := tests/stages tests/pipeline/test_study.py \
+# Three pytest processes side by side, each on one thread (OMP_NUM_THREADS=1). Why (issue 39):
+# - torch's default of two threads beside another busy process made a training test 1.6 times as
+#   slow (its OpenMP threads wait for a core the other process holds);
+# - a third process fills the time one of the others waits (servers starting, worker processes),
+#   so the two cores stay busy; the groups are balanced by measured durations;
+# - one process running the whole suite once died of SIGSEGV near its end, with no Python frame.
+# The first runs every test file not named below, so a new file is always run. The others'
+# output follows the first's; any failing fails the target.
+SECOND := tests/pipeline/test_tracking.py tests/pipeline/test_serve.py tests/pipeline/test_new_backend.py \
+	tests/stages/test_qad.py tests/stages/test_serving_stage.py tests/stages/test_champion_unit.py \
+	tests/stages/test_gate.py tests/stages/test_stats.py
+THIRD := tests/pipeline/test_reliability.py tests/pipeline/test_study.py tests/pipeline/test_release.py \
+	tests/stages/test_int8_defaults.py tests/stages/test_pipeline_stages.py \
 	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
-	tests/pipeline/test_tracking.py tests/pipeline/test_serve.py tests/pipeline/test_new_backend.py \
 	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py
-FIRST_SKIPS := $(foreach t,$(filter tests/pipeline/%.py,$(SECOND)),--ignore=$(t))
+FIRST_SKIPS := $(foreach t,$(SECOND) $(THIRD),--ignore=$(t))
 PYTEST_ARGS ?=
-test: $(STAMP)  ## the test suite without the tests marked slow (about 8 minutes on 2 CPU cores; the target is 5, issue 39). PYTEST_ARGS=--durations=20 adds options to both processes
-	@log=$$(mktemp); \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider $(PYTEST_ARGS) $(SECOND) > $$log 2>&1 & second=$$!; \
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS) tests/cskd tests/exports tests/pipeline $(FIRST_SKIPS); \
-	first=$$?; \
-	wait $$second; code=$$?; echo "--- $(SECOND)"; cat $$log; rm -f $$log; \
-	exit $$(( first != 0 ? first : code ))
+FAST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test: $(STAMP)  ## the test suite without the tests marked slow (about 6 minutes on 2 CPU cores; the target is 5, issue 39). PYTEST_ARGS=--durations=20 adds options to every process
+	@second=$$(mktemp); third=$$(mktemp); \
+	$(FAST) -p no:cacheprovider $(SECOND) > $$second 2>&1 & s=$$!; \
+	$(FAST) -p no:cacheprovider $(THIRD) > $$third 2>&1 & t=$$!; \
+	$(FAST) tests $(FIRST_SKIPS); first=$$?; \
+	wait $$s; s=$$?; wait $$t; t=$$?; \
+	echo "--- $(SECOND)"; cat $$second; echo "--- $(THIRD)"; cat $$third; rm -f $$second $$third; \
+	exit $$(( first != 0 ? first : s != 0 ? s : t ))
 
 test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)
 	$(BIN)/python -m pytest -q -m "slow and not cluster"

@@ -37,6 +37,7 @@ SECOND := tests/pipeline/test_tracking.py tests/pipeline/test_serve.py tests/pip
 	tests/stages/test_qad.py tests/stages/test_serving_stage.py tests/stages/test_champion_unit.py \
 	tests/stages/test_gate.py tests/stages/test_stats.py
 THIRD := tests/pipeline/test_reliability.py tests/pipeline/test_study.py tests/pipeline/test_release.py \
+	tests/pipeline/test_fingerprint.py tests/pipeline/test_cli_conventions.py tests/pipeline/test_model_sources.py \
 	tests/stages/test_int8_defaults.py tests/stages/test_pipeline_stages.py \
 	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
 	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py

@@ -41,7 +41,7 @@ def handle_errors(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from cskd.engine import Interrupted
+        from cskd.interrupts import Interrupted
         from cskd.errors import CheckpointError, DataError
         from exports.errors import BackendUnavailable
 

@@ -41,8 +41,8 @@ def handle_errors(fn: Callable) -> Callable:
 
     @wraps(fn)
     def wrapper(*args, **kwargs):
-        from cskd.interrupts import Interrupted
         from cskd.errors import CheckpointError, DataError
+        from cskd.interrupts import Interrupted
         from exports.errors import BackendUnavailable
 
         try:

@@ -27,6 +27,9 @@ from pipeline.core.errors import (
 )
 
 DEFAULT_MANIFEST = Path("manifests") / "quickstart.yaml"
+# The ready manifests ship inside the package (`manifests/` in a checkout links here), so
+# `-m quickstart` works from any folder, as Ultralytics' configs do.
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 LOCAL_MANIFEST = Path("manifest.yaml")  # what `init DIR` writes: `cd DIR && cskd-pipeline run` finds it
 
 
@@ -72,8 +75,9 @@ def handle_errors(fn: Callable) -> Callable:
 
 
 def resolve_manifest_path(value: str | None) -> Path:
-    """``-m`` takes a path, or a bare name: ``./NAME.yaml``, then ``manifests/NAME.yaml`` (with or
-    without .yaml). Without ``-m``: ``./manifest.yaml`` (what ``init`` writes), else the quickstart."""
+    """``-m`` takes a path, or a bare name: ``./NAME.yaml``, then ``manifests/NAME.yaml``, then the
+    example of that name installed with the package (with or without .yaml). Without ``-m``:
+    ``./manifest.yaml`` (what ``init`` writes), else the quickstart."""
     if value is None:
         for default in (LOCAL_MANIFEST, DEFAULT_MANIFEST):
             if default.is_file():
@@ -83,7 +87,8 @@ def resolve_manifest_path(value: str | None) -> Path:
     path = Path(value)
     if path.exists():
         return path
-    for candidate in (Path(f"{value}.yaml"), Path("manifests") / value, Path("manifests") / f"{value}.yaml"):
+    named = [folder / name for folder in (Path("manifests"), EXAMPLES) for name in (value, f"{value}.yaml")]
+    for candidate in (Path(f"{value}.yaml"), *named):  # the examples installed with the package last
         if candidate.is_file():
             return candidate
     return path  # load_manifest reports it as not found
@@ -96,7 +101,8 @@ def load_from_option(manifest_opt: str | None, overrides: tuple[str, ...] = ()):
 
 
 manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
-                               help="manifest file, or a name: ./NAME.yaml, then manifests/NAME.yaml (default: ./manifest.yaml, "
+                               help="manifest file, or a name: ./NAME.yaml, then manifests/NAME.yaml, then the examples "
+                                    "installed with the package, e.g. -m quickstart (default: ./manifest.yaml, "
                                     "else manifests/quickstart.yaml)")
 set_option = click.option("-o", "--set", "overrides", multiple=True, metavar="KEY=VALUE",
                           help="override a manifest value, e.g. -o student.train.epochs=3 (repeatable; validated "

@@ -259,7 +259,8 @@ def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ())
     path = Path(path)
     try:
         if not path.is_file():
-            raise ManifestError("file not found; give an existing manifest, e.g. manifests/quickstart.yaml")
+            raise ManifestError("file not found; give an existing manifest, or the name of an example installed "
+                                "with the package (e.g. -m quickstart)")
         size = path.stat().st_size
         if size > MAX_MANIFEST_BYTES:
             raise ManifestError(f"file is {size} bytes; a manifest is at most {MAX_MANIFEST_BYTES} bytes")

@@ -158,3 +158,21 @@ def test_targets_marks_a_missing_back_end_with_its_install_line(monkeypatch):
     lines = {line.split()[0]: line for line in out.splitlines()}
     assert code == 0 and "[missing: OpenVINO is not installed: pip install 'cskd-pipeline[openvino]']" in lines["openvino"]
     assert "missing" not in lines["onnx"] and "missing" not in lines["onnx-int8"]
+
+
+def test_the_examples_ship_with_the_package_and_resolve_from_any_folder(workdir):
+    """`-m quickstart` from a folder with no manifests/: the example installed with the package,
+    which is what a checkout's manifests/ links to; a local file of that name still comes first."""
+    from pipeline.cli_base import EXAMPLES
+
+    assert not (workdir / "manifests").exists()
+    names = sorted(p.stem for p in EXAMPLES.glob("*.yaml"))
+    assert {"quickstart", "resnet8x4", "fashion-mnist"} <= set(names)
+    for name in ("quickstart", "resnet8x4"):  # the others need their image folders to validate
+        code, out = _cli("validate", "-m", name)
+        assert code == 0 and f"{EXAMPLES / name}.yaml: valid" in out, out
+    code, out = _cli("plan", "-m", "quickstart")
+    assert code == 0 and "teacher" in out
+    write_manifest(workdir, name="quickstart.yaml")  # the user's own file of that name wins
+    code, out = _cli("validate", "-m", "quickstart")
+    assert code == 0 and out.startswith("quickstart.yaml: valid"), out

@@ -63,12 +63,14 @@ def test_signal_checkpoints_at_a_step_and_resume_is_bit_exact(data, uninterrupte
     ds, tr, va = data  # 10 steps per epoch: kill points mid-epoch 1, mid-epoch 2, end of epoch 1
     teacher, straight, reference_metrics = uninterrupted
     victim = _model(ds)
+    # what was there before (SIG_IGN where the suite runs in a background job, whose shell ignores SIGINT)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as info:
         train(SignalAt(victim, teacher, at=at, signum=signum), tr, va, CFG, work_dir=tmp_path / "b",
               metrics_path=tmp_path / "b.jsonl", progress=False)
     assert info.value.signum == signum and (tmp_path / "b" / "checkpoint.safetensors").is_file()
     assert not (tmp_path / "b.jsonl").exists()  # no final metrics from an unfinished run
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers  # handlers restored
     resumed = _model(ds, seed=7)
     last = train(CSKDCore(resumed, teacher), tr, va, CFG, work_dir=tmp_path / "b", metrics_path=tmp_path / "b.jsonl",
                  progress=False)

@@ -100,6 +100,26 @@ def test_onnx_has_dynamic_batch_and_matches_pytorch(resnet_onnx, digits):
         assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
 
 
+def test_the_shared_function_table_changes_no_byte_and_is_private_to_our_export(resnet_onnx, tmp_path, monkeypatch):
+    """export_onnx builds the exporter's ATen -> ONNX table once per process (issue 39): the file is
+    byte for byte what the exporter makes with its own table, and a user's own torch.onnx.export
+    afterwards gets a fresh table (one it may add to without changing ours)."""
+    import contextlib
+
+    from torch.onnx._internal.exporter import _registration
+
+    from exports import onnx_export
+
+    model, path, _ = resnet_onnx
+    shared = export_onnx(model, sample=torch.zeros(2, 1, 8, 8), path=tmp_path / "shared.onnx", opset=18)
+    assert onnx_export._REGISTRIES  # the table was kept
+    monkeypatch.setattr(onnx_export, "_torchlib_registry_once", contextlib.nullcontext)
+    own = export_onnx(model, sample=torch.zeros(2, 1, 8, 8), path=tmp_path / "own.onnx", opset=18)
+    assert shared.read_bytes() == own.read_bytes() == path.read_bytes()
+    kept = next(iter(onnx_export._REGISTRIES.values()))
+    assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is not kept  # restored after our export
+
+
 def test_fp16_keeps_float32_io_and_accuracy(resnet_onnx, digits):
     _, path, folder = resnet_onnx
     fp16 = convert_fp16(path, folder / "fp16.onnx")

@@ -60,6 +60,9 @@ def _run_and_read_back(workdir, uri: str) -> None:
                                                                                    "report/run.log"}
     (v1,) = client.search_model_versions("name='tiny'")
     model = mlflow.models.get_model_info(f"models:/tiny/{v1.version}")
+    requirements = Path(mlflow.artifacts.download_artifacts(f"models:/tiny/{v1.version}/requirements.txt",
+                                                           tracking_uri=uri)).read_text().split()
+    assert {r.split("==")[0] for r in requirements} >= {"mlflow", "onnx", "onnxruntime"}  # what serves it
     assert tuple(model.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == (-1, 1, 8, 8)
     registered = client.get_registered_model("tiny")
     assert registered.description and v1.description and v1.tags["cskd.bundle_version"] == "v1"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from pipeline import cli_data, cli_manage, cli_release, cli_serve, cli_study  # noqa: F401 - their commands register on main
+from pipeline import cli_data, cli_manage, cli_release, cli_search, cli_serve, cli_study  # noqa: F401 - their commands register on main
 from pipeline.cli_base import (  # noqa: F401 - main is the entry point; the rest is re-exported for tests
     handle_errors,
     load_from_option,

@@ -67,13 +67,14 @@ def _pin_worker(slots) -> None:
 
 
 def run_local(work: list[tuple[str, Cell]], jobs: int, on_done: Callable[[dict], None],
-              echo: Callable[[str], None]) -> list[dict]:
-    """Each (cell manifest JSON, cell) here one after another, or in ``jobs`` processes."""
+              echo: Callable[[str], None], fn: Callable[..., dict] = run_cell) -> list[dict]:
+    """``fn(manifest JSON, cell, threads)`` for each (cell manifest JSON, cell), here one after another,
+    or in ``jobs`` processes (``fn`` then must be importable by name: a module-level function)."""
     if jobs == 1:
         rows = []
         for manifest_json, cell in work:
             echo(f"      {cell.name} ...  (epoch lines: the store's logs/)")
-            rows.append(run_cell(manifest_json, cell))
+            rows.append(fn(manifest_json, cell))
             on_done(rows[-1])
         return rows
     import multiprocessing
@@ -86,7 +87,7 @@ def run_local(work: list[tuple[str, Cell]], jobs: int, on_done: Callable[[dict],
         slots.put(i % gpus if gpus else None)
     threads = None if gpus else max(1, (os.cpu_count() or 1) // jobs)  # CPU cells share the cores
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_pin_worker, initargs=(slots,)) as pool:
-        futures = {pool.submit(run_cell, manifest_json, cell, threads): cell for manifest_json, cell in work}
+        futures = {pool.submit(fn, manifest_json, cell, threads): cell for manifest_json, cell in work}
         rows = []
         for future in as_completed(futures):
             rows.append(future.result())
@@ -108,7 +109,7 @@ def check_launcher(launcher: str) -> None:
 
 
 def run_submitit(work: list[tuple[str, Cell]], *, cluster: str, folder: Path, jobs: int, slurm: dict,
-                 on_done: Callable[[dict], None]) -> list[dict]:
+                 on_done: Callable[[dict], None], fn: Callable[..., dict] = run_cell) -> list[dict]:
     """Each (cell manifest JSON, cell) as a submitit job (Slurm, or local processes)."""
     try:
         import submitit
@@ -120,13 +121,13 @@ def run_submitit(work: list[tuple[str, Cell]], *, cluster: str, folder: Path, jo
                                    **{k: v for k, v in slurm.items() if v is not None})
     else:
         executor.update_parameters(timeout_min=slurm.get("timeout_min") or 60)
-    submitted = [executor.submit(run_cell, manifest_json, cell) for manifest_json, cell in work]
+    submitted = [executor.submit(fn, manifest_json, cell) for manifest_json, cell in work]
     rows = []
     for job, (_, cell) in zip(submitted, work, strict=True):
         try:
             rows.append(job.result())
         except Exception as exc:  # submitit wraps the worker's exception with its log's path
-            raise PipelineError(f"study cell {cell.name} failed in job {job.job_id}: "
+            raise PipelineError(f"cell {cell.name} failed in job {job.job_id}: "
                                 f"{str(exc).strip().splitlines()[-1]} (logs: {folder})") from None
         on_done(rows[-1])
     return rows

@@ -12,16 +12,13 @@ from functools import lru_cache
 
 import torch
 
-from cskd.data import DataSet, Split, load_dataset, split_train_val
+from cskd.data import DataSet, Split, split_train_val
 from pipeline.core.data_section import DataSource, TestData, TrainData
 
 
 @lru_cache(maxsize=2)
 def dataset(source: DataSource) -> DataSet:
-    return load_dataset(source.name, root=source.root, download=source.download, image_size=source.image_size,
-                        grayscale=source.grayscale, stream=source.storage == "stream", workers=source.workers,
-                        train_shards=source.train_shards, test_shards=source.test_shards,
-                        max_image_pixels=source.max_image_pixels)
+    return source.load()
 
 
 def _limited(split: Split, limit: int | None, subset: str | None, seed: int | None) -> Split:

@@ -89,4 +89,5 @@ for _stage in (OpenVinoStage, OpenVinoInt8Stage):
     register_backend(Backend(_stage.target, kind=_stage.kind, file=IR_FILE, load=_loader(_stage.kind),
                              budget=_BUDGETS[_stage.kind], requires=lambda export, source=_stage.source: (source,),
                              shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE}, missing=_missing,
+                             probe=lambda files, out, export, images, source=_stage.source: convert_to_ir(files[source], out),
                              description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU"))

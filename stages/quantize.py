@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -18,6 +19,7 @@ from exports.quantize import (
     Int8Settings,
     count_qdq,
     preprocess,
+    quantize_int8,
     quantize_with_fallback,
     runtime_agreement,
 )
@@ -213,6 +215,18 @@ def _choose_operators(config: QuantizeConfig, ctx: StageContext, report, *, imag
             "all_drop": report.drop, "simulation": agreement}
 
 
+def _probe(files: dict, out: Path, export, images) -> None:
+    """The untrained network's INT8 file, for the search's latency probe: the stage's settings,
+    with every operator quantized where ``operators`` is auto (the quickest INT8 file the stage may
+    make: a candidate is dropped only when even that misses the budget). The accuracy fallback is
+    left out: it keeps nodes in float only where the trained network needs it."""
+    section = resolved_int8(export)
+    operators = "all" if section.operators == "auto" else section.operators
+    prepared = preprocess(files["onnx"], out.with_name("prepared.onnx"))
+    quantize_int8(prepared, out, calibration_images=images,
+                  settings=Calibration.of(section, operators=operators).settings())
+
+
 register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),
-                         budget=lambda export: export.int8.max_drop, shipped={"student_int8.onnx": INT8_FILE},
+                         budget=lambda export: export.int8.max_drop, shipped={"student_int8.onnx": INT8_FILE}, probe=_probe,
                          description="ONNX INT8 QDQ, ONNX Runtime CPU"))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from cskd.config import Strict
 from pipeline.core.backends import backend, backends, fastest_passing
-from pipeline.core.contracts import Stage, StageContext, StageResult
+from pipeline.core.contracts import Added, Stage, StageContext, StageResult
 from pipeline.core.environment import environment
 from pipeline.core.errors import GateFailed
 from pipeline.core.files import sha256_file
@@ -52,6 +52,7 @@ class ShipConfig(Strict):
     name: str
     targets: list[str]
     latency: bool
+    chosen_by: str | None = Added(description="ship.chosen_by: what chose this student (a search), for the card")
 
 
 def _origin(training: Artifact) -> dict:
@@ -60,7 +61,7 @@ def _origin(training: Artifact) -> dict:
     return {k: training.metrics[k] for k in ("init", "normalization") if k in training.metrics}
 
 
-def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str]) -> dict:
+def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str], chosen_by: str | None = None) -> dict:
     validate, distill = artifacts["validate"], artifacts["distill"]
     data = {**validate.record.get("data", {}), "train_samples": distill.metrics.get("train_samples"),
             "val_samples": distill.metrics.get("val_samples")}
@@ -80,6 +81,7 @@ def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str])
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
         "recipe": {kind: art.record.get("config") for kind, art in artifacts.items()},
         "files": files,
+        **({"chosen_by": chosen_by} if chosen_by else {}),
         "environment": environment(),
     }
 
@@ -103,6 +105,7 @@ def bundle_readme(card: dict) -> str:
     m = card["metrics"]
     models = m.get("models", {})
     lines = [f"# {card['name']}: {card['student']['model']} distilled from {card['teacher']['model']}", "",
+             *([f"Chosen by {card['chosen_by']}", ""] if card.get("chosen_by") else []),
              f"Test top-1 on {m.get('samples')} images of the {m.get('split')} split:", "",
              "| model | top-1 |", "|---|---|"]
     lines += [f"| {name} | {values['top1']:.2f} |" for name, values in models.items()]
@@ -162,7 +165,8 @@ class ShipStage(Stage):
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ShipConfig:
-        return ShipConfig(name=manifest.name, targets=manifest.export.targets, latency=manifest.latency is not None)
+        return ShipConfig(name=manifest.name, targets=manifest.export.targets, latency=manifest.latency is not None,
+                          chosen_by=manifest.ship.chosen_by)
 
     def inputs(self, config: ShipConfig) -> tuple[str, ...]:
         kinds = dict.fromkeys(backend(t).kind for t in config.targets)
@@ -184,7 +188,7 @@ class ShipStage(Stage):
         (out / "labels.txt").write_text("".join(f"{name}\n" for name in io["class_names"]))
         shutil.copyfile(PREDICT_SCRIPT, out / "predict.py")
         files = {p.name: sha256_file(p) for p in sorted(out.iterdir())}
-        card = model_card(config.name, ctx.inputs, files)
+        card = model_card(config.name, ctx.inputs, files, config.chosen_by)
         (out / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         (out / README_FILE).write_text(bundle_readme(card))
         # What a shipped version is: its model files. A rerun whose gate or champion changed ships

@@ -47,6 +47,11 @@ class Backend:
     missing: Callable[[], str | None] = lambda: None
     # export.targets: auto takes the target only where this device is present ("cuda": a GPU)
     auto_device: str = "cpu"
+    # probe(files, out, export section, calibration images): build this target's file at ``out`` from the
+    # files of the targets it is built from (``files`` by target, "onnx" always among them) for an
+    # untrained network, so `search` can time it before training (latency does not depend on the
+    # weights); None: the target is not probed, and a candidate is never dropped on its account
+    probe: Callable[[dict, Any, Any, Any], None] | None = None
 
     def runner(self, artifacts: dict[str, Artifact], *, batch_size: int = 256, threads: int | None = None) -> Runner:
         return self.load(artifacts, batch_size=batch_size, threads=threads)

@@ -34,6 +34,15 @@ class DataSource(Strict):
                                                  "processes): how fast, not what")
     max_image_pixels: int | None = Located(None, description="a limit that refuses files, never changes pixels")
 
+    def load(self):
+        """The data set (``cskd.data.DataSet``): in memory, or streamed from its files."""
+        from cskd.data import load_dataset
+
+        return load_dataset(self.name, root=self.root, download=self.download, image_size=self.image_size,
+                            grayscale=self.grayscale, stream=self.storage == "stream", workers=self.workers,
+                            train_shards=self.train_shards, test_shards=self.test_shards,
+                            max_image_pixels=self.max_image_pixels)
+
 
 class TrainData(Strict):
     """The training split as the training, export and quantize stages read it (train and val)."""

@@ -27,6 +27,7 @@ from pipeline.core.run_sections import (
     TrackingSection,
     ValidateSection,
 )
+from pipeline.core.search_section import SearchSection
 from pipeline.core.sections import EXPORT_SETTINGS, SECTIONS
 
 # Folders of the project itself: no output location may be one of them or inside one.
@@ -108,6 +109,8 @@ class Manifest(Strict):
     report: ReportSection = Field(ReportSection(), description="where run reports go")
     distributed: DistributedSection = Field(DistributedSection(), description="several processes or machines")
     tracking: TrackingSection = Field(TrackingSection(), description="MLflow tracking (optional)")
+    search: SearchSection | None = Field(None, description="candidate students and a deployment budget for "
+                                         "`cskd-pipeline search` (other commands ignore it)")
     # the -o/--set overrides this manifest was loaded with, as typed (the run history shows them)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
 

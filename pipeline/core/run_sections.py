@@ -28,6 +28,9 @@ class ShipSection(Strict):
     promote: Literal["if_not_worse", "always"] = Field(
         "if_not_worse", description="if_not_worse: a new version ships (and becomes latest) only when it is not "
                                     "worse than the champion (gate.max_regression); always: every passing run")
+    chosen_by: str | None = Added(max_length=2000, description="what chose this student (set by `cskd-pipeline "
+                                                               "search`: the search and its report); the model card "
+                                                               "says it")
 
 
 class DistributedSection(Strict):

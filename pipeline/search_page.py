@@ -1,0 +1,56 @@
+"""The page of a search (``search.html.j2``): the Pareto plot of test top-1 against p90 latency,
+every candidate and precision a point, the budget drawn and the chosen file marked, and the table
+that says why each candidate was dropped or not chosen."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline.report_charts import png
+
+
+def pareto_plot(document: dict) -> str | None:
+    """Top-1 against p90 at the budget's batch: a marker per target, the front joined, the budget a line."""
+    points = document["points"]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = document["search"]["budget"]["latency"]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    markers = dict(zip(dict.fromkeys(p["target"] for p in points), "osD^v<>Pp*hX", strict=False))
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys(p["candidate"] for p in points))}
+    for p in points:
+        ax.scatter(p["p90_ms"], p["top1"], marker=markers[p["target"]], color=colours[p["candidate"]], s=55,
+                   alpha=0.9 if p["within_budget"] else 0.45, edgecolors="black" if p["chosen"] else "none",
+                   linewidths=1.5)
+    front = sorted((p for p in points if p["pareto"]), key=lambda p: p["p90_ms"])
+    ax.plot([p["p90_ms"] for p in front], [p["top1"] for p in front], color="#555", linewidth=0.8, linestyle=":",
+            label="Pareto front")
+    ax.axvline(budget["max_p90_ms"], color="tab:red", linestyle="--", linewidth=1,
+               label=f"budget: p90 {budget['max_p90_ms']:g} ms")
+    chosen = document.get("chosen")
+    if chosen:
+        ax.annotate(f"chosen: {chosen['candidate']} {chosen['target']}", (chosen["p90_ms"], chosen["top1"]),
+                    xytext=(8, -14), textcoords="offset points", fontsize=8)
+    for name, colour in colours.items():  # legend: a colour per candidate, a marker per file
+        ax.scatter([], [], color=colour, marker="o", label=name)
+    for target, marker in markers.items():
+        ax.scatter([], [], color="#888", marker=marker, label=target)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"p90 latency at batch {budget['batch']} (ms, log scale; this machine)")
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"search {document['search']['name']}: faded = over budget, outlined = chosen")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5), frameon=False)
+    ax.grid(alpha=0.3)
+    return png(fig)
+
+
+def render_html(document: dict) -> str:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["j2"]))
+    return env.get_template("search.html.j2").render(search=document, plot=pareto_plot(document))

@@ -15,10 +15,10 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,docs,serve,openvino,mlflow,cluster,timm]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,docs,serve,openvino,mlflow,cluster,timm,search]'
 	touch $(STAMP)
 
-install:  ## (re)create .venv with the project (editable), OpenVINO, MLflow, timm, the docs and the dev tools
+install:  ## (re)create .venv with the project (editable), OpenVINO, MLflow, timm, Optuna, the docs and the dev tools
 	rm -f $(STAMP)
 	$(MAKE) $(STAMP)
 

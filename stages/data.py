@@ -8,17 +8,14 @@ however many stages read it.
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import torch
 
 from cskd.data import DataSet, Split, split_train_val
 from pipeline.core.data_section import DataSource, TestData, TrainData
 
 
-@lru_cache(maxsize=2)
 def dataset(source: DataSource) -> DataSet:
-    return source.load()
+    return source.load()  # cached there: decoded once per process
 
 
 def _limited(split: Split, limit: int | None, subset: str | None, seed: int | None) -> Split:

@@ -5,6 +5,7 @@ the test files' fingerprint). A stage's id covers exactly the view it declares."
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -35,13 +36,19 @@ class DataSource(Strict):
     max_image_pixels: int | None = Located(None, description="a limit that refuses files, never changes pixels")
 
     def load(self):
-        """The data set (``cskd.data.DataSet``): in memory, or streamed from its files."""
-        from cskd.data import load_dataset
+        """The data set (``cskd.data.DataSet``): in memory, or streamed from its files; decoded once per
+        process however many stages (and searches) read it."""
+        return _loaded(self)
 
-        return load_dataset(self.name, root=self.root, download=self.download, image_size=self.image_size,
-                            grayscale=self.grayscale, stream=self.storage == "stream", workers=self.workers,
-                            train_shards=self.train_shards, test_shards=self.test_shards,
-                            max_image_pixels=self.max_image_pixels)
+
+@functools.lru_cache(maxsize=2)
+def _loaded(source: DataSource):
+    from cskd.data import load_dataset
+
+    return load_dataset(source.name, root=source.root, download=source.download, image_size=source.image_size,
+                        grayscale=source.grayscale, stream=source.storage == "stream", workers=source.workers,
+                        train_shards=source.train_shards, test_shards=source.test_shards,
+                        max_image_pixels=source.max_image_pixels)
 
 
 class TrainData(Strict):

@@ -18,6 +18,7 @@ def pareto_plot(document: dict) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
     budget = document["search"]["budget"]["latency"]
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
@@ -28,8 +29,17 @@ def pareto_plot(document: dict) -> str | None:
                    alpha=0.9 if p["within_budget"] else 0.45, edgecolors="black" if p["chosen"] else "none",
                    linewidths=1.5)
     front = sorted((p for p in points if p["pareto"]), key=lambda p: p["p90_ms"])
+    # a step: the best top-1 to be had at each latency, up to the next point of the front
     ax.plot([p["p90_ms"] for p in front], [p["top1"] for p in front], color="#555", linewidth=0.8, linestyle=":",
-            label="Pareto front")
+            drawstyle="steps-post", label="Pareto front")
+    dropped = [r for r in document["candidates"] if r["status"] == "dropped"]
+    bottom = ax.get_ylim()[0]
+    for row in dropped:  # no accuracy: their untrained p90, on the axis
+        ax.scatter(row["probe"]["fastest_ms"], bottom, marker="x", color="#999", s=40, clip_on=False)
+        ax.annotate(row["candidate"], (row["probe"]["fastest_ms"], bottom), xytext=(0, 6), textcoords="offset points",
+                    fontsize=7, color="#777", ha="center")
+    if dropped:
+        ax.scatter([], [], marker="x", color="#999", label="dropped before training (untrained p90)")
     ax.axvline(budget["max_p90_ms"], color="tab:red", linestyle="--", linewidth=1,
                label=f"budget: p90 {budget['max_p90_ms']:g} ms")
     chosen = document.get("chosen")
@@ -41,6 +51,9 @@ def pareto_plot(document: dict) -> str | None:
     for target, marker in markers.items():
         ax.scatter([], [], color="#888", marker=marker, label=target)
     ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels of a log axis collide
     ax.set_xlabel(f"p90 latency at batch {budget['batch']} (ms, log scale; this machine)")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"search {document['search']['name']}: faded = over budget, outlined = chosen")

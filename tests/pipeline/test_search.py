@@ -120,7 +120,7 @@ def test_successive_halving_stops_the_weaker_candidates_with_optunas_pruner(tmp_
     candidates = ["resnet8", "resnet14", "wrn_16_1"]
     search = {"candidates": candidates, "budget": {"latency": {"batch": 1, "max_p90_ms": 1000}},
               "halving": {"min_epochs": 1, "reduction_factor": 2}}
-    result, document = _search(tmp_path, search, "--no-ship")
+    result, document = _search(tmp_path, search, "--no-ship", "--jobs", "2")  # cells in two worker processes
     assert result.exit_code == 0, result.output
     rows = {r["candidate"]: r for r in document["candidates"]}
     # every candidate trained the first rung (1 epoch); Optuna's successive halving lets one go on

@@ -7,17 +7,12 @@ import os
 import click
 
 from pipeline.cli_base import handle_errors, load_from_option, main, manifest_option, set_option
+from pipeline.cli_study import launcher_options
 
 
 @main.command()
 @manifest_option
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="candidates training at a time: local processes (one per GPU on a GPU machine), or Slurm jobs")
-@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="where candidates train: local processes, Slurm jobs through submitit "
-                                      "(extra [cluster]), or submitit's local executor")
-@click.option("--slurm-partition", default=None, help="Slurm partition for --launcher slurm")
-@click.option("--timeout-min", type=click.IntRange(1, 100_000), default=None, help="time limit of one candidate's job")
+@launcher_options("candidates")
 @click.option("--no-ship", is_flag=True, help="report the choice without shipping it")
 @set_option
 @handle_errors

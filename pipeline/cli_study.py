@@ -10,6 +10,25 @@ from pipeline.cli_base import handle_errors, load_from_option, main, manifest_op
 from pipeline.core.errors import ManifestError
 
 
+def launcher_options(what: str):
+    """--jobs, --launcher, --slurm-partition and --timeout-min: where the ``what`` (study cells,
+    search candidates) run; shared by `study` and `search`."""
+    def decorate(command):
+        for option in reversed([
+            click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True,
+                         help=f"{what} at a time: local processes (one per GPU on a GPU machine), or Slurm jobs "
+                              f"at once"),
+            click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
+                         show_default=True, help="local processes, Slurm jobs through submitit (extra [cluster]), "
+                                                 "or submitit's local executor (the Slurm code path on this machine)"),
+            click.option("--slurm-partition", default=None, help="Slurm partition for --launcher slurm"),
+            click.option("--timeout-min", type=click.IntRange(1, 100_000), default=None,
+                         help=f"time limit of one job of the {what}")]):
+            command = option(command)
+        return command
+    return decorate
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -41,13 +60,7 @@ def _int_list(text: str, option: str) -> list[int]:
 @click.option("--batch-sizes", default=None, metavar="LIST",
               help="student batch sizes, e.g. 64,256 (default: the manifest's)")
 @click.option("--reference", default="kd", show_default=True, help="the loss every other is paired against")
-@click.option("--jobs", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="cells at a time: local processes (one per GPU on a GPU machine), or Slurm jobs at once")
-@click.option("--launcher", type=click.Choice(["local", "slurm", "submitit-local"]), default="local",
-              show_default=True, help="local processes, Slurm jobs through submitit (extra [cluster]), or "
-                                      "submitit's local executor (the Slurm code path on this machine)")
-@click.option("--slurm-partition", default=None, help="Slurm partition for --launcher slurm")
-@click.option("--timeout-min", type=click.IntRange(1, 100_000), default=None, help="time limit of one cell's job")
+@launcher_options("cells")
 @set_option
 @handle_errors
 def study(manifest_opt, losses, ablate, recipe, seeds, seeds_for, batch_sizes, reference, jobs, launcher, slurm_partition, timeout_min,

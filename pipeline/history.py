@@ -56,6 +56,16 @@ def check_owned(folder: Path, *, field: str) -> None:
     check_replaceable(folder, field=field)
 
 
+def write_pages(folder: Path, pages: dict[str, str]) -> None:
+    """Each page (file name -> text) into a report folder of the pipeline's (made or adopted, never a
+    user's), each replaced atomically: a reader sees the old page or the new one, never half."""
+    owned_folder(folder, field="report.dir", what="run reports")
+    for name, text in pages.items():
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+
+
 def owned_folder(folder: Path, *, field: str, what: str) -> Path:
     """``folder``, made (or adopted) with the pipeline's marker; refused if someone else's."""
     check_owned(folder, field=field)

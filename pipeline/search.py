@@ -37,7 +37,7 @@ from pathlib import Path
 from pipeline.core.errors import EXIT_GATE_FAILED, ManifestError, MissingBackend, PipelineError
 from pipeline.core.manifest import Manifest
 from pipeline.core.search_section import Candidate
-from pipeline.study_launch import check_launcher, run_local, run_submitit
+from pipeline.study_launch import check_launcher, run_local, run_submitit, validated
 
 PROBE_CALIBRATION_IMAGES = 16  # random pixels: an untrained INT8 file is timed, never judged
 PROBE_KIND, PROBE_VERSION = "search_probe", 1  # the store's kind for a probe's figures
@@ -103,23 +103,9 @@ def candidate_manifest(base: Manifest, candidate: Candidate, *, epochs: int | No
 def train_cell(manifest_json: str, cell: SearchCell, threads: int | None = None) -> dict:
     """One candidate at some epochs, trained (or taken from the store), exported and validated. Runs
     here, in a ``--jobs`` worker or a submitit job: everything it needs is in its arguments."""
-    import stages  # noqa: F401 - the registries, in a fresh worker process too
-    from pipeline.core.records import (
-        StudentRecord,
-        ValidationRecord,
-        kind_of,
-        need,
-        training_curves,
-    )
-    from pipeline.orchestrator import run_pipeline
+    from pipeline.core.records import StudentRecord, need, training_curves
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    manifest = Manifest.model_validate_json(manifest_json)
-    outcome = run_pipeline(manifest, until=kind_of(ValidationRecord), progress=False, quiet=True,
-                           echo=lambda line: None)
+    _, outcome = validated(manifest_json, threads)
     student = need(outcome.artifacts, StudentRecord).artifact
     curve = training_curves(student)
     return {"candidate": cell.candidate.name, "epochs": cell.epochs, "distill_id": student.id,
@@ -456,15 +442,11 @@ def run_search(base: Manifest, request: SearchRequest, *, echo: Callable[[str], 
 
 def write_search(document: dict, folder: Path) -> None:
     """``search.json`` and ``search.html`` in the manifest's report folder, each replaced atomically."""
-    from pipeline.history import owned_folder
+    from pipeline.history import write_pages
     from pipeline.search_page import render_html
 
-    owned_folder(folder, field="report.dir", what="run reports")
-    for name, text in (("search.json", json.dumps(document, indent=2, allow_nan=False) + "\n"),
-                       ("search.html", render_html(document))):
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+    write_pages(folder, {"search.json": json.dumps(document, indent=2, allow_nan=False) + "\n",
+                         "search.html": render_html(document)})
 
 
 def markdown(document: dict) -> str:

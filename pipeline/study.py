@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -169,15 +168,11 @@ def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: li
 
 def write_study(study: dict, folder: Path) -> None:
     """``study.json`` and ``study.html`` in the manifest's report folder, each replaced atomically."""
-    from pipeline.history import owned_folder
+    from pipeline.history import write_pages
     from pipeline.study_page import render_html
 
-    owned_folder(folder, field="report.dir", what="run reports")
-    for name, text in (("study.json", json.dumps(study, indent=2, allow_nan=False) + "\n"),
-                       ("study.html", render_html(study))):
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+    write_pages(folder, {"study.json": json.dumps(study, indent=2, allow_nan=False) + "\n",
+                         "study.html": render_html(study)})
 
 
 def markdown(study: dict) -> str:

@@ -17,18 +17,12 @@ if TYPE_CHECKING:
     from pipeline.study import Cell
 
 
-def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict:
-    """Run one cell (its manifest as JSON) up to validation, cached if done before; its result row.
+def validated(manifest_json: str, threads: int | None = None):
+    """A cell's manifest (as JSON) run up to validation, cached if done before: (manifest, outcome).
     Runs in this process, a ``--jobs`` worker, or a submitit job: everything it needs is in its
     arguments."""
     import stages  # noqa: F401 - the registries, in a fresh worker process too
-    from pipeline.core.records import (
-        StudentRecord,
-        ValidationRecord,
-        kind_of,
-        need,
-        training_curves,
-    )
+    from pipeline.core.records import ValidationRecord, kind_of
     from pipeline.orchestrator import run_pipeline
 
     if threads:
@@ -36,8 +30,15 @@ def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict
 
         torch.set_num_threads(threads)
     manifest = Manifest.model_validate_json(manifest_json)
-    outcome = run_pipeline(manifest, until=kind_of(ValidationRecord), progress=False, quiet=True,
-                           echo=lambda line: None)
+    return manifest, run_pipeline(manifest, until=kind_of(ValidationRecord), progress=False, quiet=True,
+                                  echo=lambda line: None)
+
+
+def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict:
+    """Run one study cell up to validation (``validated``); its result row."""
+    from pipeline.core.records import StudentRecord, ValidationRecord, need, training_curves
+
+    manifest, outcome = validated(manifest_json, threads)
     student, validation = need(outcome.artifacts, StudentRecord), need(outcome.artifacts, ValidationRecord)
     distill = student.artifact
     epochs = manifest.student.train.epochs

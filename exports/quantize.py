@@ -9,6 +9,8 @@ training split; the caller passes them in.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -91,6 +93,19 @@ def count_qdq(path: Path) -> dict[str, int]:
     return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
 
 
+@contextlib.contextmanager
+def _root_logger_quiet():
+    """ONNX Runtime's quantizer warns on the root logger for every rank-1 weight it cannot quantize per
+    channel (BatchNorm's, left in float anyway): lines a run should not print, nor a user's logging see."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.ndarray, settings: Int8Settings,
                   exclude: list[str] | tuple[str, ...] = (), cache_path: Path | None = None,
                   pinned: dict[str, dict] | None = None) -> Path:
@@ -107,17 +122,18 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
               "percentile": CalibrationMethod.Percentile}[settings.calibration]
     activation = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     input_name = create_session(float_path).get_inputs()[0].name
-    quantize_static(
-        str(float_path), str(out_path), _make_reader(calibration_images.astype(np.float32), input_name),
-        quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
-        weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
-        reduce_range=settings.reduce_range,
-        op_types_to_quantize=list(QUANTIZABLE_OPS) if settings.operators == "weighted" else None,
-        # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
-        extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True,
-                       "TensorQuantOverrides": _overrides(pinned or {}, settings)},
-        calibration_cache_path=str(cache_path) if cache_path else None,
-    )
+    with _root_logger_quiet():
+        quantize_static(
+            str(float_path), str(out_path), _make_reader(calibration_images.astype(np.float32), input_name),
+            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
+            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+            reduce_range=settings.reduce_range,
+            op_types_to_quantize=list(QUANTIZABLE_OPS) if settings.operators == "weighted" else None,
+            # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
+            extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True,
+                           "TensorQuantOverrides": _overrides(pinned or {}, settings)},
+            calibration_cache_path=str(cache_path) if cache_path else None,
+        )
     return out_path
 
 

@@ -29,7 +29,8 @@ def search(manifest_opt, jobs, launcher, slurm_partition, timeout_min, no_ship, 
               cskd-pipeline search -m resnet8x4 -o 'search={candidates: [resnet8x4, wrn_16_2], budget: {latency: {batch: 1, max_p90_ms: 5}}}'
               cskd-pipeline search -m search-cifar10 --launcher slurm --jobs 8
     """
-    from pipeline.search import SearchRequest, markdown, run_search
+    from pipeline.search import SearchRequest, run_search
+    from pipeline.search_page import markdown
 
     manifest = load_from_option(manifest_opt, overrides)
     request = SearchRequest(jobs=jobs, launcher=launcher, ship=not no_ship,

@@ -67,3 +67,21 @@ def render_html(document: dict) -> str:
 
     env = Environment(loader=FileSystemLoader(Path(__file__).parent), autoescape=select_autoescape(["j2"]))
     return env.get_template("search.html.j2").render(search=document, plot=pareto_plot(document))
+
+
+def markdown(document: dict) -> str:
+    """The candidates table a terminal, a README or a pull request shows."""
+    budget = document["search"]["budget"]
+    lines = [f"budget: p90 <= {budget['latency']['max_p90_ms']:g} ms at batch {budget['latency']['batch']}"
+             + (f", <= {budget['max_size_mb']:g} MB" if budget.get("max_size_mb") else ""), "",
+             "| candidate | file | test top-1 | p90 ms | MB | within budget | pareto | note |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in document["candidates"]:
+        mine = [p for p in document["points"] if p["candidate"] == row["candidate"]]
+        if not mine:
+            lines.append(f"| {row['candidate']} | - | - | - | - | no | - | {row['status']}: {row['why']} |")
+        for p in mine:
+            lines.append(f"| {p['candidate']} | {p['target']} | {p['top1']:.2f} | {p['p90_ms']:.3g} | "
+                         f"{p['size_mb']:.2f} | {'yes' if p['within_budget'] else 'no'} | "
+                         f"{'yes' if p['pareto'] else ''} | {'**chosen**' if p['chosen'] else p['why']} |")
+    return "\n".join(lines)

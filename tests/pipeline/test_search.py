@@ -31,7 +31,7 @@ def _budget(folder: Path) -> dict:
     probe's slack (so it trains, and is then excluded), the hopeless one far over the slack."""
     import stages  # noqa: F401 - the back-ends
     from pipeline.manifest_io import load_manifest
-    from pipeline.search import probe
+    from pipeline.search_probe import probe
 
     path = write_manifest(folder, edited(search={"candidates": CANDIDATES, "budget": {"latency": {"max_p90_ms": 1}}}))
     found = probe(load_manifest(path), list(load_manifest(path).search.candidates), echo=lambda line: None)

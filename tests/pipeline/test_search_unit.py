@@ -8,7 +8,8 @@ import yaml
 
 from pipeline.core.errors import ManifestError
 from pipeline.manifest_io import load_manifest
-from pipeline.search import candidate_manifest, choose, pareto, rungs
+from pipeline.search import choose, pareto
+from pipeline.search_cells import candidate_manifest, rungs
 from tests.conftest import edited, write_manifest
 
 

@@ -165,6 +165,16 @@ def test_the_readme_study_table_is_the_committed_study() -> None:
     assert f"| {first['loss']} | {first['n']} | {first['mean']:.2f} |" in table(study)
 
 
+def test_the_search_tables_are_the_committed_search() -> None:
+    """The README's and docs/search.md's search tables are written by tools/search_table.py from the
+    committed search.json: no hand copy."""
+    from tools.search_table import BLOCK, rewrite
+
+    for page in (ROOT / "README.md", ROOT / "docs" / "search.md"):
+        assert BLOCK.search(page.read_text()), f"{page.name} lost its search table"
+        assert rewrite(page) == page.read_text(), f"run `python tools/search_table.py {page.relative_to(ROOT)}`"
+
+
 class _Assets(__import__("html.parser").parser.HTMLParser):
     """What a page makes the browser fetch: scripts, styles, fonts, icons, images, frames."""
 

@@ -56,7 +56,14 @@ class BudgetNotMet(PipelineError):
 def _points(base: Manifest, candidate: Candidate, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
     """Each exported file of a trained candidate: its test top-1, p90 at the budget's batch and size."""
     from pipeline.core.backends import backend
-    from pipeline.core.records import LatencyRecord, StudentRecord, ValidationRecord, kind_of, need
+    from pipeline.core.records import (
+        LatencyRecord,
+        StudentRecord,
+        TeacherRecord,
+        ValidationRecord,
+        kind_of,
+        need,
+    )
     from pipeline.orchestrator import run_pipeline
 
     manifest = candidate_manifest(base, candidate)
@@ -84,7 +91,8 @@ def _points(base: Manifest, candidate: Candidate, echo: Callable[[str], None]) -
         points.append({"candidate": candidate.name, "model": candidate.model, "target": target,
                        "top1": round(top1, 3), "p90_ms": round(p90[target], 4), "size_mb": round(size, 3),
                        "within_budget": not why, "why": "; ".join(why)})
-    cached = all(r.status == "cached" for run in (validated, outcome) for r in run.reports if r.kind != "teacher")
+    teacher = kind_of(TeacherRecord)  # trained by the search itself, first: not the candidate's
+    cached = all(r.status == "cached" for run in (validated, outcome) for r in run.reports if r.kind != teacher)
     echo(f"timed {candidate.name:<16} " + ", ".join(f"{p['target']} {p['top1']:.2f}% {p['p90_ms']:.3g} ms"
                                                       for p in points) + ("  (cached)" if cached else ""))
     return points, {"distill_id": student.artifact.id, "parameters": student.record.parameters,

@@ -68,14 +68,14 @@ def candidate_manifest(base: Manifest, candidate: Candidate, *, epochs: int | No
 def train_cell(manifest_json: str, cell: SearchCell, threads: int | None = None) -> dict:
     """One candidate at some epochs, trained (or taken from the store), exported and validated. Runs
     here, in a ``--jobs`` worker or a submitit job: everything it needs is in its arguments."""
-    from pipeline.core.records import StudentRecord, need, training_curves
+    from pipeline.core.records import StudentRecord, TeacherRecord, kind_of, need, training_curves
 
     _, outcome = validated(manifest_json, threads)
     student = need(outcome.artifacts, StudentRecord).artifact
     curve = training_curves(student)
     return {"candidate": cell.candidate.name, "epochs": cell.epochs, "distill_id": student.id,
             "val_top1": curve[-1]["val_top1"] if curve else None,
-            "cached": all(r.status == "cached" for r in outcome.reports if r.kind != "teacher"),
+            "cached": all(r.status == "cached" for r in outcome.reports if r.kind != kind_of(TeacherRecord)),
             "train_wall_s": float(student.record.get("wall_s") or 0.0)}
 
 

@@ -3,9 +3,9 @@ deployment budget they must meet, and the optional successive halving over epoch
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from cskd.config import Strict
 
@@ -22,6 +22,11 @@ class Candidate(Strict):
     @property
     def name(self) -> str:
         return self.label or self.model
+
+
+def _named(value: object) -> object:
+    """A bare name is the common case: ``resnet8`` is ``{model: resnet8}``."""
+    return {"model": value} if isinstance(value, str) else value
 
 
 class LatencyBudget(Strict):
@@ -44,18 +49,13 @@ class Halving(Strict):
 
 
 class SearchSection(Strict):
-    candidates: list[Candidate] = Field(min_length=1, max_length=64, description="the students to compare: names, "
-                                        "or {model, label, train} mappings")
+    candidates: list[Annotated[Candidate, BeforeValidator(_named, json_schema_input_type=str | Candidate)]] = Field(
+        min_length=1, max_length=64, description="the students to compare: names, or {model, label, train} mappings")
     budget: Budget
     metric: Literal["test_top1"] = Field("test_top1", description="maximised: test top-1 of the deployed file")
     halving: Halving | None = Field(None, description="stop the weaker candidates early (successive halving)")
     prescreen_slack: float = Field(0.1, ge=0, le=10, description="a candidate is dropped before training when "
                                    "its untrained files' p90 all exceed the budget by more than this fraction")
-
-    @field_validator("candidates", mode="before")
-    @classmethod
-    def _names(cls, value: object) -> object:  # a bare name is the common case
-        return [{"model": c} if isinstance(c, str) else c for c in value] if isinstance(value, list) else value
 
     @model_validator(mode="after")
     def _distinct(self) -> SearchSection:

@@ -1,5 +1,6 @@
 """The search's decisions without training: which file it chooses, the Pareto front, the halving
-rungs, the manifest each candidate runs with and the one that ships (``pipeline/search.py``)."""
+rungs, the manifest each candidate runs with and the one that ships (``pipeline/search*.py``); and
+one quick search of one candidate through every step."""
 
 from __future__ import annotations
 
@@ -68,3 +69,26 @@ def test_the_search_section_takes_bare_names_and_refuses_a_repeated_one(workdir)
     twice = yaml.safe_dump({**yaml.safe_load(edited()), "search": {**SEARCH, "candidates": ["resnet8", "resnet8"]}})
     with pytest.raises(ManifestError, match="appears twice"):
         load_manifest(write_manifest(workdir, twice))
+
+
+def test_a_one_candidate_search_runs_every_step_and_reruns_from_the_store(workdir):
+    """The quick end-to-end path `make test` keeps (test_search.py, in test-slow, holds the choice
+    between candidates): teacher, probe, cell, timing, report; the rerun recomputes and re-times nothing."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import main
+
+    search = {"candidates": [{"model": "resnet8", "train": {"epochs": 1}}],
+              "budget": {"latency": {"batch": 1, "max_p90_ms": 1000}}}
+    write_manifest(workdir, edited(search=search))
+    first = CliRunner().invoke(main, ["search", "-m", "tiny.yaml", "--no-ship"])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(main, ["search", "-m", "tiny.yaml", "--no-ship"])
+    assert again.exit_code == 0 and "probe resnet8" in again.output and "(cached)" in again.output, again.output
+    document = json.loads((workdir / "reports" / "tiny" / "search.json").read_text())
+    (row,) = document["candidates"]
+    assert row["status"] == "trained" and row["cached"] and document["chosen"]["candidate"] == "resnet8"
+    assert document["shipped"] is None and not (workdir / "shipped").exists()  # --no-ship
+    assert "| resnet8 | onnx |" in again.output and "**chosen**" in again.output

@@ -158,9 +158,9 @@ def run_search(base: Manifest, request: SearchRequest, *, echo: Callable[[str], 
             row.update(status="trained", **{**figures, "cached": figures["cached"] and cell["cached"]},
                        epochs=cell["epochs"], val_top1=cell["val_top1"])
         rows.append(row)
-    chosen = choose(points)
+    chosen, front = choose(points), pareto(points)
     for point in points:
-        point["pareto"] = point in pareto(points)
+        point["pareto"] = any(point is p for p in front)
         point["chosen"] = point is chosen
         if point["within_budget"] and not point["chosen"]:
             point["why"] = f"within budget, less accurate than {chosen['candidate']} {chosen['target']}"
@@ -180,8 +180,9 @@ def run_search(base: Manifest, request: SearchRequest, *, echo: Callable[[str], 
                    "halving": search.halving.model_dump(mode="json") if search.halving else None,
                    "candidates": [c.name for c in search.candidates], "launcher": request.launcher,
                    "jobs": request.jobs},
-        "teacher_top1": next((r["teacher_top1"] for r in rows if r["status"] == "trained"), None), "candidates": rows, "points": points, "chosen": chosen, "shipped": None,
-        "wall_s": None, "environment": environment(),
+        "teacher_top1": next((r["teacher_top1"] for r in rows if r["status"] == "trained"), None),
+        "candidates": rows, "points": points, "chosen": chosen, "shipped": None, "wall_s": None,
+        "environment": environment(),
         "cpu": {"class": machine_class(), "flags": [flag for flag, on in recorded_flags().items() if on]},
     }
     if chosen is None:

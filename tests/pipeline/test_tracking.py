@@ -226,14 +226,14 @@ def test_a_run_is_tracked_while_it_trains_and_an_interrupted_one_ends_killed_wit
 
 def test_processes_starting_on_one_new_sqlite_store_all_track(tmp_path):
     """MLflow creates a new SQLite store's tables on first use; two processes doing it at once
-    fail ("duplicate column name"). Three processes opening one new file through the pipeline's
-    access all get a working store (unprotected, most of three such processes fail)."""
+    fail ("duplicate column name"). Two processes opening one new file through the pipeline's
+    access both get a working store (unprotected, one of two such processes fails)."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     script = ("import sys; from pipeline.mlflow_access import mlflow_or_warn; m = mlflow_or_warn(sys.argv[1], print); "
               "m.MlflowClient(tracking_uri=sys.argv[1]).create_experiment(sys.argv[2]); print('created')")
     processes = [subprocess.Popen([sys.executable, "-c", script, uri, f"e{i}"], cwd=Path(__file__).parents[2],
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(3)]
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [process.communicate(timeout=120)[0] for process in processes]
     assert all(o.strip().endswith("created") and "warning" not in o for o in outputs), outputs
     names = {e.name for e in mlflow.MlflowClient(tracking_uri=uri).search_experiments()}
-    assert {"e0", "e1", "e2"} <= names
+    assert {"e0", "e1"} <= names

@@ -100,6 +100,15 @@ def test_onnx_has_dynamic_batch_and_matches_pytorch(resnet_onnx, digits):
         assert (onnx_logits.argmax(1) == torch_logits.argmax(1)).all()
 
 
+class _Residual(torch.nn.Module):
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return (x + self.inner(x)).mean(1, keepdim=True)
+
+
 def test_the_shared_function_table_changes_no_byte_and_is_private_to_our_export(resnet_onnx, tmp_path, monkeypatch):
     """export_onnx builds the exporter's ATen -> ONNX table once per process (issue 39): the file is
     byte for byte what the exporter makes with its own table, and a user's own torch.onnx.export
@@ -110,12 +119,16 @@ def test_the_shared_function_table_changes_no_byte_and_is_private_to_our_export(
 
     from exports import onnx_export
 
-    model, path, _ = resnet_onnx
+    _, path, _ = resnet_onnx  # exported with the shared table
+    # a residual block and a head (a third of resnet8's export time): the operators of our students
+    block = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU())
+    model = torch.nn.Sequential(_Residual(block), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+                                torch.nn.Linear(1, 3)).eval()
     shared = export_onnx(model, sample=torch.zeros(2, 1, 8, 8), path=tmp_path / "shared.onnx", opset=18)
-    assert onnx_export._REGISTRIES  # the table was kept
+    assert onnx_export._REGISTRIES and path.is_file()  # the table was kept
     monkeypatch.setattr(onnx_export, "_torchlib_registry_once", contextlib.nullcontext)
     own = export_onnx(model, sample=torch.zeros(2, 1, 8, 8), path=tmp_path / "own.onnx", opset=18)
-    assert shared.read_bytes() == own.read_bytes() == path.read_bytes()
+    assert shared.read_bytes() == own.read_bytes()
     kept = next(iter(onnx_export._REGISTRIES.values()))
     assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is not kept  # restored after our export
 

@@ -45,12 +45,13 @@ FIRST_SKIPS := $(foreach t,$(SECOND) $(THIRD),--ignore=$(t))
 PYTEST_ARGS ?=
 FAST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 test: $(STAMP)  ## the test suite without the tests marked slow (about 6 minutes on 2 CPU cores; the target is 5, issue 39). PYTEST_ARGS=--durations=20 adds options to every process
-	@second=$$(mktemp); third=$$(mktemp); \
+	@second=$$(mktemp); third=$$(mktemp); export CSKD_TEST_SHARED=$$(mktemp -d); \
 	$(FAST) -p no:cacheprovider $(SECOND) > $$second 2>&1 & s=$$!; \
 	$(FAST) -p no:cacheprovider $(THIRD) > $$third 2>&1 & t=$$!; \
 	$(FAST) tests $(FIRST_SKIPS); first=$$?; \
 	wait $$s; s=$$?; wait $$t; t=$$?; \
 	echo "--- $(SECOND)"; cat $$second; echo "--- $(THIRD)"; cat $$third; rm -f $$second $$third; \
+	rm -rf "$$CSKD_TEST_SHARED"; \
 	exit $$(( first != 0 ? first : s != 0 ? s : t ))
 
 test-slow: $(STAMP)  ## the tests marked slow: the longest end-to-end runs (CI runs them after `make test`)

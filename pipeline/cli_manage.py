@@ -48,6 +48,43 @@ def targets() -> None:
 
 
 @main.command()
+@click.option("--load", "try_load", is_flag=True, help="also load each one, and say which fail and why")
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@handle_errors
+def plugins(try_load: bool, as_json: bool) -> None:
+    """List the installed plug-ins: the models, losses, back-ends, stages and serving engines that
+    other distributions add through entry points (cskd_pipeline.models, ...), and where they are from.
+
+    \b
+    Example:  cskd-pipeline plugins --load
+    """
+    from pipeline.core import plugins as registry
+
+    rows = []
+    for plugin in registry.installed():
+        row = {"group": plugin.group, "entry_point_group": registry.GROUPS[plugin.group], "name": plugin.name,
+               "object": plugin.value, "distribution": plugin.distribution, "location": plugin.location}
+        if try_load:
+            try:
+                registry.load(plugin.group, plugin.name)
+                row["loads"] = "ok"
+            except registry.PluginError as exc:
+                row["loads"] = str(exc)
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no plug-ins installed (entry point groups: {', '.join(registry.GROUPS.values())})")
+    for row in rows:
+        status = f"  [{row['loads']}]" if try_load else ""
+        click.echo(f"{row['group']:<8} {row['name']:<16} {row['object']}  from {row['distribution']} "
+                   f"({row['location']}){status}")
+    if try_load and any(row["loads"] != "ok" for row in rows):
+        raise SystemExit(3)
+
+
+@main.command()
 @manifest_option
 @click.option("--baseline", "baseline_path", required=True, type=click.Path(path_type=Path),
               help="committed baseline JSON (metrics, tolerances, directions)")

@@ -49,12 +49,30 @@ def resolve_bundle(what: str, ship_dir: Path) -> Path:
                         f"{ship_dir}/ (no {latest}); give shipped/<name>/v<N> or a shipped name")
 
 
+def _engine(name: str):
+    """The engine named by ``--engine``: built in, or added by an installed plug-in (loaded now)."""
+    from pipeline.core import plugins
+    from pipeline.core.errors import ManifestError
+    from serving.engines import Engine
+
+    if name in ENGINES:
+        return ENGINES[name]
+    engine = plugins.load("engines", name)
+    if engine is None:
+        known = sorted({*ENGINES, *(p.name for p in plugins.installed("engines"))})
+        raise ManifestError(f"--engine {name}: not one of {', '.join(known)}")
+    if not isinstance(engine, Engine):
+        raise plugins.failed("engines", name, "is not a serving.engines.Engine(serve, missing)")
+    return engine
+
+
 @main.command()
 @click.argument("bundle")
 @click.option("--target", default=None, help="the exported file to serve: onnx, onnx-int8, openvino, openvino-int8, "
                                              "... (default: the report's fastest within its budget)")
-@click.option("--engine", type=click.Choice(sorted(ENGINES)), default=None,
-              help="the server: litserve (one machine; the default) or ray (Ray Serve: one machine or a cluster)")
+@click.option("--engine", default=None,
+              help="the server: litserve (one machine; the default), ray (Ray Serve: one machine or a cluster), "
+                   "or an engine an installed plug-in adds")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64), help="inference workers")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="the largest batch dynamic batching forms (1: no batching)")
@@ -95,7 +113,8 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     if address is not None and engine == "litserve":
         raise ManifestError("--address deploys onto a Ray cluster: use --engine ray (or leave --engine out)")
     engine = engine or ("ray" if address is not None else "litserve")
-    missing = ENGINES[engine].missing()
+    chosen = _engine(engine)
+    missing = chosen.missing()
     if missing is not None:
         raise MissingBackend(f"serve --engine {engine}: {missing}")
     folder = resolve_bundle(bundle, ship_dir)
@@ -115,7 +134,7 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
     _SERVER.update(pid=os.getpid(), signal=None)
     for signum in (signal.SIGTERM, signal.SIGINT):  # either shuts down every process it started, quietly
         signal.signal(signum, _stop)
-    ENGINES[engine].serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
+    chosen.serve(ServeOptions(bundle=folder.resolve(), target=target, files=files, model_name=name,
                                        replicas=replicas, max_batch=max_batch, batch_wait_ms=batch_wait_ms,
                                        threads_per_replica=threads_per_replica, host=host, port=port,
                                        max_body_mb=max_body_mb, request_timeout_s=request_timeout_s,

@@ -20,10 +20,11 @@ from cskd.checkpoint import load_weights, save_weights, sha256_file
 from cskd.config import Strict
 from cskd.models import Preprocessed, create_model
 from cskd.models.sources import IMAGENET_MEAN, IMAGENET_STD, is_external
+from pipeline.core import plugins
 from pipeline.core.contracts import Located
 from pipeline.core.data_section import DataSource
 from pipeline.core.errors import ManifestError
-from pipeline.core.model_sections import Normalization, WeightsInit
+from pipeline.core.model_sections import Normalization, WeightsInit, known_model
 from pipeline.core.records import TrainedRecord
 from stages.data import dataset
 
@@ -76,12 +77,31 @@ def build_network(name: str, source: DataSource, *, seed: int | None = None,
     if seed is not None:
         torch.manual_seed(seed)  # weight initialisation is part of the recipe
     try:
-        net = create_model(name, num_classes=ds.num_classes, in_channels=ds.in_channels)
+        net = create_model(known_model(name), num_classes=ds.num_classes, in_channels=ds.in_channels)
     except ValueError as exc:
         raise ManifestError(f"model {name}: {exc}") from None
+    if name in plugins.loaded("models"):
+        _check_head(name, net, ds.num_classes, (2, *ds.train.sample_shape))
     mean, std = (preprocess.mean, preprocess.std) if preprocess is not None else (ds.mean, ds.std)
     return Preprocessed(net, mean=_fit_channels(mean, ds.in_channels, "mean"),
                         std=_fit_channels(std, ds.in_channels, "std"))
+
+
+def _check_head(name: str, net: torch.nn.Module, classes: int, shape: tuple[int, ...]) -> None:
+    """A plug-in's network gives one logit per class for the data's images (the checks a built-in
+    model has from its tests): one clear line naming the plug-in, never a shape error mid-training."""
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(shape))
+    except Exception as exc:  # noqa: BLE001 - someone else's network: its failure is the message
+        raise plugins.failed("models", name, f"builds a network that fails on {list(shape)} images "
+                                             f"({type(exc).__name__}: {str(exc)[:120]})") from None
+    finally:
+        net.train()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (shape[0], classes):
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise plugins.failed("models", name, f"builds a network that gives {got} for {list(shape)} images, not "
+                                             f"[{shape[0]}, {classes}]: its factory must size the head by num_classes")
 
 
 def save_network(model: Preprocessed, out_dir: Path) -> Path:

@@ -145,10 +145,12 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     if job.role == "teacher":
         objective = CrossEntropy(model)
     else:
-        from cskd.loss_registry import parse_loss
+        from pipeline.core.model_sections import (
+            loss_config,  # a plug-in's loss is loaded in a worker too
+        )
 
         teacher = load_network(job.teacher_model, source, Path(job.teacher_weights))
-        objective = build_objective(parse_loss(job.loss), model, teacher)
+        objective = build_objective(loss_config(job.loss), model, teacher)
     train_split, val_split = train_val(job.data)
     out_dir = Path(job.out_dir)
     last = train(objective, train_split, val_split, job.train, work_dir=Path(job.work_dir),

@@ -91,12 +91,44 @@ def shipped_run(tmp_path_factory):
     Yields (folder, manifest path, exit code, output); the run's store, report and
     ship folder are relative to ``folder``.
     """
+    folder = tmp_path_factory.mktemp("run")
+    shared = os.environ.get("CSKD_TEST_SHARED")
+    if shared:  # `make test`: its pytest processes make the run once and each works on a copy
+        code, output = _shared_run(Path(shared) / "shipped_run", folder)
+    else:
+        code, output = _tiny_run(folder)
+    with working_dir(folder):
+        yield folder, folder / "tiny.yaml", code, output
+
+
+def _tiny_run(folder: Path) -> tuple[int, str]:
     from click.testing import CliRunner
 
     from pipeline.cli import main
 
-    folder = tmp_path_factory.mktemp("run")
     with working_dir(folder):
         manifest = write_manifest(folder)
         result = CliRunner().invoke(main, ["run", "-m", str(manifest), "--quiet"], catch_exceptions=False)
-        yield folder, manifest, result.exit_code, result.output
+    return result.exit_code, result.output
+
+
+def _shared_run(source: Path, folder: Path) -> tuple[int, str]:
+    """The tiny run made once for every process of ``make test`` (a folder the Makefile makes and
+    removes): the first process to get here runs it, under a lock; each copies it into its own folder.
+    Nothing in a run's folders names the folder itself (its paths are relative), so a copy is the run."""
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    with FileLock(f"{source}.lock"):
+        if not source.is_dir():
+            made = source.with_name(f"{source.name}.tmp-{os.getpid()}")
+            made.mkdir()
+            code, output = _tiny_run(made)
+            (made / "result.json").write_text(json.dumps({"code": code, "output": output}))
+            made.rename(source)
+    shutil.copytree(source, folder, symlinks=True, dirs_exist_ok=True)
+    result = json.loads((folder / "result.json").read_text())
+    (folder / "result.json").unlink()
+    return result["code"], result["output"]

@@ -17,24 +17,59 @@ from pydantic import (
 from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
+from pipeline.core import plugins
 from pipeline.core.contracts import Added, Located
 
 
-def _known_model(name: str) -> str:
+def known_model(name: str) -> str:
+    """``name`` when it is buildable (built in, external, or added by an installed plug-in, which is
+    loaded now); otherwise ``ValueError`` with the names known."""
     from cskd.models import list_models
     from cskd.models.sources import check_external, is_external
 
     if is_external(name):
         check_external(name)
         return name
-    if name not in list_models():
+    if name not in list_models() and not _plugin_model(name):
         raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}, or torchvision:<name>, "
-                         f"timm:<name>")
+                         f"timm:<name>, or a model an installed plug-in adds (`cskd-pipeline plugins`)")
     return name
 
+
+def _plugin_model(name: str) -> bool:
+    """Whether an installed plug-in adds model ``name`` (loaded now, and registered when its entry
+    point is the factory itself rather than a module that registers it)."""
+    from cskd.models import list_models, register_model
+
+    factory = plugins.load("models", name)
+    if factory is None:
+        return False
+    if name not in list_models():
+        if not callable(factory):
+            raise plugins.failed("models", name, f"registered no model named {name!r} and is not a factory")
+        register_model(_named(factory, name))
+    return True
+
+
+def _named(factory, name: str):
+    def build(**kwargs):
+        return factory(**kwargs)
+    build.__name__ = name  # the registry keys a factory by its name (timm's way)
+    return build
+
+
+def loss_config(value: object) -> LossConfig:
+    """``parse_loss``, after loading the plug-in of a loss kind that is not built in."""
+    from cskd.loss_base import registered_losses
+
+    if isinstance(value, dict) and isinstance(value.get("kind"), str) and value["kind"] not in registered_losses():
+        if plugins.load("losses", value["kind"]) is not None and value["kind"] not in registered_losses():
+            raise plugins.failed("losses", value["kind"], f"registered no loss of kind {value['kind']!r}")
+    return parse_loss(value)
+
 ModelName = Annotated[str, Field(max_length=128, description="a registry name, torchvision:<name> or timm:<name>"),
-                      AfterValidator(_known_model)]
-LossField = Annotated[SerializeAsAny[LossConfig], BeforeValidator(parse_loss)]
+                      AfterValidator(known_model)]
+LossField = Annotated[SerializeAsAny[LossConfig], BeforeValidator(loss_config)]
 
 
 class CheckpointRef(Strict):

@@ -83,13 +83,16 @@ def _exists(folder: Path, ids: dict[str, str]) -> bool:
 
 def test_gc_keeps_every_manifests_lineage_whatever_its_report_folder_and_unlinks_planted_links(workdir):
     a = write_manifest(workdir, edited(name="a", report={"dir": "reports_a"}), "a.yaml")
-    b = write_manifest(workdir, edited(name="b", report={"dir": "reports_b"}, student__train__epochs=1), "b.yaml")
+    # b: a lineage of its own from its gate on (its student is a's: one training serves both)
+    b = write_manifest(workdir, edited(name="b", report={"dir": "reports_b"}, gate={"max_drop": 99.0,
+                                                                                  "min_onnx_agreement": 99.0}), "b.yaml")
     assert _cli("run", "-m", str(b), "-q").exit_code == 0
     b_ids = _run_ids(workdir, "b")
     assert _cli("run", "-m", str(a), "-q", "-o", "gate.min_student_top1=100").exit_code == 1  # a failed run
     failed_gate = _run_ids(workdir, "a")["gate"]
     assert _cli("run", "-m", str(a), "-q").exit_code == 0
     a_ids = _run_ids(workdir, "a")
+    assert {k for k in b_ids if b_ids[k] != a_ids.get(k)} >= {"gate", "ship"}  # b's own artifacts
     outside = workdir / "outside"
     outside.mkdir()
     (outside / "keep.txt").write_text("not the pipeline's")

@@ -40,7 +40,8 @@ THIRD := tests/pipeline/test_reliability.py tests/pipeline/test_study.py tests/p
 	tests/pipeline/test_fingerprint.py tests/pipeline/test_model_sources.py \
 	tests/stages/test_int8_defaults.py tests/stages/test_pipeline_stages.py \
 	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
-	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py tests/pipeline/test_search_unit.py
+	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py tests/pipeline/test_search_unit.py \
+	tests/pipeline/test_plugins.py
 FIRST_SKIPS := $(foreach t,$(SECOND) $(THIRD),--ignore=$(t))
 PYTEST_ARGS ?=
 FAST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

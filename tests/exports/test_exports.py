@@ -129,8 +129,9 @@ def test_the_shared_function_table_changes_no_byte_and_is_private_to_our_export(
     monkeypatch.setattr(onnx_export, "_torchlib_registry_once", contextlib.nullcontext)
     own = export_onnx(model, sample=torch.zeros(2, 1, 8, 8), path=tmp_path / "own.onnx", opset=18)
     assert shared.read_bytes() == own.read_bytes()
-    kept = next(iter(onnx_export._REGISTRIES.values()))
-    assert _registration.ONNXRegistry.from_torchlib(opset_version=18) is not kept  # restored after our export
+    # restored after our export: a user's own export builds its own table (that is not built here: 1 s)
+    assert "from_torchlib" in vars(_registration.ONNXRegistry)
+    assert vars(_registration.ONNXRegistry)["from_torchlib"].__func__.__qualname__ == "ONNXRegistry.from_torchlib"
 
 
 def test_fp16_keeps_float32_io_and_accuracy(resnet_onnx, digits):

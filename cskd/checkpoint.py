@@ -10,10 +10,13 @@ import hashlib
 import os
 from pathlib import Path
 
-import torch
-import torch.nn as nn
+from typing import TYPE_CHECKING
 
 from cskd.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is not imported to hash a file: the light commands (runs, gc, ...) start without it
+    import torch
+    import torch.nn as nn
 
 
 def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:

@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torchvision", "torch._dynamo", "scipy.stats", "sklearn", "mlflow", "openvino", "litserve", "ray",
          "matplotlib", "onnxruntime")
 
@@ -23,3 +25,30 @@ def test_planning_the_quickstart_imports_no_heavy_module(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+# The commands that read or move what runs made: none of them computes, so none imports torch or
+# ONNX Runtime (issue 35). gc, schema, validate and plan read the manifest's schema, which the
+# stages register, and still do.
+LIGHT = (["--help"], ["runs"], ["runs", "--json"], ["diff", "{run}", "{run}"], ["bundle", "verify", "shipped/tiny/v1"],
+         ["promote", "tiny", "v1"], ["rollback", "tiny"], ["plugins"])
+COMPUTE = ("torch", "onnxruntime")
+
+
+@pytest.mark.parametrize("command", LIGHT, ids=lambda c: " ".join(c))
+def test_the_light_commands_import_neither_torch_nor_onnx_runtime(shipped_run, tmp_path, command):
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(shipped_run[0], folder, symlinks=True)  # promote and rollback move its latest
+    (run,) = [p.name for p in (folder / "reports" / "tiny" / "runs").iterdir()]
+    args = [part.format(run=run) for part in command]
+    code = ("import json, sys\n"
+            "from pipeline.cli import main\n"
+            "try:\n"
+            f"    main({args!r}, standalone_mode=False)\n"
+            "finally:\n"
+            f"    print(json.dumps([m for m in {COMPUTE!r} if m in sys.modules]))\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], result.stdout + result.stderr

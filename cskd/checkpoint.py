@@ -9,12 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 from cskd.errors import CheckpointError
 
-if TYPE_CHECKING:  # torch is not imported to hash a file: the light commands (runs, gc, ...) start without it
+if TYPE_CHECKING:  # not imported to hash a file: the light commands (runs, promote, ...) start without torch
     import torch
     import torch.nn as nn
 

@@ -48,12 +48,13 @@ def targets() -> None:
 
 
 @main.command()
-@click.option("--load", "try_load", is_flag=True, help="also load each one, and say which fail and why")
+@click.option("--load", "try_load", is_flag=True, help="also load each one: which fail, and why")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @handle_errors
 def plugins(try_load: bool, as_json: bool) -> None:
-    """List the installed plug-ins: the models, losses, back-ends, stages and serving engines that
-    other distributions add through entry points (cskd_pipeline.models, ...), and where they are from.
+    """List the installed plug-ins: the models, losses, back-ends, stages and serving engines
+    that other distributions add through entry points (cskd_pipeline.models, ...), and where
+    they come from.
 
     \b
     Example:  cskd-pipeline plugins --load
@@ -62,8 +63,9 @@ def plugins(try_load: bool, as_json: bool) -> None:
 
     rows = []
     for plugin in registry.installed():
-        row = {"group": plugin.group, "entry_point_group": registry.GROUPS[plugin.group], "name": plugin.name,
-               "object": plugin.value, "distribution": plugin.distribution, "location": plugin.location}
+        row = {"group": plugin.group, "entry_point_group": registry.GROUPS[plugin.group],
+               "name": plugin.name, "object": plugin.value, "distribution": plugin.distribution,
+               "location": plugin.location}
         if try_load:
             try:
                 registry.load(plugin.group, plugin.name)
@@ -75,7 +77,8 @@ def plugins(try_load: bool, as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo(f"no plug-ins installed (entry point groups: {', '.join(registry.GROUPS.values())})")
+        groups = ", ".join(registry.GROUPS.values())
+        click.echo(f"no plug-ins installed (entry point groups: {groups})")
     for row in rows:
         status = f"  [{row['loads']}]" if try_load else ""
         click.echo(f"{row['group']:<8} {row['name']:<16} {row['object']}  from {row['distribution']} "

@@ -71,8 +71,8 @@ def _engine(name: str):
 @click.option("--target", default=None, help="the exported file to serve: onnx, onnx-int8, openvino, openvino-int8, "
                                              "... (default: the report's fastest within its budget)")
 @click.option("--engine", default=None,
-              help="the server: litserve (one machine; the default), ray (Ray Serve: one machine or a cluster), "
-                   "or an engine an installed plug-in adds")
+              help="the server: litserve (one machine; the default), ray (Ray Serve: one machine "
+                   "or a cluster), or an engine an installed plug-in adds")
 @click.option("--replicas", default=1, show_default=True, type=click.IntRange(1, 64), help="inference workers")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1, 4096),
               help="the largest batch dynamic batching forms (1: no batching)")

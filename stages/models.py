@@ -77,7 +77,8 @@ def build_network(name: str, source: DataSource, *, seed: int | None = None,
     if seed is not None:
         torch.manual_seed(seed)  # weight initialisation is part of the recipe
     try:
-        net = create_model(known_model(name), num_classes=ds.num_classes, in_channels=ds.in_channels)
+        known = known_model(name)  # loads a plug-in's model here too (in a training worker)
+        net = create_model(known, num_classes=ds.num_classes, in_channels=ds.in_channels)
     except ValueError as exc:
         raise ManifestError(f"model {name}: {exc}") from None
     if name in plugins.loaded("models"):
@@ -88,20 +89,21 @@ def build_network(name: str, source: DataSource, *, seed: int | None = None,
 
 
 def _check_head(name: str, net: torch.nn.Module, classes: int, shape: tuple[int, ...]) -> None:
-    """A plug-in's network gives one logit per class for the data's images (the checks a built-in
-    model has from its tests): one clear line naming the plug-in, never a shape error mid-training."""
+    """A plug-in's network gives one logit per class for the data's images (the check a built-in
+    model has from its tests): one line naming the plug-in, never a shape error mid-training."""
     try:
         with torch.no_grad():
             out = net.eval()(torch.zeros(shape))
     except Exception as exc:  # noqa: BLE001 - someone else's network: its failure is the message
-        raise plugins.failed("models", name, f"builds a network that fails on {list(shape)} images "
-                                             f"({type(exc).__name__}: {str(exc)[:120]})") from None
+        why = f"builds a network that fails on {list(shape)} images ({type(exc).__name__}: {exc})"
+        raise plugins.failed("models", name, why[:300]) from None
     finally:
         net.train()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (shape[0], classes):
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise plugins.failed("models", name, f"builds a network that gives {got} for {list(shape)} images, not "
-                                             f"[{shape[0]}, {classes}]: its factory must size the head by num_classes")
+        why = (f"builds a network that gives {got} for {list(shape)} images, not "
+               f"[{shape[0]}, {classes}]: its factory must size the head by num_classes")
+        raise plugins.failed("models", name, why)
 
 
 def save_network(model: Preprocessed, out_dir: Path) -> Path:

@@ -31,8 +31,9 @@ def known_model(name: str) -> str:
         check_external(name)
         return name
     if name not in list_models() and not _plugin_model(name):
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}, or torchvision:<name>, "
-                         f"timm:<name>, or a model an installed plug-in adds (`cskd-pipeline plugins`)")
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(list_models())}, or "
+                         f"torchvision:<name>, timm:<name>, or a model an installed plug-in adds "
+                         f"(`cskd-pipeline plugins`)")
     return name
 
 
@@ -46,7 +47,8 @@ def _plugin_model(name: str) -> bool:
         return False
     if name not in list_models():
         if not callable(factory):
-            raise plugins.failed("models", name, f"registered no model named {name!r} and is not a factory")
+            why = f"registered no model named {name!r} and is not a factory"
+            raise plugins.failed("models", name, why)
         register_model(_named(factory, name))
     return True
 
@@ -62,10 +64,12 @@ def loss_config(value: object) -> LossConfig:
     """``parse_loss``, after loading the plug-in of a loss kind that is not built in."""
     from cskd.loss_base import registered_losses
 
-    if isinstance(value, dict) and isinstance(value.get("kind"), str) and value["kind"] not in registered_losses():
-        if plugins.load("losses", value["kind"]) is not None and value["kind"] not in registered_losses():
-            raise plugins.failed("losses", value["kind"], f"registered no loss of kind {value['kind']!r}")
+    kind = value.get("kind") if isinstance(value, dict) else None
+    if isinstance(kind, str) and kind not in registered_losses():
+        if plugins.load("losses", kind) is not None and kind not in registered_losses():
+            raise plugins.failed("losses", kind, f"registered no loss of kind {kind!r}")
     return parse_loss(value)
+
 
 ModelName = Annotated[str, Field(max_length=128, description="a registry name, torchvision:<name> or timm:<name>"),
                       AfterValidator(known_model)]

@@ -1,9 +1,9 @@
-"""Plug-ins: installed distributions that add models, losses, export back-ends, stages or serving
-engines through entry points (pytest's and MLflow's way), so a user extends the pipeline without
-forking it. A distribution declares them in its ``pyproject.toml``::
+"""Plug-ins: installed distributions that add models, losses, export back-ends, stages or
+serving engines through entry points (pytest's and MLflow's way), so a user extends the pipeline
+without forking it. A distribution declares them in its ``pyproject.toml``::
 
     [project.entry-points."cskd_pipeline.models"]
-    acme_net = "acme_nets.models:acme_net"      # a factory (num_classes=, in_channels=) -> nn.Module
+    acme_net = "acme_nets.models:acme_net"   # a factory (num_classes=, in_channels=) -> nn.Module
     [project.entry-points."cskd_pipeline.losses"]
     acme_kd = "acme_nets.losses"                # registers kind "acme_kd" with @register_loss
 
@@ -55,22 +55,25 @@ _LOCK = threading.Lock()  # a study's or search's threads may validate manifests
 
 
 def installed(group: str | None = None) -> list[Plugin]:
-    """The plug-ins installed in this environment (one group, or every group), without loading any."""
+    """The plug-ins installed here (of one group, or of every group), none of them loaded."""
     found = []
     for key, name in GROUPS.items():
-        if group is not None and key != group:
-            continue
-        for point in metadata.entry_points(group=name):
-            dist = point.dist
-            found.append(Plugin(key, point.name, point.value,
-                                f"{dist.metadata['Name']} {dist.version}" if dist else "an unknown distribution",
-                                str(dist.locate_file("")) if dist else "?"))
+        if group is None or key == group:
+            found += [_plugin(key, point) for point in metadata.entry_points(group=name)]
     return sorted(found, key=lambda p: (p.group, p.name))
 
 
+def _plugin(group: str, point: metadata.EntryPoint) -> Plugin:
+    dist = point.dist
+    if dist is None:
+        return Plugin(group, point.name, point.value, "an unknown distribution", "?")
+    return Plugin(group, point.name, point.value, f"{dist.metadata['Name']} {dist.version}",
+                  str(dist.locate_file("")))
+
+
 def load(group: str, name: str) -> object | None:
-    """The object of ``group``'s entry point ``name`` (its module imported), or None if no installed
-    distribution has one. Raises ``PluginError`` (one line) when the plug-in fails to load."""
+    """The object of ``group``'s entry point ``name`` (its module imported), or None if no
+    installed distribution has one. ``PluginError`` (one line) when the plug-in fails to load."""
     key = (group, name)
     with _LOCK:
         if key in _LOADED:
@@ -78,7 +81,7 @@ def load(group: str, name: str) -> object | None:
         points = [p for p in metadata.entry_points(group=GROUPS[group]) if p.name == name]
         if not points:
             return None
-        _LOADED[key] = _load_one(group, points[0])
+        _LOADED[key] = _load_one(_plugin(group, points[0]), points[0])
         return _LOADED[key]
 
 
@@ -88,19 +91,18 @@ def loaded(group: str) -> set[str]:
 
 
 def load_all(group: str) -> dict[str, object]:
-    """Every installed plug-in of ``group``, loaded: stages and back-ends (planning consults them all)."""
+    """Every installed plug-in of ``group``, loaded (stages, back-ends: planning asks them all)."""
     return {p.name: load(group, p.name) for p in installed(group)}
 
 
-def _load_one(group: str, point: metadata.EntryPoint) -> object:
-    dist = point.dist
-    plugin = Plugin(group, point.name, point.value, f"{dist.metadata['Name']} {dist.version}" if dist else "?", "")
+def _load_one(plugin: Plugin, point: metadata.EntryPoint) -> object:
     try:
         return point.load()
-    except Exception as exc:  # noqa: BLE001 - any failure of someone else's code is one line naming it
+    except Exception as exc:  # noqa: BLE001 - what someone else's code raises: one line naming it
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise PluginError(f"plug-in {plugin.distribution}: the {plugin.describe()} failed to load "
-                          f"({type(exc).__name__}: {first}); fix or uninstall that distribution") from None
+                          f"({type(exc).__name__}: {first}); fix or uninstall that distribution"
+                          ) from None
 
 
 def failed(group: str, name: str, why: str) -> PluginError:

@@ -33,7 +33,8 @@ def test_every_config_parses_and_matches_the_models(shipped_run, monkeypatch, tm
     out = tmp_path / "repo"
     targets = "export.targets=[onnx, onnx-int8, openvino]"
     result = CliRunner().invoke(main, ["export", "-m", str(manifest), "--target", "triton", "--out", str(out),
-                                       "-o", targets, "-o", "latency={batch_sizes: [1, 16]}", "--quiet"])
+                                       "-o", targets, "-o", "latency={batch_sizes: [1, 16]}", "--quiet",
+                                       "-o", "export.int8.operators=weighted"])  # no operator choice to make
     assert result.exit_code == 0, result.output
     configs = sorted(out.glob("*/config.pbtxt"))
     assert [c.parent.name for c in configs] == ["tiny_onnx", "tiny_onnx_int8", "tiny_openvino"]

@@ -17,7 +17,10 @@ from pipeline.orchestrator import plan
 from tests.conftest import edited, working_dir, write_manifest
 
 ALL_CPU_TARGETS = ["onnx", "onnx-fp16", "onnx-int8", "openvino", "openvino-int8"]
-FULL = edited(export={"targets": ALL_CPU_TARGETS, "int8": {"calibration_images": 128, "max_drop": 100.0},
+# operators: weighted: the choice `auto` makes (and the QAD simulation it exports to make it) is
+# test_int8_defaults.py's subject, not this file's
+FULL = edited(export={"targets": ALL_CPU_TARGETS, "int8": {"calibration_images": 128, "max_drop": 100.0,
+                                                           "operators": "weighted"},
                       "fp16_max_drop": 100.0, "openvino": {"max_drop": 100.0}},
               latency={"batch_sizes": [1, 16], "runs": 100, "warmup": 2})
 

@@ -77,6 +77,16 @@ def tiny_manifest(workdir) -> Path:
 
 
 @pytest.fixture
+def tiny_trained(shipped_run, workdir) -> Path:
+    """The tiny manifest in a working directory whose store holds the tiny run's artifacts (a copy):
+    for a test whose subject comes after training, the run computes only what its edits change."""
+    import shutil
+
+    shutil.copytree(shipped_run[0] / ".cskd", workdir / ".cskd", symlinks=True)
+    return write_manifest(workdir)
+
+
+@pytest.fixture
 def fashion_root() -> Path:
     root = SHARED_DATA / "fashion-mnist"
     if not (root / "train-images-idx3-ubyte.gz").is_file():

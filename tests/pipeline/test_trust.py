@@ -176,7 +176,7 @@ def test_a_ship_folder_symlinked_out_of_the_working_directory_is_refused(workdir
     assert not any(outside.iterdir())
 
 
-def test_output_folders_of_the_version_before_markers_are_adopted_not_refused(workdir):
+def test_output_folders_of_the_version_before_markers_are_adopted_not_refused(tiny_trained, workdir):
     # Upgrading: reports/<name>/ and shipped/<name>/ as the previous version wrote them (no marker).
     (workdir / "reports" / "tiny").mkdir(parents=True)
     (workdir / "reports" / "tiny" / "report.json").write_text("{}")

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from pipeline.core.contracts import registered_stages
+from pipeline.core.errors import StoreError
 from pipeline.core.store import Artifact
 
 
@@ -112,6 +113,11 @@ def kind_of(role: type[StageRecord]) -> str:
     return kinds[0]
 
 
+class RecordMismatch(StoreError, ValueError):
+    """A stored record that does not fit its stage's record model (exit 4, one line; still the
+    ``ValueError`` a caller of ``find`` that reads untrusted records may catch)."""
+
+
 def find(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R] | None:
     """The artifact playing ``role`` among ``artifacts`` (by stage kind), or None when that stage
     did not run in this plan."""
@@ -119,7 +125,15 @@ def find(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R] | None:
     if kind not in artifacts:
         return None
     artifact = artifacts[kind]
-    return Found(artifact, registered_stages()[kind].Record.model_validate(artifact.metrics))
+    record_type = registered_stages()[kind].Record
+    try:
+        return Found(artifact, record_type.model_validate(artifact.metrics))
+    except ValidationError as exc:  # stored before its model changed: one line, and the fix
+        first, short = exc.errors()[0], str(getattr(artifact, "id", "?"))[:12]
+        where = ".".join(map(str, first["loc"]))
+        raise RecordMismatch(f"the stored {kind} artifact {short} does not fit "
+                             f"{record_type.__name__} ({where}: {first['msg']}); recompute it with "
+                             f"`cskd-pipeline run --force {kind}`") from None
 
 
 def need(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R]:

@@ -57,6 +57,22 @@ def test_a_record_that_does_not_fit_the_declared_model_is_not_committed(tiny_tra
     assert not (workdir / "shipped").exists()
 
 
+def test_a_stored_record_that_no_longer_fits_its_model_is_one_line_with_the_fix(tiny_trained, monkeypatch):
+    """A record model made stricter without a stage version bump: the cached verdict is refused
+    with one line naming the artifact and the command that recomputes it (not pydantic's dump)."""
+    from stages.gate import GateStage
+
+    class Stricter(VerdictRecord):
+        reviewer: str
+
+    monkeypatch.setattr(GateStage, "Record", Stricter)
+    result = CliRunner().invoke(main, ["run", "-m", str(tiny_trained), "--quiet"])  # the gate is cached
+    assert result.exit_code == EXIT_RUNTIME, result.output
+    errors = [line for line in result.output.splitlines() if "error" in line]
+    assert len(errors) == 1 and "the stored gate artifact" in errors[0] and "Stricter (reviewer: Field required)" \
+        in errors[0] and "cskd-pipeline run --force gate" in errors[0], result.output
+
+
 @pytest.mark.parametrize("passed", ["true", 1, "yes"])
 def test_a_verdict_passes_only_on_true_itself(passed):
     from pipeline.core.records import find

@@ -107,5 +107,7 @@ def _load_one(plugin: Plugin, point: metadata.EntryPoint) -> object:
 
 def failed(group: str, name: str, why: str) -> PluginError:
     """The one-line error for a plug-in that loaded and does not do what its group promises."""
-    point = next(p for p in installed(group) if p.name == name)
+    point = next((p for p in installed(group) if p.name == name), None)
+    if point is None:  # uninstalled since it loaded
+        return PluginError(f"plug-in: the {group} entry point {name!r} {why}")
     return PluginError(f"plug-in {point.distribution}: the {point.describe()} {why}")

@@ -64,6 +64,21 @@ def working_dir(folder: Path):
         os.chdir(cwd)
 
 
+def write_distribution(root: Path, name: str, version: str, modules: dict[str, str], entry_points: str) -> Path:
+    """An installed distribution as pip leaves one on ``root`` (a ``sys.path`` entry): the package
+    ``name`` (with ``-`` as ``_``) holding ``modules`` (module name -> source), and its ``.dist-info``
+    with METADATA and ``entry_points.txt``. For the plug-in tests."""
+    package = root / name.replace("-", "_")
+    package.mkdir()
+    for module, text in {"__init__": "", **modules}.items():
+        (package / f"{module}.py").write_text(textwrap.dedent(text))
+    info = root / f"{package.name}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text(textwrap.dedent(entry_points).lstrip())
+    return root
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A temporary working directory (stores and ship folders are relative to it)."""

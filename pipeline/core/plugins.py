@@ -51,7 +51,9 @@ class Plugin:
 
 
 _LOADED: dict[tuple[str, str], object] = {}
-_LOCK = threading.Lock()  # a study's or search's threads may validate manifests at once
+# a study's or search's threads may validate manifests at once; reentrant, as a plug-in's module may
+# import the stages package, which loads the stage and back-end plug-ins
+_LOCK = threading.RLock()
 
 
 def installed(group: str | None = None) -> list[Plugin]:
@@ -87,7 +89,7 @@ def load(group: str, name: str) -> object | None:
 
 def loaded(group: str) -> set[str]:
     """The names of ``group`` that installed plug-ins added in this process so far."""
-    return {name for (g, name), obj in _LOADED.items() if g == group and obj is not None}
+    return {name for g, name in _LOADED if g == group}
 
 
 def load_all(group: str) -> dict[str, object]:

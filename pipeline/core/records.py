@@ -129,10 +129,9 @@ def find(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R] | None:
     try:
         return Found(artifact, record_type.model_validate(artifact.metrics))
     except ValidationError as exc:  # stored before its model changed: one line, and the fix
-        first, short = exc.errors()[0], str(getattr(artifact, "id", "?"))[:12]
-        where = ".".join(map(str, first["loc"]))
+        short = str(getattr(artifact, "id", "?"))[:12]
         raise RecordMismatch(f"the stored {kind} artifact {short} does not fit "
-                             f"{record_type.__name__} ({where}: {first['msg']}); recompute it with "
+                             f"{record_type.__name__} ({_first_error(exc)}); recompute it with "
                              f"`cskd-pipeline run --force {kind}`") from None
 
 
@@ -173,6 +172,11 @@ def checked(kind: str, record_type: type[StageRecord] | None, metrics: dict[str,
     try:
         record_type.model_validate(metrics)
     except ValidationError as exc:
-        first = exc.errors()[0]
         raise TypeError(f"the {kind} stage's metrics do not fit its {record_type.__name__}: "
-                        f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+                        f"{_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    """``field.path: message`` of a validation error's first error: one line."""
+    first = exc.errors()[0]
+    return f"{'.'.join(map(str, first['loc']))}: {first['msg']}"

@@ -10,10 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import write_distribution
 
 MODELS = '''
 import torch.nn as nn
@@ -147,17 +148,9 @@ acme-echo = acme_plugin.engine:ENGINE
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     """The installed distribution ``acme-plugin 1.0``: its package and its dist-info."""
-    root = tmp_path_factory.mktemp("site")
-    package = root / "acme_plugin"
-    package.mkdir()
-    for name, text in {"__init__": "", "models": MODELS, "losses": LOSSES, "backends": BACKENDS,
-                       "engine": ENGINE}.items():
-        (package / f"{name}.py").write_text(textwrap.dedent(text))
-    info = root / "acme_plugin-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-plugin\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS).lstrip())
-    return root
+    return write_distribution(tmp_path_factory.mktemp("site"), "acme-plugin", "1.0",
+                              {"models": MODELS, "losses": LOSSES, "backends": BACKENDS, "engine": ENGINE},
+                              ENTRY_POINTS)
 
 
 def _cli(site: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess:

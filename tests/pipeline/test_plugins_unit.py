@@ -5,7 +5,6 @@ failure. Everything a test registers is taken out again after it."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 
 from pipeline.cli import main
 from pipeline.core import plugins
+from tests.conftest import write_distribution
 
 MODULE = '''
 import torch.nn as nn
@@ -48,13 +48,7 @@ not-an-engine = unit_plugin.things:ENGINE
 
 @pytest.fixture
 def site(tmp_path, monkeypatch):
-    (tmp_path / "unit_plugin").mkdir()
-    (tmp_path / "unit_plugin" / "__init__.py").write_text("")
-    (tmp_path / "unit_plugin" / "things.py").write_text(textwrap.dedent(MODULE))
-    info = tmp_path / "unit_plugin-2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: unit-plugin\nVersion: 2.3\n")
-    (info / "entry_points.txt").write_text(textwrap.dedent(ENTRY_POINTS).lstrip())
+    write_distribution(tmp_path, "unit-plugin", "2.3", {"things": MODULE}, ENTRY_POINTS)
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(plugins, "_LOADED", {})  # this test's loads only
     yield tmp_path

@@ -109,6 +109,77 @@ def fashion_root() -> Path:
     return root
 
 
+# The exporter's own tests export for real every time; the other tests' exports are a dependency.
+EXPORTER_TESTS = ("tests/exports/test_exports.py::",)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_exports():
+    """Under `make test`, an ONNX export of a network already exported with the same weights, sample
+    and settings (by any of its processes) is read back instead of exported again (issue 39).
+
+    Training is deterministic, so tests running the tiny manifest in their own folders export the
+    very same student: 74 exports in one `make test`, 40 of them repeats, about a third of its CPU
+    time. The exporter's output is a function of what the key holds (test_exports.py shows it
+    byte-identical from one export to the next); its own tests and plain `pytest` export every time.
+    """
+    shared = os.environ.get("CSKD_TEST_SHARED")
+    if not shared:
+        yield
+        return
+    import torch
+
+    real = torch.onnx.export
+    folder = Path(shared) / "onnx"
+    folder.mkdir(exist_ok=True)
+
+    def export(model, args, **options):
+        if os.environ.get("PYTEST_CURRENT_TEST", "").startswith(EXPORTER_TESTS) or not options.get("dynamo"):
+            return real(model, args, **options)
+        path = folder / f"{_export_key(model, args, options)}.onnx"
+        if not path.is_file():
+            made = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+            real(model, args, **options).save(str(made))
+            made.replace(path)  # whole or absent for the other processes
+        return _ExportedFile(path)
+
+    torch.onnx.export = export
+    try:
+        yield
+    finally:
+        torch.onnx.export = real
+
+
+class _ExportedFile:
+    """What the export returns, as far as `exports.onnx_export` uses it: ``save(path)``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save(self, destination: str) -> None:
+        Path(destination).write_bytes(self.path.read_bytes())
+
+
+def _export_key(model, args, options) -> str:
+    """Everything the exported file follows from: each module's class and plain settings (the
+    printed network, a traced graph's code), every parameter and buffer's bytes, the sample's
+    shape and type, the export options, and torch's version."""
+    import hashlib
+
+    import torch
+
+    digest = hashlib.sha256(f"{torch.__version__}|{model}|{sorted(options.items(), key=str)}".encode())
+    for name, module in model.named_modules():
+        plain = {k: v for k, v in vars(module).items() if isinstance(v, (bool, int, float, str, tuple, type(None)))}
+        digest.update(f"{name}|{type(module).__module__}.{type(module).__qualname__}|{sorted(plain.items())}".encode())
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    for sample in args:
+        digest.update(f"{sample.dtype}|{tuple(sample.shape)}".encode())
+    return digest.hexdigest()
+
+
 @pytest.fixture(scope="session")
 def shipped_run(tmp_path_factory):
     """One full run of the tiny manifest (digits), shared by the tests that read its results.

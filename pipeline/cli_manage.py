@@ -191,7 +191,7 @@ def diff(run_a: str, run_b: str, report_root: Path, everything: bool) -> None:
     it is shown only with --all, marked as such.
 
     \b
-    Example:  cskd-pipeline diff 20261128T031500Z 20261128T032210Z   (a unique prefix is enough)
+    Example:  cskd-pipeline diff 20261128T031500 20261128T032210   (a unique prefix is enough)
     """
     from pipeline.history import diff_runs, find_run
 

@@ -32,8 +32,10 @@ RUNS = "runs"
 
 
 def new_run_id() -> str:
-    """Sortable by time, unique across concurrent runs: ``20261128T031500Z-1a2b3c``."""
-    return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:6]}"
+    """Sortable by time, unique across concurrent runs: ``20261128T031500.042Z-1a2b3c``. The
+    milliseconds keep two runs of one second in order (a run that recomputes nothing takes less)."""
+    now = time.time()
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(now))}.{int(now % 1 * 1000):03d}Z-{uuid.uuid4().hex[:6]}"
 
 
 # What versions before markers wrote into reports/<name>/ and shipped/<name>/: a folder holding

@@ -107,6 +107,20 @@ def test_runs_skips_an_unreadable_report_with_one_warning_and_diff_names_it(work
     _one_line(_invoke("diff", "20261130T000001Z", "20261130T000003Z"), 2, "20261130T000003Z-ccccc3/report.json")
 
 
+def test_run_ids_made_within_one_second_sort_in_the_order_they_were_made():
+    import re
+    import time
+
+    from pipeline.history import new_run_id
+
+    ids = []
+    for _ in range(6):  # a run that recomputes nothing takes well under a second
+        ids.append(new_run_id())
+        time.sleep(0.003)
+    assert sorted(ids) == ids, ids  # `runs` lists, and `diff` and the champion rule read, in this order
+    assert all(re.fullmatch(r"\d{8}T\d{6}\.\d{3}Z-[0-9a-f]{6}", run) for run in ids), ids
+
+
 # ---- a missing Slurm --------------------------------------------------------------------
 def test_study_with_slurm_launcher_and_no_slurm_is_exit_3_before_anything_trains(workdir, monkeypatch):
     pytest.importorskip("submitit")

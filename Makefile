@@ -35,12 +35,13 @@ pipeline: $(STAMP)  ## run a manifest end to end (MANIFEST=name-in-manifests/ or
 # output follows the first's; any failing fails the target.
 SECOND := tests/pipeline/test_tracking.py tests/pipeline/test_serve.py tests/pipeline/test_new_backend.py \
 	tests/stages/test_qad.py tests/stages/test_serving_stage.py tests/stages/test_champion_unit.py \
-	tests/stages/test_gate.py tests/stages/test_stats.py tests/pipeline/test_trust.py
+	tests/stages/test_gate.py tests/stages/test_stats.py tests/pipeline/test_trust.py tests/pipeline/test_manifest.py
 THIRD := tests/pipeline/test_reliability.py tests/pipeline/test_study.py tests/pipeline/test_release.py \
 	tests/pipeline/test_fingerprint.py tests/pipeline/test_model_sources.py \
 	tests/stages/test_int8_defaults.py tests/stages/test_pipeline_stages.py \
 	tests/pipeline/test_behaviour_digests.py tests/pipeline/test_releases_unit.py tests/pipeline/test_codec_unit.py \
-	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py tests/pipeline/test_search_unit.py
+	tests/test_docs.py tests/test_startup.py tests/test_import_graph.py tests/pipeline/test_search_unit.py \
+	tests/pipeline/test_cli_conventions.py
 FIRST_SKIPS := $(foreach t,$(SECOND) $(THIRD),--ignore=$(t))
 PYTEST_ARGS ?=
 FAST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -10,12 +10,16 @@ from pathlib import Path
 import click
 
 from pipeline.cli_base import (
+    EXAMPLES,
     handle_errors,
     load_from_option,
     main,
     manifest_option,
     registered_backends,
 )
+from pipeline.core.errors import ManifestError
+
+DIGITS_EXAMPLE = "digits"  # `init --example digits`: an image folder and its manifest, not a file of examples/
 
 
 @main.command()
@@ -208,32 +212,47 @@ def diff(run_a: str, run_b: str, report_root: Path, everything: bool) -> None:
 
 @main.command()
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("."))
-@click.option("--example", is_flag=True,
-              help="also write an image folder to try it on (the digits as PNG files in DIRECTORY/images/"
-                   "train|test/<class>/), with the manifest reading it: no download needed")
+@click.option("--example", metavar="NAME", is_flag=False, flag_value=DIGITS_EXAMPLE, default=None,
+              help="start from an example instead of the starter: a ready manifest by name (quickstart, "
+                   "resnet8x4, ...: each of manifests/), or `digits` (the default for a bare --example): an "
+                   "image folder to try it on (the digits as PNG files in DIRECTORY/images/train|test/<class>/) "
+                   "with the manifest reading it, no download needed")
 @handle_errors
-def init(directory: Path, example: bool) -> None:
+def init(directory: Path, example: str | None) -> None:
     """Write a commented starter manifest, DIRECTORY/manifest.yaml, that runs as written.
 
     \b
     Examples: cskd-pipeline init my-project && cd my-project && cskd-pipeline run
-              cskd-pipeline init --example my-first && cd my-first && cskd-pipeline run
+              cskd-pipeline init my-first --example digits && cd my-first && cskd-pipeline run
+              cskd-pipeline init cifar --example resnet8x4   (a ready manifest, to edit)
     """
     from pipeline.core.files import write_new_file
 
     starter = (Path(__file__).parent / "starter.yaml").read_text()
     target = directory / "manifest.yaml"
-    if example:
+    if example == DIGITS_EXAMPLE:
         from pipeline.example_folder import write_example
 
         target, counts = write_example(directory, starter)
         click.echo(f"wrote {directory / 'images'} ({counts['train']} training and {counts['test']} test PNG "
                    f"images, a folder per class)")
     else:
-        write_new_file(target, starter, what="manifest")
+        text = starter if example is None else example_manifest(example, directory).read_text()
+        write_new_file(target, text, what="manifest")
     next_step = "cskd-pipeline run" if directory.resolve() == Path.cwd().resolve() else \
         f"cd {directory} && cskd-pipeline run"
     click.echo(f"wrote {target}; next: {next_step}")
+
+
+def example_manifest(name: str, directory: Path) -> Path:
+    """The ready manifest ``name`` installed with the package; a one-line error listing them if none
+    is called that (``init --example my-first``, the order of earlier versions, lands here)."""
+    path = EXAMPLES / f"{name.removesuffix('.yaml')}.yaml"
+    if path.is_file():
+        return path
+    known = ", ".join([DIGITS_EXAMPLE, *sorted(p.stem for p in EXAMPLES.glob("*.yaml"))])
+    raise ManifestError(f"init --example: no example named {name!r} (examples: {known}); the folder comes "
+                        f"first: cskd-pipeline init {name if directory == Path('.') else directory} --example NAME")
 
 
 @main.command()

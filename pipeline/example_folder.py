@@ -1,4 +1,4 @@
-"""``cskd-pipeline init --example``: an image folder a newcomer has without downloading anything
+"""``cskd-pipeline init DIR --example digits``: an image folder a newcomer has without downloading anything
 (scikit-learn's handwritten digits, saved as PNG files in the ``train/``/``test/`` layout a user's
 own images take) and a manifest that reads it, so the "your own image folder" path is tried before
 anyone brings their own."""

@@ -34,7 +34,7 @@ _VARYING = [
     (re.compile(r"\b\d+ img/s\b"), "<img/s>"),                              # throughput
     (re.compile(r"(fastest at batch \d+:) \S+"), r"\1 <backend>"),            # which back-end wins a timing
     (re.compile(r"ETA \d+:\d\d(:\d\d)?"), "ETA <t>"),
-    (re.compile(r"\d{8}T\d{6}Z-[0-9a-f]{6}"), "<run>"),                      # run id
+    (re.compile(r"\d{8}T\d{6}(\.\d{3})?Z-[0-9a-f]{6}"), "<run>"),             # run id (milliseconds since 2026-12)
 ]
 _NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
 _ID = re.compile(r"\b[0-9a-f]{12}\b")

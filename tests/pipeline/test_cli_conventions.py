@@ -114,7 +114,7 @@ def test_init_example_writes_the_digits_as_an_image_folder_and_a_manifest_that_r
 
     from pipeline.manifest_io import load_manifest
 
-    code, out = _cli("init", "--example", "first")
+    code, out = _cli("init", "first", "--example")
     assert code == 0, out
     assert out.splitlines() == ["wrote first/images (1438 training and 359 test PNG images, a folder per class)",
                                 "wrote first/manifest.yaml; next: cd first && cskd-pipeline run"]
@@ -129,15 +129,34 @@ def test_init_example_writes_the_digits_as_an_image_folder_and_a_manifest_that_r
     assert manifest.data.name == "imagefolder" and manifest.data.grayscale and str(manifest.data.root) == "images"
     # never over something that is there, and nothing half-written next to it
     (workdir / "second" / "images").mkdir(parents=True)
-    code, out = _cli("init", "--example", "second")
+    code, out = _cli("init", "second", "--example", "digits")
     assert code == 2 and "images already exists" in out
     assert [p.name for p in (workdir / "second").iterdir()] == ["images"]
     assert not any((workdir / "second" / "images").iterdir())
 
 
+def test_init_example_copies_a_ready_manifest_and_names_them_all_for_one_it_does_not_have(workdir, monkeypatch):
+    from pipeline.cli_base import EXAMPLES
+
+    code, out = _cli("init", "cifar", "--example", "resnet8x4")
+    assert code == 0 and out.strip() == "wrote cifar/manifest.yaml; next: cd cifar && cskd-pipeline run", out
+    assert (workdir / "cifar" / "manifest.yaml").read_text() == (EXAMPLES / "resnet8x4.yaml").read_text()
+    monkeypatch.chdir(workdir / "cifar")
+    code, out = _cli("validate")
+    assert code == 0 and out.startswith("manifest.yaml: valid (resnet8x4:"), out
+    monkeypatch.chdir(workdir)
+    # the order of earlier versions (`init --example DIR`) and a misspelt name: one line, nothing written
+    for args, fix in ((["--example", "my-first"], "cskd-pipeline init my-first --example NAME"),
+                      (["there", "--example", "quikstart"], "cskd-pipeline init there --example NAME")):
+        code, out = _cli("init", *args)
+        assert code == 2 and len(out.strip().splitlines()) == 1, out
+        assert "no example named" in out and "digits, cifar10-cpu, " in out and "quickstart" in out and fix in out, out
+    assert sorted(p.name for p in workdir.iterdir()) == ["cifar"]
+
+
 @pytest.mark.slow  # a whole run on the example folder (about a minute)
 def test_the_example_folder_runs_and_ships(workdir, monkeypatch):
-    assert _cli("init", "--example", "first")[0] == 0
+    assert _cli("init", "first", "--example")[0] == 0
     monkeypatch.chdir(workdir / "first")
     code, out = _cli("run", "--quiet")
     assert code == 0, out

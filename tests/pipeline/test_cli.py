@@ -133,18 +133,20 @@ def test_bad_manifest_is_one_line_exit_2_without_traceback(workdir):
     assert not (workdir / ".cskd").exists()  # nothing was computed or written
 
 
-def test_default_manifest_from_the_repository_root():
-    proc = _subprocess(["validate"], REPO)
-    assert proc.returncode == 0 and "manifests/quickstart.yaml: valid" in proc.stdout
+def test_default_manifest_from_the_repository_root(monkeypatch):
+    monkeypatch.chdir(REPO)
+    code, out = _cli("validate")
+    assert code == 0 and "manifests/quickstart.yaml: valid" in out
 
 
 def test_resnet8x4_manifest_validates_and_stops_at_missing_data(workdir):
-    proc = _subprocess(["validate", "-m", str(REPO / "manifests" / "resnet8x4.yaml")], workdir)
-    assert proc.returncode == 0
+    # In this process: test_bad_manifest_... above shows, in real processes, that no traceback escapes.
+    code, _ = _cli("validate", "-m", str(REPO / "manifests" / "resnet8x4.yaml"))
+    assert code == 0
     # Without a download (the manifest asks for one; test_a_failed_download_... covers that path):
-    proc = _subprocess(["run", "-m", str(REPO / "manifests" / "resnet8x4.yaml"), "-o", "data.download=false"], workdir)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
-    assert "data.root: data/cifar100 not found" in proc.stderr and "data.download: true" in proc.stderr
+    result = CliRunner().invoke(main, ["run", "-m", str(REPO / "manifests" / "resnet8x4.yaml"), "-o", "data.download=false"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit) and result.output.count("\n") == 1
+    assert "data.root: data/cifar100 not found" in result.output and "data.download: true" in result.output
     assert not (workdir / ".cskd").exists()  # checked before a store is made
 
 
@@ -256,17 +258,17 @@ def test_the_bundle_says_how_to_feed_the_model_and_predict_py_reaches_the_report
     assert accuracy == pytest.approx(card["metrics"]["onnx_top1"], abs=1e-9)
 
 
-def test_a_failed_download_is_one_line_exit_2_and_leaves_no_folder(workdir):
+def test_a_failed_download_is_one_line_exit_2_and_leaves_no_folder(workdir, monkeypatch):
     """resnet8x4.yaml sets data.download: true; where the network is out of reach (here: a
     proxy that refuses connections) the run stops at once, says so, and creates nothing."""
     import shutil
 
     shutil.copytree(REPO / "manifests", workdir / "manifests")
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "no_proxy": "", "NO_PROXY": ""}
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "-m", "resnet8x4", "-q"], cwd=workdir, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
-    assert "data/cifar100: downloading cifar100 failed" in proc.stderr
+    for name in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"):  # urllib reads them per request
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "")
+    result = CliRunner().invoke(main, ["run", "-m", "resnet8x4", "-q"])
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit), result.output
+    assert result.output.count("\n") == 1 and "data/cifar100: downloading cifar100 failed" in result.output
     assert not (workdir / "data").exists()  # the folders the attempt made are gone again

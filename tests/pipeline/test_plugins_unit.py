@@ -102,8 +102,16 @@ def test_a_loss_plugin_that_registers_nothing_is_named(site):
 
 def test_a_network_whose_head_ignores_the_classes_is_refused_naming_the_plugin(site):
     from pipeline.core.model_sections import known_model
-    from stages.models import _check_head
+    from pipeline.manifest_io import manifest_from_text
+    from stages.distill import DistillStage
+    from stages.models import _check_head, build_network
+    from tests.conftest import TINY_MANIFEST
 
+    # where every run (and every training worker) builds its network: the digits' 10 classes
+    source = DistillStage.configure(manifest_from_text(TINY_MANIFEST)).data.source
+    with pytest.raises(plugins.PluginError, match=r"unit-plugin 2.3: .*gives \[2, 11\] for \[2, 1, 8, 8\] images, "
+                                                  r"not \[2, 10\]"):
+        build_network("wrong_head", source)
     known_model("wrong_head")
     from cskd.models import create_model
 

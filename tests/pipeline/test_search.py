@@ -23,6 +23,10 @@ pytestmark = pytest.mark.slow
 SMALL, ACCURATE, HOPELESS = "resnet8", "resnet8x4", "resnet32x4"
 # the wide student trains longer, so it is the most accurate by far (about 92% against 74%)
 CANDIDATES = [SMALL, {"model": ACCURATE, "train": {"epochs": 5}}, HOPELESS]
+# The budget's batch. At batch 1 these tiny networks' times are mostly ONNX Runtime's fixed cost per
+# call (on one 2-core machine resnet8 0.07-0.23 ms against resnet8x4 0.3-0.5 ms: in CI the ratio fell
+# below the 3 this test needs); at 16 their compute shows (about 10x, and resnet32x4 about 5x more).
+BATCH = 16
 
 
 def _budget(folder: Path) -> dict:
@@ -33,12 +37,13 @@ def _budget(folder: Path) -> dict:
     from pipeline.manifest_io import load_manifest
     from pipeline.search_probe import probe
 
-    path = write_manifest(folder, edited(search={"candidates": CANDIDATES, "budget": {"latency": {"max_p90_ms": 1}}}))
+    path = write_manifest(folder, edited(search={"candidates": CANDIDATES,
+                                                 "budget": {"latency": {"batch": BATCH, "max_p90_ms": 1}}}))
     found = probe(load_manifest(path), list(load_manifest(path).search.candidates), echo=lambda line: None)
     small, accurate, hopeless = (found[name]["p90_ms"]["onnx"] for name in (SMALL, ACCURATE, HOPELESS))
     assert small < accurate / 3 and hopeless > 3 * accurate, found  # the premise of this test
     budget = math.sqrt(small * accurate)
-    return {"candidates": CANDIDATES, "budget": {"latency": {"batch": 1, "max_p90_ms": round(budget, 4)}},
+    return {"candidates": CANDIDATES, "budget": {"latency": {"batch": BATCH, "max_p90_ms": round(budget, 4)}},
             "prescreen_slack": round(1.5 * accurate / budget - 1, 3)}  # the accurate one 1.5x inside the slack
 
 

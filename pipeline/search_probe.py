@@ -64,7 +64,7 @@ def probe(base: Manifest, candidates: list[Candidate], echo: Callable[[str], Non
         if artifact is None:  # absent, or failing its seal: measured again (the commit quarantines a bad one)
             tmp = store.new_tmp_dir(PROBE_KIND, art_id)
             artifact = store.commit(tmp, kind=PROBE_KIND, art_id=art_id,
-                                    record={"metrics": _time_untrained(base, candidate, threads),
+                                    record={"metrics": time_untrained(base, candidate, threads),
                                             "config": {"model": candidate.model}})
             cached = ""
         else:
@@ -80,7 +80,7 @@ def probe(base: Manifest, candidates: list[Candidate], echo: Callable[[str], Non
     return found
 
 
-def _time_untrained(base: Manifest, candidate: Candidate, threads: int) -> dict:
+def time_untrained(base: Manifest, candidate: Candidate, threads: int) -> dict:
     """Export the candidate's untrained network to every probed target and time each at the budget's
     batch: ``{"p90_ms": {target: ms}, "unprobed": [targets]}``."""
     import numpy as np

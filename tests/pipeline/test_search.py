@@ -30,21 +30,32 @@ BATCH = 16
 
 
 def _budget(folder: Path) -> dict:
-    """A budget between the small and the accurate candidate, measured here (machines differ): the
-    small one within it with a factor of about 2 to spare, the accurate one over it but within the
-    probe's slack (so it trains, and is then excluded), the hopeless one far over the slack."""
+    """A budget between the small and the accurate candidate, measured here (machines differ). Each
+    untrained network is timed three times and its quickest p90 kept: a shared machine's noise only
+    ever makes a time longer (in one CI run resnet8 measured 0.35, 0.46 and then 1.14 ms), so the
+    minimum is the network's own cost. The budget sits 1.5x under the accurate one's minimum, which
+    its trained file (the same network) cannot beat, and leaves the small one about 5x to spare; the
+    probe's slack lets the accurate one train unless its probe comes out 2.5x slow, and drops the
+    hopeless one (about 4.6x the accurate one's cost)."""
+    import torch
+
     import stages  # noqa: F401 - the back-ends
     from pipeline.manifest_io import load_manifest
-    from pipeline.search_probe import probe
+    from pipeline.search_probe import time_untrained
 
     path = write_manifest(folder, edited(search={"candidates": CANDIDATES,
                                                  "budget": {"latency": {"batch": BATCH, "max_p90_ms": 1}}}))
-    found = probe(load_manifest(path), list(load_manifest(path).search.candidates), echo=lambda line: None)
-    small, accurate, hopeless = (found[name]["p90_ms"]["onnx"] for name in (SMALL, ACCURATE, HOPELESS))
-    assert small < accurate / 3 and hopeless > 3 * accurate, found  # the premise of this test
-    budget = math.sqrt(small * accurate)
+    manifest = load_manifest(path)
+    quickest: dict[str, float] = {}
+    for _ in range(3):  # three rounds: one slow spell spoils at most one of each network's times
+        for candidate in manifest.search.candidates:
+            p90 = time_untrained(manifest, candidate, threads=torch.get_num_threads())["p90_ms"]["onnx"]
+            quickest[candidate.name] = min(p90, quickest.get(candidate.name, math.inf))
+    small, accurate, hopeless = (quickest[name] for name in (SMALL, ACCURATE, HOPELESS))
+    assert 3 * small < accurate / 1.5 and hopeless > 3.5 * accurate, quickest  # the premise of this test
+    budget = accurate / 1.5
     return {"candidates": CANDIDATES, "budget": {"latency": {"batch": BATCH, "max_p90_ms": round(budget, 4)}},
-            "prescreen_slack": round(1.5 * accurate / budget - 1, 3)}  # the accurate one 1.5x inside the slack
+            "prescreen_slack": round(2.5 * accurate / budget - 1, 3)}
 
 
 def _search(folder: Path, search: dict, *args: str):
@@ -95,10 +106,11 @@ def test_the_most_accurate_file_within_the_budget_ships_and_the_excluded_one_say
 
 
 def test_a_candidate_that_cannot_meet_the_budget_is_dropped_before_it_trains(searched):
-    folder, _, result, document = searched
+    folder, search, result, document = searched
     rows = {r["candidate"]: r for r in document["candidates"]}
     assert rows[HOPELESS]["status"] == "dropped" and "not trained" in rows[HOPELESS]["why"]
-    assert rows[HOPELESS]["probe"]["fastest_ms"] > 3 * rows[ACCURATE]["probe"]["fastest_ms"]
+    limit = search["budget"]["latency"]["max_p90_ms"] * (1 + search["prescreen_slack"])
+    assert rows[HOPELESS]["probe"]["fastest_ms"] > limit >= rows[ACCURATE]["probe"]["fastest_ms"]
     assert not [p for p in document["points"] if p["candidate"] == HOPELESS]
     # the training epochs in the store: none for the dropped candidate
     assert _trained_epochs(folder) == {SMALL: [2], ACCURATE: [5]}

@@ -30,6 +30,16 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(line.split(":", 1)[1].split())
 
 
+@cache
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else the platform's word for it):
+    two CPUs of one class (an Intel and an AMD with AVX-512 VNNI) still train to other float results."""
+    cpuinfo = Path("/proc/cpuinfo")
+    text = cpuinfo.read_text() if cpuinfo.is_file() else ""
+    line = next((line for line in text.splitlines() if line.startswith("model name")), None)
+    return line.split(":", 1)[1].strip() if line else (platform.processor() or platform.machine())
+
+
 def recorded_flags() -> dict[str, bool]:
     """The flags that decide INT8 speed and results, as recorded beside every CPU figure."""
     flags = cpu_flags()

@@ -101,7 +101,7 @@ def test_the_walker_rejects_a_flag_that_does_not_exist() -> None:
 
 def test_every_manifest_in_the_readme_validates() -> None:
     import stages  # noqa: F401 - registers the stages and back-ends the schema names
-    from pipeline.core.manifest import Manifest
+    from foundation.manifest import Manifest
 
     manifests = [yaml.safe_load(body) for body in blocks(ROOT / "README.md", "yaml")]
     manifests = [m for m in manifests if isinstance(m, dict) and "name" in m]
@@ -126,16 +126,16 @@ def test_readme_sample_lines_come_from_the_generated_sample() -> None:
 
 def test_the_sample_comparison_catches_a_changed_id_and_a_missing_line() -> None:
     sample = SAMPLE.read_text().splitlines()
-    assert not differences(sample, sample, same_cpu_class=True)
+    assert not differences(sample, sample, same_cpu=True)
     edited = [re.sub(r"\b[0-9a-f]{12}\b", "0" * 12, line, count=1) for line in sample]
-    assert differences(sample, edited, same_cpu_class=True)
-    assert differences(sample, edited, same_cpu_class=False)       # the teacher's id still counts
-    assert differences(sample, sample[:-1], same_cpu_class=False)
+    assert differences(sample, edited, same_cpu=True)
+    assert differences(sample, edited, same_cpu=False)       # the teacher's id still counts
+    assert differences(sample, sample[:-1], same_cpu=False)
     timed = [re.sub(r"\b\d+\.\ds\b", "99.9s", line) for line in sample]
-    assert not differences(sample, timed, same_cpu_class=True)     # timings are masked
+    assert not differences(sample, timed, same_cpu=True)     # timings are masked
     raced = [re.sub(r"(fastest at batch \d+:) \S+", r"\1 onnx-fp16", line) for line in sample]
     assert any("fastest" in line for line in sample)
-    assert not differences(sample, raced, same_cpu_class=True)     # so is which back-end won them
+    assert not differences(sample, raced, same_cpu=True)     # so is which back-end won them
     assert condense(["[teacher ] r epoch 1/3 x", "[teacher ] r epoch 2/3 x", "[teacher ] r epoch 3/3 x",
                      "[teacher ] ran"]) == ["[teacher ] r epoch 1/3 x", "...", "[teacher ] ran"]
 
@@ -144,12 +144,10 @@ def test_the_sample_comparison_catches_a_changed_id_and_a_missing_line() -> None
 def test_the_sample_output_matches_a_fresh_run(tmp_path: Path) -> None:
     import json
 
-    from exports.cpu import machine_class
-    from tools.sample_output import run_quickstart
+    from tools.sample_output import run_quickstart, same_cpu
 
     meta = json.loads(SAMPLE.with_suffix(".json").read_text())
-    problems = differences(SAMPLE.read_text().splitlines(), run_quickstart(tmp_path),
-                           same_cpu_class=meta["cpu_class"] == machine_class())
+    problems = differences(SAMPLE.read_text().splitlines(), run_quickstart(tmp_path), same_cpu=same_cpu(meta))
     assert not problems, "\n".join(problems)
 
 

@@ -63,7 +63,7 @@ def mask(line: str, *, numbers: bool) -> str:
     return line
 
 
-def differences(expected: list[str], actual: list[str], *, same_cpu_class: bool) -> list[str]:
+def differences(expected: list[str], actual: list[str], *, same_cpu: bool) -> list[str]:
     """Lines that differ after masking: empty when the sample matches the run."""
     if len(expected) != len(actual):
         return [f"{len(expected)} lines in the sample, {len(actual)} in the run"]
@@ -71,7 +71,7 @@ def differences(expected: list[str], actual: list[str], *, same_cpu_class: bool)
     after_int8 = False
     for want, got in zip(expected, actual, strict=True):
         after_int8 = after_int8 or want.startswith("[quantize]")
-        if same_cpu_class:
+        if same_cpu:
             want_m, got_m = mask(want, numbers=False), mask(got, numbers=False)
         else:
             want_m, got_m = mask(want, numbers=True), mask(got, numbers=True)
@@ -80,6 +80,14 @@ def differences(expected: list[str], actual: list[str], *, same_cpu_class: bool)
         if want_m != got_m:
             problems.append(f"sample: {want}\n   run: {got}")
     return problems
+
+
+def same_cpu(meta: dict) -> bool:
+    """Whether this machine's CPU is the one the sample was written on (its class and model): only
+    then are its accuracies expected to the digit; elsewhere numbers are masked and ids compared."""
+    from exports.cpu import cpu_model, machine_class
+
+    return meta.get("cpu_class") == machine_class() and meta.get("cpu_model") == cpu_model()
 
 
 def run_quickstart(folder: Path) -> list[str]:
@@ -94,7 +102,7 @@ def run_quickstart(folder: Path) -> list[str]:
 
 def main(action: str) -> int:
     sys.path.insert(0, str(ROOT))
-    from exports.cpu import machine_class
+    from exports.cpu import cpu_model, machine_class
 
     with tempfile.TemporaryDirectory() as folder:
         lines = run_quickstart(Path(folder))
@@ -102,12 +110,11 @@ def main(action: str) -> int:
         SAMPLES.mkdir(parents=True, exist_ok=True)
         SAMPLE.write_text("\n".join(lines) + "\n")
         SAMPLE.with_suffix(".json").write_text(json.dumps(
-            {"command": " ".join(COMMAND), "cpu_class": machine_class()}, indent=2) + "\n")
+            {"command": " ".join(COMMAND), "cpu_class": machine_class(), "cpu_model": cpu_model()}, indent=2) + "\n")
         print(f"wrote {SAMPLE.relative_to(ROOT)} ({len(lines)} lines, {machine_class()} CPU)")
         return 0
     meta = json.loads(SAMPLE.with_suffix(".json").read_text())
-    problems = differences(SAMPLE.read_text().splitlines(), lines,
-                           same_cpu_class=meta["cpu_class"] == machine_class())
+    problems = differences(SAMPLE.read_text().splitlines(), lines, same_cpu=same_cpu(meta))
     for problem in problems:
         print(problem)
     print("the sample matches a fresh run" if not problems else f"{len(problems)} lines differ: "

@@ -4,7 +4,7 @@ settings under the manifest's ``export:`` that back-ends own.
 A back-end module under ``exports/`` holds the runtime; its stage module under
 ``stages/`` builds the artifact, registers the target here, and registers the
 keys of ``export:`` it reads (``EXPORT_SETTINGS.register("trt", TrtSection, ...)``,
-``pipeline/core/sections.py``), each with its own pydantic type. Everything that lists targets (the manifest's
+``foundation/sections.py``), each with its own pydantic type. Everything that lists targets (the manifest's
 ``export.targets``, the CLI's ``--target``, the validate and latency stages, the
 gate's per-artifact budgets, the shipped bundle, ``cskd-pipeline schema``) reads
 these registries, so adding a back-end touches no other module.
@@ -21,7 +21,7 @@ from exports.latency import within_noise
 if TYPE_CHECKING:
     import numpy as np
 
-    from pipeline.core.store import Artifact
+    from foundation.store import Artifact
 
 # uint8 images [N, C, H, W] -> float32 logits [N, classes]
 Runner = Callable[["np.ndarray"], "np.ndarray"]

@@ -17,9 +17,9 @@ import os
 import re
 from pathlib import Path
 
-from pipeline.core.errors import StoreError
-from pipeline.core.files import sha256_file
-from pipeline.core.records import BundleRecord
+from foundation.errors import StoreError
+from foundation.files import sha256_file
+from foundation.records import BundleRecord
 
 SUMS = "SHA256SUMS"
 CARD = BundleRecord.CARD

@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from pipeline.core.store import Artifact
+from foundation.store import Artifact
 
 if TYPE_CHECKING:
-    from pipeline.core.manifest import Manifest
+    from foundation.manifest import Manifest
 
 NOT_IN_ID = "not_in_id"
 OMIT_IF_NONE = "omit_if_none"
@@ -106,7 +106,7 @@ class Stage(ABC):
     version: ClassVar[int]
     Config: ClassVar[type[BaseModel]]
     requires: ClassVar[tuple[str, ...]] = ()  # input kinds, unless ``inputs`` says otherwise
-    # The model of what ``run`` records under metrics (pipeline/core/records.py), when a layer
+    # The model of what ``run`` records under metrics (foundation/records.py), when a layer
     # above the stages reads it; the runner checks each new record against it.
     Record: ClassVar[type[BaseModel] | None] = None
     # Runs on every node of a multi-node run (training); other stages run on node 0 only.

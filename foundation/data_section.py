@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 from cskd.config import Strict
 from cskd.data.datasets import DATASETS
 from cskd.data.fingerprint import split_fingerprints
-from pipeline.core.contracts import Added, Located
+from foundation.contracts import Added, Located
 
 __all__ = ["DataSection", "DataSource", "TestData", "TrainData"]
 
@@ -120,7 +120,7 @@ class DataSection(Strict):
         this data source, before anything runs (and before a store is made)."""
         from pathlib import Path
 
-        from pipeline.core.errors import ManifestError
+        from foundation.errors import ManifestError
 
         if self.name == "webdataset":
             from cskd.data.shards import expand

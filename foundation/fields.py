@@ -8,7 +8,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from pipeline.core.backends import backends
+from foundation.backends import backends
 
 
 def _relative_inside(value: str) -> str:

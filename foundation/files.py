@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cskd.checkpoint import sha256_file
-from pipeline.core.errors import OutputError
+from foundation.errors import OutputError
 
 __all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
            "read_marker", "OUTPUT_MARKER", "LATEST", "latest_version", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]

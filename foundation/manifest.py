@@ -16,22 +16,22 @@ from typing import ClassVar, Literal
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from cskd.config import Strict
-from pipeline.core.backends import auto_targets, backends
-from pipeline.core.data_section import DataSection
-from pipeline.core.fields import RelativePath, Target
-from pipeline.core.model_sections import StudentSection, TeacherSection
-from pipeline.core.run_sections import (
+from foundation.backends import auto_targets, backends
+from foundation.data_section import DataSection
+from foundation.fields import RelativePath, Target
+from foundation.model_sections import StudentSection, TeacherSection
+from foundation.run_sections import (
     DistributedSection,
     ReportSection,
     ShipSection,
     TrackingSection,
     ValidateSection,
 )
-from pipeline.core.search_section import SearchSection
-from pipeline.core.sections import EXPORT_SETTINGS, SECTIONS
+from foundation.search_section import SearchSection
+from foundation.sections import EXPORT_SETTINGS, SECTIONS
 
 # Folders of the project itself: no output location may be one of them or inside one.
-PROJECT_FOLDERS = (".git", ".venv", "pipeline", "stages", "cskd", "exports", "tests", "manifests", "baselines",
+PROJECT_FOLDERS = (".git", ".venv", "pipeline", "foundation", "stages", "cskd", "exports", "tests", "manifests", "baselines",
                    "benchmarks")
 
 

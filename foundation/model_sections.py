@@ -17,8 +17,8 @@ from pydantic import (
 from cskd.config import Strict, TrainConfig
 from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
-from pipeline.core import plugins
-from pipeline.core.contracts import Added, Located
+from foundation import plugins
+from foundation.contracts import Added, Located
 
 
 def known_model(name: str) -> str:

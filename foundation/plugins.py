@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass
 from importlib import metadata
 
-from pipeline.core.errors import MissingBackend
+from foundation.errors import MissingBackend
 
 GROUPS = {
     "models": "cskd_pipeline.models",

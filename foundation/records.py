@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
-from pipeline.core.contracts import registered_stages
-from pipeline.core.errors import StoreError
-from pipeline.core.store import Artifact
+from foundation.contracts import registered_stages
+from foundation.errors import StoreError
+from foundation.store import Artifact
 
 
 class StageRecord(BaseModel):

@@ -10,8 +10,8 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from cskd.config import Strict
-from pipeline.core.contracts import Added
-from pipeline.core.fields import RelativePath
+from foundation.contracts import Added
+from foundation.fields import RelativePath
 
 
 class ValidateSection(Strict):

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pydantic.json_schema import models_json_schema
 
 from cskd.loss_registry import registered_losses
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import EXPORT_SETTINGS, SECTIONS
+from foundation.manifest import Manifest
+from foundation.sections import EXPORT_SETTINGS, SECTIONS
 
 REF = "#/$defs/{model}"
 

@@ -36,9 +36,9 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from pipeline.core.environment import pid_alive
-from pipeline.core.errors import OutputError, StoreError
-from pipeline.core.files import canonical_json, fsync_dir, sha256_file
+from foundation.environment import pid_alive
+from foundation.errors import OutputError, StoreError
+from foundation.files import canonical_json, fsync_dir, sha256_file
 
 RECORD_FILE = "artifact.json"
 SEAL_FILE = "seal.json"

@@ -82,7 +82,7 @@ def plan(manifest_opt: str | None, overrides: tuple[str, ...], as_json: bool) ->
     \b
     Example:  cskd-pipeline plan -o data.max_test_samples=500   (what would rerun)
     """
-    from pipeline.core.store import ArtifactStore
+    from foundation.store import ArtifactStore
     from pipeline.orchestrator import on_demand
     from pipeline.orchestrator import plan as plan_graph
 
@@ -165,9 +165,9 @@ def export(source: str | None, manifest_opt: str | None, target: str, out: Path 
               cskd-pipeline export --target openvino-int8 -m resnet8x4
               cskd-pipeline export --target triton --out model_repository/
     """
-    from pipeline.core.backends import backend
-    from pipeline.core.files import check_owned_files, copy_owned_files
-    from pipeline.core.manifest import Manifest
+    from foundation.backends import backend
+    from foundation.files import check_owned_files, copy_owned_files
+    from foundation.manifest import Manifest
     from pipeline.orchestrator import run_pipeline
     from pipeline.shipped_export import check_out_folder, export_shipped
 
@@ -213,9 +213,9 @@ def export(source: str | None, manifest_opt: str | None, target: str, out: Path 
 def _export_triton(manifest, out: Path, *, quiet: bool) -> list[Path]:
     """The bundle the manifest ships (built, not published) as a Triton model repository in ``out``."""
     from exports.triton import Batching, check_repository_folder, write_repository
-    from pipeline.core.backends import backend
-    from pipeline.core.errors import OutputError
-    from pipeline.core.records import BundleRecord, kind_of, need
+    from foundation.backends import backend
+    from foundation.errors import OutputError
+    from foundation.records import BundleRecord, kind_of, need
     from pipeline.orchestrator import run_pipeline
 
     try:

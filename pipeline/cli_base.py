@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from pipeline.core.errors import (
+from foundation.errors import (
     EXIT_BAD_INPUT,
     EXIT_MISSING_BACKEND,
     EXIT_RUNTIME,
@@ -123,6 +123,6 @@ def main() -> None:
 
 def registered_backends() -> dict:
     import stages  # noqa: F401 - registers the back-ends
-    from pipeline.core.backends import backends
+    from foundation.backends import backends
 
     return backends()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from foundation.errors import ManifestError
 from pipeline.cli_base import (
     EXAMPLES,
     handle_errors,
@@ -17,7 +18,6 @@ from pipeline.cli_base import (
     manifest_option,
     registered_backends,
 )
-from pipeline.core.errors import ManifestError
 
 DIGITS_EXAMPLE = "digits"  # `init --example digits`: an image folder and its manifest, not a file of examples/
 
@@ -31,7 +31,7 @@ def schema() -> None:
     Example:  cskd-pipeline schema > manifest.schema.json   (for editor completion)
     """
     import stages  # noqa: F401 - registers every back-end and the export settings they own
-    from pipeline.core.schema import manifest_schema
+    from foundation.schema import manifest_schema
 
     click.echo(json.dumps(manifest_schema(), indent=2))
 
@@ -63,7 +63,7 @@ def plugins(try_load: bool, as_json: bool) -> None:
     \b
     Example:  cskd-pipeline plugins --load
     """
-    from pipeline.core import plugins as registry
+    from foundation import plugins as registry
 
     rows = []
     for plugin in registry.installed():
@@ -105,7 +105,7 @@ def gate(manifest_opt: str | None, baseline_path: Path, report_path: Path | None
     \b
     Example:  cskd-pipeline gate --baseline baselines/quickstart.json
     """
-    from pipeline.core.errors import GateFailed
+    from foundation.errors import GateFailed
     from pipeline.regression import compare, load_baseline, load_json, markdown
 
     baseline = load_baseline(baseline_path)
@@ -131,8 +131,8 @@ def verify(manifest_opt: str | None, as_json: bool) -> None:
     \b
     Example:  cskd-pipeline verify --json
     """
-    from pipeline.core.errors import StoreError
-    from pipeline.core.store import ArtifactStore
+    from foundation.errors import StoreError
+    from foundation.store import ArtifactStore
 
     manifest = load_from_option(manifest_opt)
     store = ArtifactStore(manifest.store)
@@ -226,7 +226,7 @@ def init(directory: Path, example: str | None) -> None:
               cskd-pipeline init my-first --example digits && cd my-first && cskd-pipeline run
               cskd-pipeline init cifar --example resnet8x4   (a ready manifest, to edit)
     """
-    from pipeline.core.files import write_new_file
+    from foundation.files import write_new_file
 
     starter = (Path(__file__).parent / "starter.yaml").read_text()
     target = directory / "manifest.yaml"
@@ -268,7 +268,7 @@ def gc(manifest_opt: str | None, really: bool, drop_failed: bool) -> None:
     Examples: cskd-pipeline gc          (dry run: what would be removed)
               cskd-pipeline gc --yes
     """
-    from pipeline.core.store import ArtifactStore
+    from foundation.store import ArtifactStore
     from pipeline.gc import collect, plan_gc
 
     manifest = load_from_option(manifest_opt)

@@ -1,5 +1,5 @@
 """``promote``, ``rollback``, ``releases repair``, ``bundle verify`` and ``track status``: what
-happens to shipped versions after the gate (``pipeline.releases``, ``pipeline.core.bundle_seal``,
+happens to shipped versions after the gate (``pipeline.releases``, ``foundation.bundle_seal``,
 ``pipeline.registry``)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ ship_dir_option = click.option("--ship-dir", type=click.Path(path_type=Path), de
                                show_default=True, help="the folder holding <name>/v<N>/ (the manifest's ship.dir)")
 
 def _ship_folder(name: str, ship_dir: Path) -> Path:
-    from pipeline.core.files import confined
+    from foundation.files import confined
 
     return confined(ship_dir / name, field="--ship-dir")
 
@@ -147,7 +147,7 @@ def bundle_verify(directory: Path) -> None:
     \b
     Example:  cskd-pipeline bundle verify shipped/quickstart/v1
     """
-    from pipeline.core.bundle_seal import SUMS, verify_bundle
+    from foundation.bundle_seal import SUMS, verify_bundle
 
     files = verify_bundle(directory)
     click.echo(f"{directory}: {len(files)} files match {SUMS} (every file in the bundle, the model card included)")

@@ -36,8 +36,8 @@ def _stop(signum: int, _frame) -> None:
 
 def resolve_bundle(what: str, ship_dir: Path) -> Path:
     """A bundle folder as given, or the latest shipped version of a name."""
-    from pipeline.core.errors import ManifestError
-    from pipeline.core.records import BundleRecord
+    from foundation.errors import ManifestError
+    from foundation.records import BundleRecord
 
     given = Path(what)
     if (given / BundleRecord.CARD).is_file():
@@ -51,8 +51,8 @@ def resolve_bundle(what: str, ship_dir: Path) -> Path:
 
 def _engine(name: str):
     """The engine named by ``--engine``: built in, or added by an installed plug-in (loaded now)."""
-    from pipeline.core import plugins
-    from pipeline.core.errors import ManifestError
+    from foundation import plugins
+    from foundation.errors import ManifestError
     from serving.engines import Engine
 
     if name in ENGINES:
@@ -104,9 +104,9 @@ def serve(bundle: str, target: str | None, engine: str | None, replicas: int, ma
               cskd-pipeline serve shipped/quickstart/v2 --target onnx-int8 --replicas 2 --port 8080
               cskd-pipeline serve quickstart --address 127.0.0.1:6379   (Ray Serve, on a running Ray cluster)
     """
+    from foundation.bundle_seal import verify_bundle
+    from foundation.errors import ManifestError, MissingBackend
     from pipeline.cli_base import registered_backends
-    from pipeline.core.bundle_seal import verify_bundle
-    from pipeline.core.errors import ManifestError, MissingBackend
     from serving.engines import ServeOptions
     from serving.runtime import Bundle
 
@@ -171,7 +171,7 @@ def loadtest(url: str, concurrency: int, duration_s: float, rate: float | None, 
 
     import requests
 
-    from pipeline.core.errors import ManifestError
+    from foundation.errors import ManifestError
     from serving.loadtest import run_load
 
     url = url.rstrip("/")

@@ -6,8 +6,8 @@ import os
 
 import click
 
+from foundation.errors import ManifestError
 from pipeline.cli_base import handle_errors, load_from_option, main, manifest_option, set_option
-from pipeline.core.errors import ManifestError
 
 
 def launcher_options(what: str):

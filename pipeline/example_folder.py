@@ -10,8 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.core.errors import OutputError
-from pipeline.core.files import write_new_file
+from foundation.errors import OutputError
+from foundation.files import write_new_file
 
 IMAGES = "images"
 

@@ -24,12 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline.core.bundle_seal import SUMS, verify_bundle
-from pipeline.core.environment import pid_alive
-from pipeline.core.errors import ManifestError, StoreError
-from pipeline.core.files import read_marker
-from pipeline.core.records import BundleRecord
-from pipeline.core.store import RECORD_FILE, ArtifactStore
+from foundation.bundle_seal import SUMS, verify_bundle
+from foundation.environment import pid_alive
+from foundation.errors import ManifestError, StoreError
+from foundation.files import read_marker
+from foundation.records import BundleRecord
+from foundation.store import RECORD_FILE, ArtifactStore
 
 _VERSION = re.compile(r"^v\d+$")
 SCRATCH = ("quarantine", "superseded")  # set aside by the store: nothing reads them again

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 from exports.latency import within_noise
-from pipeline.core.errors import ManifestError
-from pipeline.core.files import (
+from foundation.errors import ManifestError
+from foundation.files import (
     LATEST,
     OUTPUT_MARKER,
     check_replaceable,

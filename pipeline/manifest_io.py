@@ -17,9 +17,9 @@ from pydantic import BaseModel, ValidationError
 
 import stages  # noqa: F401 - registers the stages, export back-ends and losses a manifest may name
 from cskd.loss_base import LossConfig, registered_losses
-from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import all_fields
+from foundation.errors import ManifestError
+from foundation.manifest import Manifest
+from foundation.sections import all_fields
 
 MAX_MANIFEST_BYTES = 1 << 20
 MAX_PROBLEMS = 10

@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.manifest import Manifest
+from foundation.manifest import Manifest
 
 
 def tracking_uri(manifest: Manifest | None) -> str | None:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import stages  # noqa: F401 - registers every stage and back-end
 from cskd.interrupts import Interrupted
-from pipeline.core.contracts import Inputs, StageContext, recipe
-from pipeline.core.environment import environment
-from pipeline.core.errors import GateFailed, ManifestError, OutputError
-from pipeline.core.files import confined, latest_version
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import (
+from foundation.contracts import Inputs, StageContext, recipe
+from foundation.environment import environment
+from foundation.errors import GateFailed, ManifestError, OutputError
+from foundation.files import confined, latest_version
+from foundation.manifest import Manifest
+from foundation.records import (
     BundleRecord,
     Found,
     ValidationRecord,
@@ -35,7 +35,7 @@ from pipeline.core.records import (
     need,
     reread,
 )
-from pipeline.core.store import Artifact, ArtifactStore
+from foundation.store import Artifact, ArtifactStore
 from pipeline.history import check_owned, new_run_id
 from pipeline.planner import PlannedStage, check_inputs, on_demand, plan  # noqa: F401 - re-exported
 from pipeline.releases import planned_version, publish_version, ship_reason

@@ -14,9 +14,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.bundle_seal import verify_bundle
-from pipeline.core.errors import StoreError
-from pipeline.core.files import latest_version
+from foundation.bundle_seal import verify_bundle
+from foundation.errors import StoreError
+from foundation.files import latest_version
 from pipeline.mlflow_access import mlflow_or_warn, quiet_output, tracking_uri, warn
 
 CHAMPION_ALIAS = "champion"

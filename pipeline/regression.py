@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, ValidationError, model_validator
 
 from cskd.config import Strict
-from pipeline.core.errors import ManifestError
+from foundation.errors import ManifestError
 
 
 class BaselineMetric(Strict):

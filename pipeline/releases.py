@@ -20,10 +20,10 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.bundle_seal import seal_bundle, verify_bundle
-from pipeline.core.errors import ManifestError
-from pipeline.core.files import latest_version, read_marker, replace_output_dir
-from pipeline.core.records import BundleRecord
+from foundation.bundle_seal import seal_bundle, verify_bundle
+from foundation.errors import ManifestError
+from foundation.files import latest_version, read_marker, replace_output_dir
+from foundation.records import BundleRecord
 from pipeline.history import _lock, check_owned, owned_folder, point_latest
 
 RELEASES = "releases.jsonl"
@@ -81,7 +81,7 @@ def _move_latest(folder: Path, target: str, **record) -> bool:
 
 def _top1(folder: Path, version: str) -> str:
     """``ONNX top-1 98.33`` from a version's verified model card, or why it cannot be read."""
-    from pipeline.core.errors import StoreError
+    from foundation.errors import StoreError
 
     try:
         verify_bundle(folder / version)

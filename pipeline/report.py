@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 
 from exports.latency import within_noise
-from pipeline.core.backends import NOT_SHIPPED, TEACHER_ONNX, backends, fastest_passing
-from pipeline.core.environment import environment
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import (
+from foundation.backends import NOT_SHIPPED, TEACHER_ONNX, backends, fastest_passing
+from foundation.environment import environment
+from foundation.manifest import Manifest
+from foundation.records import (
     BundleRecord,
     LatencyRecord,
     QuantizationRecord,
@@ -30,7 +30,7 @@ from pipeline.core.records import (
     need,
     training_curves,
 )
-from pipeline.core.store import Artifact
+from foundation.store import Artifact
 from pipeline.report_charts import charts
 
 

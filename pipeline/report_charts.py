@@ -8,7 +8,7 @@ import functools
 import io
 import json
 
-from pipeline.core.backends import TEACHER_ONNX
+from foundation.backends import TEACHER_ONNX
 
 
 def png(fig) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.core.store import Artifact, ArtifactStore
+from foundation.store import Artifact, ArtifactStore
 
 if TYPE_CHECKING:
     from pipeline.tracking import LiveRun

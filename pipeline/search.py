@@ -32,9 +32,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.errors import EXIT_GATE_FAILED, ManifestError, PipelineError
-from pipeline.core.manifest import Manifest
-from pipeline.core.search_section import Candidate
+from foundation.errors import EXIT_GATE_FAILED, ManifestError, PipelineError
+from foundation.manifest import Manifest
+from foundation.search_section import Candidate
 from pipeline.search_cells import (
     SearchCell,
     SearchRequest,
@@ -55,8 +55,8 @@ class BudgetNotMet(PipelineError):
 
 def _points(base: Manifest, candidate: Candidate, echo: Callable[[str], None]) -> tuple[list[dict], dict]:
     """Each exported file of a trained candidate: its test top-1, p90 at the budget's batch and size."""
-    from pipeline.core.backends import backend
-    from pipeline.core.records import (
+    from foundation.backends import backend
+    from foundation.records import (
         LatencyRecord,
         StudentRecord,
         TeacherRecord,
@@ -118,8 +118,8 @@ def run_search(base: Manifest, request: SearchRequest, *, echo: Callable[[str], 
     """Probe, train, time, choose, report and ship; returns the search document. Raises
     ``BudgetNotMet`` (after writing the report) when no file meets the budget."""
     from exports.cpu import machine_class, recorded_flags
-    from pipeline.core.environment import environment
-    from pipeline.core.records import TeacherRecord, kind_of, need
+    from foundation.environment import environment
+    from foundation.records import TeacherRecord, kind_of, need
     from pipeline.orchestrator import output_folders, run_pipeline
 
     if base.search is None:

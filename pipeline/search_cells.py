@@ -8,9 +8,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import ManifestError, MissingBackend
-from pipeline.core.manifest import Manifest
-from pipeline.core.search_section import Candidate
+from foundation.errors import ManifestError, MissingBackend
+from foundation.manifest import Manifest
+from foundation.search_section import Candidate
 from pipeline.study_launch import run_local, run_submitit, validated
 
 
@@ -68,7 +68,7 @@ def candidate_manifest(base: Manifest, candidate: Candidate, *, epochs: int | No
 def train_cell(manifest_json: str, cell: SearchCell, threads: int | None = None) -> dict:
     """One candidate at some epochs, trained (or taken from the store), exported and validated. Runs
     here, in a ``--jobs`` worker or a submitit job: everything it needs is in its arguments."""
-    from pipeline.core.records import StudentRecord, TeacherRecord, kind_of, need, training_curves
+    from foundation.records import StudentRecord, TeacherRecord, kind_of, need, training_curves
 
     _, outcome = validated(manifest_json, threads)
     student = need(outcome.artifacts, StudentRecord).artifact

@@ -10,9 +10,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import Manifest
-from pipeline.core.search_section import Candidate
+from foundation.errors import ManifestError
+from foundation.manifest import Manifest
+from foundation.search_section import Candidate
 
 PROBE_CALIBRATION_IMAGES = 16  # random pixels: an untrained INT8 file is timed, never judged
 PROBE_KIND, PROBE_VERSION = "search_probe", 1  # the store's kind for a probe's figures
@@ -33,8 +33,8 @@ def _probe_id(base: Manifest, candidate: Candidate, threads: int) -> str:
     batch, the threads and the machine (timings belong to it, as the latency stage's do)."""
     import hashlib
 
-    from pipeline.core.contracts import recipe
-    from pipeline.core.environment import environment
+    from foundation.contracts import recipe
+    from foundation.environment import environment
 
     env = environment()
     key = {"version": PROBE_VERSION, "model": candidate.model, "data": recipe(base.data.source()),
@@ -52,7 +52,7 @@ def probe(base: Manifest, candidates: list[Candidate], echo: Callable[[str], Non
     ``ManifestError``."""
     import torch
 
-    from pipeline.core.store import ArtifactStore
+    from foundation.store import ArtifactStore
 
     search, store = base.search, ArtifactStore(base.store)
     limit = search.budget.latency.max_p90_ms * (1 + search.prescreen_slack)
@@ -89,7 +89,7 @@ def time_untrained(base: Manifest, candidate: Candidate, threads: int) -> dict:
     from cskd.models import Preprocessed, create_model
     from exports.latency import measure_interleaved
     from exports.onnx_export import export_onnx
-    from pipeline.core.backends import backend
+    from foundation.backends import backend
 
     export, batch = base.export, base.search.budget.latency.batch
     ds = base.data.source().load()

@@ -10,10 +10,10 @@ import re
 import tempfile
 from pathlib import Path
 
-from pipeline.core.backends import backend
-from pipeline.core.bundle_seal import SUMS, verify_bundle
-from pipeline.core.errors import ManifestError, OutputError
-from pipeline.core.files import check_owned_files, confined, copy_owned_files, sha256_file
+from foundation.backends import backend
+from foundation.bundle_seal import SUMS, verify_bundle
+from foundation.errors import ManifestError, OutputError
+from foundation.files import check_owned_files, confined, copy_owned_files, sha256_file
 
 EXPORT_CARD = "export_card.json"
 _SOURCE = re.compile(r"^(?P<name>[A-Za-z0-9._-]+)(?:@(?P<version>v?\d+|latest))?$")
@@ -39,7 +39,7 @@ def check_out_folder(out: Path, protected: dict[str, Path]) -> None:
 
 
 def targets_held(sums: dict[str, str]) -> list[str]:
-    from pipeline.core.backends import backends
+    from foundation.backends import backends
 
     return [name for name, spec in backends().items() if spec.shipped and set(spec.shipped) <= set(sums)]
 

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import Manifest
+from foundation.errors import ManifestError
+from foundation.manifest import Manifest
 from pipeline.study_arms import (  # noqa: F401 - re-exported: the arms are part of the study's interface
     RECIPES,
     Contrast,
@@ -94,7 +94,7 @@ class StudyRequest:
 
 def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], None] = print) -> dict:
     """Run (or reuse) every cell, then the statistics; returns the study document."""
-    from pipeline.core.records import TeacherRecord, kind_of, need
+    from foundation.records import TeacherRecord, kind_of, need
     from pipeline.orchestrator import output_folders, run_pipeline
 
     check_launcher(request.launcher)
@@ -139,8 +139,8 @@ def run_study(base: Manifest, request: StudyRequest, *, echo: Callable[[str], No
 
 def _document(base: Manifest, request: StudyRequest, cells: list[Cell], rows: list[dict], teacher, started: float,
               *, complete: bool) -> dict:
-    from pipeline.core.environment import environment
-    from pipeline.core.records import TeacherRecord, need
+    from foundation.environment import environment
+    from foundation.records import TeacherRecord, need
     from pipeline.study_stats import summarize
 
     # shown arm by arm (the cells ran seed by seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.core.errors import ManifestError
+from foundation.errors import ManifestError
 
 # Published training recipes a baseline can carry (`--losses kd@mdistiller`, or `--recipe own`),
 # as student.train settings; the study's batch size and seed still come from the cell. Each

@@ -10,8 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.core.errors import MissingBackend, PipelineError
-from pipeline.core.manifest import Manifest
+from foundation.errors import MissingBackend, PipelineError
+from foundation.manifest import Manifest
 
 if TYPE_CHECKING:
     from pipeline.study import Cell
@@ -22,7 +22,7 @@ def validated(manifest_json: str, threads: int | None = None):
     Runs in this process, a ``--jobs`` worker, or a submitit job: everything it needs is in its
     arguments."""
     import stages  # noqa: F401 - the registries, in a fresh worker process too
-    from pipeline.core.records import ValidationRecord, kind_of
+    from foundation.records import ValidationRecord, kind_of
     from pipeline.orchestrator import run_pipeline
 
     if threads:
@@ -36,7 +36,7 @@ def validated(manifest_json: str, threads: int | None = None):
 
 def run_cell(manifest_json: str, cell: Cell, threads: int | None = None) -> dict:
     """Run one study cell up to validation (``validated``); its result row."""
-    from pipeline.core.records import StudentRecord, ValidationRecord, need, training_curves
+    from foundation.records import StudentRecord, ValidationRecord, need, training_curves
 
     manifest, outcome = validated(manifest_json, threads)
     student, validation = need(outcome.artifacts, StudentRecord), need(outcome.artifacts, ValidationRecord)
@@ -100,7 +100,7 @@ def check_launcher(launcher: str) -> None:
     """A launcher whose back-end is missing is exit 3 with one line, before anything trains."""
     if launcher == "local":
         return
-    from pipeline.core.backends import installed
+    from foundation.backends import installed
 
     if not installed("submitit"):
         raise MissingBackend(f"--launcher {launcher} needs submitit: pip install 'cskd-pipeline[cluster]'")

@@ -15,10 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.core.bundle_seal import verify_bundle
-from pipeline.core.live_metrics import RUN_ENV
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import (
+from foundation.bundle_seal import verify_bundle
+from foundation.live_metrics import RUN_ENV
+from foundation.manifest import Manifest
+from foundation.records import (
     LatencyRecord,
     StudentRecord,
     TeacherRecord,
@@ -29,7 +29,7 @@ from pipeline.core.records import (
     need,
     training_curves,
 )
-from pipeline.core.store import Artifact
+from foundation.store import Artifact
 from pipeline.history import flatten
 from pipeline.mlflow_access import mlflow_or_warn as _mlflow
 from pipeline.mlflow_access import quiet_output as _quiet_output
@@ -44,7 +44,7 @@ class LiveRun:
     """The run's MLflow run, opened when the pipeline run starts (status RUNNING) and ended with
     it: FINISHED (the gate's verdict is a tag), FAILED on an error, KILLED on Ctrl-C or SIGTERM.
     While it is open the environment names it, so the training processes log each epoch as it is
-    measured (``pipeline.core.live_metrics``), and each stage's result is logged as it finishes.
+    measured (``foundation.live_metrics``), and each stage's result is logged as it finishes.
     ``run_id`` None: tracking is configured but failed (one warning said); the run goes on."""
 
     STATUS = {"passed": "FINISHED", "partial": "FINISHED", "failed": "FINISHED", "interrupted": "KILLED",

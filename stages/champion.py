@@ -17,12 +17,12 @@ import torch
 from cskd.checkpoint import save_tensors
 from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
-from pipeline.core.bundle_seal import verify_bundle
-from pipeline.core.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
-from pipeline.core.data_section import TestData
-from pipeline.core.errors import ManifestError, StoreError
-from pipeline.core.files import latest_version, sha256_file
-from pipeline.core.manifest import Manifest
+from foundation.bundle_seal import verify_bundle
+from foundation.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
+from foundation.data_section import TestData
+from foundation.errors import ManifestError, StoreError
+from foundation.files import latest_version, sha256_file
+from foundation.manifest import Manifest
 from stages.data import describe, test_split
 
 CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with

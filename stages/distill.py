@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
-from pipeline.core.data_section import TestData, TrainData
-from pipeline.core.manifest import Manifest
-from pipeline.core.model_sections import LossField, Normalization
-from pipeline.core.records import StudentRecord
+from foundation.contracts import Added, Located, Stage, StageContext, StageResult
+from foundation.data_section import TestData, TrainData
+from foundation.manifest import Manifest
+from foundation.model_sections import LossField, Normalization
+from foundation.records import StudentRecord
 from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
 from stages.training import (
     Launch,

@@ -13,11 +13,11 @@ from cskd.config import Strict
 from cskd.evaluate import predict_logits
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
-from pipeline.core.backends import Backend, register_backend
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.data_section import TrainData
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.backends import Backend, register_backend
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.data_section import TrainData
+from foundation.manifest import Manifest
+from foundation.sections import EXPORT_SETTINGS
 from stages.data import held_out
 from stages.models import WEIGHTS_FILE, load_network
 

@@ -6,11 +6,11 @@ from pydantic import Field
 
 from cskd.config import Strict
 from exports.fp16 import convert_fp16
-from pipeline.core.backends import Backend, register_backend
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.fields import Points
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.backends import Backend, register_backend
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.fields import Points
+from foundation.manifest import Manifest
+from foundation.sections import EXPORT_SETTINGS
 from stages.export import ONNX_FILE, onnx_loader
 
 FP16_FILE = "model_fp16.onnx"

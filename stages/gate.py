@@ -23,12 +23,12 @@ from pydantic import AfterValidator, Field, model_validator
 
 from cskd.checkpoint import load_tensors
 from cskd.config import Strict
-from pipeline.core.backends import FASTEST, backend, fastest_passing
-from pipeline.core.contracts import Added, Stage, StageContext, StageResult
-from pipeline.core.fields import Points, known_target
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import VerdictRecord
-from pipeline.core.sections import SECTIONS
+from foundation.backends import FASTEST, backend, fastest_passing
+from foundation.contracts import Added, Stage, StageContext, StageResult
+from foundation.fields import Points, known_target
+from foundation.manifest import Manifest
+from foundation.records import VerdictRecord
+from foundation.sections import SECTIONS
 from stages.champion import PREDICTIONS_FILE as CHAMPION_PREDICTIONS
 from stages.champion import ChampionStage
 from stages.stats import mcnemar, paired_bootstrap

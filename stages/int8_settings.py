@@ -13,9 +13,9 @@ from cskd.config import Strict
 from cskd.loss_registry import LOSS_PRESETS
 from exports.cpu import machine_class
 from exports.quantize import Int8Settings
-from pipeline.core.data_section import TrainData
-from pipeline.core.fields import Points
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.data_section import TrainData
+from foundation.fields import Points
+from foundation.sections import EXPORT_SETTINGS
 from stages.data import train_val
 
 CpuClass = Literal["auto", "vnni", "avx2", "any"]

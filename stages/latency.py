@@ -18,13 +18,13 @@ from cskd.config import Strict
 from exports.latency import measure_interleaved
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
-from pipeline.core.backends import FASTEST, NOT_SHIPPED, TEACHER_ONNX, backend
-from pipeline.core.contracts import Added, Stage, StageContext, StageResult
-from pipeline.core.data_section import DataSource
-from pipeline.core.environment import environment
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import LatencyRecord
-from pipeline.core.sections import SECTIONS
+from foundation.backends import FASTEST, NOT_SHIPPED, TEACHER_ONNX, backend
+from foundation.contracts import Added, Stage, StageContext, StageResult
+from foundation.data_section import DataSource
+from foundation.environment import environment
+from foundation.manifest import Manifest
+from foundation.records import LatencyRecord
+from foundation.sections import SECTIONS
 from stages.models import WEIGHTS_FILE, load_network
 
 

@@ -20,12 +20,12 @@ from cskd.checkpoint import load_weights, save_weights, sha256_file
 from cskd.config import Strict
 from cskd.models import Preprocessed, create_model
 from cskd.models.sources import IMAGENET_MEAN, IMAGENET_STD, is_external
-from pipeline.core import plugins
-from pipeline.core.contracts import Located
-from pipeline.core.data_section import DataSource
-from pipeline.core.errors import ManifestError
-from pipeline.core.model_sections import Normalization, WeightsInit, known_model
-from pipeline.core.records import TrainedRecord
+from foundation import plugins
+from foundation.contracts import Located
+from foundation.data_section import DataSource
+from foundation.errors import ManifestError
+from foundation.model_sections import Normalization, WeightsInit, known_model
+from foundation.records import TrainedRecord
 from stages.data import dataset
 
 WEIGHTS_FILE = TrainedRecord.WEIGHTS

@@ -9,17 +9,17 @@ from pydantic import Field
 
 from cskd.config import Strict
 from exports.openvino import INSTALL_HINT, compile_ir, convert_to_ir, require_openvino, run_batched
-from pipeline.core.backends import (
+from foundation.backends import (
     Backend,
     backend,
     installed,
     register_backend,
 )
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.environment import package_version
-from pipeline.core.fields import Points
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.environment import package_version
+from foundation.fields import Points
+from foundation.manifest import Manifest
+from foundation.sections import EXPORT_SETTINGS
 
 IR_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
 

@@ -44,10 +44,10 @@ from exports.quantize import (
     preprocess,
     quantize_int8,
 )
-from pipeline.core.contracts import NOT_IN_ID, Stage, StageContext, StageResult
-from pipeline.core.data_section import TrainData
-from pipeline.core.manifest import Manifest
-from pipeline.core.model_sections import LossField
+from foundation.contracts import NOT_IN_ID, Stage, StageContext, StageResult
+from foundation.data_section import TrainData
+from foundation.manifest import Manifest
+from foundation.model_sections import LossField
 from stages.data import held_out, train_val
 from stages.int8_settings import Calibration, calibration_images, resolved_int8
 from stages.models import WEIGHTS_FILE, load_network

@@ -23,11 +23,11 @@ from exports.quantize import (
     quantize_with_fallback,
     runtime_agreement,
 )
-from pipeline.core.backends import Backend, register_backend
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.data_section import TrainData
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import QuantizationRecord
+from foundation.backends import Backend, register_backend
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.data_section import TrainData
+from foundation.manifest import Manifest
+from foundation.records import QuantizationRecord
 from stages.data import held_out
 from stages.export import ONNX_FILE, onnx_loader
 from stages.int8_settings import (

@@ -16,14 +16,14 @@ import tempfile
 from pathlib import Path
 
 from cskd.config import Strict
-from pipeline.core.backends import FASTEST, backend, fastest_passing
-from pipeline.core.bundle_seal import seal_bundle
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.environment import environment
-from pipeline.core.errors import MissingBackend
-from pipeline.core.files import sha256_file
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import ServingRecord
+from foundation.backends import FASTEST, backend, fastest_passing
+from foundation.bundle_seal import seal_bundle
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.environment import environment
+from foundation.errors import MissingBackend
+from foundation.files import sha256_file
+from foundation.manifest import Manifest
+from foundation.records import ServingRecord
 from stages.gate import export_budgets, export_rules
 from stages.latency import ServingSection
 from stages.ship import CARD_FILE, describe_io

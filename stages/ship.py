@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 from cskd.config import Strict
-from pipeline.core.backends import backend, backends, fastest_passing
-from pipeline.core.contracts import Added, Stage, StageContext, StageResult
-from pipeline.core.environment import environment
-from pipeline.core.errors import GateFailed
-from pipeline.core.files import sha256_file
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import BundleRecord
-from pipeline.core.store import Artifact
+from foundation.backends import backend, backends, fastest_passing
+from foundation.contracts import Added, Stage, StageContext, StageResult
+from foundation.environment import environment
+from foundation.errors import GateFailed
+from foundation.files import sha256_file
+from foundation.manifest import Manifest
+from foundation.records import BundleRecord
+from foundation.store import Artifact
 from stages.models import WEIGHTS_FILE
 
 CARD_FILE = BundleRecord.CARD

@@ -5,12 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from cskd.config import Strict, TrainConfig
-from pipeline.core.contracts import Added, Located, Stage, StageContext, StageResult
-from pipeline.core.data_section import TrainData
-from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import Manifest
-from pipeline.core.model_sections import CheckpointRef, Normalization
-from pipeline.core.records import TeacherRecord
+from foundation.contracts import Added, Located, Stage, StageContext, StageResult
+from foundation.data_section import TrainData
+from foundation.errors import ManifestError
+from foundation.manifest import Manifest
+from foundation.model_sections import CheckpointRef, Normalization
+from foundation.records import TeacherRecord
 from stages.models import (
     InitRef,
     build_network,

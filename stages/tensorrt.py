@@ -10,17 +10,17 @@ from pydantic import Field, model_validator
 
 from cskd.config import Strict
 from exports.tensorrt import INSTALL_HINT, EngineSpec, build_engine, require_tensorrt
-from pipeline.core.backends import (
+from foundation.backends import (
     Backend,
     backend,
     installed,
     register_backend,
 )
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.environment import environment
-from pipeline.core.files import sha256_file
-from pipeline.core.manifest import Manifest
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.environment import environment
+from foundation.files import sha256_file
+from foundation.manifest import Manifest
+from foundation.sections import EXPORT_SETTINGS
 
 ENGINE_FILE = "model.engine"
 ENGINE_META_FILE = "model.json"  # written by build_engine beside the engine: ONNX hash, TensorRT version, GPU

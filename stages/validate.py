@@ -15,12 +15,12 @@ import torch
 from cskd.checkpoint import save_tensors
 from cskd.config import Strict
 from cskd.evaluate import predict_logits
-from pipeline.core.backends import backend
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.data_section import TestData
-from pipeline.core.manifest import Manifest
-from pipeline.core.records import ValidationRecord
-from pipeline.core.run_sections import ValidateSection
+from foundation.backends import backend
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.data_section import TestData
+from foundation.manifest import Manifest
+from foundation.records import ValidationRecord
+from foundation.run_sections import ValidateSection
 from stages.data import describe, test_split
 from stages.models import WEIGHTS_FILE, load_network
 from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk

@@ -233,7 +233,7 @@ def test_tensorrt_engine_matches_onnx(resnet_onnx, digits, tmp_path):
     from exports.tensorrt import EngineSpec, TrtRunner, build_engine
 
     _, path, _ = resnet_onnx
-    from pipeline.core.files import sha256_file
+    from foundation.files import sha256_file
 
     digest = sha256_file(path)
     meta = build_engine(path, tmp_path / "m.engine", onnx_sha256=digest, spec=EngineSpec(1, 64, 512),

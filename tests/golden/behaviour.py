@@ -115,7 +115,7 @@ def behaviour() -> dict[str, dict]:
     """{stage kind: {"version": the stage's version, "behaviour": what it computes}}."""
     import stages  # noqa: F401 - the stage registry
     from cskd.loss_registry import LOSS_PRESETS
-    from pipeline.core.contracts import registered_stages
+    from foundation.contracts import registered_stages
 
     with tempfile.TemporaryDirectory() as tmp:
         float_path, export = export_graph(Path(tmp))

@@ -31,7 +31,7 @@ def test_run_ships_onnx_and_model_card(shipped_run):
     assert (ship / "student.onnx").is_file() and (ship / "student.safetensors").is_file()
     assert (ship / "report.html").is_file() and (ship / "report.json").is_file()
     assert set(card["files"]) == {"student.onnx", "student.safetensors", "labels.txt", "predict.py"}
-    from pipeline.core.files import sha256_file as file_sha256
+    from foundation.files import sha256_file as file_sha256
 
     assert all(file_sha256(ship / name) == digest for name, digest in card["files"].items())
     metrics = card["metrics"]

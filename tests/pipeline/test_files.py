@@ -1,4 +1,4 @@
-"""Output folders and files (pipeline/core/files.py): confinement to the working folder, the
+"""Output folders and files (foundation/files.py): confinement to the working folder, the
 marker that says a folder is ours, atomic replacement, never overwriting or following a link."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from pipeline.core.errors import OutputError
-from pipeline.core.files import (
+from foundation.errors import OutputError
+from foundation.files import (
     EXPORT_MARKER,
     OUTPUT_MARKER,
     canonical_json,
@@ -230,7 +230,7 @@ def test_a_linked_export_marker_vouches_for_nothing(tmp_path):
 
 def test_a_link_made_between_the_check_and_the_write_is_not_followed(tmp_path, monkeypatch):
     """The race the exclusive open closes: a dangling link planted after check_new_path looked."""
-    import pipeline.core.files as files
+    import foundation.files as files
 
     target = tmp_path / "victim.txt"
 

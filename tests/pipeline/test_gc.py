@@ -10,10 +10,10 @@ import time
 
 import pytest
 
-from pipeline.core.bundle_seal import seal_bundle
-from pipeline.core.errors import ManifestError, StoreError
-from pipeline.core.files import OUTPUT_MARKER
-from pipeline.core.store import ArtifactStore
+from foundation.bundle_seal import seal_bundle
+from foundation.errors import ManifestError, StoreError
+from foundation.files import OUTPUT_MARKER
+from foundation.store import ArtifactStore
 from pipeline.gc import collect, plan_gc
 
 

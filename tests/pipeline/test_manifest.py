@@ -10,8 +10,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.core.errors import ManifestError
-from pipeline.core.manifest import Manifest
+from foundation.errors import ManifestError
+from foundation.manifest import Manifest
 from pipeline.manifest_io import load_manifest, manifest_from_text
 from tests.conftest import REPO, TINY_MANIFEST, edited
 
@@ -129,8 +129,8 @@ def test_the_schema_is_assembled_from_the_registries_and_checks_what_validation_
     import jsonschema
 
     from cskd.loss_registry import registered_losses
-    from pipeline.core.schema import manifest_schema
-    from pipeline.core.sections import EXPORT_SETTINGS
+    from foundation.schema import manifest_schema
+    from foundation.sections import EXPORT_SETTINGS
 
     schema = manifest_schema()
     assert {"data", "teacher", "student", "gate", "validate"} <= set(schema["properties"])
@@ -199,8 +199,8 @@ def test_sample_limits_take_a_seeded_subset_of_every_class_and_leave_other_ids_a
     two classes. A limit takes a seeded random subset instead; without a limit the data
     view's id data is what it was before the subset field existed."""
     from cskd.data.datasets import Split
-    from pipeline.core.contracts import recipe
-    from pipeline.core.data_section import DataSection
+    from foundation.contracts import recipe
+    from foundation.data_section import DataSection
     from stages.data import _limited
 
     plain = DataSection(name="digits")

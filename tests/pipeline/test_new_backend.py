@@ -18,15 +18,15 @@ from click.testing import CliRunner
 from pydantic import Field
 
 from cskd.config import Strict
-from pipeline.cli import main
-from pipeline.core.backends import (
+from foundation.backends import (
     Backend,
     register_backend,
     unregister_backend,
 )
-from pipeline.core.contracts import Stage, StageContext, StageResult
-from pipeline.core.errors import EXIT_GATE_FAILED
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.errors import EXIT_GATE_FAILED
+from foundation.sections import EXPORT_SETTINGS
+from pipeline.cli import main
 from stages.export import ONNX_FILE, onnx_loader
 from tests.conftest import edited, working_dir, write_manifest
 

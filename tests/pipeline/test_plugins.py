@@ -1,4 +1,4 @@
-"""Plug-ins (``pipeline/core/plugins.py``): a distribution installed beside the pipeline adds a
+"""Plug-ins (``foundation/plugins.py``): a distribution installed beside the pipeline adds a
 model, a loss and an export back-end through entry points, and the quickstart runs with all three
 from a folder outside the repository. The distribution is real as far as ``importlib.metadata``
 knows: a package and its ``.dist-info`` (METADATA, entry_points.txt) on a path of its own, as pip
@@ -62,9 +62,9 @@ import numpy as np
 from pydantic import Field
 
 from cskd.config import Strict
-from pipeline.core.backends import Backend, register_backend
-from pipeline.core.contracts import Stage, StageResult
-from pipeline.core.sections import EXPORT_SETTINGS
+from foundation.backends import Backend, register_backend
+from foundation.contracts import Stage, StageResult
+from foundation.sections import EXPORT_SETTINGS
 from stages.export import ONNX_FILE, onnx_loader
 
 

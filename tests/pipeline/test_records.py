@@ -1,4 +1,4 @@
-"""Typed stage records (pipeline/core/records.py): each role is played by exactly one registered
+"""Typed stage records (foundation/records.py): each role is played by exactly one registered
 stage, a stage's new record is checked against the model it declares before it is committed, and
 the layer above the stages names no stage kind and no file a stage writes."""
 
@@ -11,10 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 import stages  # noqa: F401 - registers every stage
-from pipeline.cli import main
-from pipeline.core.contracts import registered_stages
-from pipeline.core.errors import EXIT_RUNTIME
-from pipeline.core.records import (
+from foundation.contracts import registered_stages
+from foundation.errors import EXIT_RUNTIME
+from foundation.records import (
     BundleRecord,
     LatencyRecord,
     QuantizationRecord,
@@ -26,6 +25,7 @@ from pipeline.core.records import (
     VerdictRecord,
     kind_of,
 )
+from pipeline.cli import main
 from tests.conftest import REPO
 
 PLAYED_BY = {TeacherRecord: "teacher", StudentRecord: "distill", ValidationRecord: "validate",
@@ -75,7 +75,7 @@ def test_a_stored_record_that_no_longer_fits_its_model_is_one_line_with_the_fix(
 
 @pytest.mark.parametrize("passed", ["true", 1, "yes"])
 def test_a_verdict_passes_only_on_true_itself(passed):
-    from pipeline.core.records import find
+    from foundation.records import find
 
     class Verdict:  # an artifact as the store hands it out: its metrics as recorded
         metrics = {"passed": passed, "rules": []}
@@ -87,7 +87,7 @@ def test_a_verdict_passes_only_on_true_itself(passed):
 
 
 def _top_layer() -> list[Path]:
-    return sorted((REPO / "pipeline").glob("*.py"))  # pipeline/core is below the stages
+    return sorted((REPO / "pipeline").glob("*.py"))  # foundation is below the stages
 
 
 def _named_kinds(tree: ast.AST, kinds: set[str]) -> list[str]:

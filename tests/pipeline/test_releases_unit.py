@@ -1,5 +1,5 @@
 """The seal and the release trail on hand-made version folders (no training): fast enough for
-`make mutants` to run against every mutant of ``pipeline/core/bundle_seal.py`` and
+`make mutants` to run against every mutant of ``foundation/bundle_seal.py`` and
 ``pipeline/releases.py``. The pipeline-level tests are in test_integrity.py and test_release.py."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.core.bundle_seal import SUMS, read_sums, seal_bundle, verify_bundle
-from pipeline.core.errors import ManifestError, OutputError, StoreError
-from pipeline.core.files import sha256_file
+from foundation.bundle_seal import SUMS, read_sums, seal_bundle, verify_bundle
+from foundation.errors import ManifestError, OutputError, StoreError
+from foundation.files import sha256_file
 from pipeline.releases import (
     RELEASES,
     planned_version,

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from pipeline.core.store import ArtifactStore
+from foundation.store import ArtifactStore
 from tests.conftest import edited, write_manifest
 
 
@@ -39,8 +39,8 @@ def test_two_concurrent_runs_of_one_manifest(workdir):
 def test_full_disk_during_commit_leaves_nothing_partial(tiny_manifest, workdir, monkeypatch):
     from click.testing import CliRunner
 
+    from foundation import store as store_module
     from pipeline.cli import main
-    from pipeline.core import store as store_module
 
     real_write = store_module.Path.write_text
 

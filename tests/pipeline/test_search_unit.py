@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from pipeline.core.errors import ManifestError
+from foundation.errors import ManifestError
 from pipeline.manifest_io import load_manifest
 from pipeline.search import choose, pareto
 from pipeline.search_cells import candidate_manifest, rungs

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from exports.latency import measure, measure_interleaved, within_noise
-from pipeline.core.backends import fastest_passing
+from foundation.backends import fastest_passing
 from pipeline.history import diff_runs
 
 

@@ -8,8 +8,8 @@ import shutil
 
 import pytest
 
-from pipeline.core.errors import OutputError, StoreError
-from pipeline.core.store import ArtifactStore, artifact_id
+from foundation.errors import OutputError, StoreError
+from foundation.store import ArtifactStore, artifact_id
 from pipeline.manifest_io import manifest_from_text
 from pipeline.orchestrator import plan
 from tests.conftest import TINY_MANIFEST, edited
@@ -182,7 +182,7 @@ def test_ids_of_existing_stores_do_not_change():
 
 
 def test_a_temp_folder_the_store_makes_is_one_its_cleaner_recognises(tmp_path):
-    from pipeline.core.store import _TMP_NAME
+    from foundation.store import _TMP_NAME
 
     store = ArtifactStore(tmp_path)
     made = store.new_tmp_dir("quantize", "0123456789abcdef" * 4)

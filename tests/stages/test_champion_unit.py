@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from pipeline.core.bundle_seal import seal_bundle
-from pipeline.core.errors import StoreError
-from pipeline.core.files import sha256_file
+from foundation.bundle_seal import seal_bundle
+from foundation.errors import StoreError
+from foundation.files import sha256_file
 from pipeline.manifest_io import manifest_from_text
 from stages.champion import CHAMPION_FILE, ChampionConfig, ChampionStage, champion_of
 from tests.conftest import edited

@@ -7,7 +7,7 @@ import re
 import pytest
 from scipy import stats
 
-from pipeline.core.errors import ManifestError
+from foundation.errors import ManifestError
 from pipeline.manifest_io import manifest_from_text
 from stages.gate import GateStage, describe_failures, evaluate_rules
 from tests.conftest import edited
@@ -93,7 +93,7 @@ def test_latency_rule_judges_the_fastest_artifact_within_its_budget():
 
 
 def test_latency_rule_needs_a_measurement():
-    from pipeline.core.errors import ManifestError
+    from foundation.errors import ManifestError
 
     with pytest.raises(ManifestError, match="needs a 'latency' section"):
         manifest_from_text(edited(gate__latency={"max_p90_ms": 5.0}))
@@ -272,7 +272,7 @@ def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *
     import torch
 
     from cskd.checkpoint import save_tensors
-    from pipeline.core.store import Artifact
+    from foundation.store import Artifact
     from stages.champion import PREDICTIONS_FILE as THEIRS
     from stages.validate import PREDICTIONS_FILE as OURS
 

@@ -28,8 +28,8 @@ from exports.quantize import (
     quantize_int8,
     runtime_agreement,
 )
+from foundation.errors import EXIT_GATE_FAILED
 from pipeline.cli import main
-from pipeline.core.errors import EXIT_GATE_FAILED
 from tests.conftest import edited, working_dir, write_manifest
 
 

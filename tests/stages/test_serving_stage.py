@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from foundation.errors import EXIT_GATE_FAILED
 from pipeline.cli import main
-from pipeline.core.errors import EXIT_GATE_FAILED
 from tests.conftest import edited, working_dir, write_manifest
 
 pytest.importorskip("litserve", reason="litserve is not installed (the [serve] extra)")

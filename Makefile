@@ -62,7 +62,7 @@ test-all: $(STAMP)  ## every test
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)  ## ruff, and the import layers (import-linter contracts in pyproject.toml)
-	$(BIN)/ruff check pipeline foundation stages cskd exports serving tests benchmarks tools
+	$(BIN)/ruff check pipeline foundation stages stagekit cskd exports serving tests benchmarks tools
 	$(BIN)/lint-imports
 
 docs: $(STAMP)  ## the documentation site into site/ (offline, strict: a broken link or page fails); open site/index.html

@@ -4,7 +4,7 @@ One YAML file describes the whole run. Stages never see this object: each projec
 it reads into its own config (its ``configure``), and that config is what its artifact id is
 made of. The sections live beside what reads them: ``data_section``, ``model_sections`` and
 ``run_sections`` in the core, a stage's own section in its module (``gate`` in
-``stages/gate.py``), a back-end's ``export:`` keys in its stage module; this module puts them
+``stagekit/gate_rules.py``), a back-end's ``export:`` keys in its stage module; this module puts them
 together. ``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
 """
 
@@ -31,7 +31,7 @@ from foundation.search_section import SearchSection
 from foundation.sections import EXPORT_SETTINGS, SECTIONS
 
 # Folders of the project itself: no output location may be one of them or inside one.
-PROJECT_FOLDERS = (".git", ".venv", "pipeline", "foundation", "stages", "cskd", "exports", "tests", "manifests", "baselines",
+PROJECT_FOLDERS = (".git", ".venv", "pipeline", "foundation", "stages", "stagekit", "cskd", "exports", "tests", "manifests", "baselines",
                    "benchmarks")
 
 

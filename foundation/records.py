@@ -60,6 +60,13 @@ class ValidationRecord(StageRecord):
     student_vs_teacher: dict  # the paired bootstrap interval and McNemar's test
 
 
+class ChampionRecord(StageRecord):
+    PREDICTIONS: ClassVar[str] = "champion_predictions.safetensors"  # the champion's logits and the labels
+
+    comparable: bool
+    version: str
+
+
 class LatencyRecord(StageRecord):
     results: list[dict]  # one cell per back-end and batch size: p50_ms, p90_ms, throughput_ips, ...
 

@@ -15,54 +15,25 @@ import numpy as np
 import torch
 
 from cskd.checkpoint import save_tensors
-from cskd.config import Strict
 from exports.ort_runtime import create_session, run_batched
-from foundation.bundle_seal import verify_bundle
-from foundation.contracts import Located, Stage, StageContext, StageResult, left_out_kinds
-from foundation.data_section import TestData
-from foundation.errors import ManifestError, StoreError
-from foundation.files import latest_version, sha256_file
+from foundation.contracts import Stage, StageContext, StageResult
+from foundation.errors import ManifestError
+from foundation.files import sha256_file
 from foundation.manifest import Manifest
-from stages.data import describe, test_split
-
-CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with
-PREDICTIONS_FILE = "champion_predictions.safetensors"
-
-
-def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
-    """(version, its ONNX model) that ``latest`` points at in ``ship_folder``, or None."""
-    version = latest_version(ship_folder)
-    if version is None:
-        return None
-    try:  # the new student is held to this model: it must be the one that shipped
-        verify_bundle(ship_folder / version)
-    except StoreError as exc:
-        raise StoreError(f"champion {version}: {exc} (nothing ships while latest fails its seal)") from None
-    return version, ship_folder / version / CHAMPION_FILE
-
-
-class ChampionConfig(Strict):
-    sha256: str  # the champion file's content is its identity
-    path: str = Located()
-    version: str = Located()
-    data: TestData
+from foundation.records import ChampionRecord
+from stagekit.champion_file import ChampionConfig, find_champion
+from stagekit.data import describe, test_split
 
 
 class ChampionStage(Stage):
     kind = "champion"
     version = 1
     Config = ChampionConfig
+    Record = ChampionRecord  # comparable, version, top1; the champion's logits in PREDICTIONS
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ChampionConfig | None:
-        if manifest.ship.promote == "always" or cls.kind in left_out_kinds():
-            return None
-        found = champion_of(Path(manifest.ship.dir) / manifest.name)
-        if found is None:
-            return None
-        version, model = found
-        return ChampionConfig(sha256=sha256_file(model), path=str(model), version=version,
-                              data=manifest.data.test_view())
+        return find_champion(manifest)
 
     def inputs(self, config: ChampionConfig) -> tuple[str, ...]:
         return ()
@@ -94,7 +65,7 @@ class ChampionStage(Stage):
             return StageResult({"comparable": False, "version": config.version,
                                 "why": f"the champion has {logits.shape[1]} classes, this data set {classes}"},
                                f"{config.version}: not comparable")
-        save_tensors({"labels": test.labels, "champion": torch.from_numpy(logits)}, ctx.out_dir / PREDICTIONS_FILE)
+        save_tensors({"labels": test.labels, "champion": torch.from_numpy(logits)}, ctx.out_dir / ChampionRecord.PREDICTIONS)
         top1 = float((logits.argmax(1) == labels).mean() * 100.0)
         return StageResult({"comparable": True, "version": config.version, "top1": top1, "samples": len(labels)},
                            f"{config.version} test top-1 {top1:.2f}")

@@ -8,8 +8,8 @@ from foundation.data_section import TestData, TrainData
 from foundation.manifest import Manifest
 from foundation.model_sections import LossField, Normalization
 from foundation.records import StudentRecord
-from stages.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
-from stages.training import (
+from stagekit.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
+from stagekit.training import (
     Launch,
     TrainingJob,
     launch_of,

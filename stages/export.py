@@ -18,10 +18,10 @@ from foundation.contracts import Stage, StageContext, StageResult
 from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.sections import EXPORT_SETTINGS
-from stages.data import held_out
-from stages.models import WEIGHTS_FILE, load_network
+from stagekit.data import held_out
+from stagekit.models import WEIGHTS_FILE, load_network
+from stagekit.onnx_files import ONNX_FILE, onnx_loader
 
-ONNX_FILE = "model.onnx"
 EXPORT_SETTINGS.register("opset", int, Field(18, ge=17, le=23, description="ONNX opset (the torch.export-based "
                                                                         "exporter writes 18 natively)"))
 PARITY_SAMPLES = 512
@@ -31,16 +31,6 @@ def parity(model_logits: np.ndarray, reference: np.ndarray) -> dict:
     """Largest absolute logit difference and top-1 agreement (percent) against a reference."""
     return {"max_logit_diff": float(np.abs(model_logits - reference).max()),
             "top1_agreement": float((model_logits.argmax(1) == reference.argmax(1)).mean()) * 100.0}
-
-
-def onnx_loader(kind: str, file: str):
-    """A ``Backend.load`` for an ONNX model in artifact ``kind``, run by ONNX Runtime on the CPU."""
-
-    def load(artifacts, *, batch_size: int, threads: int | None):
-        session = create_session(artifacts[kind].file(file), threads=threads)
-        return lambda images: run_batched(session, images, batch_size=batch_size)
-
-    return load
 
 
 class ExportConfig(Strict):

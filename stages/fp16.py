@@ -11,7 +11,7 @@ from foundation.contracts import Stage, StageContext, StageResult
 from foundation.fields import Points
 from foundation.manifest import Manifest
 from foundation.sections import EXPORT_SETTINGS
-from stages.export import ONNX_FILE, onnx_loader
+from stagekit.onnx_files import ONNX_FILE, onnx_loader
 
 FP16_FILE = "model_fp16.onnx"
 EXPORT_SETTINGS.register("fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32"))

@@ -33,7 +33,7 @@ from cskd.config import Strict, TrainConfig
 from cskd.engine import train
 from cskd.evaluate import predict_logits
 from cskd.loss_registry import LOSS_PRESETS, build_objective
-from cskd.quant import float_model, set_activations, simulate
+from cskd.quant import float_model
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
 from exports.quantize import (
@@ -41,41 +41,25 @@ from exports.quantize import (
     activation_params,
     add_outputs,
     pinned_ranges,
-    preprocess,
-    quantize_int8,
 )
 from foundation.contracts import NOT_IN_ID, Stage, StageContext, StageResult
 from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.model_sections import LossField
-from stages.data import held_out, train_val
-from stages.int8_settings import Calibration, calibration_images, resolved_int8
-from stages.models import WEIGHTS_FILE, load_network
-
-FLOAT_FILE = "qad_fp32.onnx"  # the fine-tuned student in float, what the quantize stage quantizes
-PINNED_FILE = "pinned_ranges.json"  # tensor name -> the activation range QAD trained with
-PARITY_IMAGES = 1000
-# Below this top-1 agreement with the QDQ graph (before any training) the simulation is not the
-# exported model, and QAD would fine-tune something that is not shipped: it is skipped.
-MIN_SIMULATION_AGREEMENT = 99.0
-
-
-class SimulationMismatch(Exception):
-    """The simulated INT8 network cannot be built, or does not compute what the QDQ model computes:
-    QAD is skipped and the float fallback follows."""
-
-
-def check_simulation(sim: torch.nn.Module, qdq: Path, images: torch.Tensor) -> dict:
-    """Top-1 agreement and largest logit difference of the simulation against the QDQ graph run as
-    written; raises ``SimulationMismatch`` below ``MIN_SIMULATION_AGREEMENT``."""
-    agreement = _agreement(predict_logits(sim, images).numpy(),
-                           run_batched(create_session(qdq, optimize=False), images.numpy()))
-    if agreement["top1_agreement"] < MIN_SIMULATION_AGREEMENT:
-        raise SimulationMismatch(
-            f"the simulated INT8 network agrees with the QDQ model on {agreement['top1_agreement']:.1f}% of val "
-            f"images before training (at least {MIN_SIMULATION_AGREEMENT:.0f}% needed): the QDQ model quantizes "
-            f"an operator the simulation does not model; export.int8.operators: weighted is simulated exactly")
-    return agreement
+from stagekit.data import held_out, train_val
+from stagekit.int8_settings import Calibration, calibration_images, resolved_int8
+from stagekit.models import WEIGHTS_FILE, load_network
+from stagekit.qad_handoff import (
+    FLOAT_FILE,
+    PARITY_IMAGES,
+    PINNED_FILE,
+    SimulationMismatch,
+    calibrated,
+    check_simulation,
+    logit_agreement,
+    quantized,
+    simulation,
+)
 
 
 class QadConfig(Strict):
@@ -107,54 +91,6 @@ class QadResult:
     parity: dict = field(default_factory=dict)
 
 
-def _quantized(sim: torch.nn.Module, fp32: Path, *, calibration: np.ndarray, settings: Int8Settings,
-               folder: Path, pinned: dict | None = None) -> Path:
-    """``fp32`` (the simulated network's float weights, exported) quantized by ONNX Runtime (calibrated,
-    or with ``pinned`` ranges); the simulation takes the QDQ model's parameters. Returns the QDQ model."""
-    prepared = preprocess(fp32, folder / "qad_prepared.onnx")
-    qdq = quantize_int8(prepared, folder / "qad_int8.onnx", calibration_images=calibration, settings=settings,
-                        pinned=pinned)
-    try:
-        set_activations(sim, activation_params(qdq), add_outputs(qdq))
-    except ValueError as exc:  # the QDQ model's layers or sums cannot be matched to the network's
-        raise SimulationMismatch(f"{exc}; export.int8.operators: weighted is simulated exactly") from None
-    return qdq
-
-
-def _agreement(simulated: np.ndarray, exported: np.ndarray) -> dict:
-    return {"max_logit_diff": float(np.abs(simulated - exported).max()),
-            "top1_agreement": float((simulated.argmax(1) == exported.argmax(1)).mean() * 100.0)}
-
-
-def _simulation(student: torch.nn.Module, settings: Int8Settings) -> torch.nn.Module:
-    try:
-        return simulate(student, activation_type=settings.activation_type, reduce_range=settings.reduce_range)
-    except ValueError as exc:  # torch.fx cannot trace the network (vgg's layer loop, data-dependent flow)
-        raise SimulationMismatch(str(exc)) from None
-
-
-def _calibrated(sim: torch.nn.Module, *, calibration: np.ndarray, settings: Int8Settings, opset: int,
-                sample_shape: tuple[int, ...], folder: Path) -> Path:
-    """The simulation's float weights exported and quantized by ONNX Runtime with its own
-    calibration; the simulation takes that QDQ model's ranges. Returns the QDQ model."""
-    fp32 = export_onnx(float_model(sim).cpu(), sample=torch.zeros(2, *sample_shape), path=folder / "fp32.onnx",
-                       opset=opset)
-    return _quantized(sim, fp32, calibration=calibration, settings=settings, folder=folder)
-
-
-def simulation_agreement(student: torch.nn.Module, *, images: torch.Tensor, calibration: np.ndarray,
-                         settings: Int8Settings, opset: int) -> dict:
-    """Whether QAD could train ``student`` quantized with ``settings`` exactly as it ships: the
-    simulation against the QDQ model, before any training (``check_simulation``'s dict);
-    raises ``SimulationMismatch`` when it cannot be built or does not match. ``images``: uint8
-    ``[N, C, H, W]`` held-out images."""
-    sim = _simulation(student.eval(), settings)
-    with tempfile.TemporaryDirectory() as scratch:
-        qdq = _calibrated(sim, calibration=calibration, settings=settings, opset=opset,
-                          sample_shape=tuple(images.shape[1:]), folder=Path(scratch))
-        return check_simulation(sim, qdq, images)
-
-
 def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8Settings, work_dir: Path,
             out_dir: Path, progress, log) -> QadResult:
     data = plan.data
@@ -162,7 +98,7 @@ def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8S
     student = load_network(plan.student_model, source, inputs["distill"].file(WEIGHTS_FILE)).eval()
     teacher_file = inputs["teacher" if plan.teacher == "teacher" else "distill"].file(WEIGHTS_FILE)
     teacher = load_network(plan.teacher_model, source, teacher_file).eval()
-    sim = _simulation(student, settings)
+    sim = simulation(student, settings)
     train_split, _ = train_val(data)
     val, _ = held_out(data)
     sample = torch.zeros(2, *val.sample_shape)
@@ -171,7 +107,7 @@ def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8S
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         # The student's ranges before QAD (a resumed run recomputes the same ones: same weights, same images).
-        qdq = _calibrated(sim, calibration=calibration, settings=settings, opset=plan.opset,
+        qdq = calibrated(sim, calibration=calibration, settings=settings, opset=plan.opset,
                           sample_shape=tuple(val.sample_shape), folder=folder)
         pinned = pinned_ranges(activation_params(qdq), add_outputs(qdq))
         images = val.head(PARITY_IMAGES)
@@ -188,14 +124,14 @@ def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8S
         sim.eval()
         float_onnx = export_onnx(float_model(sim).cpu(), sample=sample, path=out_dir / FLOAT_FILE, opset=plan.opset)
         # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and ranges.
-        qdq = _quantized(sim, float_onnx, calibration=calibration, settings=settings, folder=folder, pinned=pinned)
+        qdq = quantized(sim, float_onnx, calibration=calibration, settings=settings, folder=folder, pinned=pinned)
         simulated = predict_logits(sim, images).numpy()
         parity = {"images": len(images), "before_training": before_training,
                   # the QDQ graph as written (float Quantize/Dequantize arithmetic): what the simulation models
-                  "graph": _agreement(simulated, run_batched(create_session(qdq, optimize=False), images.numpy())),
+                  "graph": logit_agreement(simulated, run_batched(create_session(qdq, optimize=False), images.numpy())),
                   # ONNX Runtime's integer kernels on this CPU: what ships (equal to the graph unless the
                   # CPU saturates uint8 x int8 sums: see int8.reduce_range)
-                  "runtime": _agreement(simulated, run_batched(create_session(qdq), images.numpy()))}
+                  "runtime": logit_agreement(simulated, run_batched(create_session(qdq), images.numpy()))}
     return QadResult(float_onnx, pinned, plan.epochs, [last], parity)
 
 

@@ -1,7 +1,7 @@
 """Quantize: INT8 QDQ with ONNX Runtime, calibrated on training images. When INT8 loses more
 val top-1 than ``int8.max_drop``: the QAD stage's fine-tuned student (stages/qad.py, asked for
 only then unless ``qad.when: always``), then, as the last resort, the fallback that keeps the
-most sensitive nodes in float. Registers ``onnx-int8``; the settings are in stages/int8_settings.py."""
+most sensitive nodes in float. Registers ``onnx-int8``; the settings are in stagekit/int8_settings.py."""
 
 from __future__ import annotations
 
@@ -28,17 +28,23 @@ from foundation.contracts import Stage, StageContext, StageResult
 from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.records import QuantizationRecord
-from stages.data import held_out
-from stages.export import ONNX_FILE, onnx_loader
-from stages.int8_settings import (
+from stagekit.data import held_out
+from stagekit.int8_settings import (
     Calibration,
     Int8Section,
     calibration_images,
     cpu_class,
     resolved_int8,
 )
-from stages.models import WEIGHTS_FILE, load_network
-from stages.qad import FLOAT_FILE, PARITY_IMAGES, PINNED_FILE
+from stagekit.models import WEIGHTS_FILE, load_network
+from stagekit.onnx_files import ONNX_FILE, onnx_loader
+from stagekit.qad_handoff import (
+    FLOAT_FILE,
+    PARITY_IMAGES,
+    PINNED_FILE,
+    SimulationMismatch,
+    simulation_agreement,
+)
 
 INT8_FILE = "model_int8.onnx"
 # The INT8 budget is measured on at most this many val images (a streamed folder's val split
@@ -196,8 +202,6 @@ def _choose_operators(config: QuantizeConfig, ctx: StageContext, report, *, imag
     """``operators: auto``: ``all`` when its post-training INT8 model holds the budget and the QAD
     simulation matches it (so a later QAD trains exactly what ships), else ``weighted``. The
     choice and its reason go into the card."""
-    from stages.qad import SimulationMismatch, simulation_agreement
-
     budget = config.int8.max_drop
     if report.drop > budget:
         return {"chosen": "weighted", "why": f"with every operator quantized INT8 lost {report.drop:.2f} points "

@@ -23,10 +23,10 @@ from foundation.environment import environment
 from foundation.errors import MissingBackend
 from foundation.files import sha256_file
 from foundation.manifest import Manifest
-from foundation.records import ServingRecord
-from stages.gate import export_budgets, export_rules
-from stages.latency import ServingSection
-from stages.ship import CARD_FILE, describe_io
+from foundation.records import BundleRecord, ServingRecord
+from stagekit.bundle_io import describe_io
+from stagekit.gate_rules import export_budgets, export_rules
+from stagekit.serving_section import ServingSection
 
 RESULT_FILE = "serving.json"
 
@@ -66,7 +66,7 @@ def write_bundle(folder: Path, name: str, target: str, ctx: StageContext) -> Non
         for shipped, inner in entry.shipped.items():
             shutil.copyfile(ctx.inputs[entry.kind].file(inner), folder / shipped)
     files = {path.name: sha256_file(path) for path in sorted(folder.iterdir())}
-    (folder / CARD_FILE).write_text(json.dumps({"name": name, **describe_io(ctx.inputs), "files": files}) + "\n")
+    (folder / BundleRecord.CARD).write_text(json.dumps({"name": name, **describe_io(ctx.inputs), "files": files}) + "\n")
     seal_bundle(folder)
 
 

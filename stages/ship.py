@@ -19,21 +19,12 @@ from foundation.files import sha256_file
 from foundation.manifest import Manifest
 from foundation.records import BundleRecord
 from foundation.store import Artifact
-from stages.models import WEIGHTS_FILE
+from stagekit.bundle_io import describe_io
+from stagekit.models import WEIGHTS_FILE
 
 CARD_FILE = BundleRecord.CARD
 README_FILE = "README.md"
 PREDICT_SCRIPT = Path(__file__).parent / "bundle" / "predict.py"
-
-
-def describe_io(artifacts: dict[str, Artifact]) -> dict:
-    """What a user of the bundle must know to feed the model and read its output."""
-    data = artifacts["validate"].record.get("data", {})
-    return {"input": {**artifacts["export"].record["input"],
-                      "normalisation": "inside the model: feed pixels scaled to [0, 1], do not normalise again"},
-            "output": {"name": "logits", "shape": ["batch", data.get("num_classes")],
-                       "meaning": "unnormalised scores; softmax gives probabilities, argmax the class"},
-            "class_names": data.get("class_names") or [str(i) for i in range(data.get("num_classes", 0))]}
 
 
 def add_onnx_metadata(path: Path, io: dict) -> None:

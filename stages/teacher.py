@@ -11,7 +11,7 @@ from foundation.errors import ManifestError
 from foundation.manifest import Manifest
 from foundation.model_sections import CheckpointRef, Normalization
 from foundation.records import TeacherRecord
-from stages.models import (
+from stagekit.models import (
     InitRef,
     build_network,
     load_network,
@@ -19,7 +19,7 @@ from stages.models import (
     resolve_preprocess,
     save_network,
 )
-from stages.training import Launch, TrainingJob, launch_of, nodes_in_id, run_training, val_summary
+from stagekit.training import Launch, TrainingJob, launch_of, nodes_in_id, run_training, val_summary
 
 
 class TeacherConfig(Strict):
@@ -90,7 +90,7 @@ def _load_foreign(config: TeacherConfig, ref: CheckpointRef):
     from cskd.checkpoint import sha256_file
     from cskd.errors import CheckpointError
     from cskd.models.init import load_initial_weights
-    from stages.data import dataset
+    from stagekit.data import dataset
 
     actual = sha256_file(ref.path)
     if actual != ref.sha256:

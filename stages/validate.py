@@ -21,9 +21,9 @@ from foundation.data_section import TestData
 from foundation.manifest import Manifest
 from foundation.records import ValidationRecord
 from foundation.run_sections import ValidateSection
-from stages.data import describe, test_split
-from stages.models import WEIGHTS_FILE, load_network
-from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
+from stagekit.data import describe, test_split
+from stagekit.models import WEIGHTS_FILE, load_network
+from stagekit.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 
 
 class ValidateRecord(ValidationRecord):

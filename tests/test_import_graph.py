@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import grimp
 
-PACKAGES = ("pipeline", "foundation", "stages", "cskd", "exports", "serving")
+PACKAGES = ("pipeline", "foundation", "stages", "stagekit", "cskd", "exports", "serving")
 
 
 def import_circles(graph) -> list[list[str]]:
@@ -74,3 +74,19 @@ def test_no_package_imports_itself_through_others():
                 packages.add_import(importer=module.split(".")[0], imported=imported.split(".")[0])
     assert {"pipeline", "stages", "foundation"} <= set(packages.modules)  # the graph is the real one
     assert import_circles(packages) == []
+
+
+def test_no_stage_imports_another():
+    """What stages share lives in stagekit, the foundation or their records (import-linter's
+    independence contract says the same in `make lint`)."""
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False, exclude_type_checking_imports=True)
+
+    def stage(module: str) -> str | None:
+        parts = module.split(".")
+        return parts[1] if parts[0] == "stages" and len(parts) > 1 else None
+
+    between = sorted((importer, imported) for importer in graph.modules if stage(importer)
+                     for imported in graph.find_modules_directly_imported_by(importer)
+                     if stage(imported) and stage(imported) != stage(importer))
+    assert len({stage(m) for m in graph.modules if stage(m)}) >= 14  # the real stages
+    assert between == []

@@ -40,7 +40,7 @@ def test_the_loss_field_keeps_its_width() -> None:
 
 
 def test_the_epoch_line_eta_after_a_resume_counts_only_the_epochs_timed(monkeypatch) -> None:
-    from stages import training
+    from stagekit import training
 
     clock = iter([0.0, 10.0])   # started; the first epoch this process trains ends 10 s later
     monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))

@@ -201,7 +201,7 @@ def test_sample_limits_take_a_seeded_subset_of_every_class_and_leave_other_ids_a
     from cskd.data.datasets import Split
     from foundation.contracts import recipe
     from foundation.data_section import DataSection
-    from stages.data import _limited
+    from stagekit.data import _limited
 
     plain = DataSection(name="digits")
     assert "subset" not in recipe(plain.train_view()) and "subset" not in recipe(plain.test_view())

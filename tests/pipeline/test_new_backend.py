@@ -27,7 +27,7 @@ from foundation.contracts import Stage, StageContext, StageResult
 from foundation.errors import EXIT_GATE_FAILED
 from foundation.sections import EXPORT_SETTINGS
 from pipeline.cli import main
-from stages.export import ONNX_FILE, onnx_loader
+from stagekit.onnx_files import ONNX_FILE, onnx_loader
 from tests.conftest import edited, working_dir, write_manifest
 
 TARGET, KIND, FILE, SHIPPED = "onnx-rounded", "test_rounded", "rounded.onnx", "student_rounded.onnx"

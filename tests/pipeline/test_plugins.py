@@ -65,7 +65,7 @@ from cskd.config import Strict
 from foundation.backends import Backend, register_backend
 from foundation.contracts import Stage, StageResult
 from foundation.sections import EXPORT_SETTINGS
-from stages.export import ONNX_FILE, onnx_loader
+from stagekit.onnx_files import ONNX_FILE, onnx_loader
 
 
 class RoundedSection(Strict):

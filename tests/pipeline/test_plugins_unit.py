@@ -103,8 +103,8 @@ def test_a_loss_plugin_that_registers_nothing_is_named(site):
 def test_a_network_whose_head_ignores_the_classes_is_refused_naming_the_plugin(site):
     from foundation.model_sections import known_model
     from pipeline.manifest_io import manifest_from_text
+    from stagekit.models import _check_head, build_network
     from stages.distill import DistillStage
-    from stages.models import _check_head, build_network
     from tests.conftest import TINY_MANIFEST
 
     # where every run (and every training worker) builds its network: the digits' 10 classes

@@ -159,7 +159,7 @@ def test_a_workers_ping_is_not_read_as_a_response():
 def _test_images(bundle: Path) -> tuple[np.ndarray, np.ndarray]:
     """The test split of the manifest the bundle was shipped from (the tiny one), as the pipeline draws it."""
     from pipeline.manifest_io import manifest_from_text
-    from stages.data import test_split
+    from stagekit.data import test_split
     from tests.conftest import TINY_MANIFEST
 
     assert json.loads((bundle / "model_card.json").read_text())["name"] == "tiny"

@@ -105,9 +105,9 @@ def test_paired_cells_share_initialisation_and_data_order(tiny_manifest):
     from cskd.data import DeviceLoader
     from pipeline.manifest_io import load_manifest
     from pipeline.study import Cell, cell_manifest, parse_losses
-    from stages.data import train_val
+    from stagekit.data import train_val
+    from stagekit.models import build_network
     from stages.distill import DistillStage
-    from stages.models import build_network
 
     base = load_manifest(tiny_manifest)
     kd, paper = parse_losses("kd,cskd-paper")

@@ -12,7 +12,8 @@ from foundation.bundle_seal import seal_bundle
 from foundation.errors import StoreError
 from foundation.files import sha256_file
 from pipeline.manifest_io import manifest_from_text
-from stages.champion import CHAMPION_FILE, ChampionConfig, ChampionStage, champion_of
+from stagekit.champion_file import CHAMPION_FILE, ChampionConfig, champion_of
+from stages.champion import ChampionStage
 from tests.conftest import edited
 
 

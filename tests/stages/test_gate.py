@@ -9,7 +9,8 @@ from scipy import stats
 
 from foundation.errors import ManifestError
 from pipeline.manifest_io import manifest_from_text
-from stages.gate import GateStage, describe_failures, evaluate_rules
+from stagekit.gate_rules import describe_failures, evaluate_rules
+from stages.gate import GateStage
 from tests.conftest import edited
 
 
@@ -164,7 +165,7 @@ def _serving(rows):
 
 
 def test_serving_rules_judge_the_largest_load_level_unless_told():
-    from stages.gate import serving_rules
+    from stagekit.gate_rules import serving_rules
 
     figures = _serving([(1, 5.0, 100.0, 0), (32, 40.0, 500.0, 0)])
     text = edited(latency={"serving": {"concurrency": [1, 32]}}, gate__serving={"p99_ms": 30.0, "min_throughput": 400})
@@ -181,7 +182,7 @@ def test_serving_rules_judge_the_largest_load_level_unless_told():
 
 
 def test_export_rules_pick_the_onnx_agreement_and_each_budget():
-    from stages.gate import export_rules
+    from stagekit.gate_rules import export_rules
 
     rules = export_rules(99.0, {"onnx-int8": 0.5}, _metrics(agreement=98.0, int8=89.0))
     assert [(r["target"], r["passed"]) for r in rules] == [("onnx", False), ("onnx-int8", False)]
@@ -190,7 +191,7 @@ def test_export_rules_pick_the_onnx_agreement_and_each_budget():
 
 
 def test_a_rule_records_its_numbers_direction_and_why_only_when_it_fails():
-    from stages.gate import _rule
+    from stagekit.gate_rules import _rule
 
     assert _rule("r", 1.234, 1.0, why="because") == {"rule": "r", "measured": 1.23, "threshold": 1.0, "passed": True,
                                                       "direction": "at_least", "measured_exact": 1.234}
@@ -229,7 +230,7 @@ def test_a_class_missing_on_one_side_only_is_left_out_and_class_lists_must_match
 
 
 def test_serving_rules_with_the_gate_and_a_passing_rule_keeps_no_why():
-    from stages.gate import serving_rules
+    from stagekit.gate_rules import serving_rules
 
     text = edited(latency={"serving": {"concurrency": [1, 32]}}, gate__serving={"p99_ms": 30.0, "min_throughput": 400})
     config = GateStage.configure(manifest_from_text(text))
@@ -272,9 +273,8 @@ def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *
     import torch
 
     from cskd.checkpoint import save_tensors
+    from foundation.records import ChampionRecord, ValidationRecord
     from foundation.store import Artifact
-    from stages.champion import PREDICTIONS_FILE as THEIRS
-    from stages.validate import PREDICTIONS_FILE as OURS
 
     labels = torch.zeros(n, dtype=torch.long)
 
@@ -285,16 +285,16 @@ def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *
 
     (tmp_path / "validate").mkdir()
     (tmp_path / "champion").mkdir()
-    save_tensors({"labels": labels, "onnx": logits(ours_right)}, tmp_path / "validate" / OURS)
+    save_tensors({"labels": labels, "onnx": logits(ours_right)}, tmp_path / "validate" / ValidationRecord.PREDICTIONS)
     save_tensors({"labels": labels if theirs_labels is None else theirs_labels, "champion": logits(theirs_right)},
-                 tmp_path / "champion" / THEIRS)
+                 tmp_path / "champion" / ChampionRecord.PREDICTIONS)
     champion = Artifact("champion", "c" * 64, tmp_path / "champion",
                         {"metrics": {"comparable": True, "version": "v3", "top1": theirs_right * 100.0 / n}})
     return tmp_path / "validate", champion
 
 
 def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_path):
-    from stages.gate import ChampionRule, champion_rule
+    from stagekit.gate_rules import ChampionRule, champion_rule
 
     rule = ChampionRule(max_regression=1.0, resamples=200, seed=0, against=True)
     validate_dir, champion = _champion_case(tmp_path, ours_right=89, theirs_right=90)
@@ -317,7 +317,7 @@ def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_
 def test_the_champion_rule_without_a_champion_or_not_comparable_or_other_images(tmp_path):
     import torch
 
-    from stages.gate import ChampionRule, GateError, champion_rule
+    from stagekit.gate_rules import ChampionRule, GateError, champion_rule
 
     none = champion_rule(ChampionRule(max_regression=0.0, resamples=10, seed=0, against=False), tmp_path, None)
     assert none["passed"] is True and none["measured"] is None and none["rule"].startswith(
@@ -341,7 +341,7 @@ def test_the_champion_rule_without_a_champion_or_not_comparable_or_other_images(
 
 
 def test_an_export_with_non_finite_logits_fails_a_rule_of_its_own_that_says_how_many():
-    from stages.gate import export_rules
+    from stagekit.gate_rules import export_rules
 
     metrics = _metrics(int8=89.5)
     metrics["samples"] = 400
@@ -368,7 +368,7 @@ def test_an_export_with_non_finite_logits_fails_a_rule_of_its_own_that_says_how_
      "gate.serving.concurrency 8 is not in latency.serving.concurrency"),
 ])
 def test_a_gate_rule_that_nothing_measures_is_refused_with_what_to_add(changes, says):
-    from stages.gate import _measurable
+    from stagekit.gate_rules import _measurable
 
     with pytest.raises(ManifestError, match=re.escape(says)):
         manifest_from_text(edited(**changes))

@@ -85,7 +85,7 @@ def test_the_simulation_computes_what_the_exported_qdq_model_says(tmp_path, mode
 def test_qad_refuses_a_simulation_that_is_not_the_exported_model(tmp_path, model, matches):
     # With operators: all, a pre-activation WRN's BatchNorm after each residual sum stays an
     # operator of its own, quantized by ONNX Runtime and not by the simulation: QAD must not train it.
-    from stages.qad import SimulationMismatch, check_simulation
+    from stagekit.qad_handoff import SimulationMismatch, check_simulation
 
     digits = load_dataset("digits")
     sim = simulate(_network(model, digits), activation_type="uint8")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
+from stagekit.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 
 
 def test_mcnemar_hand_computed():

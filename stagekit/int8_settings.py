@@ -16,7 +16,7 @@ from exports.quantize import Int8Settings
 from foundation.data_section import TrainData
 from foundation.fields import Points
 from foundation.sections import EXPORT_SETTINGS
-from stages.data import train_val
+from stagekit.data import train_val
 
 CpuClass = Literal["auto", "vnni", "avx2", "any"]
 # QAD's loss: the student's own (inherit), or one of the study's named losses.

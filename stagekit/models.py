@@ -26,7 +26,7 @@ from foundation.data_section import DataSource
 from foundation.errors import ManifestError
 from foundation.model_sections import Normalization, WeightsInit, known_model
 from foundation.records import TrainedRecord
-from stages.data import dataset
+from stagekit.data import dataset
 
 WEIGHTS_FILE = TrainedRecord.WEIGHTS
 

@@ -27,8 +27,8 @@ from foundation.data_section import TestData, TrainData
 from foundation.live_metrics import epoch_logger
 from foundation.model_sections import Normalization
 from foundation.records import TrainedRecord
-from stages.data import dataset, test_split, train_val
-from stages.models import InitRef, build_network, load_network, save_network
+from stagekit.data import dataset, test_split, train_val
+from stagekit.models import InitRef, build_network, load_network, save_network
 
 
 class Launch(Strict):
@@ -169,7 +169,10 @@ def _worker(job_json: str) -> dict:
     """One rank: join the process group the launcher set up, train, leave."""
     import torch.distributed as dist
 
-    import stages  # noqa: F401 - registries (losses, back-ends) as in the parent process
+    from foundation import plugins
+
+    for group in ("models", "losses"):  # what training builds, from installed plug-ins as in the parent
+        plugins.load_all(group)
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:

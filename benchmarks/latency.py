@@ -73,7 +73,7 @@ def main() -> None:
     prepared = preprocess(fp32, work / "prepared.onnx")
     calibration = train_split.images[:512].numpy().astype(np.float32) / 255.0  # training split only
     int8 = quantize_int8(prepared, work / "int8.onnx", calibration_images=calibration,
-                         settings=Int8Settings(calibration="minmax", activation_type="uint8", per_channel=True))
+                         settings=Int8Settings(method="minmax", activation_type="uint8", per_channel=True))
 
     test_x, test_y = ds.test.images.numpy(), ds.test.labels
     sessions = {"onnx-fp32": create_session(fp32, threads=args.threads),

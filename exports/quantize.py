@@ -14,8 +14,10 @@ import logging
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict
 
 from exports.errors import ExportError
 from exports.ort_runtime import create_session, run_batched
@@ -23,16 +25,22 @@ from exports.ort_runtime import create_session, run_batched
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 
 
-@dataclass(frozen=True)
-class Int8Settings:
-    calibration: str = "minmax"  # minmax | entropy | percentile
-    activation_type: str = "uint8"  # uint8 | int8
+class Int8Settings(BaseModel):
+    """How ONNX Runtime quantizes a model, resolved: the one INT8 settings type from the manifest
+    (``export.int8``, resolved by ``stagekit.int8_settings.int8_settings``) through the QAD and
+    quantize stages' ids to ``quantize_int8``. Its fields are what both stages' artifacts depend on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime's calibration method
+    images: int = 512  # training images calibrated on (the caller draws them; recorded for the ids)
+    activation_type: Literal["uint8", "int8"] = "uint8"
     per_channel: bool = True
     reduce_range: bool = False  # 7-bit weights in [-64, 64]: no U8S8 saturation on CPUs without VNNI
     # weighted: Conv, Gemm and MatMul only (the float operators between them run on dequantized
     # tensors); all: every operator ONNX Runtime can quantize (Add, Relu, pooling, reshapes), so
     # the integer kernels run back to back
-    operators: str = "weighted"
+    operators: Literal["weighted", "all"] = "weighted"
 
 
 @dataclass
@@ -119,7 +127,7 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[settings.calibration]
+              "percentile": CalibrationMethod.Percentile}[settings.method]
     activation = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     input_name = create_session(float_path).get_inputs()[0].name
     with _root_logger_quiet():

@@ -79,25 +79,11 @@ def resolved_int8(export) -> Int8Section:
     return int8.model_copy(update={"reduce_range": reduce_range})
 
 
-class Calibration(Strict):
-    """How ONNX Runtime quantizes the student, and on how many training images it calibrates:
-    what both the quantize stage and QAD (whose activation ranges are these) depend on."""
-
-    method: Literal["minmax", "entropy", "percentile"]
-    images: int
-    activation_type: Literal["uint8", "int8"]
-    per_channel: bool
-    reduce_range: bool
-    operators: Literal["weighted", "all"]
-
-    @classmethod
-    def of(cls, int8: Int8Section, *, operators: str) -> Calibration:
-        return cls(method=int8.calibration, images=int8.calibration_images, activation_type=int8.activation_type,
-                   per_channel=int8.per_channel, reduce_range=int8.reduce_range, operators=operators)
-
-    def settings(self) -> Int8Settings:
-        return Int8Settings(calibration=self.method, activation_type=self.activation_type,
-                            per_channel=self.per_channel, reduce_range=self.reduce_range, operators=self.operators)
+def int8_settings(int8: Int8Section, *, operators: str) -> Int8Settings:
+    """The resolved settings (``resolved_int8``'s section, ``operators`` decided) that ONNX Runtime
+    quantizes with: what both the quantize stage and QAD (whose activation ranges these are) depend on."""
+    return Int8Settings(method=int8.calibration, images=int8.calibration_images, activation_type=int8.activation_type,
+                        per_channel=int8.per_channel, reduce_range=int8.reduce_range, operators=operators)
 
 
 def calibration_images(data: TrainData, count: int) -> np.ndarray:

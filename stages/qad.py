@@ -47,7 +47,7 @@ from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.model_sections import LossField
 from stagekit.data import held_out, train_val
-from stagekit.int8_settings import Calibration, calibration_images, resolved_int8
+from stagekit.int8_settings import calibration_images, int8_settings, resolved_int8
 from stagekit.models import WEIGHTS_FILE, load_network
 from stagekit.qad_handoff import (
     FLOAT_FILE,
@@ -76,7 +76,7 @@ class QadConfig(Strict):
     augment: dict
     seed: int
     opset: int
-    calibration: Calibration
+    calibration: Int8Settings  # the id's key for it stays 'calibration'
     data: TrainData
     # on_drop: run when the quantize stage asks; always: in the plan's order. Not what QAD computes.
     on_demand: bool = Field(json_schema_extra={NOT_IN_ID: True})
@@ -157,7 +157,7 @@ class QadStage(Stage):
                          student_model=s.model,
                          teacher_model=manifest.teacher.model if section.teacher == "teacher" else s.model,
                          batch_size=s.train.batch_size, augment=s.train.augment.model_dump(), seed=s.train.seed,
-                         opset=export.opset, calibration=Calibration.of(int8, operators=operators),
+                         opset=export.opset, calibration=int8_settings(int8, operators=operators),
                          data=manifest.data.train_view(), on_demand=section.when == "on_drop")
 
     def inputs(self, config: QadConfig) -> tuple[str, ...]:
@@ -167,7 +167,7 @@ class QadStage(Stage):
         return config.on_demand
 
     def run(self, config: QadConfig, ctx: StageContext) -> StageResult:
-        settings = config.calibration.settings()
+        settings = config.calibration
         calibration = calibration_images(config.data, config.calibration.images)
         try:
             qad = run_qad(config, inputs=ctx.inputs, calibration=calibration, settings=settings,

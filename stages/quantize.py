@@ -6,7 +6,6 @@ most sensitive nodes in float. Registers ``onnx-int8``; the settings are in stag
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -30,10 +29,10 @@ from foundation.manifest import Manifest
 from foundation.records import QuantizationRecord
 from stagekit.data import held_out
 from stagekit.int8_settings import (
-    Calibration,
     Int8Section,
     calibration_images,
     cpu_class,
+    int8_settings,
     resolved_int8,
 )
 from stagekit.models import WEIGHTS_FILE, load_network
@@ -125,7 +124,7 @@ class QuantizeStage(Stage):
         # With QAD always, auto means weighted: what QAD trains under auto (stages/qad.py)
         operators = "weighted" if section.operators == "auto" and when == "always" else section.operators
         # the same settings the QAD stage calibrated with (its pinned ranges must fit them)
-        settings = Calibration.of(section, operators="all" if operators == "auto" else operators).settings()
+        settings = int8_settings(section, operators="all" if operators == "auto" else operators)
         prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
         val, split_name = held_out(config.data)
         calibration = calibration_images(config.data, section.calibration_images)
@@ -140,7 +139,7 @@ class QuantizeStage(Stage):
             choice = _choose_operators(config, ctx, report, images=val.head(PARITY_IMAGES), calibration=calibration,
                                        settings=settings)
             if choice["chosen"] == "weighted":
-                args["settings"] = settings = replace(settings, operators="weighted")
+                args["settings"] = settings = settings.model_copy(update={"operators": "weighted"})
                 report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args,
                                                 stop_after_ptq=when != "never")
         ptq_drop, qad, qad_skipped = report.drop, None, None
@@ -152,7 +151,7 @@ class QuantizeStage(Stage):
                 qad, qad_skipped = None, qad.metrics["skipped"]
                 ctx.log(f"[qad] warning: skipped: {qad_skipped}")
         if qad is not None:  # the fine-tuned student, quantized with the ranges it trained with
-            args["settings"] = settings = replace(settings, operators=qad.metrics["operators"])
+            args["settings"] = settings = settings.model_copy(update={"operators": qad.metrics["operators"]})
             qad_prepared = preprocess(qad.file(FLOAT_FILE), ctx.out_dir / "qad_prepared.onnx")
             report = quantize_with_fallback(qad_prepared, ctx.out_dir / INT8_FILE, **args,
                                             reference_top1=report.fp32_top1,
@@ -228,7 +227,7 @@ def _probe(files: dict, out: Path, export, images) -> None:
     operators = "all" if section.operators == "auto" else section.operators
     prepared = preprocess(files["onnx"], out.with_name("prepared.onnx"))
     quantize_int8(prepared, out, calibration_images=images,
-                  settings=Calibration.of(section, operators=operators).settings())
+                  settings=int8_settings(section, operators=operators))
 
 
 register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),

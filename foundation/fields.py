@@ -1,14 +1,21 @@
-"""Field types the manifest's sections share: output paths that stay inside the working
-directory, top-1 points, export target names."""
+"""What the manifest's sections share: their base (``Strict``: unknown keys refused, values
+frozen), output paths that stay inside the working directory, top-1 points, export target names."""
 
 from __future__ import annotations
 
 from pathlib import PurePosixPath, PureWindowsPath
 from typing import Annotated
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from foundation.backends import backends
+
+
+class Strict(BaseModel):
+    """A manifest section: an unknown key is an error (a typo never passes silently), and a
+    validated manifest cannot change under the stages that read it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _relative_inside(value: str) -> str:

@@ -9,6 +9,7 @@ pipeline did not make is never deleted, whatever the manifest says.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -16,13 +17,18 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from cskd.checkpoint import sha256_file
 from foundation.errors import OutputError
 
 __all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
            "read_marker", "OUTPUT_MARKER", "LATEST", "latest_version", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]
 
 OUTPUT_MARKER = ".cskd-output.json"
+
+
+def sha256_file(path: str | Path) -> str:
+    """The file's sha256, read in blocks (a model of gigabytes is never held whole)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 LATEST = "latest"  # the link in a ship or report folder to its newest (or champion) entry
 
 

@@ -2,10 +2,11 @@
 
 One YAML file describes the whole run. Stages never see this object: each projects the part
 it reads into its own config (its ``configure``), and that config is what its artifact id is
-made of. The sections live beside what reads them: ``data_section``, ``model_sections`` and
-``run_sections`` in the core, a stage's own section in its module (``gate`` in
-``stagekit/gate_rules.py``), a back-end's ``export:`` keys in its stage module; this module puts them
-together. ``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
+made of. The sections live beside what reads them: ``run_sections`` (validate, ship, report,
+distributed, tracking) and ``search_section`` here in the foundation; the sections that need
+method code (``data``, ``teacher``, ``student``) in stagekit, and a stage's own section in its
+module or stagekit (``gate`` in ``stagekit/gate_rules.py``), registered in ``SECTIONS``; a
+back-end's ``export:`` keys in its stage module (``EXPORT_SETTINGS``). This module puts them together. ``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
 """
 
 from __future__ import annotations
@@ -15,11 +16,8 @@ from typing import ClassVar, Literal
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from cskd.config import Strict
 from foundation.backends import auto_targets, backends
-from foundation.data_section import DataSection
-from foundation.fields import RelativePath, Target
-from foundation.model_sections import StudentSection, TeacherSection
+from foundation.fields import RelativePath, Strict, Target
 from foundation.run_sections import (
     DistributedSection,
     ReportSection,
@@ -100,9 +98,6 @@ class Manifest(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                       description="letters, digits, _ . -; names the report and ship folders")
     store: RelativePath = Field(".cskd", description="artifact store, relative to the working directory")
-    data: DataSection = Field(description="the data set: where it is and how it is split")
-    teacher: TeacherSection = Field(description="the teacher: trained here, or a checkpoint used as it is")
-    student: StudentSection = Field(description="the student, its distillation loss and its training")
     export: ExportSection = Field(default_factory=ExportSection, description="the exported files and their budgets")
     validate_: ValidateSection = Field(ValidateSection(), alias="validate", description="test-split validation")
     ship: ShipSection = Field(ShipSection(), description="where bundles go, and when a new one becomes latest")

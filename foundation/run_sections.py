@@ -9,9 +9,8 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from cskd.config import Strict
 from foundation.contracts import Added
-from foundation.fields import RelativePath
+from foundation.fields import RelativePath, Strict
 
 
 class ValidateSection(Strict):

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
-from cskd.config import Strict
+from foundation.fields import Strict
 
 
 class Candidate(Strict):

@@ -52,7 +52,7 @@ class SettingsRegistry:
         if self._model is None:
             from pydantic import create_model
 
-            from cskd.config import Strict
+            from foundation.fields import Strict
 
             self._model = create_model(f"{self.where.title()}Settings", __base__=Strict, **dict(self._keys))
         return self._model
@@ -68,7 +68,7 @@ class SettingsRegistry:
         ``model``'s own fields, so that one validation lists every problem, as pydantic does."""
         from pydantic import ValidationError, create_model
 
-        from cskd.config import Strict
+        from foundation.fields import Strict
 
         fields = create_model(f"{model.__name__}Fields", __base__=Strict,
                               **{name: (f.annotation, f) for name, f in model.model_fields.items()})

@@ -31,7 +31,7 @@ def schema() -> None:
     Example:  cskd-pipeline schema > manifest.schema.json   (for editor completion)
     """
     import stages  # noqa: F401 - registers every back-end and the export settings they own
-    from foundation.schema import manifest_schema
+    from pipeline.schema import manifest_schema
 
     click.echo(json.dumps(manifest_schema(), indent=2))
 

@@ -8,10 +8,10 @@ from pathlib import Path
 from cskd.config import Strict
 from foundation.bundle_seal import verify_bundle
 from foundation.contracts import Located, left_out_kinds
-from foundation.data_section import TestData
 from foundation.errors import StoreError
 from foundation.files import latest_version, sha256_file
 from foundation.manifest import Manifest
+from stagekit.data_section import TestData
 
 CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from cskd.data import DataSet, Split, split_train_val
-from foundation.data_section import DataSource, TestData, TrainData
+from stagekit.data_section import DataSource, TestData, TrainData
 
 
 def dataset(source: DataSource) -> DataSet:

@@ -13,10 +13,10 @@ from cskd.config import Strict
 from cskd.loss_registry import LOSS_PRESETS
 from exports.cpu import machine_class
 from exports.quantize import Int8Settings
-from foundation.data_section import TrainData
 from foundation.fields import Points
 from foundation.sections import EXPORT_SETTINGS
 from stagekit.data import train_val
+from stagekit.data_section import TrainData
 
 CpuClass = Literal["auto", "vnni", "avx2", "any"]
 # QAD's loss: the student's own (inherit), or one of the study's named losses.

@@ -22,11 +22,11 @@ from cskd.models import Preprocessed, create_model
 from cskd.models.sources import IMAGENET_MEAN, IMAGENET_STD, is_external
 from foundation import plugins
 from foundation.contracts import Located
-from foundation.data_section import DataSource
 from foundation.errors import ManifestError
-from foundation.model_sections import Normalization, WeightsInit, known_model
 from foundation.records import TrainedRecord
 from stagekit.data import dataset
+from stagekit.data_section import DataSource
+from stagekit.model_sections import Normalization, WeightsInit, known_model
 
 WEIGHTS_FILE = TrainedRecord.WEIGHTS
 

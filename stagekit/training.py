@@ -23,11 +23,11 @@ from cskd.distributed import local_rank, rank
 from cskd.engine import train
 from cskd.loss_registry import build_objective
 from cskd.objectives import CrossEntropy
-from foundation.data_section import TestData, TrainData
 from foundation.live_metrics import epoch_logger
-from foundation.model_sections import Normalization
 from foundation.records import TrainedRecord
 from stagekit.data import dataset, test_split, train_val
+from stagekit.data_section import TestData, TrainData
+from stagekit.model_sections import Normalization
 from stagekit.models import InitRef, build_network, load_network, save_network
 
 
@@ -145,7 +145,7 @@ def train_job(job: TrainingJob, *, progress, log: Callable[[str], None] | None =
     if job.role == "teacher":
         objective = CrossEntropy(model)
     else:
-        from foundation.model_sections import (
+        from stagekit.model_sections import (
             loss_config,  # a plug-in's loss is loaded in a worker too
         )
 

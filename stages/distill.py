@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from cskd.config import Strict, TrainConfig
 from foundation.contracts import Added, Located, Stage, StageContext, StageResult
-from foundation.data_section import TestData, TrainData
 from foundation.manifest import Manifest
-from foundation.model_sections import LossField, Normalization
 from foundation.records import StudentRecord
+from stagekit.data_section import TestData, TrainData
+from stagekit.model_sections import LossField, Normalization
 from stagekit.models import WEIGHTS_FILE, InitRef, resolve_init, resolve_preprocess
 from stagekit.training import (
     Launch,

@@ -15,10 +15,10 @@ from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
 from foundation.backends import Backend, register_backend
 from foundation.contracts import Stage, StageContext, StageResult
-from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.sections import EXPORT_SETTINGS
 from stagekit.data import held_out
+from stagekit.data_section import TrainData
 from stagekit.models import WEIGHTS_FILE, load_network
 from stagekit.onnx_files import ONNX_FILE, onnx_loader
 

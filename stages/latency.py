@@ -19,11 +19,11 @@ from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
 from foundation.backends import FASTEST, NOT_SHIPPED, TEACHER_ONNX, backend
 from foundation.contracts import Added, Stage, StageContext, StageResult
-from foundation.data_section import DataSource
 from foundation.environment import environment
 from foundation.manifest import Manifest
 from foundation.records import LatencyRecord
 from foundation.sections import SECTIONS
+from stagekit.data_section import DataSource
 from stagekit.models import WEIGHTS_FILE, load_network
 from stagekit.serving_section import ServingSection
 

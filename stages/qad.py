@@ -43,11 +43,11 @@ from exports.quantize import (
     pinned_ranges,
 )
 from foundation.contracts import NOT_IN_ID, Stage, StageContext, StageResult
-from foundation.data_section import TrainData
 from foundation.manifest import Manifest
-from foundation.model_sections import LossField
 from stagekit.data import held_out, train_val
+from stagekit.data_section import TrainData
 from stagekit.int8_settings import calibration_images, int8_settings, resolved_int8
+from stagekit.model_sections import LossField
 from stagekit.models import WEIGHTS_FILE, load_network
 from stagekit.qad_handoff import (
     FLOAT_FILE,

@@ -24,10 +24,10 @@ from exports.quantize import (
 )
 from foundation.backends import Backend, register_backend
 from foundation.contracts import Stage, StageContext, StageResult
-from foundation.data_section import TrainData
 from foundation.manifest import Manifest
 from foundation.records import QuantizationRecord
 from stagekit.data import held_out
+from stagekit.data_section import TrainData
 from stagekit.int8_settings import (
     Int8Section,
     calibration_images,

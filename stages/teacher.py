@@ -6,11 +6,11 @@ from pathlib import Path
 
 from cskd.config import Strict, TrainConfig
 from foundation.contracts import Added, Located, Stage, StageContext, StageResult
-from foundation.data_section import TrainData
 from foundation.errors import ManifestError
 from foundation.manifest import Manifest
-from foundation.model_sections import CheckpointRef, Normalization
 from foundation.records import TeacherRecord
+from stagekit.data_section import TrainData
+from stagekit.model_sections import CheckpointRef, Normalization
 from stagekit.models import (
     InitRef,
     build_network,

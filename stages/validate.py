@@ -17,11 +17,11 @@ from cskd.config import Strict
 from cskd.evaluate import predict_logits
 from foundation.backends import backend
 from foundation.contracts import Stage, StageContext, StageResult
-from foundation.data_section import TestData
 from foundation.manifest import Manifest
 from foundation.records import ValidationRecord
 from foundation.run_sections import ValidateSection
 from stagekit.data import describe, test_split
+from stagekit.data_section import TestData
 from stagekit.models import WEIGHTS_FILE, load_network
 from stagekit.stats import mcnemar, paired_bootstrap, per_class_accuracy, topk
 

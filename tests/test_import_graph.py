@@ -90,3 +90,11 @@ def test_no_stage_imports_another():
                      if stage(imported) and stage(imported) != stage(importer))
     assert len({stage(m) for m in graph.modules if stage(m)}) >= 14  # the real stages
     assert between == []
+
+
+def test_the_foundation_imports_no_method_code():
+    """The foundation (stage contract, store, manifest core, records, registries) reaches no ``cskd``
+    module, directly or through another package: the method's sections register from stagekit."""
+    graph = grimp.build_graph(*PACKAGES, include_external_packages=False, exclude_type_checking_imports=True)
+    assert "foundation.manifest" in graph.modules and "cskd.config" in graph.modules
+    assert not graph.chain_exists(importer="foundation", imported="cskd", as_packages=True)

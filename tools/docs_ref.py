@@ -73,7 +73,7 @@ def _section(title: str, schema: dict, defs: dict, out: list[str]) -> None:
 def manifest_reference() -> str:
     import stages  # noqa: F401 - registers the sections and export keys the stages own
     from cskd.loss_registry import registered_losses
-    from foundation.schema import manifest_schema
+    from pipeline.schema import manifest_schema
 
     schema = manifest_schema()
     defs = schema.get("$defs", {})

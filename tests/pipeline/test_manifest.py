@@ -129,8 +129,8 @@ def test_the_schema_is_assembled_from_the_registries_and_checks_what_validation_
     import jsonschema
 
     from cskd.loss_registry import registered_losses
-    from foundation.schema import manifest_schema
     from foundation.sections import EXPORT_SETTINGS
+    from pipeline.schema import manifest_schema
 
     schema = manifest_schema()
     assert {"data", "teacher", "student", "gate", "validate"} <= set(schema["properties"])
@@ -200,8 +200,8 @@ def test_sample_limits_take_a_seeded_subset_of_every_class_and_leave_other_ids_a
     view's id data is what it was before the subset field existed."""
     from cskd.data.datasets import Split
     from foundation.contracts import recipe
-    from foundation.data_section import DataSection
     from stagekit.data import _limited
+    from stagekit.data_section import DataSection
 
     plain = DataSection(name="digits")
     assert "subset" not in recipe(plain.train_view()) and "subset" not in recipe(plain.test_view())

@@ -69,7 +69,7 @@ def test_installed_lists_every_group_without_loading_anything(site):
 
 def test_a_factory_entry_point_becomes_a_model_a_manifest_can_name(site):
     from cskd.models import create_model
-    from foundation.model_sections import known_model
+    from stagekit.model_sections import known_model
 
     assert known_model("tiny_head") == "tiny_head" and plugins.loaded("models") == {"tiny_head"}
     net = create_model("tiny_head", num_classes=4, in_channels=1)
@@ -84,7 +84,7 @@ def test_a_factory_entry_point_becomes_a_model_a_manifest_can_name(site):
     ("not_a_factory", "registered no model named 'not_a_factory' and is not a factory"),
 ])
 def test_a_model_plugin_that_cannot_serve_is_one_line_exit_3(site, name, needle):
-    from foundation.model_sections import known_model
+    from stagekit.model_sections import known_model
 
     with pytest.raises(plugins.PluginError) as raised:
         known_model(name)
@@ -93,7 +93,7 @@ def test_a_model_plugin_that_cannot_serve_is_one_line_exit_3(site, name, needle)
 
 
 def test_a_loss_plugin_that_registers_nothing_is_named(site):
-    from foundation.model_sections import loss_config
+    from stagekit.model_sections import loss_config
 
     with pytest.raises(plugins.PluginError, match="registered no loss of kind 'silent-loss'"):
         loss_config({"kind": "silent-loss"})
@@ -101,8 +101,8 @@ def test_a_loss_plugin_that_registers_nothing_is_named(site):
 
 
 def test_a_network_whose_head_ignores_the_classes_is_refused_naming_the_plugin(site):
-    from foundation.model_sections import known_model
     from pipeline.manifest_io import manifest_from_text
+    from stagekit.model_sections import known_model
     from stagekit.models import _check_head, build_network
     from stages.distill import DistillStage
     from tests.conftest import TINY_MANIFEST

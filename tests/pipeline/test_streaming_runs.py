@@ -7,8 +7,8 @@ import json
 
 from click.testing import CliRunner
 
-from foundation.data_section import DataSection
 from pipeline.cli import main
+from stagekit.data_section import DataSection
 from tests.conftest import edited, write_manifest
 from tests.pipeline.test_fingerprint import RETRAINED, TRAIN_READERS, _to_run, _write_folder
 

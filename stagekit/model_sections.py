@@ -19,6 +19,7 @@ from cskd.loss_configs import CSKDLoss
 from cskd.loss_registry import LossConfig, parse_loss
 from foundation import plugins
 from foundation.contracts import Added, Located
+from foundation.sections import SECTIONS
 
 
 def known_model(name: str) -> str:
@@ -150,3 +151,9 @@ class TeacherSection(_ModelSection):
 class StudentSection(_ModelSection):
     loss: LossField = Field(CSKDLoss(kind="cskd"), description="a registered loss: {kind: ..., settings}")
     train: TrainConfig
+
+
+SECTIONS.register("teacher", TeacherSection, Field(description="the teacher: trained here, or a checkpoint used as "
+                                                               "it is"))
+SECTIONS.register("student", StudentSection, Field(description="the student, its distillation loss and its "
+                                                               "training"))

@@ -14,6 +14,7 @@ from cskd.config import Strict
 from cskd.data.datasets import DATASETS
 from cskd.data.fingerprint import split_fingerprints
 from foundation.contracts import Added, Located
+from foundation.sections import SECTIONS
 
 __all__ = ["DataSection", "DataSource", "TestData", "TrainData"]
 
@@ -192,3 +193,6 @@ class DataSection(Strict):
                         max_test_samples=self.max_test_samples,
                         subset="random" if self.max_test_samples is not None else None,
                         split_seed=self.split_seed if self.max_test_samples is not None else None)
+
+
+SECTIONS.register("data", DataSection, Field(description="the data set: where it is and how it is split"))

@@ -1,6 +1,8 @@
-"""The manifest's JSON schema, assembled from the registries: the fixed sections, every section
-a stage registered (``gate``, ``latency``), every ``export:`` key a back-end registered, and every registered ``student.loss`` kind
-(pydantic sees only their common base, which has just ``kind``)."""
+"""The manifest's JSON schema, assembled from the registries: the foundation's fixed sections,
+every section stagekit and the stages registered (``data``, ``teacher``, ``student``, ``gate``,
+``latency``), every ``export:`` key a back-end registered, and every registered ``student.loss``
+kind (pydantic sees only their common base, which has just ``kind``). It lives in the roof because
+the loss kinds are the method's (cskd), which the foundation does not import."""
 
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ def manifest_schema() -> dict:
 
     sections = SECTIONS.model().model_json_schema(by_alias=True, ref_template=REF)
     defs.update(sections.pop("$defs", {}))
-    schema["properties"].update(sections["properties"])
+    # the sections stages and stagekit registered (data, teacher, student, gate, latency) follow the
+    # manifest's identity (version, name, store), as users write them; the run's settings come after
+    fixed = schema["properties"]
+    first = {k: fixed.pop(k) for k in ("version", "name", "store") if k in fixed}
+    schema["properties"] = {**first, **sections["properties"], **fixed}
     schema["required"] = [*schema.get("required", []), *sections.get("required", [])]
     schema["additionalProperties"] = False
 

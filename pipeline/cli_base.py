@@ -100,6 +100,13 @@ def load_from_option(manifest_opt: str | None, overrides: tuple[str, ...] = ()):
     return load_manifest(resolve_manifest_path(manifest_opt), overrides)
 
 
+def store_from_option(manifest_opt: str | None) -> str:
+    """The manifest's store, read without the schema (no stage, no torch): what ``gc`` needs."""
+    from pipeline.manifest_yaml import store_of
+
+    return store_of(resolve_manifest_path(manifest_opt))
+
+
 manifest_option = click.option("-m", "--manifest", "manifest_opt", metavar="PATH",
                                help="manifest file, or a name: ./NAME.yaml, then manifests/NAME.yaml, then the examples "
                                     "installed with the package, e.g. -m quickstart (default: ./manifest.yaml, "

@@ -17,6 +17,7 @@ from pipeline.cli_base import (
     main,
     manifest_option,
     registered_backends,
+    store_from_option,
 )
 
 DIGITS_EXAMPLE = "digits"  # `init --example digits`: an image folder and its manifest, not a file of examples/
@@ -271,8 +272,7 @@ def gc(manifest_opt: str | None, really: bool, drop_failed: bool) -> None:
     from foundation.store import ArtifactStore
     from pipeline.gc import collect, plan_gc
 
-    manifest = load_from_option(manifest_opt)
-    store = ArtifactStore(manifest.store)
+    store = ArtifactStore(store_from_option(manifest_opt))  # the store is all gc reads: no schema, no torch
     plan = plan_gc(store, drop_failed=drop_failed)
     reclaimed = collect(store, plan, really=really, echo=click.echo)
     reasons = Counter(why.split(" (")[0] for why in plan.keep.values())

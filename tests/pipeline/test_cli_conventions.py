@@ -82,6 +82,18 @@ def test_gc_keeps_what_the_latest_run_uses_and_is_a_dry_run_by_default(copied_ru
         assert all(row["cached"] for row in json.loads(_cli("plan", "-m", str(m), "--json")[1])), m
 
 
+def test_gc_reads_only_its_manifests_store(copied_run):
+    """gc needs the store alone, read without the schema (no stage registries, no torch): a manifest
+    broken elsewhere still names its store; a bad store is one line, exit 2."""
+    work, manifest = copied_run
+    broken = write_manifest(work, edited(student__model="no-such-net"), "broken.yaml")
+    assert _cli("validate", "-m", str(broken))[0] == 2
+    code, out = _cli("gc", "-m", str(broken))
+    assert (code, out) == _cli("gc", "-m", str(manifest)) and out.startswith("kept ") and "kept 0 " not in out
+    code, out = _cli("gc", "-m", str(write_manifest(work, edited(store="../elsewhere"), "outside.yaml")))
+    assert code == 2 and out.count("\n") == 1 and "outside.yaml: store: " in out, out
+
+
 def test_terminal_progress_and_verbose_run_end_to_end(workdir):
     # progress=True drives the rich display (an overall line, the engine's per-epoch bars with the loss)
     # through a real training; verbose adds each stage's recipe.

@@ -1,7 +1,8 @@
 """`make mutants`' summary: per protection module, the mutants mutmut killed, the survivors, and
 those no selected test reaches (stage wiring that only pipeline-level tests run), from mutmut's
 own result files (mutants/**/*.meta). Exit 1 if a module kills under 90% of the mutants its
-tests reach.
+tests reach, or if a module ``[tool.mutmut] only_mutate`` names was not mutated at all (its
+package missing from ``source_paths``: five modules once went unmutated that way, unnoticed).
 
     python tools/mutants_summary.py [--json mutants/summary.json]
 """
@@ -31,6 +32,14 @@ def summary(root: Path) -> dict[str, dict]:
     return out
 
 
+def unmutated(modules: dict[str, dict], pyproject: Path) -> list[str]:
+    """The modules ``only_mutate`` names that have no results."""
+    import tomllib
+
+    wanted = tomllib.loads(pyproject.read_text())["tool"]["mutmut"]["only_mutate"]
+    return [name for name in wanted if name not in modules]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=Path, default=Path("mutants"))
@@ -46,7 +55,10 @@ def main() -> int:
     below = [name for name, m in modules.items() if m["killed_of_reached"] < GOAL]
     if below:
         print(f"under {GOAL:.0%}: {', '.join(below)} (survivors: `mutmut results`, one: `mutmut show NAME`)")
-    return 1 if below else 0
+    missing = unmutated(modules, Path("pyproject.toml"))
+    if missing:
+        print(f"not mutated: {', '.join(missing)} (add its package to [tool.mutmut] source_paths)")
+    return 1 if below or missing else 0
 
 
 if __name__ == "__main__":

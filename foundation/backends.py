@@ -4,7 +4,8 @@ settings under the manifest's ``export:`` that back-ends own.
 A back-end module under ``exports/`` holds the runtime; its stage module under
 ``stages/`` builds the artifact, registers the target here, and registers the
 keys of ``export:`` it reads (``EXPORT_SETTINGS.register("trt", TrtSection, ...)``,
-``foundation/sections.py``), each with its own pydantic type. Everything that lists targets (the manifest's
+``foundation/sections.py``), each with its own pydantic type. Everything that lists targets (the
+manifest's
 ``export.targets``, the CLI's ``--target``, the validate and latency stages, the
 gate's per-artifact budgets, the shipped bundle, ``cskd-pipeline schema``) reads
 these registries, so adding a back-end touches no other module.
@@ -21,7 +22,7 @@ from exports.latency import within_noise
 if TYPE_CHECKING:
     import numpy as np
 
-    from foundation.store import Artifact
+    from foundation.artifact import Artifact
 
 # uint8 images [N, C, H, W] -> float32 logits [N, classes]
 Runner = Callable[["np.ndarray"], "np.ndarray"]
@@ -33,9 +34,11 @@ class Backend:
     kind: str  # the stage kind whose artifact holds the model
     file: str  # the model file inside that artifact
     load: Callable[..., Runner]  # load(artifacts by kind, batch_size=, threads=) -> Runner
-    # budget(export section): top-1 points it may lose against the FP32 student, read from its own settings
+    # budget(export section): top-1 points it may lose against the FP32 student, read from its own
+    # settings
     budget: Callable[[Any], float] | None = None
-    shipped: dict[str, str] = field(default_factory=dict)  # bundle file name -> file in the artifact
+    # bundle file name -> file in the artifact
+    shipped: dict[str, str] = field(default_factory=dict)
     # requires(export section): the targets it is built from (they must be in export.targets too)
     requires: Callable[[Any], tuple[str, ...]] = lambda export: ()
     # check(export section): why these settings cannot build it (one line), or None
@@ -47,13 +50,16 @@ class Backend:
     missing: Callable[[], str | None] = lambda: None
     # export.targets: auto takes the target only where this device is present ("cuda": a GPU)
     auto_device: str = "cpu"
-    # probe(files, out, export section, calibration images): build this target's file at ``out`` from the
+    # probe(files, out, export section, calibration images): build this target's file at ``out``
+    # from the
     # files of the targets it is built from (``files`` by target, "onnx" always among them) for an
     # untrained network, so `search` can time it before training (latency does not depend on the
     # weights); None: the target is not probed, and a candidate is never dropped on its account
     probe: Callable[[dict, Any, Any, Any], None] | None = None
 
-    def runner(self, artifacts: dict[str, Artifact], *, batch_size: int = 256, threads: int | None = None) -> Runner:
+    def runner(
+        self, artifacts: dict[str, Artifact], *, batch_size: int = 256, threads: int | None = None
+    ) -> Runner:
         return self.load(artifacts, batch_size=batch_size, threads=threads)
 
 
@@ -85,7 +91,8 @@ def installed(module: str) -> bool:
 
     try:
         return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):  # a parent package is missing, or the module is blocked (None)
+    # a parent package is missing, or the module is blocked (None)
+    except (ImportError, ValueError):
         return False
 
 
@@ -103,19 +110,25 @@ def auto_targets(export: Any) -> tuple[list[str], dict[str, str]]:
         if reason is not None:
             left_out[name] = reason
     chosen = [name for name in backends() if name not in left_out]
-    while absent := {t: r for t in chosen for r in backends()[t].requires(export) if r not in chosen}:
+    while absent := {
+        t: r for t in chosen for r in backends()[t].requires(export) if r not in chosen
+    }:
         for target, source in absent.items():  # built from a target that is left out
             left_out[target] = f"built from {source}, which is left out"
         chosen = [name for name in chosen if name not in absent]
     return chosen, left_out
 
 
-FASTEST = "fastest"  # gate.latency.backend: judge the quickest artifact that passed its accuracy rules
-TEACHER_ONNX = "teacher-onnx"  # the teacher exported to ONNX FP32 and timed in ONNX Runtime, never shipped
+# gate.latency.backend: judge the quickest artifact that passed its accuracy rules
+FASTEST = "fastest"
+# the teacher exported to ONNX FP32 and timed in ONNX Runtime, never shipped
+TEACHER_ONNX = "teacher-onnx"
 NOT_SHIPPED = ("teacher-eager", TEACHER_ONNX)  # timed for the report's comparison only
 
 
-def fastest_passing(results: list[dict], rules: list[dict], *, batch: int, statistic: str = "p50_ms") -> dict | None:
+def fastest_passing(
+    results: list[dict], rules: list[dict], *, batch: int, statistic: str = "p50_ms"
+) -> dict | None:
     """The latency cell (``latency.json``'s ``results``) with the lowest ``statistic`` at ``batch``
     among the student's artifacts whose accuracy rules all passed. A rule judges an artifact
     when its ``target`` names it; an artifact without such a rule (the PyTorch student) counts as
@@ -123,8 +136,11 @@ def fastest_passing(results: list[dict], rules: list[dict], *, batch: int, stati
     apart: of those, the first measured wins (the manifest's target order), so two runs of the same
     models name the same file. The gate's latency rule and the report both choose with this."""
     failed = {r["target"] for r in rules if r.get("target") and not r["passed"]}
-    cells = [c for c in results if c["batch"] == batch and c["backend"] not in failed
-             and c["backend"] not in NOT_SHIPPED]
+    cells = [
+        c
+        for c in results
+        if c["batch"] == batch and c["backend"] not in failed and c["backend"] not in NOT_SHIPPED
+    ]
     quickest = min(cells, key=lambda c: c[statistic], default=None)
     if quickest is None:
         return None

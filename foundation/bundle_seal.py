@@ -23,7 +23,8 @@ from foundation.records import BundleRecord
 
 SUMS = "SHA256SUMS"
 CARD = BundleRecord.CARD
-_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9._-]+)$")  # sha256sum's text mode: digest, two spaces, name
+# sha256sum's text mode: digest, two spaces, name
+_LINE = re.compile(r"^([0-9a-f]{64})  ([A-Za-z0-9._-]+)$")
 
 
 def seal_bundle(folder: Path) -> None:
@@ -33,7 +34,9 @@ def seal_bundle(folder: Path) -> None:
         if path.name == SUMS:
             continue
         if path.is_symlink() or not path.is_file() or not _LINE.match(f"{'0' * 64}  {path.name}"):
-            raise StoreError(f"{path}: a bundle holds plain files with plain names only; not sealed")
+            raise StoreError(
+                f"{path}: a bundle holds plain files with plain names only; not sealed"
+            )
         lines.append(f"{sha256_file(path)}  {path.name}\n")
     tmp = folder / f".{SUMS}.tmp-{os.getpid()}"
     tmp.write_text("".join(lines))
@@ -44,9 +47,11 @@ def read_sums(folder: Path) -> dict[str, str]:
     """``{name: sha256}`` from ``folder/SHA256SUMS``; ``StoreError`` naming the file (and line)."""
     path = folder / SUMS
     if path.is_symlink() or not path.is_file():
-        raise StoreError(f"{path}: missing; {folder} is not a sealed bundle (shipped before bundles were "
-                         f"sealed, or not a bundle): ship it again with `cskd-pipeline run`, or promote a "
-                         f"sealed version")
+        raise StoreError(
+            f"{path}: missing; {folder} is not a sealed bundle (shipped before bundles were "
+            f"sealed, or not a bundle): ship it again with `cskd-pipeline run`, or promote a "
+            f"sealed version"
+        )
     sums: dict[str, str] = {}
     try:
         text = path.read_text()
@@ -55,8 +60,10 @@ def read_sums(folder: Path) -> dict[str, str]:
     for number, line in enumerate(text.splitlines(), 1):
         match = _LINE.match(line)
         if match is None or match.group(2) in sums or match.group(2) == SUMS:
-            raise StoreError(f"{path}:{number}: not a '<sha256>  <file name>' line (or a name listed twice); "
-                             f"the seal is damaged")
+            raise StoreError(
+                f"{path}:{number}: not a '<sha256>  <file name>' line (or a name listed twice); "
+                f"the seal is damaged"
+            )
         sums[match.group(2)] = match.group(1)
     return sums
 
@@ -74,20 +81,29 @@ def verify_bundle(folder: Path) -> dict[str, str]:
     real = folder.resolve()  # `latest` is a link to the version: check what it points at
     folder = Path(os.path.relpath(real)) if real.is_relative_to(Path.cwd()) else real
     sums = read_sums(folder)
-    fix = "restore it, or `cskd-pipeline promote` a version that `cskd-pipeline bundle verify` accepts"
+    fix = (
+        "restore it, or `cskd-pipeline promote` a version that `cskd-pipeline bundle verify` "
+        "accepts"
+    )
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.name != SUMS and entry.name not in sums:
             kind = "folder" if entry.is_dir() and not entry.is_symlink() else "file"
-            raise StoreError(f"{entry}: an unlisted {kind} in the bundle ({SUMS} does not name it): "
-                             f"remove it, or {fix}")
+            raise StoreError(
+                f"{entry}: an unlisted {kind} in the bundle ({SUMS} does not name it): "
+                f"remove it, or {fix}"
+            )
     for name, digest in sorted(sums.items()):
         path = folder / name
         if path.is_symlink() or not path.is_file():
             raise StoreError(f"{path}: missing from the bundle ({SUMS} lists it): {fix}")
         if sha256_file(path) != digest:
-            raise StoreError(f"{path}: changed since it shipped (sha256 differs from {SUMS}): {fix}")
+            raise StoreError(
+                f"{path}: changed since it shipped (sha256 differs from {SUMS}): {fix}"
+            )
     if CARD not in sums:
-        raise StoreError(f"{folder / SUMS}: does not list {CARD}; not a bundle this pipeline shipped")
+        raise StoreError(
+            f"{folder / SUMS}: does not list {CARD}; not a bundle this pipeline shipped"
+        )
     try:
         card_files = json.loads((folder / CARD).read_text()).get("files")
     except (OSError, ValueError, AttributeError):

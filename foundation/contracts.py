@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, Field
 
-from foundation.store import Artifact
+from foundation.artifact import Artifact
 
 if TYPE_CHECKING:
     from foundation.manifest import Manifest
@@ -50,7 +50,9 @@ def _exclusions(model: BaseModel) -> dict:
     for name, info in type(model).model_fields.items():
         extra = info.json_schema_extra
         value = getattr(model, name)
-        if isinstance(extra, dict) and (extra.get(NOT_IN_ID) or (extra.get(OMIT_IF_NONE) and value is None)):
+        if isinstance(extra, dict) and (
+            extra.get(NOT_IN_ID) or (extra.get(OMIT_IF_NONE) and value is None)
+        ):
             out[name] = True
             continue
         if isinstance(value, BaseModel) and (inner := _exclusions(value)):
@@ -67,7 +69,9 @@ class Inputs(Mapping):
     """A stage's inputs by kind: the artifacts made before it, and on-demand ones made at their
     first read (``Stage.on_demand``)."""
 
-    def __init__(self, kinds: dict[str, str], made: dict[str, Artifact], demand: Callable[[str], Artifact]):
+    def __init__(
+        self, kinds: dict[str, str], made: dict[str, Artifact], demand: Callable[[str], Artifact]
+    ):
         self._kinds, self._made, self._demand = kinds, made, demand
 
     def __getitem__(self, kind: str) -> Artifact:
@@ -87,8 +91,10 @@ class StageContext:
     out_dir: Path  # write outputs here (a temporary folder the runner commits)
     work_dir: Path  # resumable scratch that survives a killed run
     cache_dir: Path  # shared caches kept across artifacts (e.g. TensorRT timing cache)
-    inputs: Mapping[str, Artifact]  # verified input artifacts by kind (an on-demand one is made when read)
-    progress: object = False  # False, or the run's rich Progress display (a stage may add bars to it)
+    # verified input artifacts by kind (an on-demand one is made when read)
+    inputs: Mapping[str, Artifact]
+    # False, or the run's rich Progress display (a stage may add bars to it)
+    progress: object = False
     log: Callable[[str], None] = print
 
 
@@ -137,20 +143,24 @@ class Stage(ABC):
         return False
 
     def redundant(self, config: BaseModel, ids: dict[str, str]) -> bool:
-        """Given every planned id, whether this stage's result cannot matter (the champion is the very
+        """Given every planned id, whether this stage's result cannot matter (the champion is the
+        very
         model this plan ships). The planner then plans again with the kind in ``left_out_kinds()``,
         which ``configure`` of this stage and of its readers consult."""
         return False
 
     def preflight(self, config: BaseModel) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Raise before any compute if something this stage needs is missing (a back-end, hardware)."""
+        """Raise before any compute if something this stage needs is missing (a back-end,
+        hardware)."""
 
     @abstractmethod
     def run(self, config: BaseModel, ctx: StageContext) -> StageResult:
         """Compute the outputs into ``ctx.out_dir``."""
 
 
-_LEFT_OUT: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("left_out_kinds", default=frozenset())
+_LEFT_OUT: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "left_out_kinds", default=frozenset()
+)
 
 
 def left_out_kinds() -> frozenset[str]:

@@ -26,7 +26,9 @@ def environment() -> dict:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "cuda": torch.version.cuda if cuda else None,
-        "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.processor() or platform.machine()})",
+        "device": torch.cuda.get_device_name(0)
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()})",
         "cpu_threads": torch.get_num_threads(),
         "onnx": package_version("onnx"),
         "onnxruntime": package_version("onnxruntime") or package_version("onnxruntime-gpu"),

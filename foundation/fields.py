@@ -22,7 +22,11 @@ def _relative_inside(value: str) -> str:
     """Output paths stay inside the working directory: relative, no '..', no drive."""
     if not value or "\x00" in value:
         raise ValueError("must be a non-empty path")
-    if PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute() or PureWindowsPath(value).drive:
+    if (
+        PurePosixPath(value).is_absolute()
+        or PureWindowsPath(value).is_absolute()
+        or PureWindowsPath(value).drive
+    ):
         raise ValueError(f"{value!r} is absolute; use a path relative to the working directory")
     if ".." in PurePosixPath(value.replace("\\", "/")).parts:
         raise ValueError(f"{value!r} escapes the working directory; remove the '..'")

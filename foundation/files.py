@@ -19,8 +19,10 @@ from pathlib import Path
 
 from foundation.errors import OutputError
 
-__all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable", "replace_output_dir",
-           "read_marker", "OUTPUT_MARKER", "LATEST", "latest_version", "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files"]
+__all__ = ["sha256_file", "canonical_json", "fsync_dir", "confined", "check_replaceable",
+           "replace_output_dir", "read_marker", "OUTPUT_MARKER", "LATEST", "latest_version",
+           "check_new_path", "write_new_file", "check_owned_files", "copy_owned_files", "listing",
+           "read_json_or_none"]
 
 OUTPUT_MARKER = ".cskd-output.json"
 
@@ -29,12 +31,16 @@ def sha256_file(path: str | Path) -> str:
     """The file's sha256, read in blocks (a model of gigabytes is never held whole)."""
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 LATEST = "latest"  # the link in a ship or report folder to its newest (or champion) entry
 
 
 def canonical_json(obj: object) -> str:
     """Sorted keys, no spaces, ASCII, no NaN: the same data always gives the same bytes."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return json.dumps(
+        obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -54,9 +60,15 @@ def confined(path: str | Path, *, field: str, base: Path | None = None) -> Path:
     base = (base or Path.cwd()).resolve()
     resolved = (base / path).resolve()
     if resolved == base or not resolved.is_relative_to(base):
-        where = "is the working directory itself" if resolved == base else f"resolves to {resolved}, outside {base}"
-        raise OutputError(f"{field}: {path!r} {where}; use a sub-folder of the working directory "
-                          f"(and no symlink that leaves it)")
+        where = (
+            "is the working directory itself"
+            if resolved == base
+            else f"resolves to {resolved}, outside {base}"
+        )
+        raise OutputError(
+            f"{field}: {path!r} {where}; use a sub-folder of the working directory "
+            f"(and no symlink that leaves it)"
+        )
     return resolved
 
 
@@ -81,12 +93,20 @@ def read_marker(folder: Path) -> dict | None:
 def check_replaceable(final: Path, *, field: str) -> None:
     """Raise ``OutputError`` unless ``final`` is absent or a folder this pipeline made."""
     if final.is_symlink() or (final.exists() and read_marker(final) is None):
-        raise OutputError(f"{field}: {final} exists and was not made by cskd-pipeline (no {OUTPUT_MARKER} "
-                          f"inside); move it away or choose another {field}")
+        raise OutputError(
+            f"{field}: {final} exists and was not made by cskd-pipeline (no {OUTPUT_MARKER} "
+            f"inside); move it away or choose another {field}"
+        )
 
 
-def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dict, field: str,
-                       seal: Callable[[Path], None] | None = None) -> Path:
+def replace_output_dir(
+    final: Path,
+    fill: Callable[[Path], None],
+    *,
+    marker: dict,
+    field: str,
+    seal: Callable[[Path], None] | None = None,
+) -> Path:
     """Build a folder with ``fill(tmp)``, then swap it in for ``final`` atomically.
 
     ``final`` may be absent or a folder this pipeline made (it has the marker). Anything
@@ -102,7 +122,9 @@ def replace_output_dir(final: Path, fill: Callable[[Path], None], *, marker: dic
     tmp.mkdir()
     try:
         fill(tmp)
-        (tmp / OUTPUT_MARKER).write_text(json.dumps({"made_by": "cskd-pipeline", **marker}, indent=2) + "\n")
+        (tmp / OUTPUT_MARKER).write_text(
+            json.dumps({"made_by": "cskd-pipeline", **marker}, indent=2) + "\n"
+        )
         if seal is not None:
             seal(tmp)
         for path in tmp.iterdir():
@@ -126,27 +148,38 @@ def check_new_path(path: Path, *, what: str) -> None:
     and no file where a folder above it must be. Checked before anything is written."""
     for link in (path, path.parent):  # the file, and the folder named to hold it
         if link.is_symlink():
-            raise OutputError(f"{link}: is a symbolic link; the {what} is never written through a link "
-                              f"(choose another path)")
+            raise OutputError(
+                f"{link}: is a symbolic link; the {what} is never written through a link "
+                f"(choose another path)"
+            )
     for parent in path.parents:
         if parent.is_symlink() and not parent.exists():
-            raise OutputError(f"{parent}: is a dangling symbolic link; choose another path for the {what}")
+            raise OutputError(
+                f"{parent}: is a dangling symbolic link; choose another path for the {what}"
+            )
         if parent.exists():
             if not parent.is_dir():
-                raise OutputError(f"{parent}: is a file, not a folder; choose another path for the {what}")
+                raise OutputError(
+                    f"{parent}: is a file, not a folder; choose another path for the {what}"
+                )
             break
 
 
 def write_new_file(path: Path, text: str, *, what: str) -> None:
-    """Create ``path`` with ``text``; never overwrite, never follow a link (``O_EXCL | O_NOFOLLOW``)."""
+    """Create ``path`` with ``text``; never overwrite, never follow a link (``O_EXCL |
+    O_NOFOLLOW``)."""
     check_new_path(path, what=what)
     if path.exists():
         raise OutputError(f"{path} already exists; it is not overwritten (choose another folder)")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+        )
     except FileExistsError:  # made, or linked, between the check and now
-        raise OutputError(f"{path} already exists; it is not overwritten (choose another folder)") from None
+        raise OutputError(
+            f"{path} already exists; it is not overwritten (choose another folder)"
+        ) from None
     with os.fdopen(fd, "w") as f:
         f.write(text)
 
@@ -165,10 +198,15 @@ def check_owned_files(folder: Path, names: list[str]) -> dict[str, str]:
     made = (_read_marker_json(folder / EXPORT_MARKER) or {}).get("files", {})
     for name in [*names, EXPORT_MARKER]:
         path = folder / name
-        if path.is_symlink() or (path.exists() and name != EXPORT_MARKER and
-                                 (not path.is_file() or made.get(name) != sha256_file(path))):
-            raise OutputError(f"{path}: exists and was not written by `cskd-pipeline export` (or was changed "
-                              f"since); move it away or choose another --out folder")
+        if path.is_symlink() or (
+            path.exists()
+            and name != EXPORT_MARKER
+            and (not path.is_file() or made.get(name) != sha256_file(path))
+        ):
+            raise OutputError(
+                f"{path}: exists and was not written by `cskd-pipeline export` (or was changed "
+                f"since); move it away or choose another --out folder"
+            )
     return made
 
 
@@ -198,3 +236,27 @@ def _read_marker_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) and data.get("made_by") == "cskd-pipeline" else None
+
+
+def listing(folder: Path) -> tuple[dict[str, Path], list[str]]:
+    """Every entry below ``folder`` (relative posix name -> path) and the symlinks found."""
+    files, links = {}, []
+    for root, dirs, names in os.walk(folder):
+        for name in [*names, *dirs]:
+            path = Path(root) / name
+            rel = path.relative_to(folder).as_posix()
+            if path.is_symlink():
+                links.append(rel)
+            elif name in names:
+                files[rel] = path
+    return files, links
+
+
+def read_json_or_none(path: Path) -> object:
+    """The JSON in ``path``, or None when it is missing, unreadable, not JSON, or a symlink."""
+    try:
+        if path.is_symlink():
+            return None
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

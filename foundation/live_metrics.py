@@ -26,7 +26,10 @@ def epoch_logger(prefix: str, warn: Callable[[str], None] = print) -> Callable[[
 
         client = MlflowClient(tracking_uri=uri)
     except Exception as exc:  # noqa: BLE001 - best effort, as all tracking
-        warn(f"warning: MLflow tracking at {uri} failed ({type(exc).__name__}); epochs are not logged live")
+        warn(
+            f"warning: MLflow tracking at {uri} failed ({type(exc).__name__}); epochs are not "
+            "logged live"
+        )
         return None
     failed: list[Exception] = []
 
@@ -34,13 +37,19 @@ def epoch_logger(prefix: str, warn: Callable[[str], None] = print) -> Callable[[
         if failed:
             return
         stamp, step = int(time.time() * 1000), int(row["epoch"])
-        metrics = [Metric(f"{prefix}/{key}", float(value), stamp, step) for key, value in row.items()
-                   if key != "epoch" and isinstance(value, int | float)]
+        metrics = [
+            Metric(f"{prefix}/{key}", float(value), stamp, step)
+            for key, value in row.items()
+            if key != "epoch" and isinstance(value, int | float)
+        ]
         try:
             client.log_batch(run_id, metrics=metrics)
         except Exception as exc:  # noqa: BLE001
             failed.append(exc)
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            warn(f"warning: MLflow tracking at {uri} failed ({first[:200]}); later epochs are not logged live")
+            warn(
+                f"warning: MLflow tracking at {uri} failed ({first[:200]}); later epochs are not "
+                "logged live"
+            )
 
     return log

@@ -6,7 +6,8 @@ made of. The sections live beside what reads them: ``run_sections`` (validate, s
 distributed, tracking) and ``search_section`` here in the foundation; the sections that need
 method code (``data``, ``teacher``, ``student``) in stagekit, and a stage's own section in its
 module or stagekit (``gate`` in ``stagekit/gate_rules.py``), registered in ``SECTIONS``; a
-back-end's ``export:`` keys in its stage module (``EXPORT_SETTINGS``). This module puts them together. ``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
+back-end's ``export:`` keys in its stage module (``EXPORT_SETTINGS``). This module puts them
+together. ``pipeline.manifest_io.load_manifest`` reads and validates a file before any compute.
 """
 
 from __future__ import annotations
@@ -29,8 +30,20 @@ from foundation.search_section import SearchSection
 from foundation.sections import EXPORT_SETTINGS, SECTIONS
 
 # Folders of the project itself: no output location may be one of them or inside one.
-PROJECT_FOLDERS = (".git", ".venv", "pipeline", "foundation", "stages", "stagekit", "cskd", "exports", "tests", "manifests", "baselines",
-                   "benchmarks")
+PROJECT_FOLDERS = (
+    ".git",
+    ".venv",
+    "pipeline",
+    "foundation",
+    "stages",
+    "stagekit",
+    "cskd",
+    "exports",
+    "tests",
+    "manifests",
+    "baselines",
+    "benchmarks",
+)
 
 
 class ExportSection(Strict):
@@ -44,7 +57,9 @@ class ExportSection(Strict):
 
     targets: list[Target] | Literal["auto"] = Field(
         default_factory=lambda: ["onnx"],
-        description="export targets, or auto: every target whose runtime is installed and whose device is here")
+        description="export targets, or auto: every target whose runtime is installed and whose "
+                    "device is here",
+    )
 
     # targets: auto resolves on validation; what it left out and why (`left_out_targets`)
     _left_out: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -80,14 +95,17 @@ class ExportSection(Strict):
         for target in self.targets:
             missing = [t for t in backends()[target].requires(self) if t not in self.targets]
             if missing:
-                raise ValueError(f"target {target!r} is built from {', '.join(missing)}: add it to targets")
+                raise ValueError(
+                    f"target {target!r} is built from {', '.join(missing)}: add it to targets"
+                )
             if problem := backends()[target].check(self):
                 raise ValueError(problem)
         return self
 
 
 class Manifest(Strict):
-    """One run: the data, the teacher, the student and its loss, the exports, the gate, where to ship."""
+    """One run: the data, the teacher, the student and its loss, the exports, the gate, where to
+    ship."""
 
     # The fixed sections below, and one per key a stage registered (gate, latency), validated by
     # its owner's type (SECTIONS.register) and held as extras: manifest.gate works as a field would.
@@ -95,17 +113,32 @@ class Manifest(Strict):
     plugin_keys: ClassVar = SECTIONS
 
     version: Literal[1] = Field(1, description="the manifest format")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
-                      description="letters, digits, _ . -; names the report and ship folders")
-    store: RelativePath = Field(".cskd", description="artifact store, relative to the working directory")
-    export: ExportSection = Field(default_factory=ExportSection, description="the exported files and their budgets")
-    validate_: ValidateSection = Field(ValidateSection(), alias="validate", description="test-split validation")
-    ship: ShipSection = Field(ShipSection(), description="where bundles go, and when a new one becomes latest")
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="letters, digits, _ . -; names the report and ship folders",
+    )
+    store: RelativePath = Field(
+        ".cskd", description="artifact store, relative to the working directory"
+    )
+    export: ExportSection = Field(
+        default_factory=ExportSection, description="the exported files and their budgets"
+    )
+    validate_: ValidateSection = Field(
+        ValidateSection(), alias="validate", description="test-split validation"
+    )
+    ship: ShipSection = Field(
+        ShipSection(), description="where bundles go, and when a new one becomes latest"
+    )
     report: ReportSection = Field(ReportSection(), description="where run reports go")
-    distributed: DistributedSection = Field(DistributedSection(), description="several processes or machines")
+    distributed: DistributedSection = Field(
+        DistributedSection(), description="several processes or machines"
+    )
     tracking: TrackingSection = Field(TrackingSection(), description="MLflow tracking (optional)")
-    search: SearchSection | None = Field(None, description="candidate students and a deployment budget for "
-                                         "`cskd-pipeline search` (other commands ignore it)")
+    search: SearchSection | None = Field(
+        None,
+        description="candidate students and a deployment budget for "
+        "`cskd-pipeline search` (other commands ignore it)",
+    )
     # the -o/--set overrides this manifest was loaded with, as typed (the run history shows them)
     _overrides: tuple[str, ...] = PrivateAttr(default=())
 
@@ -118,25 +151,38 @@ class Manifest(Strict):
         try:
             return SECTIONS.split(data, fixed)
         except ValidationError as exc:  # with the fixed sections' problems: every problem at once
-            raise SECTIONS.with_errors_of(exc, cls, {k: v for k, v in data.items() if k in fixed}) from None
+            raise SECTIONS.with_errors_of(
+                exc, cls, {k: v for k, v in data.items() if k in fixed}
+            ) from None
 
     @model_validator(mode="after")
     def _outputs_apart(self) -> Manifest:
         """The store and the report and ship folders (``<dir>/<name>``) may not hold one another,
         be the working directory, or lie in the project's own folders."""
-        places = {"store": self.store, "report.dir": f"{self.report.dir}/{self.name}",
-                  "ship.dir": f"{self.ship.dir}/{self.name}"}
-        parts = {f: tuple(p for p in PurePosixPath(v.replace("\\", "/")).parts if p != ".") for f, v in places.items()}
+        places = {
+            "store": self.store,
+            "report.dir": f"{self.report.dir}/{self.name}",
+            "ship.dir": f"{self.ship.dir}/{self.name}",
+        }
+        parts = {
+            f: tuple(p for p in PurePosixPath(v.replace("\\", "/")).parts if p != ".")
+            for f, v in places.items()
+        }
         for field, own in parts.items():
             if not own or own[0] in PROJECT_FOLDERS:
-                raise ValueError(f"{field}: {places[field]!r} is the working directory or in a project folder; "
-                                 f"use a folder of its own, e.g. the default")
+                raise ValueError(
+                    f"{field}: {places[field]!r} is the working directory or in a project folder; "
+                    f"use a folder of its own, e.g. the default"
+                )
         fields = list(parts)
         for i, a in enumerate(fields):
-            for b in fields[i + 1:]:
+            for b in fields[i + 1 :]:
                 shorter = min(len(parts[a]), len(parts[b]))
                 if parts[a][:shorter] == parts[b][:shorter]:
-                    raise ValueError(f"{a} ({places[a]!r}) and {b} ({places[b]!r}) overlap; give each its own folder")
+                    raise ValueError(
+                        f"{a} ({places[a]!r}) and {b} ({places[b]!r}) overlap; give each its own "
+                        "folder"
+                    )
         return self
 
     @model_validator(mode="after")

@@ -20,9 +20,9 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
+from foundation.artifact import Artifact
 from foundation.contracts import registered_stages
 from foundation.errors import StoreError
-from foundation.store import Artifact
 
 
 class StageRecord(BaseModel):
@@ -33,7 +33,8 @@ class StageRecord(BaseModel):
 
 class TrainedRecord(StageRecord):
     WEIGHTS: ClassVar[str] = "model.safetensors"
-    HISTORY: ClassVar[str] = "metrics.jsonl"  # one JSON row per epoch (absent for a loaded checkpoint)
+    # one JSON row per epoch (absent for a loaded checkpoint)
+    HISTORY: ClassVar[str] = "metrics.jsonl"
 
     parameters: int | None = None
     train_samples: int | None = None
@@ -45,11 +46,13 @@ class TeacherRecord(TrainedRecord):
 
 
 class StudentRecord(TrainedRecord):
-    paper_protocol: dict | None = None  # validate.paper_protocol: the best test top-1 over the epochs
+    # validate.paper_protocol: the best test top-1 over the epochs
+    paper_protocol: dict | None = None
 
 
 class ValidationRecord(StageRecord):
-    PREDICTIONS: ClassVar[str] = "predictions.safetensors"  # logits of each model and the labels, test split
+    # logits of each model and the labels, test split
+    PREDICTIONS: ClassVar[str] = "predictions.safetensors"
 
     samples: int
     num_classes: int
@@ -61,7 +64,8 @@ class ValidationRecord(StageRecord):
 
 
 class ChampionRecord(StageRecord):
-    PREDICTIONS: ClassVar[str] = "champion_predictions.safetensors"  # the champion's logits and the labels
+    # the champion's logits and the labels
+    PREDICTIONS: ClassVar[str] = "champion_predictions.safetensors"
 
     comparable: bool
     version: str
@@ -116,7 +120,8 @@ def kind_of(role: type[StageRecord]) -> str:
     kinds = [kind for kind, stage in registered_stages().items()
              if stage.Record is not None and issubclass(stage.Record, role)]
     if len(kinds) != 1:
-        raise LookupError(f"{len(kinds)} registered stages record a {role.__name__} ({kinds}); exactly one must")
+        raise LookupError(f"{len(kinds)} registered stages record a {role.__name__} ({kinds}); "
+                          "exactly one must")
     return kinds[0]
 
 
@@ -137,9 +142,11 @@ def find(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R] | None:
         return Found(artifact, record_type.model_validate(artifact.metrics))
     except ValidationError as exc:  # stored before its model changed: one line, and the fix
         short = str(getattr(artifact, "id", "?"))[:12]
-        raise RecordMismatch(f"the stored {kind} artifact {short} does not fit "
-                             f"{record_type.__name__} ({_first_error(exc)}); recompute it with "
-                             f"`cskd-pipeline run --force {kind}`") from None
+        raise RecordMismatch(
+            f"the stored {kind} artifact {short} does not fit "
+            f"{record_type.__name__} ({_first_error(exc)}); recompute it with "
+            f"`cskd-pipeline run --force {kind}`"
+        ) from None
 
 
 def need(artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R]:
@@ -158,13 +165,15 @@ def reread(store, artifacts: Mapping[str, Artifact], role: type[R]) -> Found[R]:
 
 
 def metrics_of(artifacts: Mapping[str, Artifact], role: type[StageRecord]) -> dict | None:
-    """The metrics of the artifact playing ``role``, as recorded; None when its stage did not run."""
+    """The metrics of the artifact playing ``role``, as recorded; None when its stage did not
+    run."""
     found = find(artifacts, role)
     return found.artifact.metrics if found is not None else None
 
 
 def training_curves(artifact: Artifact | None) -> list[dict]:
-    """The per-epoch rows a training artifact recorded (``TrainedRecord.HISTORY``); empty for any other."""
+    """The per-epoch rows a training artifact recorded (``TrainedRecord.HISTORY``); empty for any
+    other."""
     path = artifact.file(TrainedRecord.HISTORY) if artifact is not None else None
     if path is None or not path.is_file():
         return []
@@ -179,8 +188,9 @@ def checked(kind: str, record_type: type[StageRecord] | None, metrics: dict[str,
     try:
         record_type.model_validate(metrics)
     except ValidationError as exc:
-        raise TypeError(f"the {kind} stage's metrics do not fit its {record_type.__name__}: "
-                        f"{_first_error(exc)}") from None
+        raise TypeError(
+            f"the {kind} stage's metrics do not fit its {record_type.__name__}: {_first_error(exc)}"
+        ) from None
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -11,13 +11,22 @@ from foundation.fields import Strict
 
 
 class Candidate(Strict):
-    model: str = Field(min_length=1, max_length=200,
-                       description="a registered student (resnet8x4, wrn_16_2, ...), torchvision:NAME or timm:NAME")
-    label: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$",
-                              description="its name in the report (default: the model; give one when a model "
-                                          "appears twice with other settings)")
-    train: dict[str, Any] = Field(default_factory=dict,
-                                  description="student.train settings of this candidate only, e.g. {epochs: 60}")
+    model: str = Field(
+        min_length=1,
+        max_length=200,
+        description="a registered student (resnet8x4, wrn_16_2, ...), torchvision:NAME or "
+                    "timm:NAME",
+    )
+    label: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@+-]{0,63}$",
+        description="its name in the report (default: the model; give one when a model "
+        "appears twice with other settings)",
+    )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="student.train settings of this candidate only, e.g. {epochs: 60}",
+    )
 
     @property
     def name(self) -> str:
@@ -31,12 +40,16 @@ def _named(value: object) -> object:
 
 class LatencyBudget(Strict):
     batch: int = Field(1, ge=1, le=65_536, description="the batch size the budget is for")
-    max_p90_ms: float = Field(gt=0, le=1e6, description="p90 latency at that batch, on this machine, in ms")
+    max_p90_ms: float = Field(
+        gt=0, le=1e6, description="p90 latency at that batch, on this machine, in ms"
+    )
 
 
 class Budget(Strict):
     latency: LatencyBudget
-    max_size_mb: float | None = Field(None, gt=0, le=1e6, description="the deployed file's size at most (MB)")
+    max_size_mb: float | None = Field(
+        None, gt=0, le=1e6, description="the deployed file's size at most (MB)"
+    )
 
 
 class Halving(Strict):
@@ -49,13 +62,27 @@ class Halving(Strict):
 
 
 class SearchSection(Strict):
-    candidates: list[Annotated[Candidate, BeforeValidator(_named, json_schema_input_type=str | Candidate)]] = Field(
-        min_length=1, max_length=64, description="the students to compare: names, or {model, label, train} mappings")
+    candidates: list[
+        Annotated[Candidate, BeforeValidator(_named, json_schema_input_type=str | Candidate)]
+    ] = Field(
+        min_length=1,
+        max_length=64,
+        description="the students to compare: names, or {model, label, train} mappings",
+    )
     budget: Budget
-    metric: Literal["test_top1"] = Field("test_top1", description="maximised: test top-1 of the deployed file")
-    halving: Halving | None = Field(None, description="stop the weaker candidates early (successive halving)")
-    prescreen_slack: float = Field(0.1, ge=0, le=10, description="a candidate is dropped before training when "
-                                   "its untrained files' p90 all exceed the budget by more than this fraction")
+    metric: Literal["test_top1"] = Field(
+        "test_top1", description="maximised: test top-1 of the deployed file"
+    )
+    halving: Halving | None = Field(
+        None, description="stop the weaker candidates early (successive halving)"
+    )
+    prescreen_slack: float = Field(
+        0.1,
+        ge=0,
+        le=10,
+        description="a candidate is dropped before training when "
+        "its untrained files' p90 all exceed the budget by more than this fraction",
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> SearchSection:

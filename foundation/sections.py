@@ -19,7 +19,8 @@ class SettingsRegistry:
     """Keys -> (type, ``pydantic.Field``), and the model that validates them all."""
 
     def __init__(self, where: str, reserved: tuple[str, ...] = ()):
-        self.where, self.reserved = where, reserved  # where: the keys' place, for messages ("export")
+        # where: the keys' place, for messages ("export")
+        self.where, self.reserved = where, reserved
         self._keys: dict[str, tuple[Any, FieldInfo]] = {}
         self._checks: dict[str, Callable[[Any], str | None]] = {}
         self._model: type[BaseModel] | None = None
@@ -48,19 +49,27 @@ class SettingsRegistry:
     def model(self) -> type[BaseModel]:
         """The pydantic model of every registered key (unknown keys forbidden)."""
         if not self._keys:
-            raise RuntimeError(f"no {self.where} settings are registered; import the 'stages' package first")
+            raise RuntimeError(
+                f"no {self.where} settings are registered; import the 'stages' package first"
+            )
         if self._model is None:
             from pydantic import create_model
 
             from foundation.fields import Strict
 
-            self._model = create_model(f"{self.where.title()}Settings", __base__=Strict, **dict(self._keys))
+            self._model = create_model(
+                f"{self.where.title()}Settings", __base__=Strict, **dict(self._keys)
+            )
         return self._model
 
     def split(self, data: dict, own: set[str]) -> dict:
-        """``data`` with every key not in ``own`` validated by its owner's type, defaults filled in."""
+        """``data`` with every key not in ``own`` validated by its owner's type, defaults filled
+        in."""
         mine = {k: v for k, v in data.items() if k in own}
-        return {**mine, **dict(self.model().model_validate({k: v for k, v in data.items() if k not in own}))}
+        return {
+            **mine,
+            **dict(self.model().model_validate({k: v for k, v in data.items() if k not in own})),
+        }
 
     @staticmethod
     def with_errors_of(exc: ValidationError, model: type[BaseModel], data: dict) -> ValidationError:
@@ -70,14 +79,20 @@ class SettingsRegistry:
 
         from foundation.fields import Strict
 
-        fields = create_model(f"{model.__name__}Fields", __base__=Strict,
-                              **{name: (f.annotation, f) for name, f in model.model_fields.items()})
+        fields = create_model(
+            f"{model.__name__}Fields",
+            __base__=Strict,
+            **{name: (f.annotation, f) for name, f in model.model_fields.items()},
+        )
         try:
             fields.model_validate(data)
             more = []
         except ValidationError as fixed:
             more = fixed.errors()
-        details = [{k: e[k] for k in ("type", "loc", "input", "ctx") if k in e} for e in [*exc.errors(), *more]]
+        details = [
+            {k: e[k] for k in ("type", "loc", "input", "ctx") if k in e}
+            for e in [*exc.errors(), *more]
+        ]
         return ValidationError.from_exception_data(model.__name__, details)
 
 

@@ -4,7 +4,8 @@ Layout under the store root::
 
     .cskd-store                 marks the folder as a store (a user's folder is never used as one)
     artifacts/<kind>/<id>/      committed artifacts
-        artifact.json           the record: kind, version, config, input ids, metrics, verdicts, environment
+        artifact.json           the record: kind, version, config, input ids, metrics, verdicts,
+                                environment
         seal.json               sha256 of every file in the folder, artifact.json included
         <files>
     tmp/                        stage outputs being written; never read as artifacts
@@ -23,7 +24,6 @@ metric is caught like an edited weights file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -31,57 +31,22 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from foundation.artifact import Artifact
 from foundation.environment import pid_alive
 from foundation.errors import OutputError, StoreError
-from foundation.files import canonical_json, fsync_dir, sha256_file
+from foundation.files import fsync_dir, listing, read_json_or_none, sha256_file
 
 RECORD_FILE = "artifact.json"
 SEAL_FILE = "seal.json"
 STORE_MARKER = ".cskd-store"
 RUN_INDEX = "runs.jsonl"
-_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "superseded", "locks", "cache", "logs", STORE_MARKER,
-                RUN_INDEX}
+_STORE_PARTS = {"artifacts", "tmp", "work", "quarantine", "superseded", "locks", "cache", "logs",
+                STORE_MARKER, RUN_INDEX}
 _TMP_NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{16}-(\d+)-[0-9a-f]{8}$")
-
-
-def artifact_id(kind: str, version: int, config: dict, inputs: dict[str, str]) -> str:
-    """sha256 (64 hex) of the stage's recipe chained on its inputs' ids."""
-    recipe = {"kind": kind, "version": version, "config": config, "inputs": inputs}
-    return hashlib.sha256(canonical_json(recipe).encode()).hexdigest()
-
-
-@dataclass(frozen=True)
-class Artifact:
-    kind: str
-    id: str
-    path: Path
-    record: dict
-
-    @property
-    def metrics(self) -> dict:
-        return self.record.get("metrics", {})
-
-    def file(self, name: str) -> Path:
-        return self.path / name
-
-
-def _listing(folder: Path) -> tuple[dict[str, Path], list[str]]:
-    """Every entry below ``folder`` (relative posix name -> path) and the symlinks found."""
-    files, links = {}, []
-    for root, dirs, names in os.walk(folder):
-        for name in [*names, *dirs]:
-            path = Path(root) / name
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                links.append(rel)
-            elif name in names:
-                files[rel] = path
-    return files, links
 
 
 class ArtifactStore:
@@ -107,8 +72,10 @@ class ArtifactStore:
             # A store made before the marker existed holds artifacts/ and store folders only.
             foreign = sorted(names - _STORE_PARTS) if "artifacts" in names else sorted(names)
             if foreign:
-                raise OutputError(f"store: {self.root} already holds files the pipeline did not make "
-                                  f"({', '.join(foreign[:3])}); choose an empty or new folder for 'store'")
+                raise OutputError(
+                    f"store: {self.root} already holds files the pipeline did not make "
+                    f"({', '.join(foreign[:3])}); choose an empty or new folder for 'store'"
+                )
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / STORE_MARKER).write_text("cskd-pipeline artifact store\n")
 
@@ -132,9 +99,11 @@ class ArtifactStore:
         folder = self.artifact_dir(kind, art_id)
         if folder.is_symlink() or not folder.is_dir():
             return [f"{folder}: not a folder"]
-        files, links = _listing(folder)
-        problems = [f"{folder / rel}: is a symlink (artifacts hold plain files only)" for rel in links]
-        seal = _read_json(folder / SEAL_FILE)
+        files, links = listing(folder)
+        problems = [
+            f"{folder / rel}: is a symlink (artifacts hold plain files only)" for rel in links
+        ]
+        seal = read_json_or_none(folder / SEAL_FILE)
         if not isinstance(seal, dict) or not isinstance(seal.get("files"), dict):
             return [*problems, f"{folder / SEAL_FILE}: missing or invalid seal"]
         if (seal.get("kind"), seal.get("id")) != (kind, art_id):
@@ -152,9 +121,14 @@ class ArtifactStore:
         if RECORD_FILE not in listed:
             problems.append(f"{folder / RECORD_FILE}: record not sealed")
         elif not problems:
-            record = _read_json(folder / RECORD_FILE)
-            if not isinstance(record, dict) or (record.get("kind"), record.get("id")) != (kind, art_id):
-                problems.append(f"{folder / RECORD_FILE}: record does not belong to {kind}/{art_id}")
+            record = read_json_or_none(folder / RECORD_FILE)
+            if not isinstance(record, dict) or (record.get("kind"), record.get("id")) != (
+                kind,
+                art_id,
+            ):
+                problems.append(
+                    f"{folder / RECORD_FILE}: record does not belong to {kind}/{art_id}"
+                )
         return problems
 
     def verified(self, kind: str, art_id: str) -> tuple[Artifact | None, list[str]]:
@@ -169,7 +143,11 @@ class ArtifactStore:
         """The artifact, verified; raises ``StoreError`` listing the first problem otherwise."""
         artifact, problems = self.verified(kind, art_id)
         if artifact is None:
-            raise StoreError(f"{problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1 else problems[0])
+            raise StoreError(
+                f"{problems[0]} (and {len(problems) - 1} more)"
+                if len(problems) > 1
+                else problems[0]
+            )
         return artifact
 
     def all_ids(self) -> list[tuple[str, str]]:
@@ -177,7 +155,12 @@ class ArtifactStore:
         base = self.root / "artifacts"
         if not base.is_dir():
             return []
-        return [(k.name, a.name) for k in sorted(base.iterdir()) if k.is_dir() for a in sorted(k.iterdir())]
+        return [
+            (k.name, a.name)
+            for k in sorted(base.iterdir())
+            if k.is_dir()
+            for a in sorted(k.iterdir())
+        ]
 
     # ---- writing ----------------------------------------------------------------------
     def commit(self, tmp: Path, *, kind: str, art_id: str, record: dict) -> Artifact:
@@ -187,11 +170,19 @@ class ArtifactStore:
         and ``tmp`` is removed. Anything else at that place is quarantined first.
         """
         record = {**record, "id": art_id, "kind": kind, "committed_at": time.time()}
-        (tmp / RECORD_FILE).write_text(json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        files, links = _listing(tmp)
+        (tmp / RECORD_FILE).write_text(
+            json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        )
+        files, links = listing(tmp)
         if links:
-            raise StoreError(f"{kind} wrote symlinks ({', '.join(links)}); artifacts hold plain files only")
-        seal = {"kind": kind, "id": art_id, "files": {rel: sha256_file(p) for rel, p in sorted(files.items())}}
+            raise StoreError(
+                f"{kind} wrote symlinks ({', '.join(links)}); artifacts hold plain files only"
+            )
+        seal = {
+            "kind": kind,
+            "id": art_id,
+            "files": {rel: sha256_file(p) for rel, p in sorted(files.items())},
+        }
         (tmp / SEAL_FILE).write_text(json.dumps(seal, indent=2, sort_keys=True) + "\n")
         for path in [*files.values(), tmp / SEAL_FILE]:
             with open(path, "rb") as f:
@@ -207,7 +198,8 @@ class ArtifactStore:
         os.rename(tmp, final)
         fsync_dir(final.parent)
         shutil.rmtree(self.work_dir(kind, art_id), ignore_errors=True)
-        return Artifact(kind, art_id, final, json.loads(json.dumps(record)))  # as sealed: no re-read
+        # as sealed: no re-read
+        return Artifact(kind, art_id, final, json.loads(json.dumps(record)))
 
     @contextlib.contextmanager
     def lock(self, kind: str, art_id: str) -> Iterator[None]:
@@ -259,11 +251,14 @@ class ArtifactStore:
                 entry = json.loads(line)
                 runs.setdefault(entry["run"], {"status": "running"}).update(entry)
             except (ValueError, KeyError, TypeError, AttributeError):
-                raise StoreError(f"{path}:{number}: not a run index line; fix or remove that line") from None
+                raise StoreError(
+                    f"{path}:{number}: not a run index line; fix or remove that line"
+                ) from None
         return sorted(runs.values(), key=lambda r: r.get("started", r["time"]))
 
     def quarantine(self, kind: str, art_id: str, *, into: str = "quarantine") -> Path:
-        """Move a broken artifact aside (kept for inspection, never used again); ``into="superseded"``
+        """Move a broken artifact aside (kept for inspection, never used again);
+        ``into="superseded"``
         for a sound one that ``run --force`` recomputes. ``gc`` removes both."""
         src = self.artifact_dir(kind, art_id)
         dst = self.root / into / f"{kind}-{art_id}-{uuid.uuid4().hex[:8]}"
@@ -283,16 +278,11 @@ class ArtifactStore:
             if match is None or entry.is_symlink():
                 continue
             pid = int(match.group(1))
-            if pid != os.getpid() and not pid_alive(pid) and now - entry.stat().st_mtime >= older_than_s:
+            if (
+                pid != os.getpid()
+                and not pid_alive(pid)
+                and now - entry.stat().st_mtime >= older_than_s
+            ):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed += 1
         return removed
-
-
-def _read_json(path: Path) -> object:
-    try:
-        if path.is_symlink():
-            return None
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import stages  # noqa: F401 - registers every stage and back-end
 from cskd.interrupts import Interrupted
+from foundation.artifact import Artifact
 from foundation.contracts import Inputs, StageContext, recipe
 from foundation.environment import environment
 from foundation.errors import GateFailed, ManifestError, OutputError
@@ -35,7 +36,7 @@ from foundation.records import (
     need,
     reread,
 )
-from foundation.store import Artifact, ArtifactStore
+from foundation.store import ArtifactStore
 from pipeline.history import check_owned, new_run_id
 from pipeline.planner import PlannedStage, check_inputs, on_demand, plan  # noqa: F401 - re-exported
 from pipeline.releases import planned_version, publish_version, ship_reason

@@ -13,10 +13,10 @@ from pydantic import BaseModel
 
 import stages  # noqa: F401 - registers every stage and back-end
 from cskd.data.fingerprint import forget as forget_fingerprints
+from foundation.artifact import artifact_id
 from foundation.contracts import Stage, planning_without, recipe, registered_stages
 from foundation.errors import ManifestError
 from foundation.manifest import Manifest
-from foundation.store import artifact_id
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 
 from exports.latency import within_noise
+from foundation.artifact import Artifact
 from foundation.backends import NOT_SHIPPED, TEACHER_ONNX, backends, fastest_passing
 from foundation.environment import environment
 from foundation.manifest import Manifest
@@ -30,7 +31,6 @@ from foundation.records import (
     need,
     training_curves,
 )
-from foundation.store import Artifact
 from pipeline.report_charts import charts
 
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from foundation.store import Artifact, ArtifactStore
+from foundation.artifact import Artifact
+from foundation.store import ArtifactStore
 
 if TYPE_CHECKING:
     from pipeline.tracking import LiveRun

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from foundation.artifact import Artifact
 from foundation.bundle_seal import verify_bundle
 from foundation.live_metrics import RUN_ENV
 from foundation.manifest import Manifest
@@ -29,7 +30,6 @@ from foundation.records import (
     need,
     training_curves,
 )
-from foundation.store import Artifact
 from pipeline.history import flatten
 from pipeline.mlflow_access import mlflow_or_warn as _mlflow
 from pipeline.mlflow_access import quiet_output as _quiet_output

@@ -1,5 +1,6 @@
 """The champion a new student is held to: the model ``<ship.dir>/<name>/latest`` points at, its seal
-checked. The champion stage evaluates it; the gate asks only whether there is one to compare with."""
+checked. The champion stage evaluates it; the gate asks only whether there is one to compare
+with."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from foundation.files import latest_version, sha256_file
 from foundation.manifest import Manifest
 from stagekit.data_section import TestData
 
-CHAMPION_FILE = "student.onnx"  # the bundle's FP32 ONNX model: what the new student's ONNX is compared with
+# the bundle's FP32 ONNX model: what the new student's ONNX is compared with
+CHAMPION_FILE = "student.onnx"
 
 
 def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
@@ -24,7 +26,9 @@ def champion_of(ship_folder: Path) -> tuple[str, Path] | None:
     try:  # the new student is held to this model: it must be the one that shipped
         verify_bundle(ship_folder / version)
     except StoreError as exc:
-        raise StoreError(f"champion {version}: {exc} (nothing ships while latest fails its seal)") from None
+        raise StoreError(
+            f"champion {version}: {exc} (nothing ships while latest fails its seal)"
+        ) from None
     return version, ship_folder / version / CHAMPION_FILE
 
 
@@ -44,5 +48,6 @@ def find_champion(manifest: Manifest) -> ChampionConfig | None:
     if found is None:
         return None
     version, model = found
-    return ChampionConfig(sha256=sha256_file(model), path=str(model), version=version,
-                          data=manifest.data.test_view())
+    return ChampionConfig(
+        sha256=sha256_file(model), path=str(model), version=version, data=manifest.data.test_view()
+    )

@@ -24,14 +24,18 @@ def _limited(split: Split, limit: int | None, subset: str | None, seed: int | No
     if limit is None or limit >= len(split):
         return split
     if subset == "random":
-        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed or 0))[:limit]
+        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed or 0))[
+            :limit
+        ]
         return split.subset(pick.sort().values)
     return split.subset(torch.arange(limit))
 
 
 def train_val(view: TrainData) -> tuple[Split, Split]:
     """The seeded (train, val) split of the training split; the test split is never touched here."""
-    train = _limited(dataset(view.source).train, view.max_train_samples, view.subset, view.split_seed)
+    train = _limited(
+        dataset(view.source).train, view.max_train_samples, view.subset, view.split_seed
+    )
     return split_train_val(train, val_fraction=view.val_fraction, seed=view.split_seed)
 
 
@@ -49,6 +53,12 @@ def test_split(view: TestData) -> Split:
 def describe(source: DataSource) -> dict:
     """What a reader of a report or a model card needs to know about the data set."""
     ds = dataset(source)
-    return {"name": ds.name, "num_classes": ds.num_classes, "in_channels": ds.in_channels,
-            "image_size": list(ds.image_size), "mean": list(ds.mean), "std": list(ds.std),
-            "class_names": list(ds.class_names)}
+    return {
+        "name": ds.name,
+        "num_classes": ds.num_classes,
+        "in_channels": ds.in_channels,
+        "image_size": list(ds.image_size),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "class_names": list(ds.class_names),
+    }

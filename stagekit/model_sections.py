@@ -72,20 +72,31 @@ def loss_config(value: object) -> LossConfig:
     return parse_loss(value)
 
 
-ModelName = Annotated[str, Field(max_length=128, description="a registry name, torchvision:<name> or timm:<name>"),
-                      AfterValidator(known_model)]
+ModelName = Annotated[
+    str,
+    Field(max_length=128, description="a registry name, torchvision:<name> or timm:<name>"),
+    AfterValidator(known_model),
+]
 LossField = Annotated[SerializeAsAny[LossConfig], BeforeValidator(loss_config)]
 
 
 class CheckpointRef(Strict):
     # The file's content (its sha256), not where it lies, defines the teacher.
-    path: str = Located(max_length=4096, description="a weights file (this project's safetensors, or with "
-                                                     "format: a torchvision/timm state dict)")
+    path: str = Located(
+        max_length=4096,
+        description="a weights file (this project's safetensors, or with "
+        "format: a torchvision/timm state dict)",
+    )
     sha256: Annotated[str, AfterValidator(str.lower)] | None = Field(
-        None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of the file, 64 hex digits: checked when given, "
-                                                         "computed from the file when not (it is the id)")
+        None,
+        pattern=r"^[0-9a-fA-F]{64}$",
+        description="sha256 of the file, 64 hex digits: checked when given, "
+        "computed from the file when not (it is the id)",
+    )
     format: Literal["auto", "torchvision", "timm", "safetensors"] | None = Added(
-        description="unset: this project's own safetensors; torchvision/timm: their state dict files")
+        description="unset: this project's own safetensors; torchvision/timm: their state dict "
+                    "files"
+    )
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.lower)]
@@ -94,8 +105,12 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.
 class WeightsInit(Strict):
     """Weights a model starts training from (a pretrained network, often fine-tuned elsewhere)."""
 
-    path: str = Field(max_length=4096, description="a torchvision or timm state dict file, or safetensors")
-    sha256: Sha256 | None = Field(None, description="checked when given; computed when not (it is part of the id)")
+    path: str = Field(
+        max_length=4096, description="a torchvision or timm state dict file, or safetensors"
+    )
+    sha256: Sha256 | None = Field(
+        None, description="checked when given; computed when not (it is part of the id)"
+    )
     format: Literal["auto", "torchvision", "timm", "safetensors"] = "auto"
 
 
@@ -114,13 +129,17 @@ def _parse_preprocess(value: object) -> object:
     """One error line however it is wrong: a preset name, or {mean, std}."""
     if isinstance(value, str):
         if value not in ("imagenet", "dataset"):
-            raise ValueError(f"unknown preset {value!r}; use imagenet, dataset or {{mean: [...], std: [...]}}")
+            raise ValueError(
+                f"unknown preset {value!r}; use imagenet, dataset or {{mean: [...], std: [...]}}"
+            )
         return value
     if isinstance(value, dict):
         try:
             return Normalization.model_validate(value)
         except ValidationError as exc:
-            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+            raise ValueError(
+                "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+            ) from None
     return value
 
 
@@ -131,8 +150,10 @@ class _ModelSection(Strict):
     model: ModelName
     init: WeightsInit | None = Field(None, description="start training from these weights")
     preprocess: Preprocess | None = Field(
-        None, description="input normalisation inside the network: imagenet, dataset or {mean, std}; "
-                          "unset: imagenet for torchvision:/timm: models, dataset for registry models")
+        None,
+        description="input normalisation inside the network: imagenet, dataset or {mean, std}; "
+        "unset: imagenet for torchvision:/timm: models, dataset for registry models",
+    )
 
 
 class TeacherSection(_ModelSection):
@@ -142,18 +163,31 @@ class TeacherSection(_ModelSection):
     @model_validator(mode="after")
     def _one_source(self) -> TeacherSection:
         if (self.train is None) == (self.checkpoint is None):
-            raise ValueError("give exactly one of 'train' (train the teacher) or 'checkpoint' (load it)")
+            raise ValueError(
+                "give exactly one of 'train' (train the teacher) or 'checkpoint' (load it)"
+            )
         if self.checkpoint is not None and self.init is not None:
-            raise ValueError("'init' starts training from weights; a 'checkpoint' teacher is not trained: give one")
+            raise ValueError(
+                "'init' starts training from weights; a 'checkpoint' teacher is not trained: give "
+                "one"
+            )
         return self
 
 
 class StudentSection(_ModelSection):
-    loss: LossField = Field(CSKDLoss(kind="cskd"), description="a registered loss: {kind: ..., settings}")
+    loss: LossField = Field(
+        CSKDLoss(kind="cskd"), description="a registered loss: {kind: ..., settings}"
+    )
     train: TrainConfig
 
 
-SECTIONS.register("teacher", TeacherSection, Field(description="the teacher: trained here, or a checkpoint used as "
-                                                               "it is"))
-SECTIONS.register("student", StudentSection, Field(description="the student, its distillation loss and its "
-                                                               "training"))
+SECTIONS.register(
+    "teacher",
+    TeacherSection,
+    Field(description="the teacher: trained here, or a checkpoint used as it is"),
+)
+SECTIONS.register(
+    "student",
+    StudentSection,
+    Field(description="the student, its distillation loss and its training"),
+)

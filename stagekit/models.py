@@ -47,14 +47,18 @@ def resolve_init(init: WeightsInit | None, *, field: str) -> InitRef | None:
         raise ManifestError(f"{field}.path: {path} not found; give the weights file to start from")
     digest = sha256_file(path)
     if init.sha256 is not None and init.sha256 != digest:
-        raise ManifestError(f"{field}.sha256: {path} has sha256 {digest}, the manifest declares {init.sha256}; "
-                            f"fix the sha256 or the file")
+        raise ManifestError(
+            f"{field}.sha256: {path} has sha256 {digest}, the manifest declares {init.sha256}; "
+            f"fix the sha256 or the file"
+        )
     return InitRef(path=str(path), sha256=digest, format=init.format)
 
 
 def resolve_preprocess(model: str, preprocess) -> Normalization | None:
     """The normalisation a model is built with; None means the data set's statistics."""
-    choice = preprocess if preprocess is not None else ("imagenet" if is_external(model) else "dataset")
+    choice = (
+        preprocess if preprocess is not None else ("imagenet" if is_external(model) else "dataset")
+    )
     if choice == "dataset":
         return None
     if choice == "imagenet":
@@ -68,11 +72,18 @@ def _fit_channels(values: list[float] | tuple[float, ...], channels: int, what: 
         return values
     if channels == 1:  # a grayscale data set with RGB statistics (ImageNet's): their mean
         return [sum(values) / len(values)]
-    raise ManifestError(f"preprocess {what} has {len(values)} values, the data has {channels} channels")
+    raise ManifestError(
+        f"preprocess {what} has {len(values)} values, the data has {channels} channels"
+    )
 
 
-def build_network(name: str, source: DataSource, *, seed: int | None = None,
-                  preprocess: Normalization | None = None) -> Preprocessed:
+def build_network(
+    name: str,
+    source: DataSource,
+    *,
+    seed: int | None = None,
+    preprocess: Normalization | None = None,
+) -> Preprocessed:
     ds = dataset(source)
     if seed is not None:
         torch.manual_seed(seed)  # weight initialisation is part of the recipe
@@ -84,8 +95,11 @@ def build_network(name: str, source: DataSource, *, seed: int | None = None,
     if name in plugins.loaded("models"):
         _check_head(name, net, ds.num_classes, (2, *ds.train.sample_shape))
     mean, std = (preprocess.mean, preprocess.std) if preprocess is not None else (ds.mean, ds.std)
-    return Preprocessed(net, mean=_fit_channels(mean, ds.in_channels, "mean"),
-                        std=_fit_channels(std, ds.in_channels, "std"))
+    return Preprocessed(
+        net,
+        mean=_fit_channels(mean, ds.in_channels, "mean"),
+        std=_fit_channels(std, ds.in_channels, "std"),
+    )
 
 
 def _check_head(name: str, net: torch.nn.Module, classes: int, shape: tuple[int, ...]) -> None:
@@ -101,19 +115,29 @@ def _check_head(name: str, net: torch.nn.Module, classes: int, shape: tuple[int,
         net.train()
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (shape[0], classes):
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        why = (f"builds a network that gives {got} for {list(shape)} images, not "
-               f"[{shape[0]}, {classes}]: its factory must size the head by num_classes")
+        why = (
+            f"builds a network that gives {got} for {list(shape)} images, not "
+            f"[{shape[0]}, {classes}]: its factory must size the head by num_classes"
+        )
         raise plugins.failed("models", name, why)
 
 
 def save_network(model: Preprocessed, out_dir: Path) -> Path:
     path = out_dir / WEIGHTS_FILE
-    save_weights(model.net, path, metadata={"mean": json.dumps(model.mean.flatten().tolist()),
-                                            "std": json.dumps(model.std.flatten().tolist())})
+    save_weights(
+        model.net,
+        path,
+        metadata={
+            "mean": json.dumps(model.mean.flatten().tolist()),
+            "std": json.dumps(model.std.flatten().tolist()),
+        },
+    )
     return path
 
 
-def load_network(name: str, source: DataSource, path: Path, *, sha256: str | None = None) -> Preprocessed:
+def load_network(
+    name: str, source: DataSource, path: Path, *, sha256: str | None = None
+) -> Preprocessed:
     """The network saved by ``save_network``, with the normalisation it was trained with."""
     from safetensors import safe_open
 
@@ -121,7 +145,8 @@ def load_network(name: str, source: DataSource, path: Path, *, sha256: str | Non
     load_weights(model.net, path, expected_sha256=sha256)
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
-    if "mean" in meta and "std" in meta:  # files from before per-model normalisation: the data set's
+    # files from before per-model normalisation: the data set's
+    if "mean" in meta and "std" in meta:
         model.mean.copy_(torch.tensor(json.loads(meta["mean"])).view_as(model.mean))
         model.std.copy_(torch.tensor(json.loads(meta["std"])).view_as(model.std))
     return model.eval()

@@ -9,8 +9,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples: int = 2000, seed: int = 0,
-                     confidence: float = 0.95) -> dict:
+def paired_bootstrap(
+    correct_a: np.ndarray,
+    correct_b: np.ndarray,
+    *,
+    resamples: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict:
     """CI of ``mean(correct_a) - mean(correct_b)`` in points, resampling samples with replacement.
 
     ``correct_*`` are boolean arrays over the same samples (percentile bootstrap). Each paired
@@ -26,8 +32,14 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, *, resamples:
     means = (draws[:, 0] - draws[:, 1]) / n * 100.0
     alpha = (1.0 - confidence) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
-    return {"difference": float(diff.mean() * 100.0), "ci_low": float(low), "ci_high": float(high),
-            "confidence": confidence, "resamples": resamples, "seed": seed}
+    return {
+        "difference": float(diff.mean() * 100.0),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "confidence": confidence,
+        "resamples": resamples,
+        "seed": seed,
+    }
 
 
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
@@ -50,7 +62,9 @@ def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     return {"only_a": only_a, "only_b": only_b, "p_value": float(min(1.0, p_value))}
 
 
-def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -> list[float | None]:
+def per_class_accuracy(
+    pred: np.ndarray, labels: np.ndarray, num_classes: int
+) -> list[float | None]:
     """Top-1 per class in percent (None for a class with no test sample)."""
     out: list[float | None] = []
     for c in range(num_classes):
@@ -59,7 +73,9 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, num_classes: int) -
     return out
 
 
-def topk(logits: np.ndarray, labels: np.ndarray, k: int, *, valid: np.ndarray | None = None) -> float:
+def topk(
+    logits: np.ndarray, labels: np.ndarray, k: int, *, valid: np.ndarray | None = None
+) -> float:
     """Top-k accuracy in percent; rows where ``valid`` is False count as wrong."""
     k = min(k, logits.shape[1])
     best = np.argpartition(-logits, kth=k - 1, axis=1)[:, :k]

@@ -55,17 +55,35 @@ class ChampionStage(Stage):
         session = create_session(config.path)
         spec = session.get_inputs()[0].shape[1:]
         if list(spec) != list(test.sample_shape):
-            return StageResult({"comparable": False, "version": config.version,
-                                "why": f"the champion takes {list(spec)} images, this data set is "
-                                       f"{list(test.sample_shape)}"}, f"{config.version}: not comparable")
-        logits = np.concatenate([run_batched(session, batch.numpy()) for batch in test.batches(256)])
+            return StageResult(
+                {
+                    "comparable": False,
+                    "version": config.version,
+                    "why": f"the champion takes {list(spec)} images, this data set is "
+                    f"{list(test.sample_shape)}",
+                },
+                f"{config.version}: not comparable",
+            )
+        logits = np.concatenate(
+            [run_batched(session, batch.numpy()) for batch in test.batches(256)]
+        )
         labels = test.labels.numpy()
         classes = describe(config.data.source)["num_classes"]
         if logits.shape[1] != classes:
-            return StageResult({"comparable": False, "version": config.version,
-                                "why": f"the champion has {logits.shape[1]} classes, this data set {classes}"},
-                               f"{config.version}: not comparable")
-        save_tensors({"labels": test.labels, "champion": torch.from_numpy(logits)}, ctx.out_dir / ChampionRecord.PREDICTIONS)
+            return StageResult(
+                {
+                    "comparable": False,
+                    "version": config.version,
+                    "why": f"the champion has {logits.shape[1]} classes, this data set {classes}",
+                },
+                f"{config.version}: not comparable",
+            )
+        save_tensors(
+            {"labels": test.labels, "champion": torch.from_numpy(logits)},
+            ctx.out_dir / ChampionRecord.PREDICTIONS,
+        )
         top1 = float((logits.argmax(1) == labels).mean() * 100.0)
-        return StageResult({"comparable": True, "version": config.version, "top1": top1, "samples": len(labels)},
-                           f"{config.version} test top-1 {top1:.2f}")
+        return StageResult(
+            {"comparable": True, "version": config.version, "top1": top1, "samples": len(labels)},
+            f"{config.version} test top-1 {top1:.2f}",
+        )

@@ -1,4 +1,5 @@
-"""FP16 ONNX: weights and compute in float16, inputs and outputs float32. Registers ``onnx-fp16``."""
+"""FP16 ONNX: weights and compute in float16, inputs and outputs float32. Registers
+``onnx-fp16``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from foundation.sections import EXPORT_SETTINGS
 from stagekit.onnx_files import ONNX_FILE, onnx_loader
 
 FP16_FILE = "model_fp16.onnx"
-EXPORT_SETTINGS.register("fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32"))
+EXPORT_SETTINGS.register(
+    "fp16_max_drop", Points, Field(0.5, description="top-1 points FP16 may lose against FP32")
+)
 
 
 class Fp16Config(Strict):
@@ -33,12 +36,24 @@ class Fp16Stage(Stage):
 
     def run(self, config: Fp16Config, ctx: StageContext) -> StageResult:
         path = convert_fp16(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / FP16_FILE)
-        return StageResult({"onnx_bytes": path.stat().st_size, "io_types": "float32", "compute": "float16"},
-                           f"{path.stat().st_size / 1024:.0f} KiB, fp16 inside, fp32 inputs/outputs",
-                           extra={"input": ctx.inputs["export"].record["input"]})
+        return StageResult(
+            {"onnx_bytes": path.stat().st_size, "io_types": "float32", "compute": "float16"},
+            f"{path.stat().st_size / 1024:.0f} KiB, fp16 inside, fp32 inputs/outputs",
+            extra={"input": ctx.inputs["export"].record["input"]},
+        )
 
 
-register_backend(Backend("onnx-fp16", kind="export_fp16", file=FP16_FILE, load=onnx_loader("export_fp16", FP16_FILE),
-                         budget=lambda export: export.fp16_max_drop, shipped={"student_fp16.onnx": FP16_FILE},
-                         # on a CPU ONNX Runtime emulates float16 (slower than FP32): auto takes it on a GPU only
-                         auto_device="cuda", description="ONNX FP16 (float32 I/O), ONNX Runtime CPU"))
+register_backend(
+    Backend(
+        "onnx-fp16",
+        kind="export_fp16",
+        file=FP16_FILE,
+        load=onnx_loader("export_fp16", FP16_FILE),
+        budget=lambda export: export.fp16_max_drop,
+        shipped={"student_fp16.onnx": FP16_FILE},
+        # on a CPU ONNX Runtime emulates float16 (slower than FP32): auto takes it
+        # on a GPU only
+        auto_device="cuda",
+        description="ONNX FP16 (float32 I/O), ONNX Runtime CPU",
+    )
+)

@@ -25,10 +25,16 @@ IR_FILE, WEIGHTS_FILE = "model.xml", "model.bin"
 
 
 class OpenVinoSection(Strict):
-    max_drop: Points = Field(0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32")
+    max_drop: Points = Field(
+        0.5, description="top-1 points the OpenVINO FP32 model may lose against FP32"
+    )
 
 
-EXPORT_SETTINGS.register("openvino", OpenVinoSection, Field(OpenVinoSection(), description="the OpenVINO FP32 IR (target openvino)"))
+EXPORT_SETTINGS.register(
+    "openvino",
+    OpenVinoSection,
+    Field(OpenVinoSection(), description="the OpenVINO FP32 IR (target openvino)"),
+)
 
 
 class OpenVinoConfig(Strict):
@@ -57,9 +63,11 @@ class _OpenVinoStage(Stage):
         source = backend(config.source)
         xml = convert_to_ir(ctx.inputs[source.kind].file(source.file), ctx.out_dir / IR_FILE)
         size = xml.stat().st_size + xml.with_suffix(".bin").stat().st_size
-        return StageResult({"ir_bytes": size, "source": config.source, "openvino": config.openvino},
-                           f"{size / 1024:.0f} KiB OpenVINO IR from {config.source}",
-                           extra={"input": ctx.inputs["export"].record["input"]})
+        return StageResult(
+            {"ir_bytes": size, "source": config.source, "openvino": config.openvino},
+            f"{size / 1024:.0f} KiB OpenVINO IR from {config.source}",
+            extra={"input": ctx.inputs["export"].record["input"]},
+        )
 
 
 class OpenVinoStage(_OpenVinoStage):
@@ -83,11 +91,25 @@ def _loader(kind: str):
 
 
 _SHIPPED = {"openvino": "student_openvino", "openvino_int8": "student_openvino_int8"}
-_BUDGETS = {"openvino": lambda export: export.openvino.max_drop, "openvino_int8": lambda export: export.int8.max_drop}
+_BUDGETS = {
+    "openvino": lambda export: export.openvino.max_drop,
+    "openvino_int8": lambda export: export.int8.max_drop,
+}
 for _stage in (OpenVinoStage, OpenVinoInt8Stage):
     _name = _SHIPPED[_stage.kind]
-    register_backend(Backend(_stage.target, kind=_stage.kind, file=IR_FILE, load=_loader(_stage.kind),
-                             budget=_BUDGETS[_stage.kind], requires=lambda export, source=_stage.source: (source,),
-                             shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE}, missing=_missing,
-                             probe=lambda files, out, export, images, source=_stage.source: convert_to_ir(files[source], out),
-                             description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU"))
+    register_backend(
+        Backend(
+            _stage.target,
+            kind=_stage.kind,
+            file=IR_FILE,
+            load=_loader(_stage.kind),
+            budget=_BUDGETS[_stage.kind],
+            requires=lambda export, source=_stage.source: (source,),
+            shipped={f"{_name}.xml": IR_FILE, f"{_name}.bin": WEIGHTS_FILE},
+            missing=_missing,
+            probe=lambda files, out, export, images, source=_stage.source: convert_to_ir(
+                files[source], out
+            ),
+            description=f"OpenVINO IR from {_stage.source}, OpenVINO CPU",
+        )
+    )

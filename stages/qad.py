@@ -91,8 +91,17 @@ class QadResult:
     parity: dict = field(default_factory=dict)
 
 
-def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8Settings, work_dir: Path,
-            out_dir: Path, progress, log) -> QadResult:
+def run_qad(
+    plan: QadConfig,
+    *,
+    inputs,
+    calibration: np.ndarray,
+    settings: Int8Settings,
+    work_dir: Path,
+    out_dir: Path,
+    progress,
+    log,
+) -> QadResult:
     data = plan.data
     source = data.source
     student = load_network(plan.student_model, source, inputs["distill"].file(WEIGHTS_FILE)).eval()
@@ -102,38 +111,79 @@ def run_qad(plan: QadConfig, *, inputs, calibration: np.ndarray, settings: Int8S
     train_split, _ = train_val(data)
     val, _ = held_out(data)
     sample = torch.zeros(2, *val.sample_shape)
-    config = TrainConfig(epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size,
-                         schedule="cosine", augment=plan.augment, seed=plan.seed, checkpoint_every=1)
+    config = TrainConfig(
+        epochs=plan.epochs,
+        lr=plan.lr,
+        batch_size=plan.batch_size,
+        schedule="cosine",
+        augment=plan.augment,
+        seed=plan.seed,
+        checkpoint_every=1,
+    )
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        # The student's ranges before QAD (a resumed run recomputes the same ones: same weights, same images).
-        qdq = calibrated(sim, calibration=calibration, settings=settings, opset=plan.opset,
-                          sample_shape=tuple(val.sample_shape), folder=folder)
+        # The student's ranges before QAD (a resumed run recomputes the same ones: same weights,
+        # same images).
+        qdq = calibrated(
+            sim,
+            calibration=calibration,
+            settings=settings,
+            opset=plan.opset,
+            sample_shape=tuple(val.sample_shape),
+            folder=folder,
+        )
         pinned = pinned_ranges(activation_params(qdq), add_outputs(qdq))
         images = val.head(PARITY_IMAGES)
         before_training = check_simulation(sim, qdq, images)
 
         def report(metrics: dict) -> None:
             top1 = metrics["val_top1"] if metrics["val_top1"] is not None else float("nan")
-            log(f"[qad] epoch {metrics['epoch']}/{plan.epochs}: loss {metrics['loss']:.4f}, "
-                f"simulated INT8 val top-1 {top1:.2f}")
+            log(
+                f"[qad] epoch {metrics['epoch']}/{plan.epochs}: loss {metrics['loss']:.4f}, "
+                f"simulated INT8 val top-1 {top1:.2f}"
+            )
 
         objective = build_objective(plan.loss, sim, teacher)
-        last = train(objective, train_split, val, config, work_dir=work_dir, metrics_path=out_dir / "qad_metrics.jsonl",
-                     progress=progress, label="[qad]", on_epoch=report)
+        last = train(
+            objective,
+            train_split,
+            val,
+            config,
+            work_dir=work_dir,
+            metrics_path=out_dir / "qad_metrics.jsonl",
+            progress=progress,
+            label="[qad]",
+            on_epoch=report,
+        )
         sim.eval()
-        float_onnx = export_onnx(float_model(sim).cpu(), sample=sample, path=out_dir / FLOAT_FILE, opset=plan.opset)
-        # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and ranges.
-        qdq = quantized(sim, float_onnx, calibration=calibration, settings=settings, folder=folder, pinned=pinned)
+        float_onnx = export_onnx(
+            float_model(sim).cpu(), sample=sample, path=out_dir / FLOAT_FILE, opset=plan.opset
+        )
+        # Parity: the simulated model against ONNX Runtime's QDQ model of the same weights and
+        # ranges.
+        qdq = quantized(
+            sim,
+            float_onnx,
+            calibration=calibration,
+            settings=settings,
+            folder=folder,
+            pinned=pinned,
+        )
         simulated = predict_logits(sim, images).numpy()
-        parity = {"images": len(images), "before_training": before_training,
-                  # the QDQ graph as written (float Quantize/Dequantize arithmetic): what the simulation models
-                  "graph": logit_agreement(simulated, run_batched(create_session(qdq, optimize=False), images.numpy())),
-                  # ONNX Runtime's integer kernels on this CPU: what ships (equal to the graph unless the
-                  # CPU saturates uint8 x int8 sums: see int8.reduce_range)
-                  "runtime": logit_agreement(simulated, run_batched(create_session(qdq), images.numpy()))}
+        parity = {
+            "images": len(images),
+            "before_training": before_training,
+            # the QDQ graph as written (float Quantize/Dequantize arithmetic): what the
+            # simulation models
+            "graph": logit_agreement(
+                simulated, run_batched(create_session(qdq, optimize=False), images.numpy())
+            ),
+            # ONNX Runtime's integer kernels on this CPU: what ships (equal to the graph
+            # unless the
+            # CPU saturates uint8 x int8 sums: see int8.reduce_range)
+            "runtime": logit_agreement(simulated, run_batched(create_session(qdq), images.numpy())),
+        }
     return QadResult(float_onnx, pinned, plan.epochs, [last], parity)
-
 
 
 class QadStage(Stage):
@@ -148,17 +198,30 @@ class QadStage(Stage):
         if "onnx-int8" not in export.targets or section.when == "never":
             return None
         int8, s = resolved_int8(export), manifest.student
-        loss = s.loss.for_pair(manifest.teacher.model, s.model) if section.loss == "inherit" \
+        loss = (
+            s.loss.for_pair(manifest.teacher.model, s.model)
+            if section.loss == "inherit"
             else LOSS_PRESETS[section.loss]
+        )
         # Under operators: auto QAD trains weighted, the operators the simulation models exactly
-        # on every network it can trace (auto picks all only where calibration alone holds the budget).
+        # on every network it can trace (auto picks all only where calibration alone holds the
+        # budget).
         operators = "weighted" if int8.operators == "auto" else int8.operators
-        return QadConfig(epochs=section.epochs, lr=section.lr, loss=loss, teacher=section.teacher,
-                         student_model=s.model,
-                         teacher_model=manifest.teacher.model if section.teacher == "teacher" else s.model,
-                         batch_size=s.train.batch_size, augment=s.train.augment.model_dump(), seed=s.train.seed,
-                         opset=export.opset, calibration=int8_settings(int8, operators=operators),
-                         data=manifest.data.train_view(), on_demand=section.when == "on_drop")
+        return QadConfig(
+            epochs=section.epochs,
+            lr=section.lr,
+            loss=loss,
+            teacher=section.teacher,
+            student_model=s.model,
+            teacher_model=manifest.teacher.model if section.teacher == "teacher" else s.model,
+            batch_size=s.train.batch_size,
+            augment=s.train.augment.model_dump(),
+            seed=s.train.seed,
+            opset=export.opset,
+            calibration=int8_settings(int8, operators=operators),
+            data=manifest.data.train_view(),
+            on_demand=section.when == "on_drop",
+        )
 
     def inputs(self, config: QadConfig) -> tuple[str, ...]:
         return ("distill", "teacher") if config.teacher == "teacher" else ("distill",)
@@ -170,14 +233,35 @@ class QadStage(Stage):
         settings = config.calibration
         calibration = calibration_images(config.data, config.calibration.images)
         try:
-            qad = run_qad(config, inputs=ctx.inputs, calibration=calibration, settings=settings,
-                          work_dir=ctx.work_dir, out_dir=ctx.out_dir, progress=ctx.progress, log=ctx.log)
-        except SimulationMismatch as exc:  # train nothing that would not ship; the quantize stage falls back
-            return StageResult({"skipped": str(exc), "operators": settings.operators}, f"skipped: {exc}")
+            qad = run_qad(
+                config,
+                inputs=ctx.inputs,
+                calibration=calibration,
+                settings=settings,
+                work_dir=ctx.work_dir,
+                out_dir=ctx.out_dir,
+                progress=ctx.progress,
+                log=ctx.log,
+            )
+        # train nothing that would not ship; the quantize stage falls back
+        except SimulationMismatch as exc:
+            return StageResult(
+                {"skipped": str(exc), "operators": settings.operators}, f"skipped: {exc}"
+            )
         (ctx.out_dir / PINNED_FILE).write_text(json.dumps(qad.pinned, indent=1) + "\n")
         top1 = qad.history[-1].get("val_top1")
-        metrics = {"skipped": None, "operators": settings.operators, "epochs": qad.epochs, "loss": config.loss.kind,
-                   "teacher": config.teacher, "simulated_val_top1": top1, "parity": qad.parity}
+        metrics = {
+            "skipped": None,
+            "operators": settings.operators,
+            "epochs": qad.epochs,
+            "loss": config.loss.kind,
+            "teacher": config.teacher,
+            "simulated_val_top1": top1,
+            "parity": qad.parity,
+        }
         agreement = qad.parity["graph"]["top1_agreement"]
-        return StageResult(metrics, f"{qad.epochs} epoch(s), simulated INT8 val top-1 "
-                                    f"{float('nan') if top1 is None else top1:.2f}, QDQ agreement {agreement:.1f}%")
+        return StageResult(
+            metrics,
+            f"{qad.epochs} epoch(s), simulated INT8 val top-1 "
+            f"{float('nan') if top1 is None else top1:.2f}, QDQ agreement {agreement:.1f}%",
+        )

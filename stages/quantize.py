@@ -1,7 +1,8 @@
 """Quantize: INT8 QDQ with ONNX Runtime, calibrated on training images. When INT8 loses more
 val top-1 than ``int8.max_drop``: the QAD stage's fine-tuned student (stages/qad.py, asked for
 only then unless ``qad.when: always``), then, as the last resort, the fallback that keeps the
-most sensitive nodes in float. Registers ``onnx-int8``; the settings are in stagekit/int8_settings.py."""
+most sensitive nodes in float. Registers ``onnx-int8``; the settings are in
+stagekit/int8_settings.py."""
 
 from __future__ import annotations
 
@@ -13,9 +14,7 @@ import numpy as np
 import torch
 
 from cskd.config import Strict
-from exports.cpu import kernels_exact, machine_class, recorded_flags
 from exports.quantize import (
-    Int8Settings,
     count_qdq,
     preprocess,
     quantize_int8,
@@ -31,6 +30,7 @@ from stagekit.data_section import TrainData
 from stagekit.int8_settings import (
     Int8Section,
     calibration_images,
+    cpu_check,
     cpu_class,
     int8_settings,
     resolved_int8,
@@ -41,8 +41,7 @@ from stagekit.qad_handoff import (
     FLOAT_FILE,
     PARITY_IMAGES,
     PINNED_FILE,
-    SimulationMismatch,
-    simulation_agreement,
+    choose_operators,
 )
 
 INT8_FILE = "model_int8.onnx"
@@ -53,34 +52,11 @@ BUDGET_IMAGES = 10_000
 
 class QuantizeConfig(Strict):
     int8: Int8Section  # reduce_range resolved from export.cpu
-    cpu: Literal["vnni", "avx2", "any"]  # the CPU class the INT8 model is validated for (export.cpu resolved)
+    # the CPU class the INT8 model is validated for (export.cpu resolved)
+    cpu: Literal["vnni", "avx2", "any"]
     data: TrainData  # calibration images from train, the fallback's accuracy on val
     student_model: str  # operators: auto checks the QAD simulation of this network
     opset: int
-
-
-def cpu_check(cpu: str, *, reduce_range: bool) -> dict:
-    """How the INT8 budget is checked for a model deployed on ``cpu``-class CPUs, on this machine.
-
-    The integer kernels of a VNNI CPU, and of any CPU with 7-bit weights, compute the QDQ graph
-    exactly; an AVX2 CPU's saturate with 8-bit weights. Where the deployment CPU is exact and
-    this machine is not, the budget is checked on the graph run as written (what the deployment
-    CPU computes). The reverse (saturation on the deployment CPU, exact here) cannot be
-    reproduced: the card flags it."""
-    machine = machine_class()
-    target_exact, machine_exact = (kernels_exact(c, reduce_range=reduce_range) for c in (cpu, machine))
-    emulate = target_exact and not machine_exact
-    flag = None
-    if not target_exact and machine_exact:
-        flag = (f"the INT8 budget was checked on this machine's exact {machine} kernels; a {cpu} CPU without VNNI "
-                f"saturates 8-bit weights and may lose more: set int8.reduce_range: true")
-    elif cpu != machine and not emulate:
-        flag = f"the INT8 budget was checked on this machine's {machine} kernels, not on a {cpu} CPU's"
-    checked = ("the QDQ graph computed exactly, as the deployment CPU's kernels do" if emulate
-               else f"this machine's {machine} kernels")
-    return {"class": cpu, "machine": machine, "machine_flags": recorded_flags(), "reduce_range": reduce_range,
-            "checked_with": checked, "flag": flag, "exact_graph": emulate,
-            "note": f"validated for {cpu} CPUs; a CPU of another class may compute different INT8 results"}
 
 
 class QuantizeRecord(QuantizationRecord):
@@ -91,7 +67,8 @@ class QuantizeRecord(QuantizationRecord):
     val_int8_top1: float
     ptq_drop: float
     kept_float: list[str]
-    qad: dict | None = None  # the QAD stage's run, when it was used: its artifact, epochs, loss, parity
+    # the QAD stage's run, when it was used: its artifact, epochs, loss, parity
+    qad: dict | None = None
     qad_skipped: str | None = None
     cpu: dict
 
@@ -99,7 +76,8 @@ class QuantizeRecord(QuantizationRecord):
 class QuantizeStage(Stage):
     kind = "quantize"
     # 3: QAD before the float fallback; 4: QAD keeps the ranges it trained with;
-    # 5: operators auto, reduce_range and the budget's kernels follow export.cpu; 6: QAD is a stage of its own
+    # 5: operators auto, reduce_range and the budget's kernels follow export.cpu; 6: QAD is a stage
+    # of its own
     version = 6
     Config = QuantizeConfig
     Record = QuantizeRecord
@@ -110,11 +88,17 @@ class QuantizeStage(Stage):
         export = manifest.export
         if "onnx-int8" not in export.targets:
             return None
-        return QuantizeConfig(int8=resolved_int8(export), cpu=cpu_class(export), data=manifest.data.train_view(),
-                              student_model=manifest.student.model, opset=export.opset)
+        return QuantizeConfig(
+            int8=resolved_int8(export),
+            cpu=cpu_class(export),
+            data=manifest.data.train_view(),
+            student_model=manifest.student.model,
+            opset=export.opset,
+        )
 
     def inputs(self, config: QuantizeConfig) -> tuple[str, ...]:
-        # The QAD stage's id covers its settings; the section's `when` is read here, from the config.
+        # The QAD stage's id covers its settings; the section's `when` is read here, from the
+        # config.
         qad = ("qad",) if config.int8.qad.when != "never" else ()
         return ("export", *qad, "distill") if config.int8.operators == "auto" else ("export", *qad)
 
@@ -122,64 +106,116 @@ class QuantizeStage(Stage):
         section, when = config.int8, config.int8.qad.when
         check = cpu_check(config.cpu, reduce_range=section.reduce_range)
         # With QAD always, auto means weighted: what QAD trains under auto (stages/qad.py)
-        operators = "weighted" if section.operators == "auto" and when == "always" else section.operators
+        operators = (
+            "weighted" if section.operators == "auto" and when == "always" else section.operators
+        )
         # the same settings the QAD stage calibrated with (its pinned ranges must fit them)
         settings = int8_settings(section, operators="all" if operators == "auto" else operators)
-        prepared = preprocess(ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx")
+        prepared = preprocess(
+            ctx.inputs["export"].file(ONNX_FILE), ctx.out_dir / "model_prepared.onnx"
+        )
         val, split_name = held_out(config.data)
         calibration = calibration_images(config.data, section.calibration_images)
-        budget = val.subset(torch.arange(min(len(val), BUDGET_IMAGES)))  # all of an in-memory val split
-        args = {"calibration_images": calibration, "val_images_u8": budget.head(len(budget)).numpy(),
-                "val_labels": budget.labels.numpy(), "settings": settings, "budget": section.max_drop,
-                "fallback": section.fallback, "exact_graph": check["exact_graph"]}
-        report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args,
-                                        stop_after_ptq=when != "never" or operators == "auto")
+        # all of an in-memory val split
+        budget = val.subset(torch.arange(min(len(val), BUDGET_IMAGES)))
+        args = {
+            "calibration_images": calibration,
+            "val_images_u8": budget.head(len(budget)).numpy(),
+            "val_labels": budget.labels.numpy(),
+            "settings": settings,
+            "budget": section.max_drop,
+            "fallback": section.fallback,
+            "exact_graph": check["exact_graph"],
+        }
+        report = quantize_with_fallback(
+            prepared,
+            ctx.out_dir / INT8_FILE,
+            **args,
+            stop_after_ptq=when != "never" or operators == "auto",
+        )
         choice = None
         if operators == "auto":
-            choice = _choose_operators(config, ctx, report, images=val.head(PARITY_IMAGES), calibration=calibration,
-                                       settings=settings)
+            distilled = ctx.inputs["distill"].file(WEIGHTS_FILE)
+            choice = choose_operators(
+                config.int8.max_drop, report.drop,
+                lambda: load_network(config.student_model, config.data.source, distilled),
+                images=val.head(PARITY_IMAGES), calibration=calibration, settings=settings,
+                opset=config.opset)
             if choice["chosen"] == "weighted":
                 args["settings"] = settings = settings.model_copy(update={"operators": "weighted"})
-                report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args,
-                                                stop_after_ptq=when != "never")
+                report = quantize_with_fallback(
+                    prepared, ctx.out_dir / INT8_FILE, **args, stop_after_ptq=when != "never"
+                )
         ptq_drop, qad, qad_skipped = report.drop, None, None
         if when == "always" or (when == "on_drop" and report.drop > section.max_drop):
-            ctx.log(f"[qad] INT8 after calibration loses {report.drop:.2f} points of {split_name} top-1 (budget "
-                    f"{section.max_drop}, qad.when: {when}): quantization-aware distillation")
+            ctx.log(
+                f"[qad] INT8 after calibration loses {report.drop:.2f} points of {split_name} "
+                f"top-1 (budget {section.max_drop}, qad.when: {when}): quantization-aware "
+                "distillation"
+            )
             qad = ctx.inputs["qad"]  # on demand: trained now unless its artifact is in the store
             if qad.metrics["skipped"]:  # nothing trained that would not ship; the fallback follows
                 qad, qad_skipped = None, qad.metrics["skipped"]
                 ctx.log(f"[qad] warning: skipped: {qad_skipped}")
         if qad is not None:  # the fine-tuned student, quantized with the ranges it trained with
-            args["settings"] = settings = settings.model_copy(update={"operators": qad.metrics["operators"]})
+            args["settings"] = settings = settings.model_copy(
+                update={"operators": qad.metrics["operators"]}
+            )
             qad_prepared = preprocess(qad.file(FLOAT_FILE), ctx.out_dir / "qad_prepared.onnx")
-            report = quantize_with_fallback(qad_prepared, ctx.out_dir / INT8_FILE, **args,
-                                            reference_top1=report.fp32_top1,
-                                            pinned=json.loads(qad.file(PINNED_FILE).read_text()))
+            report = quantize_with_fallback(
+                qad_prepared,
+                ctx.out_dir / INT8_FILE,
+                **args,
+                reference_top1=report.fp32_top1,
+                pinned=json.loads(qad.file(PINNED_FILE).read_text()),
+            )
             qad_prepared.unlink()
-        elif report.drop > section.max_drop:  # QAD off or skipped: the fallback on the calibrated model
+        # QAD off or skipped: the fallback on the calibrated model
+        elif report.drop > section.max_drop:
             report = quantize_with_fallback(prepared, ctx.out_dir / INT8_FILE, **args)
         prepared.unlink()
         (ctx.out_dir / "fallback.json").write_text(json.dumps(report.__dict__, indent=2) + "\n")
         runtime = _runtime_check(ctx, args["val_images_u8"], split_name, check)
-        metrics = {"format": "QDQ", "activation_type": section.activation_type, "weight_type": "int8",
-                   "per_channel": section.per_channel, "calibration": section.calibration,
-                   "calibration_split": "train", "calibration_images": len(calibration),
-                   **count_qdq(ctx.out_dir / INT8_FILE),
-                   "budget_split": split_name, "budget_images": len(budget), "val_fp32_top1": report.fp32_top1,
-                   "val_int8_top1": report.int8_top1, "val_drop": report.drop,
-                   "kept_float": report.kept_float, "ptq_drop": ptq_drop, "reduce_range": section.reduce_range,
-                   "operators": settings.operators, "operators_choice": choice, "cpu": check,
-                   "runtime_vs_graph": runtime, "qad_skipped": qad_skipped,
-                   "qad": None if qad is None else {
-                       "artifact": qad.id, **{k: qad.metrics[k] for k in ("epochs", "loss", "teacher", "parity")},
-                       "drop": report.fp32_top1 - report.attempts[0]["top1"],  # before any node is kept in float
-                       "simulated_val_top1": qad.metrics["simulated_val_top1"]}}
+        metrics = {
+            "format": "QDQ",
+            "activation_type": section.activation_type,
+            "weight_type": "int8",
+            "per_channel": section.per_channel,
+            "calibration": section.calibration,
+            "calibration_split": "train",
+            "calibration_images": len(calibration),
+            **count_qdq(ctx.out_dir / INT8_FILE),
+            "budget_split": split_name,
+            "budget_images": len(budget),
+            "val_fp32_top1": report.fp32_top1,
+            "val_int8_top1": report.int8_top1,
+            "val_drop": report.drop,
+            "kept_float": report.kept_float,
+            "ptq_drop": ptq_drop,
+            "reduce_range": section.reduce_range,
+            "operators": settings.operators,
+            "operators_choice": choice,
+            "cpu": check,
+            "runtime_vs_graph": runtime,
+            "qad_skipped": qad_skipped,
+            "qad": None
+            if qad is None
+            else {
+                "artifact": qad.id,
+                **{k: qad.metrics[k] for k in ("epochs", "loss", "teacher", "parity")},
+                # before any node is kept in float
+                "drop": report.fp32_top1 - report.attempts[0]["top1"],
+                "simulated_val_top1": qad.metrics["simulated_val_top1"],
+            },
+        }
         kept = f", {len(report.kept_float)} node(s) kept in float" if report.kept_float else ""
         kept += f", after QAD (calibration alone lost {ptq_drop:.2f})" if qad is not None else ""
-        return StageResult(metrics, f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}), "
-                                    f"operators {settings.operators}, {config.cpu} CPUs{kept}",
-                           extra={"input": ctx.inputs["export"].record["input"]})
+        return StageResult(
+            metrics,
+            f"{split_name} top-1 {report.int8_top1:.2f} (fp32 {report.fp32_top1:.2f}), "
+            f"operators {settings.operators}, {config.cpu} CPUs{kept}",
+            extra={"input": ctx.inputs["export"].record["input"]},
+        )
 
 
 def _runtime_check(ctx: StageContext, images: np.ndarray, split_name: str, check: dict) -> dict:
@@ -187,35 +223,15 @@ def _runtime_check(ctx: StageContext, images: np.ndarray, split_name: str, check
     or when the budget was not checked on the deployment CPU's kernels."""
     runtime = runtime_agreement(ctx.out_dir / INT8_FILE, images)
     if runtime["top1_agreement"] < 100.0:
-        ctx.log(f"[quantize] warning: ONNX Runtime's integer kernels on this CPU disagree with the QDQ graph on "
-                f"{100 - runtime['top1_agreement']:.2f}% of {split_name} images (uint8 x int8 saturation on a "
-                f"CPU without VNNI): the INT8 model's predictions depend on the CPU; "
-                f"export.int8.reduce_range: true makes them exact everywhere")
+        ctx.log(
+            "[quantize] warning: ONNX Runtime's integer kernels on this CPU disagree with the "
+            f"QDQ graph on {100 - runtime['top1_agreement']:.2f}% of {split_name} images (uint8 x "
+            "int8 saturation on a CPU without VNNI): the INT8 model's predictions depend on the "
+            "CPU; export.int8.reduce_range: true makes them exact everywhere"
+        )
     if check["flag"]:
         ctx.log(f"[quantize] warning: {check['flag']}")
     return runtime
-
-
-def _choose_operators(config: QuantizeConfig, ctx: StageContext, report, *, images: torch.Tensor,
-                      calibration: np.ndarray, settings: Int8Settings) -> dict:
-    """``operators: auto``: ``all`` when its post-training INT8 model holds the budget and the QAD
-    simulation matches it (so a later QAD trains exactly what ships), else ``weighted``. The
-    choice and its reason go into the card."""
-    budget = config.int8.max_drop
-    if report.drop > budget:
-        return {"chosen": "weighted", "why": f"with every operator quantized INT8 lost {report.drop:.2f} points "
-                                             f"(budget {budget})", "all_drop": report.drop}
-    student = load_network(config.student_model, config.data.source, ctx.inputs["distill"].file(WEIGHTS_FILE))
-    try:
-        agreement = simulation_agreement(student, images=images, calibration=calibration, settings=settings,
-                                         opset=config.opset)
-    except SimulationMismatch as exc:
-        return {"chosen": "weighted", "why": f"operators all is not simulated exactly for this network: {exc}",
-                "all_drop": report.drop}
-    return {"chosen": "all", "why": f"every operator quantized loses {report.drop:.2f} points (budget {budget}) and "
-                                    f"the QAD simulation agrees with the QDQ model on "
-                                    f"{agreement['top1_agreement']:.1f}% of images",
-            "all_drop": report.drop, "simulation": agreement}
 
 
 def _probe(files: dict, out: Path, export, images) -> None:
@@ -226,10 +242,23 @@ def _probe(files: dict, out: Path, export, images) -> None:
     section = resolved_int8(export)
     operators = "all" if section.operators == "auto" else section.operators
     prepared = preprocess(files["onnx"], out.with_name("prepared.onnx"))
-    quantize_int8(prepared, out, calibration_images=images,
-                  settings=int8_settings(section, operators=operators))
+    quantize_int8(
+        prepared,
+        out,
+        calibration_images=images,
+        settings=int8_settings(section, operators=operators),
+    )
 
 
-register_backend(Backend("onnx-int8", kind="quantize", file=INT8_FILE, load=onnx_loader("quantize", INT8_FILE),
-                         budget=lambda export: export.int8.max_drop, shipped={"student_int8.onnx": INT8_FILE}, probe=_probe,
-                         description="ONNX INT8 QDQ, ONNX Runtime CPU"))
+register_backend(
+    Backend(
+        "onnx-int8",
+        kind="quantize",
+        file=INT8_FILE,
+        load=onnx_loader("quantize", INT8_FILE),
+        budget=lambda export: export.int8.max_drop,
+        shipped={"student_int8.onnx": INT8_FILE},
+        probe=_probe,
+        description="ONNX INT8 QDQ, ONNX Runtime CPU",
+    )
+)

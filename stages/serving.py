@@ -52,7 +52,9 @@ def choose_target(config: ServingConfig, validate: dict, latency: dict) -> str:
     if config.serving.target != FASTEST:
         return config.serving.target
     rules = export_rules(config.min_onnx_agreement, config.budgets, validate)
-    cells = [c for c in latency["results"] if c["backend"] in config.targets and servable(c["backend"])]
+    cells = [
+        c for c in latency["results"] if c["backend"] in config.targets and servable(c["backend"])
+    ]
     cell = fastest_passing(cells, rules, batch=max(c["batch"] for c in latency["results"]))
     return cell["backend"] if cell else "onnx"
 
@@ -66,7 +68,9 @@ def write_bundle(folder: Path, name: str, target: str, ctx: StageContext) -> Non
         for shipped, inner in entry.shipped.items():
             shutil.copyfile(ctx.inputs[entry.kind].file(inner), folder / shipped)
     files = {path.name: sha256_file(path) for path in sorted(folder.iterdir())}
-    (folder / BundleRecord.CARD).write_text(json.dumps({"name": name, **describe_io(ctx.inputs), "files": files}) + "\n")
+    (folder / BundleRecord.CARD).write_text(
+        json.dumps({"name": name, **describe_io(ctx.inputs), "files": files}) + "\n"
+    )
     seal_bundle(folder)
 
 
@@ -86,9 +90,14 @@ class ServingStage(Stage):
         if manifest.latency is None or manifest.latency.serving is None:
             return None
         env = environment()
-        return ServingConfig(serving=manifest.latency.serving, name=manifest.name, targets=manifest.export.targets,
-                             budgets=export_budgets(manifest), min_onnx_agreement=manifest.gate.min_onnx_agreement,
-                             machine={"device": env["device"], "platform": env["platform"]})
+        return ServingConfig(
+            serving=manifest.latency.serving,
+            name=manifest.name,
+            targets=manifest.export.targets,
+            budgets=export_budgets(manifest),
+            min_onnx_agreement=manifest.gate.min_onnx_agreement,
+            machine={"device": env["device"], "platform": env["platform"]},
+        )
 
     def inputs(self, config: ServingConfig) -> tuple[str, ...]:
         return ("validate", "latency", *dict.fromkeys(backend(t).kind for t in config.targets))
@@ -108,29 +117,77 @@ class ServingStage(Stage):
         rows = []
         with tempfile.TemporaryDirectory(prefix="cskd-serving-") as tmp:
             write_bundle(Path(tmp) / "bundle", config.name, target, ctx)
-            process, url = launch_server(Path(tmp) / "bundle", Path(tmp), "--target", target, "--engine",
-                                         section.engine, "--replicas", str(section.replicas), "--max-batch",
-                                         str(section.max_batch), "--batch-wait-ms", str(section.batch_wait_ms),
-                                         "--threads-per-replica", str(per_replica))
+            process, url = launch_server(
+                Path(tmp) / "bundle",
+                Path(tmp),
+                "--target",
+                target,
+                "--engine",
+                section.engine,
+                "--replicas",
+                str(section.replicas),
+                "--max-batch",
+                str(section.max_batch),
+                "--batch-wait-ms",
+                str(section.batch_wait_ms),
+                "--threads-per-replica",
+                str(per_replica),
+            )
             try:
                 for level in section.concurrency:
-                    load = run_load({"url": url, "model": config.name, "concurrency": level,
-                                     "duration_s": section.duration_s})
-                    rows.append({k: load[k] for k in ("concurrency", "requests", "failures", "throughput_rps",
-                                                      "p50_ms", "p90_ms", "p99_ms", "errors")})
+                    load = run_load(
+                        {
+                            "url": url,
+                            "model": config.name,
+                            "concurrency": level,
+                            "duration_s": section.duration_s,
+                        }
+                    )
+                    rows.append(
+                        {
+                            k: load[k]
+                            for k in (
+                                "concurrency",
+                                "requests",
+                                "failures",
+                                "throughput_rps",
+                                "p50_ms",
+                                "p90_ms",
+                                "p99_ms",
+                                "errors",
+                            )
+                        }
+                    )
             finally:
                 stop_server(process)
-        in_process = {c["batch"]: {k: c[k] for k in ("p50_ms", "p99_ms", "throughput_ips")}
-                      for c in latency["results"] if c["backend"] == target}
-        result = {"target": target, "engine": section.engine, "replicas": section.replicas,
-                  "threads_per_replica": per_replica, "max_batch": section.max_batch,
-                  "batch_wait_ms": section.batch_wait_ms, "duration_s": section.duration_s,
-                  "rows": rows, "in_process": in_process}
+        in_process = {
+            c["batch"]: {k: c[k] for k in ("p50_ms", "p99_ms", "throughput_ips")}
+            for c in latency["results"]
+            if c["backend"] == target
+        }
+        result = {
+            "target": target,
+            "engine": section.engine,
+            "replicas": section.replicas,
+            "threads_per_replica": per_replica,
+            "max_batch": section.max_batch,
+            "batch_wait_ms": section.batch_wait_ms,
+            "duration_s": section.duration_s,
+            "rows": rows,
+            "in_process": in_process,
+        }
         (ctx.out_dir / RESULT_FILE).write_text(json.dumps(result, indent=2) + "\n")
         top = max(rows, key=lambda r: r["concurrency"])
         best_batch = max(in_process, key=int) if in_process else None
-        share = (f" ({100 * top['throughput_rps'] / in_process[best_batch]['throughput_ips']:.0f}% of in-process "
-                 f"at batch {best_batch})" if best_batch else "")
-        return StageResult(result, f"{target} served by {section.engine}: {top['throughput_rps']:.0f} req/s at "
-                                   f"concurrency {top['concurrency']}{share}, p99 {top['p99_ms']:.0f} ms, "
-                                   f"{sum(r['failures'] for r in rows)} failed")
+        share = (
+            f" ({100 * top['throughput_rps'] / in_process[best_batch]['throughput_ips']:.0f}% of "
+            f"in-process at batch {best_batch})"
+            if best_batch
+            else ""
+        )
+        return StageResult(
+            result,
+            f"{target} served by {section.engine}: {top['throughput_rps']:.0f} req/s at "
+            f"concurrency {top['concurrency']}{share}, p99 {top['p99_ms']:.0f} ms, "
+            f"{sum(r['failures'] for r in rows)} failed",
+        )

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from cskd.config import Strict
+from foundation.artifact import Artifact
 from foundation.backends import backend, backends, fastest_passing
 from foundation.contracts import Added, Stage, StageContext, StageResult
 from foundation.environment import environment
@@ -18,7 +19,6 @@ from foundation.errors import GateFailed
 from foundation.files import sha256_file
 from foundation.manifest import Manifest
 from foundation.records import BundleRecord
-from foundation.store import Artifact
 from stagekit.bundle_io import describe_io
 from stagekit.models import WEIGHTS_FILE
 
@@ -32,10 +32,15 @@ def add_onnx_metadata(path: Path, io: dict) -> None:
     import onnx
 
     model = onnx.load(str(path))
-    entries = {"cskd.class_names": io["class_names"], "cskd.input": io["input"], "cskd.output": io["output"]}
+    entries = {
+        "cskd.class_names": io["class_names"],
+        "cskd.input": io["input"],
+        "cskd.output": io["output"],
+    }
     for key, value in entries.items():
         prop = model.metadata_props.add()
-        prop.key, prop.value = key, json.dumps(value, sort_keys=True)  # the same bytes whatever the record's order
+        # the same bytes whatever the record's order
+        prop.key, prop.value = key, json.dumps(value, sort_keys=True)
     onnx.save(model, str(path))
 
 
@@ -43,7 +48,9 @@ class ShipConfig(Strict):
     name: str
     targets: list[str]
     latency: bool
-    chosen_by: str | None = Added(description="ship.chosen_by: what chose this student (a search), for the card")
+    chosen_by: str | None = Added(
+        description="ship.chosen_by: what chose this student (a search), for the card"
+    )
 
 
 def _origin(training: Artifact) -> dict:
@@ -52,21 +59,36 @@ def _origin(training: Artifact) -> dict:
     return {k: training.metrics[k] for k in ("init", "normalization") if k in training.metrics}
 
 
-def model_card(name: str, artifacts: dict[str, Artifact], files: dict[str, str], chosen_by: str | None = None) -> dict:
+def model_card(
+    name: str, artifacts: dict[str, Artifact], files: dict[str, str], chosen_by: str | None = None
+) -> dict:
     validate, distill = artifacts["validate"], artifacts["distill"]
-    data = {**validate.record.get("data", {}), "train_samples": distill.metrics.get("train_samples"),
-            "val_samples": distill.metrics.get("val_samples")}
+    data = {
+        **validate.record.get("data", {}),
+        "train_samples": distill.metrics.get("train_samples"),
+        "val_samples": distill.metrics.get("val_samples"),
+    }
     return {
         "name": name,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "student": {"model": distill.record["config"]["model"], "parameters": distill.metrics.get("parameters"),
-                    "loss": distill.record["config"]["loss"], **_origin(distill)},
-        "teacher": {"model": artifacts["teacher"].record["config"]["model"], **_origin(artifacts["teacher"])},
+        "student": {
+            "model": distill.record["config"]["model"],
+            "parameters": distill.metrics.get("parameters"),
+            "loss": distill.record["config"]["loss"],
+            **_origin(distill),
+        },
+        "teacher": {
+            "model": artifacts["teacher"].record["config"]["model"],
+            **_origin(artifacts["teacher"]),
+        },
         "data": {k: v for k, v in data.items() if k != "class_names"},
         **describe_io(artifacts),
         "metrics": validate.metrics,
-        "exports": {kind: {"metrics": art.metrics, "headline": art.record.get("headline")}
-                    for kind, art in artifacts.items() if kind not in ("teacher", "distill", "validate", "gate")},
+        "exports": {
+            kind: {"metrics": art.metrics, "headline": art.record.get("headline")}
+            for kind, art in artifacts.items()
+            if kind not in ("teacher", "distill", "validate", "gate")
+        },
         "gate": artifacts["gate"].metrics,
         "int8": _int8_summary(artifacts),
         "artifacts": {kind: art.id for kind, art in artifacts.items()},
@@ -84,10 +106,16 @@ def _int8_summary(artifacts: dict[str, Artifact]) -> dict | None:
         return None
     metrics = artifacts["quantize"].metrics
     cpu = metrics.get("cpu") or {}
-    return {"cpu_class": cpu.get("class"), "validated_on": cpu.get("machine"), "checked_with": cpu.get("checked_with"),
-            "flag": cpu.get("flag"), "note": cpu.get("note"), "operators": metrics.get("operators"),
-            "operators_why": (metrics.get("operators_choice") or {}).get("why"),
-            "reduce_range": metrics.get("reduce_range")}
+    return {
+        "cpu_class": cpu.get("class"),
+        "validated_on": cpu.get("machine"),
+        "checked_with": cpu.get("checked_with"),
+        "flag": cpu.get("flag"),
+        "note": cpu.get("note"),
+        "operators": metrics.get("operators"),
+        "operators_why": (metrics.get("operators_choice") or {}).get("why"),
+        "reduce_range": metrics.get("reduce_range"),
+    }
 
 
 def bundle_readme(card: dict) -> str:
@@ -95,33 +123,56 @@ def bundle_readme(card: dict) -> str:
     and for INT8 the CPU class it was validated for."""
     m = card["metrics"]
     models = m.get("models", {})
-    lines = [f"# {card['name']}: {card['student']['model']} distilled from {card['teacher']['model']}", "",
-             *([f"Chosen by {card['chosen_by']}", ""] if card.get("chosen_by") else []),
-             f"Test top-1 on {m.get('samples')} images of the {m.get('split')} split:", "",
-             "| model | top-1 |", "|---|---|"]
+    lines = [
+        f"# {card['name']}: {card['student']['model']} distilled from {card['teacher']['model']}",
+        "",
+        *([f"Chosen by {card['chosen_by']}", ""] if card.get("chosen_by") else []),
+        f"Test top-1 on {m.get('samples')} images of the {m.get('split')} split:",
+        "",
+        "| model | top-1 |",
+        "|---|---|",
+    ]
     lines += [f"| {name} | {values['top1']:.2f} |" for name, values in models.items()]
     spec = card["input"]
-    lines += ["", f"Input `{spec['name']}`: {spec['dtype']} {spec['layout']} {spec['shape']}, pixels in [0, 1] "
-                  f"(normalisation is inside the model). Output: logits over {len(card['class_names'])} classes "
-                  f"(`labels.txt`).", "", *_which_file(card), "",
-              "Verify the bundle before you use it: `sha256sum -c SHA256SUMS` in this folder (or "
-              "`cskd-pipeline bundle verify <this folder>`) checks every file, this README, the model card and "
-              "`predict.py` included, and names any file that is not listed. Run `predict.py` only from a folder "
-              "that verifies: Python imports modules from the script's folder first.", "",
-              "Classify image files: `python predict.py student.onnx image.png` (one line per image), or in "
-              "Python (onnxruntime, numpy and Pillow only):", "", "```python",
-              "from predict import Classifier", "", 'model = Classifier("student.onnx")',
-              'for result in model.predict(["image.png"]):  # paths, or uint8 arrays',
-              '    print(result["label"], result["probability"])', "```", ""]
+    lines += [
+        "",
+        f"Input `{spec['name']}`: {spec['dtype']} {spec['layout']} {spec['shape']}, pixels in [0, "
+        f"1] (normalisation is inside the model). Output: logits over {len(card['class_names'])} "
+        "classes (`labels.txt`).",
+        "",
+        *_which_file(card),
+        "",
+        "Verify the bundle before you use it: `sha256sum -c SHA256SUMS` in this folder (or "
+        "`cskd-pipeline bundle verify <this folder>`) checks every file, this README, the model "
+        "card and `predict.py` included, and names any file that is not listed. Run `predict.py` "
+        "only from a folder that verifies: Python imports modules from the script's folder first.",
+        "",
+        "Classify image files: `python predict.py student.onnx image.png` (one line per image), "
+        "or in Python (onnxruntime, numpy and Pillow only):",
+        "",
+        "```python",
+        "from predict import Classifier",
+        "",
+        'model = Classifier("student.onnx")',
+        'for result in model.predict(["image.png"]):  # paths, or uint8 arrays',
+        '    print(result["label"], result["probability"])',
+        "```",
+        "",
+    ]
     int8 = card.get("int8")
     if int8:
-        lines += [f"INT8 (`student_int8.onnx`, and `student_openvino_int8.*` where present): validated for "
-                  f"**{int8['cpu_class']}** CPUs, checked with {int8['checked_with']}; operators "
-                  f"{int8['operators']}, 7-bit weights {'on' if int8['reduce_range'] else 'off'}. A CPU of another "
-                  f"class may compute different INT8 results.", ""]
+        lines += [
+            "INT8 (`student_int8.onnx`, and `student_openvino_int8.*` where present): validated "
+            f"for **{int8['cpu_class']}** CPUs, checked with {int8['checked_with']}; operators "
+            f"{int8['operators']}, 7-bit weights {'on' if int8['reduce_range'] else 'off'}. A CPU "
+            "of another class may compute different INT8 results.",
+            "",
+        ]
         if int8.get("flag"):
             lines += [f"Warning: {int8['flag']}.", ""]
-    lines += ["Files (sha256):", ""] + [f"- `{name}` {digest}" for name, digest in card["files"].items()]
+    lines += ["Files (sha256):", ""] + [
+        f"- `{name}` {digest}" for name, digest in card["files"].items()
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -134,34 +185,60 @@ def _which_file(card: dict) -> list[str]:
     if not latency:
         return ["Files by target: " + "; ".join(f"{t}: {files[t]}" for t in targets) + "."]
     batches = sorted({c["batch"] for c in latency["results"]})
-    best = {b: fastest_passing(latency["results"], card["gate"].get("rules", []), batch=b) for b in batches}
-    out = ["Which file: the fastest within its accuracy budget, measured on "
-           f"{card['environment'].get('device', 'the machine that ran the pipeline')} ({latency['threads']} threads): "
-           + "; ".join(f"batch {b}: {best[b]['backend']}" for b in batches if best[b]) + ".", "",
-           "| target | files | test top-1 | " + " | ".join(f"p50 ms, batch {b}" for b in batches) + " |",
-           "|---|---|---|" + "---|" * len(batches)]
+    best = {
+        b: fastest_passing(latency["results"], card["gate"].get("rules", []), batch=b)
+        for b in batches
+    }
+    out = [
+        "Which file: the fastest within its accuracy budget, measured on "
+        f"{card['environment'].get('device', 'the machine that ran the pipeline')} "
+        f"({latency['threads']} threads): "
+        + "; ".join(f"batch {b}: {best[b]['backend']}" for b in batches if best[b])
+        + ".",
+        "",
+        "| target | files | test top-1 | "
+        + " | ".join(f"p50 ms, batch {b}" for b in batches)
+        + " |",
+        "|---|---|---|" + "---|" * len(batches),
+    ]
     cells = {(c["backend"], c["batch"]): c["p50_ms"] for c in latency["results"]}
     for t in targets:
         top1 = card["metrics"]["exports"][t]["top1"]
-        out.append(f"| {t} | {files[t]} | {top1:.2f} | "
-                   + " | ".join(f"{cells[(t, b)]:.3f}" if (t, b) in cells else "-" for b in batches) + " |")
+        out.append(
+            f"| {t} | {files[t]} | {top1:.2f} | "
+            + " | ".join(f"{cells[(t, b)]:.3f}" if (t, b) in cells else "-" for b in batches)
+            + " |"
+        )
     return out
 
 
 class ShipStage(Stage):
     kind = "ship"
-    version = 4  # 4: README.md says to verify the bundle (SHA256SUMS) before use; 3: README.md, the card's int8 entry
+    # 4: README.md says to verify the bundle (SHA256SUMS) before use; 3: README.md, the card's int8
+    # entry
+    version = 4
     Config = ShipConfig
     Record = BundleRecord  # the bundle's files, and the key a shipped version is found by
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ShipConfig:
-        return ShipConfig(name=manifest.name, targets=manifest.export.targets, latency=manifest.latency is not None,
-                          chosen_by=manifest.ship.chosen_by)
+        return ShipConfig(
+            name=manifest.name,
+            targets=manifest.export.targets,
+            latency=manifest.latency is not None,
+            chosen_by=manifest.ship.chosen_by,
+        )
 
     def inputs(self, config: ShipConfig) -> tuple[str, ...]:
         kinds = dict.fromkeys(backend(t).kind for t in config.targets)
-        return ("teacher", "distill", *kinds, "validate", *(("latency",) if config.latency else ()), "gate")
+        return (
+            "teacher",
+            "distill",
+            *kinds,
+            "validate",
+            *(("latency",) if config.latency else ()),
+            "gate",
+        )
 
     def run(self, config: ShipConfig, ctx: StageContext) -> StageResult:
         gate = ctx.inputs["gate"]  # verified by the runner: a forged verdict never gets here
@@ -185,5 +262,8 @@ class ShipStage(Stage):
         # What a shipped version is: its model files. A rerun whose gate or champion changed ships
         # the same models, so it keeps their version instead of making an identical new one.
         key = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
-        return StageResult({"files": sorted([*files, CARD_FILE, README_FILE]), "bundle_key": key},
-                           f"bundle of {len(files) + 4} files")  # the report's json and html join it
+        return StageResult(
+            {"files": sorted([*files, CARD_FILE, README_FILE]), "bundle_key": key},
+            # the report's json and html join it
+            f"bundle of {len(files) + 4} files",
+        )

@@ -55,29 +55,53 @@ class ValidateStage(Stage):
 
     @classmethod
     def configure(cls, manifest: Manifest) -> ValidateConfig:
-        return ValidateConfig(teacher_model=manifest.teacher.model, student_model=manifest.student.model,
-                              targets=manifest.export.targets, data=manifest.data.test_view(),
-                              settings=manifest.validate_)
+        return ValidateConfig(
+            teacher_model=manifest.teacher.model,
+            student_model=manifest.student.model,
+            targets=manifest.export.targets,
+            data=manifest.data.test_view(),
+            settings=manifest.validate_,
+        )
 
     def inputs(self, config: ValidateConfig) -> tuple[str, ...]:
         return ("teacher", "distill", *(backend(t).kind for t in config.targets))
 
     def run(self, config: ValidateConfig, ctx: StageContext) -> StageResult:
         test, source, bs = test_split(config.data), config.data.source, config.settings.batch_size
-        teacher = load_network(config.teacher_model, source, ctx.inputs["teacher"].file(WEIGHTS_FILE))
-        student = load_network(config.student_model, source, ctx.inputs["distill"].file(WEIGHTS_FILE))
+        teacher = load_network(
+            config.teacher_model, source, ctx.inputs["teacher"].file(WEIGHTS_FILE)
+        )
+        student = load_network(
+            config.student_model, source, ctx.inputs["distill"].file(WEIGHTS_FILE)
+        )
         with _exact_gpu() as device:  # the GPU when there is one: a study validates every cell
-            logits = {"teacher": predict_logits(teacher.to(device), test, batch_size=bs, device=device).numpy(),
-                      "student": predict_logits(student.to(device), test, batch_size=bs, device=device).numpy()}
+            logits = {
+                "teacher": predict_logits(
+                    teacher.to(device), test, batch_size=bs, device=device
+                ).numpy(),
+                "student": predict_logits(
+                    student.to(device), test, batch_size=bs, device=device
+                ).numpy(),
+            }
         for target in config.targets:
             run = backend(target).runner(ctx.inputs, batch_size=bs)
             logits[target] = np.concatenate([run(batch.numpy()) for batch in test.batches(bs)])
         labels = test.labels.numpy()
-        save_tensors({"labels": test.labels, **{k: torch.from_numpy(v) for k, v in logits.items()}},
-                     ctx.out_dir / PREDICTIONS_FILE)
+        save_tensors(
+            {"labels": test.labels, **{k: torch.from_numpy(v) for k, v in logits.items()}},
+            ctx.out_dir / PREDICTIONS_FILE,
+        )
         data = {**describe(source), "test_samples": len(test)}
-        models = {name: summarize(out, labels, teacher=logits["teacher"], student=logits["student"],
-                                  num_classes=data["num_classes"]) for name, out in logits.items()}
+        models = {
+            name: summarize(
+                out,
+                labels,
+                teacher=logits["teacher"],
+                student=logits["student"],
+                num_classes=data["num_classes"],
+            )
+            for name, out in logits.items()
+        }
         correct_s = logits["student"].argmax(1) == labels
         correct_t = logits["teacher"].argmax(1) == labels
         onnx = models["onnx"]
@@ -94,13 +118,18 @@ class ValidateStage(Stage):
             "teacher_student_agreement": models["student"]["teacher_agreement"],
             "models": models,
             "exports": {t: models[t] for t in config.targets},
-            "student_vs_teacher": {"bootstrap": paired_bootstrap(correct_s, correct_t, seed=v.seed,
-                                                                 resamples=v.bootstrap_resamples),
-                                   "mcnemar": mcnemar(correct_s, correct_t)},
+            "student_vs_teacher": {
+                "bootstrap": paired_bootstrap(
+                    correct_s, correct_t, seed=v.seed, resamples=v.bootstrap_resamples
+                ),
+                "mcnemar": mcnemar(correct_s, correct_t),
+            },
         }
         others = "".join(f" / {t} {models[t]['top1']:.2f}" for t in config.targets if t != "onnx")
-        headline = (f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
-                    f"onnx {onnx['top1']:.2f} (agree {onnx['agreement']:.2f}%){others}")
+        headline = (
+            f"teacher {metrics['teacher_top1']:.2f} / student {metrics['student_top1']:.2f} / "
+            f"onnx {onnx['top1']:.2f} (agree {onnx['agreement']:.2f}%){others}"
+        )
         return StageResult(metrics, headline, extra={"data": data})
 
 
@@ -118,8 +147,14 @@ def _exact_gpu():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def summarize(logits: np.ndarray, labels: np.ndarray, *, teacher: np.ndarray, student: np.ndarray,
-              num_classes: int) -> dict:
+def summarize(
+    logits: np.ndarray,
+    labels: np.ndarray,
+    *,
+    teacher: np.ndarray,
+    student: np.ndarray,
+    num_classes: int,
+) -> dict:
     """Accuracy and agreement of one model's test logits ``[N, classes]``. An image whose logits are
     not all finite (a broken export computes NaN) has no prediction: it counts as wrong."""
     finite = np.isfinite(logits).all(axis=1)

@@ -10,7 +10,8 @@ one line per input it could not read (the file and why). It exits 2 if any input
 From Python:
 
     from predict import Classifier
-    results = Classifier("student.onnx").predict(["a.png", array])  # [{"label", "probability", "probabilities"}]
+    results = Classifier("student.onnx").predict(["a.png", array])  # [{"label", "probability",
+    "probabilities"}]
 
 An input is a file path or a uint8 array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``. Everything the
 model needs to know about its input (channels, size, value range, class names) is read from the
@@ -54,7 +55,9 @@ class Classifier:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            str(model_path), options, providers=["CPUExecutionProvider"]
+        )
         meta = self.session.get_modelmeta().custom_metadata_map
         spec = json.loads(meta["cskd.input"])
         self.input_name = spec["name"]
@@ -62,15 +65,20 @@ class Classifier:
         self.channels, self.height, self.width = spec["shape"][1:]
 
     def pixels(self, item):
-        """One input as float32 ``[C, H, W]`` in [0, 1] at the model's size; ValueError if unreadable."""
+        """One input as float32 ``[C, H, W]`` in [0, 1] at the model's size; ValueError if
+        unreadable."""
         if isinstance(item, np.ndarray):
             array = np.asarray(item)
             if array.dtype != np.uint8 or array.ndim not in (2, 3):
-                raise ValueError(f"an array must be uint8 [H, W], [H, W, C] or [C, H, W], not {array.dtype} "
-                                 f"{list(array.shape)}")
+                raise ValueError(
+                    f"an array must be uint8 [H, W], [H, W, C] or [C, H, W], not {array.dtype} "
+                    f"{list(array.shape)}"
+                )
             if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
                 array = array.transpose(1, 2, 0)
-            img = Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
+            img = Image.fromarray(
+                array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array
+            )
         else:
             try:
                 with warnings.catch_warnings():
@@ -78,14 +86,18 @@ class Classifier:
                     img = Image.open(item)
                 limit = Image.MAX_IMAGE_PIXELS
                 if limit and img.width * img.height > limit:
-                    raise ValueError(f"{img.width}x{img.height} pixels, over Pillow's limit of {limit:,}")
+                    raise ValueError(
+                        f"{img.width}x{img.height} pixels, over Pillow's limit of {limit:,}"
+                    )
                 img.load()
             except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
                 raise ValueError(f"not a readable image ({exc})") from None
         chw = decode(img, self.channels)
         if chw.shape[1:] != (self.height, self.width):
             hwc = chw[0] if self.channels == 1 else chw.transpose(1, 2, 0)
-            resized = np.asarray(Image.fromarray(hwc).resize((self.width, self.height), Image.BILINEAR))
+            resized = np.asarray(
+                Image.fromarray(hwc).resize((self.width, self.height), Image.BILINEAR)
+            )
             chw = resized[None] if self.channels == 1 else resized.transpose(2, 0, 1)
         return chw.astype(np.float32) / 255.0  # the model's range is [0, 1]
 
@@ -104,12 +116,19 @@ class Classifier:
     def _classify(self, batch, batch_size):
         results = []
         for start in range(0, len(batch), batch_size):
-            logits = self.session.run(None, {self.input_name: np.stack(batch[start:start + batch_size])})[0]
+            logits = self.session.run(
+                None, {self.input_name: np.stack(batch[start : start + batch_size])}
+            )[0]
             probs = np.exp(logits - logits.max(1, keepdims=True))
             probs /= probs.sum(1, keepdims=True)
             for p in probs:
-                results.append({"label": self.classes[int(p.argmax())], "probability": float(p.max()),
-                                "probabilities": dict(zip(self.classes, map(float, p), strict=True))})
+                results.append(
+                    {
+                        "label": self.classes[int(p.argmax())],
+                        "probability": float(p.max()),
+                        "probabilities": dict(zip(self.classes, map(float, p), strict=True)),
+                    }
+                )
         return results
 
 
@@ -120,8 +139,11 @@ def main(argv):
     try:
         classifier = Classifier(argv[0])
     except Exception as exc:  # any reason the model cannot be loaded: one line, not a traceback
-        print(f"{argv[0]}: cannot load the model ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
-              file=sys.stderr)
+        print(
+            f"{argv[0]}: cannot load the model "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})",
+            file=sys.stderr,
+        )
         return 2
     failed = 0
     for path in argv[1:]:  # one at a time: a bad file costs its own line only

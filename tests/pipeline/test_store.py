@@ -8,8 +8,9 @@ import shutil
 
 import pytest
 
+from foundation.artifact import artifact_id
 from foundation.errors import OutputError, StoreError
-from foundation.store import ArtifactStore, artifact_id
+from foundation.store import ArtifactStore
 from pipeline.manifest_io import manifest_from_text
 from pipeline.orchestrator import plan
 from tests.conftest import TINY_MANIFEST, edited

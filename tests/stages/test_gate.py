@@ -273,8 +273,8 @@ def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *
     import torch
 
     from cskd.checkpoint import save_tensors
+    from foundation.artifact import Artifact
     from foundation.records import ChampionRecord, ValidationRecord
-    from foundation.store import Artifact
 
     labels = torch.zeros(n, dtype=torch.long)
 
@@ -294,7 +294,8 @@ def _champion_case(tmp_path, ours_right: int, theirs_right: int, n: int = 100, *
 
 
 def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_path):
-    from stagekit.gate_rules import ChampionRule, champion_rule
+    from stagekit.gate_rules import champion_rule
+    from stagekit.gate_section import ChampionRule
 
     rule = ChampionRule(max_regression=1.0, resamples=200, seed=0, against=True)
     validate_dir, champion = _champion_case(tmp_path, ours_right=89, theirs_right=90)
@@ -317,7 +318,8 @@ def test_the_champion_rule_passes_within_max_regression_and_fails_beyond_it(tmp_
 def test_the_champion_rule_without_a_champion_or_not_comparable_or_other_images(tmp_path):
     import torch
 
-    from stagekit.gate_rules import ChampionRule, GateError, champion_rule
+    from stagekit.gate_rules import GateError, champion_rule
+    from stagekit.gate_section import ChampionRule
 
     none = champion_rule(ChampionRule(max_regression=0.0, resamples=10, seed=0, against=False), tmp_path, None)
     assert none["passed"] is True and none["measured"] is None and none["rule"].startswith(
@@ -368,7 +370,7 @@ def test_an_export_with_non_finite_logits_fails_a_rule_of_its_own_that_says_how_
      "gate.serving.concurrency 8 is not in latency.serving.concurrency"),
 ])
 def test_a_gate_rule_that_nothing_measures_is_refused_with_what_to_add(changes, says):
-    from stagekit.gate_rules import _measurable
+    from stagekit.gate_section import _measurable
 
     with pytest.raises(ManifestError, match=re.escape(says)):
         manifest_from_text(edited(**changes))

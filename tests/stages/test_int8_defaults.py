@@ -113,14 +113,14 @@ def test_auto_resolves_to_this_machines_class(workdir):
     ("avx2", "avx2", False, False),
 ])
 def test_the_budget_is_checked_with_the_deployment_cpus_kernels(monkeypatch, deploy, machine, exact_graph, flagged):
-    import stages.quantize
+    import stagekit.int8_settings
 
-    monkeypatch.setattr(stages.quantize, "machine_class", lambda: machine)  # which machine this is
-    check = stages.quantize.cpu_check(deploy, reduce_range=False)
+    monkeypatch.setattr(stagekit.int8_settings, "machine_class", lambda: machine)  # which machine this is
+    check = stagekit.int8_settings.cpu_check(deploy, reduce_range=False)
     assert check["exact_graph"] is exact_graph and check["machine"] == machine and check["class"] == deploy
     assert (check["flag"] is not None) is flagged
     # with 7-bit weights every class computes the graph exactly: nothing to emulate or flag
-    exact = stages.quantize.cpu_check(deploy, reduce_range=True)
+    exact = stagekit.int8_settings.cpu_check(deploy, reduce_range=True)
     assert exact["exact_graph"] is False
     # ... but a check on another class's kernels says so: flagged exactly when the classes differ
     assert (exact["flag"] is None) is (deploy == machine)

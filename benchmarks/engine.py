@@ -21,10 +21,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cskd.classic_step import classic_step  # noqa: E402
 from cskd.config import TrainConfig  # noqa: E402
 from cskd.data.datasets import Split  # noqa: E402
 from cskd.data.loader import DeviceLoader  # noqa: E402
-from cskd.engine import _classic_step  # noqa: E402
 from cskd.fast_engine import FastStep  # noqa: E402
 from cskd.models import create_model  # noqa: E402
 from cskd.objectives import CSKDCore, CSKDPaper  # noqa: E402
@@ -43,7 +43,7 @@ def run(engine: str, preset: str, batch: int, args, device: torch.device) -> dic
     config = TrainConfig(epochs=1, batch_size=batch, precision="bf16" if bf16 and engine == "fast" else "fp32",
                          engine=engine)
     step = (FastStep(objective, optimizer, device=device, bf16=config.precision == "bf16") if engine == "fast"
-            else _classic_step(objective, optimizer, device, config))
+            else classic_step(objective, optimizer, device, config))
     n = batch * (args.steps + args.warmup)
     data = Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8), torch.randint(0, 100, (n,)))
     loader = DeviceLoader(data, batch_size=batch, device=device, crop_padding=4, flip=True,

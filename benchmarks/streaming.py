@@ -107,7 +107,7 @@ def throughput(root: Path, workers: int, rounds: int) -> dict:
     from torchvision.transforms import v2
 
     from cskd.data.imagefolder import load_imagefolder
-    from cskd.data.streaming import StreamLoader
+    from cskd.data.stream_loader import StreamLoader
 
     torch.set_num_threads(1)  # the consumer; the workers decode
     split = load_imagefolder(root, image_size=SIZE, stream=True, workers=workers).train

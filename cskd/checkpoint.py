@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 from cskd.errors import CheckpointError
 
-if TYPE_CHECKING:  # not imported to hash a file: the light commands (runs, promote, ...) start without torch
+# not imported to hash a file: the light commands (runs, promote, ...) start without torch
+if TYPE_CHECKING:
     import torch
     import torch.nn as nn
 
@@ -26,7 +27,9 @@ def sha256_file(path: str | Path, *, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def save_tensors(tensors: dict[str, torch.Tensor], path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, *, metadata: dict[str, str] | None = None
+) -> None:
     """Write atomically: a temporary file in the same folder, fsync, then rename."""
     from safetensors.torch import save_file
 
@@ -50,12 +53,14 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}); weights must be saved with safetensors "
-            f"(pickled .pt/.pth files are refused because loading them can run code)"
+            f"{path}: not a readable safetensors file ({exc}); weights must be saved with "
+            "safetensors (pickled .pt/.pth files are refused because loading them can run code)"
         ) from None
 
 
-def save_weights(model: nn.Module, path: str | Path, *, metadata: dict[str, str] | None = None) -> None:
+def save_weights(
+    model: nn.Module, path: str | Path, *, metadata: dict[str, str] | None = None
+) -> None:
     save_tensors(model.state_dict(), path, metadata=metadata)
 
 
@@ -65,16 +70,22 @@ def load_weights(model: nn.Module, path: str | Path, *, expected_sha256: str | N
     if expected_sha256 is not None and path.is_file():
         actual = sha256_file(path)
         if actual != expected_sha256.lower():
-            raise CheckpointError(f"{path}: sha256 is {actual}, the manifest declares {expected_sha256}; "
-                                  f"fix the sha256 or the file")
+            raise CheckpointError(
+                f"{path}: sha256 is {actual}, the manifest declares {expected_sha256}; "
+                f"fix the sha256 or the file"
+            )
     tensors = load_tensors(path)
     expected = model.state_dict()
     for name, ref in expected.items():
         if name not in tensors:
-            raise CheckpointError(f"{path}: layer {name!r} missing from the file (wrong architecture?)")
+            raise CheckpointError(
+                f"{path}: layer {name!r} missing from the file (wrong architecture?)"
+            )
         if tuple(tensors[name].shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: layer {name!r} has shape {tuple(tensors[name].shape)}, "
-                                  f"the model expects {tuple(ref.shape)} (wrong architecture or class count?)")
+            raise CheckpointError(
+                f"{path}: layer {name!r} has shape {tuple(tensors[name].shape)}, "
+                f"the model expects {tuple(ref.shape)} (wrong architecture or class count?)"
+            )
     extra = sorted(set(tensors) - set(expected))
     if extra:
         raise CheckpointError(f"{path}: unexpected layer {extra[0]!r} (wrong architecture?)")

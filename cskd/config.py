@@ -12,7 +12,9 @@ class Strict(BaseModel):
 
 
 class AugmentConfig(Strict):
-    crop_padding: int = Field(4, ge=0, le=64, description="zero padding before the random crop, pixels")
+    crop_padding: int = Field(
+        4, ge=0, le=64, description="zero padding before the random crop, pixels"
+    )
     flip: bool = Field(True, description="random horizontal flip (turn off for digits and text)")
 
 
@@ -24,22 +26,35 @@ class TrainConfig(Strict):
     weight_decay: float = Field(5e-4, ge=0, le=1)
     nesterov: bool = False
     schedule: Literal["step", "cosine", "constant"] = "step"
-    milestones: list[int] = Field(default_factory=lambda: [150, 180, 210], max_length=64,
-                                  description="epochs at which the step schedule multiplies lr by gamma")
+    milestones: list[int] = Field(
+        default_factory=lambda: [150, 180, 210],
+        max_length=64,
+        description="epochs at which the step schedule multiplies lr by gamma",
+    )
     gamma: float = Field(0.1, gt=0, le=1)
     warmup_epochs: int = Field(0, ge=0, le=10_000, description="linear lr warm-up")
     augment: AugmentConfig = AugmentConfig()
-    drop_last: bool = Field(True, description="drop the last partial batch of each epoch (the authors keep it: false)")
+    drop_last: bool = Field(
+        True, description="drop the last partial batch of each epoch (the authors keep it: false)"
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
-    checkpoint_every: int = Field(1, ge=1, le=10_000, description="epochs between resumable checkpoints")
+    checkpoint_every: int = Field(
+        1, ge=1, le=10_000, description="epochs between resumable checkpoints"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast; applies on a GPU only")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16 autocast; applies on a GPU only"
+    )
     channels_last: bool = False
     cs_batch: Literal["global", "replica"] = Field(
-        "global", description="under data parallelism: batch-wise losses over the gathered global batch, "
-                              "or over each replica's own batch")
+        "global",
+        description="under data parallelism: batch-wise losses over the gathered global batch, "
+        "or over each replica's own batch",
+    )
     engine: Literal["classic", "fast"] = Field(
-        "classic", description="classic: the reference loop; fast: the whole step as one CUDA graph on a GPU")
+        "classic",
+        description="classic: the reference loop; fast: the whole step as one CUDA graph on a GPU",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

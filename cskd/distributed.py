@@ -41,7 +41,9 @@ def sync_buffers(module: torch.nn.Module) -> None:
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    return (
+        module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module
+    )
 
 
 def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
@@ -50,24 +52,33 @@ def gather_rows(tensor: torch.Tensor) -> torch.Tensor:
 
     from torch.distributed.nn.functional import all_gather
 
-    with warnings.catch_warnings():  # deprecated in favour of a private API; still the public autograd gather
+    # deprecated in favour of a private API; still the public autograd gather
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(all_gather(tensor), dim=0)
 
 
-def data_parallel(objective: Objective, config: TrainConfig, device: torch.device) -> torch.nn.Module:
+def data_parallel(
+    objective: Objective, config: TrainConfig, device: torch.device
+) -> torch.nn.Module:
     """Wrap the student in DDP when a process group is up; returns the plain student."""
     net = objective.student
     if world_size() == 1:
         return net
     if config.engine == "fast":
-        raise ValueError("engine: fast runs in one process (one CUDA graph); use engine: classic with several processes")
+        raise ValueError(
+            "engine: fast runs in one process (one CUDA graph); use engine: classic with several "
+            "processes"
+        )
     if config.batch_size % world_size():
-        raise ValueError(f"train.batch_size {config.batch_size} is not divisible by {world_size()} processes")
+        raise ValueError(
+            f"train.batch_size {config.batch_size} is not divisible by {world_size()} processes"
+        )
     if device.type == "cuda":  # global batch statistics, as one process would compute them
         net = objective.student = torch.nn.SyncBatchNorm.convert_sync_batchnorm(net)
     objective.student = torch.nn.parallel.DistributedDataParallel(
-        net, device_ids=[device.index] if device.type == "cuda" else None)
+        net, device_ids=[device.index] if device.type == "cuda" else None
+    )
     if config.cs_batch == "global":
         objective.gather = gather_rows
     return net

@@ -19,16 +19,24 @@ from pathlib import Path
 
 import torch
 
-from cskd.checkpoint import load_tensors, save_tensors
+from cskd.classic_step import classic_step
 from cskd.config import TrainConfig
 from cskd.data.loader import DeviceLoader
 from cskd.data.split import Split
-from cskd.data.streaming import StreamLoader
-from cskd.distributed import data_parallel, local_rank, rank, sync_buffers, unwrap, world_size
+from cskd.data.stream_loader import StreamLoader
+from cskd.distributed import (
+    data_parallel,
+    local_rank,
+    rank,
+    sync_buffers,
+    unwrap,
+    world_size,
+)
+from cskd.engine_checkpoint import float_state, load_checkpoint, save_checkpoint
 from cskd.errors import NumericalError
 from cskd.evaluate import predict_logits, top1
 from cskd.fast_engine import FastStep
-from cskd.interrupts import Interrupted, stop_requests
+from cskd.interrupts import Interrupted, signal_hook, stop_requests
 from cskd.objectives import Objective
 from cskd.progress import epoch_steps
 
@@ -39,38 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def _save_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer, *, epochs_done: int,
-                     steps_done: int = 0, sums: dict[str, torch.Tensor] | None = None) -> None:
-    if rank() != 0:  # replicas hold identical weights; one writer
-        return
-    tensors = {f"model.{k}": v for k, v in unwrap(objective.student).state_dict().items()}
-    for idx, state in optimizer.state_dict()["state"].items():
-        for key, value in state.items():
-            if isinstance(value, torch.Tensor):
-                tensors[f"optim.{idx}.{key}"] = value
-    for key, value in (sums or {}).items():
-        tensors[f"sums.{key}"] = value.detach().reshape(())
-    save_tensors(tensors, path, metadata={"epochs_done": str(epochs_done), "steps_done": str(steps_done)})
-
-
-def _load_checkpoint(path: Path, objective: Objective, optimizer: torch.optim.Optimizer,
-                     device: torch.device) -> tuple[int, int, dict[str, torch.Tensor]]:
-    from safetensors import safe_open
-
-    tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-    unwrap(objective.student).load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state = optimizer.state_dict()
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state["state"].setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict(state)
-    sums = {k[5:]: v.to(device) for k, v in tensors.items() if k.startswith("sums.")}
-    return int(meta["epochs_done"]), int(meta.get("steps_done", 0)), sums
 
 
 def train(
@@ -102,17 +78,43 @@ def train(
     if config.channels_last:
         objective.to(memory_format=torch.channels_last)
     net = data_parallel(objective, config, device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=config.nesterov)
+    optimizer = torch.optim.SGD(
+        net.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     # Image folders larger than memory stream from disk (FileSplit); the rest live on the device.
     loader_class = DeviceLoader if isinstance(train_split, Split) else StreamLoader
-    loader = loader_class(train_split, batch_size=config.batch_size, device=device, shuffle=True,
-                          drop_last=config.drop_last, crop_padding=config.augment.crop_padding, flip=config.augment.flip,
-                          strong=objective.needs_strong_view, seed=config.seed, shard=(rank(), world_size()))
+    loader = loader_class(
+        train_split,
+        batch_size=config.batch_size,
+        device=device,
+        shuffle=True,
+        drop_last=config.drop_last,
+        crop_padding=config.augment.crop_padding,
+        flip=config.augment.flip,
+        strong=objective.needs_strong_view,
+        seed=config.seed,
+        shard=(rank(), world_size()),
+    )
     try:
-        return _train_loop(objective, optimizer, loader, train_split, val_split, config, device=device,
-                           work_dir=work_dir, metrics_path=metrics_path, progress=progress, on_epoch=on_epoch,
-                           label=label, monitor=monitor)
+        return _train_loop(
+            objective,
+            optimizer,
+            loader,
+            train_split,
+            val_split,
+            config,
+            device=device,
+            work_dir=work_dir,
+            metrics_path=metrics_path,
+            progress=progress,
+            on_epoch=on_epoch,
+            label=label,
+            monitor=monitor,
+        )
     finally:
         objective.student, objective.gather = net, None
         net.to("cpu").eval()
@@ -120,47 +122,85 @@ def train(
             net.to(memory_format=torch.contiguous_format)
 
 
-def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader, train_split: Split,
-                val_split: Split, config: TrainConfig, *, device: torch.device, work_dir: Path, metrics_path: Path,
-                progress, on_epoch: Callable[[dict], None] | None, label: str, monitor: Split | None = None) -> dict:
+def _train_loop(
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    loader: DeviceLoader,
+    train_split: Split,
+    val_split: Split,
+    config: TrainConfig,
+    *,
+    device: torch.device,
+    work_dir: Path,
+    metrics_path: Path,
+    progress,
+    on_epoch: Callable[[dict], None] | None,
+    label: str,
+    monitor: Split | None = None,
+) -> dict:
     writer = rank() == 0
 
     work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = work_dir / _CKPT
     history = work_dir / "metrics.jsonl"
-    start, skip, sums = _load_checkpoint(ckpt, objective, optimizer, device) if ckpt.is_file() else (0, 0, {})
+    start, skip, sums = (
+        load_checkpoint(ckpt, objective, optimizer, device) if ckpt.is_file() else (0, 0, {})
+    )
     # Keep the lines of the epochs the checkpoint covers; later ones are recomputed.
     history_lines = history.read_text().splitlines()[:start] if history.is_file() else []
     if writer:
         history.write_text("".join(line + "\n" for line in history_lines))
     last: dict = json.loads(history_lines[-1]) if history_lines else {}
 
-    step = _classic_step(objective, optimizer, device, config)
+    step = classic_step(objective, optimizer, device, config)
     if config.engine == "fast":
         step = FastStep(objective, optimizer, device=device, bf16=config.precision == "bf16")
     with stop_requests() as stop:
         for epoch in range(start, config.epochs):
-            terms = _train_epoch(objective, optimizer, loader, config, step, epoch=epoch, device=device, skip=skip,
-                                 sums=sums, stop=stop, ckpt=ckpt, progress=progress, label=label)
+            terms = _train_epoch(
+                objective,
+                optimizer,
+                loader,
+                config,
+                step,
+                epoch=epoch,
+                device=device,
+                skip=skip,
+                sums=sums,
+                stop=stop,
+                ckpt=ckpt,
+                progress=progress,
+                label=label,
+            )
             skip, sums = 0, {}
             if world_size() > 1:
                 sync_buffers(objective.student)
-            val_top1 = (top1(predict_logits(unwrap(objective.student), val_split, device=device),
-                             val_split.labels) if len(val_split) else None)  # val_fraction 0: no val split
+            val_top1 = (
+                top1(
+                    predict_logits(unwrap(objective.student), val_split, device=device),
+                    # val_fraction 0: no val split
+                    val_split.labels,
+                )
+                if len(val_split)
+                else None
+            )
             last = {"epoch": epoch + 1, "lr": config.lr_at(epoch), **terms, "val_top1": val_top1}
             if monitor is not None:
-                last["monitor_top1"] = top1(predict_logits(unwrap(objective.student), monitor, device=device),
-                                            monitor.labels)
+                last["monitor_top1"] = top1(
+                    predict_logits(unwrap(objective.student), monitor, device=device),
+                    monitor.labels,
+                )
             if writer:
                 with open(history, "a") as f:
                     f.write(json.dumps(last) + "\n")
             if on_epoch is not None:
                 on_epoch(last)
             if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
-                _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch + 1)
+                save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch + 1)
             if stop:
                 raise Interrupted(stop[0], f"the end of epoch {epoch + 1}")
-    if world_size() > 1:  # rank 0 wrote the last line; each node's first worker copies it into its out_dir
+    # rank 0 wrote the last line; each node's first worker copies it into its out_dir
+    if world_size() > 1:
         import torch.distributed as dist
 
         dist.barrier()
@@ -169,48 +209,22 @@ def _train_loop(objective: Objective, optimizer: torch.optim.Optimizer, loader: 
     return last
 
 
-def _classic_step(objective: Objective, optimizer: torch.optim.Optimizer, device: torch.device,
-                  config: TrainConfig) -> Callable[..., dict[str, torch.Tensor]]:
-    """The reference step: eager forward, backward, ``torch.optim.SGD.step``."""
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16,
-                              enabled=config.precision == "bf16" and device.type == "cuda")
-
-    epochs: dict[int, torch.Tensor] = {}  # one device tensor per epoch, not a host copy per step
-
-    def step(weak, labels, strong, *, lr: float, epoch: int) -> dict[str, torch.Tensor]:
-        if epoch not in epochs:
-            epochs.clear()
-            epochs[epoch] = torch.tensor(float(epoch), device=device)
-        with autocast:
-            out = objective(weak, labels, strong=strong, epoch=epochs[epoch])
-        optimizer.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        optimizer.step()
-        return {k: v.detach().float() for k, v in out.items() if k != "output"}
-
-    return step
-
-
-SIGNAL_HOOK = "CSKD_TEST_SIGNAL_AT"
-
-
-def _signal_hook(label: str) -> tuple[int, int, int] | None:
-    """Test hook: ``CSKD_TEST_SIGNAL_AT="<label part>:<epoch>:<step>:<KILL|TERM|INT>"`` makes a
-    training whose label contains that part send itself the signal right after that step (1-based),
-    so kill and resume tests stop a run at a fixed point instead of racing a stopwatch."""
-    import os
-    import signal
-
-    spec = os.environ.get(SIGNAL_HOOK)
-    if not spec:
-        return None
-    part, epoch, step, name = spec.rsplit(":", 3)
-    return (int(epoch), int(step), getattr(signal, f"SIG{name}")) if part in label else None
-
-
-def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader: DeviceLoader,
-                 config: TrainConfig, step_fn: Callable[..., dict[str, torch.Tensor]], *, epoch: int, device: torch.device, skip: int,
-                 sums: dict[str, torch.Tensor], stop: list[int], ckpt: Path, progress, label: str) -> dict[str, float]:
+def _train_epoch(
+    objective: Objective,
+    optimizer: torch.optim.Optimizer,
+    loader: DeviceLoader,
+    config: TrainConfig,
+    step_fn: Callable[..., dict[str, torch.Tensor]],
+    *,
+    epoch: int,
+    device: torch.device,
+    skip: int,
+    sums: dict[str, torch.Tensor],
+    stop: list[int],
+    ckpt: Path,
+    progress,
+    label: str,
+) -> dict[str, float]:
     """One epoch from step ``skip`` on; returns the epoch's mean of every loss term.
 
     ``progress``: False, True, or a ``rich.progress.Progress`` to add this epoch's bar to."""
@@ -221,13 +235,15 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
     objective.train()
     bad_step = torch.tensor(-1, device=device)
     bad_state_step = torch.tensor(-1, device=device)
-    state = _float_state(objective.student)
+    state = float_state(objective.student)
     step_t = torch.tensor(skip, device=device)  # the step index on the device, advanced in place
-    hook = _signal_hook(label)
-    with epoch_steps(progress, loader, total=len(loader), label=f"{label} epoch {epoch + 1}/{config.epochs}") as (
-            advance, batches):
+    hook = signal_hook(label)
+    with epoch_steps(
+        progress, loader, total=len(loader), label=f"{label} epoch {epoch + 1}/{config.epochs}"
+    ) as (advance, batches):
         for step, (weak, labels, strong) in enumerate(batches):
-            if step < skip:  # resuming mid-epoch: the batch was drawn (same RNG stream), not trained on
+            # resuming mid-epoch: the batch was drawn (same RNG stream), not trained on
+            if step < skip:
                 continue
             if config.channels_last:
                 weak = weak.contiguous(memory_format=torch.channels_last)
@@ -236,7 +252,11 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
             bad_step = torch.where((bad_step < 0) & ~torch.isfinite(out["loss"]), step_t, bad_step)
             # A loss can stay finite while the weights or BatchNorm statistics overflow (lr 10,
             # momentum 0.99): the max-norm of every tensor is inf or NaN exactly when one entry is.
-            state_ok = torch.stack(torch._foreach_norm(list(state.values()), ord=float("inf"))).isfinite().all()
+            state_ok = (
+                torch.stack(torch._foreach_norm(list(state.values()), ord=float("inf")))
+                .isfinite()
+                .all()
+            )
             bad_state_step = torch.where((bad_state_step < 0) & ~state_ok, step_t, bad_state_step)
             step_t += 1
             advance(out["loss"])
@@ -247,29 +267,33 @@ def _train_epoch(objective: Objective, optimizer: torch.optim.Optimizer, loader:
 
                 os.kill(os.getpid(), hook[2])
             if stop and step + 1 < len(loader):
-                _save_checkpoint(ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums)
+                save_checkpoint(
+                    ckpt, objective, optimizer, epochs_done=epoch, steps_done=step + 1, sums=sums
+                )
                 raise Interrupted(stop[0], f"epoch {epoch + 1}, step {step + 1}")
     steps = max(len(loader), 1)
     if world_size() > 1:  # every replica reports the mean over the global batch
         import torch.distributed as dist
 
         keys = sorted(sums)
-        stacked = torch.stack([torch.as_tensor(sums[k], device=device, dtype=torch.float32) for k in keys])
+        stacked = torch.stack(
+            [torch.as_tensor(sums[k], device=device, dtype=torch.float32) for k in keys]
+        )
         dist.all_reduce(stacked)
         sums = dict(zip(keys, stacked / world_size(), strict=True))
     terms = {k: float(v) / steps for k, v in sums.items()}
     if int(bad_step) >= 0:
         broken = [k for k, v in terms.items() if v != v or abs(v) == float("inf")]
-        raise NumericalError(f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1} "
-                             f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data")
+        raise NumericalError(
+            f"loss became non-finite at epoch {epoch + 1}, step {int(bad_step) + 1} "
+            f"(terms: {', '.join(broken) or 'loss'}); lower the learning rate or check the data"
+        )
     if int(bad_state_step) >= 0:
-        name = next((n for n, t in state.items() if not bool(torch.isfinite(t).all())), "a parameter")
-        raise NumericalError(f"{name} became non-finite at epoch {epoch + 1}, step {int(bad_state_step) + 1}; "
-                             f"the training diverged: lower the learning rate or the momentum")
+        name = next(
+            (n for n, t in state.items() if not bool(torch.isfinite(t).all())), "a parameter"
+        )
+        raise NumericalError(
+            f"{name} became non-finite at epoch {epoch + 1}, step {int(bad_state_step) + 1}; "
+            f"the training diverged: lower the learning rate or the momentum"
+        )
     return terms
-
-
-def _float_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """Every floating-point parameter and buffer (BatchNorm running statistics) by name."""
-    named = [*module.named_parameters(), *module.named_buffers()]
-    return {name.removeprefix("module."): t.detach() for name, t in named if t.is_floating_point()}

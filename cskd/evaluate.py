@@ -14,8 +14,11 @@ def predict_logits(model: nn.Module, images, *, batch_size: int = 512,
     was_training = model.training
     model.eval()
     outputs = []
-    batches = (images[start:start + batch_size] for start in range(0, images.shape[0], batch_size)) \
-        if isinstance(images, torch.Tensor) else images.batches(batch_size)
+    batches = (
+        (images[start : start + batch_size] for start in range(0, images.shape[0], batch_size))
+        if isinstance(images, torch.Tensor)
+        else images.batches(batch_size)
+    )
     for batch in batches:
         batch = batch.to(device).float() / 255.0
         outputs.append(model(batch).float().cpu())

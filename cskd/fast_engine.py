@@ -24,14 +24,23 @@ class FastStep:
         self.objective, self.optimizer = objective, optimizer
         group = optimizer.param_groups[0]
         self.params = [p for p in group["params"] if p.requires_grad]
-        self.momentum, self.weight_decay, self.nesterov = group["momentum"], group["weight_decay"], group["nesterov"]
-        for p in self.params:  # zeros buffer == torch's first-step clone of the gradient (dampening 0)
-            optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format))
+        self.momentum, self.weight_decay, self.nesterov = (
+            group["momentum"],
+            group["weight_decay"],
+            group["nesterov"],
+        )
+        # zeros buffer == torch's first-step clone of the gradient (dampening 0)
+        for p in self.params:
+            optimizer.state[p].setdefault(
+                "momentum_buffer", torch.zeros_like(p, memory_format=torch.preserve_format)
+            )
         self.buffers = [optimizer.state[p]["momentum_buffer"] for p in self.params]
         self.device = device
         self.lr = torch.zeros((), device=device)
         self.epoch = torch.zeros((), device=device)
-        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda")
+        self.autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"
+        )
         self.use_graph = device.type == "cuda" if use_graph is None else use_graph
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: dict[str, torch.Tensor | None] = {}
@@ -70,7 +79,8 @@ class FastStep:
             return self._compute(weak, labels, strong)
         if self.graph is None:
             self._capture(weak, labels, strong)
-        if weak.shape != self.static["weak"].shape:  # the last partial batch (drop_last: false): eager
+        # the last partial batch (drop_last: false): eager
+        if weak.shape != self.static["weak"].shape:
             return self._compute(weak, labels, strong)
         self.static["weak"].copy_(weak)
         self.static["labels"].copy_(labels)
@@ -81,8 +91,11 @@ class FastStep:
 
     def _capture(self, weak, labels, strong) -> None:
         """Warm up on a side stream (restoring every weight after), then capture one step."""
-        self.static = {"weak": weak.clone(), "labels": labels.clone(),
-                       "strong": strong.clone() if strong is not None else None}
+        self.static = {
+            "weak": weak.clone(),
+            "labels": labels.clone(),
+            "strong": strong.clone() if strong is not None else None,
+        }
         module = self.objective.student
         snapshot = {k: v.clone() for k, v in module.state_dict().items()}
         buffers = [b.clone() for b in self.buffers]
@@ -102,4 +115,6 @@ class FastStep:
                 p.grad.zero_()
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            self.outputs = self._compute(self.static["weak"], self.static["labels"], self.static["strong"])
+            self.outputs = self._compute(
+                self.static["weak"], self.static["labels"], self.static["strong"]
+            )

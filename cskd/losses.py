@@ -34,7 +34,9 @@ def in_fp32(loss):
     @functools.wraps(loss)
     def wrapped(student_logits: torch.Tensor, teacher_logits: torch.Tensor, *args, **kwargs):
         with torch.autocast(student_logits.device.type, enabled=False):
-            return loss(_at_least_fp32(student_logits), _at_least_fp32(teacher_logits), *args, **kwargs)
+            return loss(
+                _at_least_fp32(student_logits), _at_least_fp32(teacher_logits), *args, **kwargs
+            )
 
     return wrapped
 
@@ -101,7 +103,9 @@ def cswt_temperatures(
     every ``c_i`` is equal (B = 1, identical rows, student == teacher) the authors'
     code divides by zero; here every sample then gets ``(low + high) / 2``.
     """
-    c = row_cosine(F.softmax(student_logits.detach(), dim=1), F.softmax(teacher_logits.detach(), dim=1))
+    c = row_cosine(
+        F.softmax(student_logits.detach(), dim=1), F.softmax(teacher_logits.detach(), dim=1)
+    )
     c_max, c_min = c.max(), c.min()
     span = c_max - c_min
     # A span at rounding-noise level (e.g. student == teacher, all c_i = 1 up to a

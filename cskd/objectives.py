@@ -44,7 +44,8 @@ class Objective(nn.Module):
         return self.teacher(images).float()
 
     def batch_view(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The tensors over the batch the batch-wise losses see (gathered across replicas if set)."""
+        """The tensors over the batch the batch-wise losses see (gathered across replicas if
+        set)."""
         return tensors if self.gather is None else tuple(self.gather(t) for t in tensors)
 
 
@@ -58,7 +59,9 @@ class CrossEntropy(Objective):
 
 
 class KD(Objective):
-    def __init__(self, student, teacher, *, temperature=4.0, ce_weight=0.1, kd_weight=0.9, standardize=False):
+    def __init__(
+        self, student, teacher, *, temperature=4.0, ce_weight=0.1, kd_weight=0.9, standardize=False
+    ):
         super().__init__(student, teacher)
         self.temperature, self.ce_weight, self.kd_weight = temperature, ce_weight, kd_weight
         self.standardize = standardize
@@ -74,7 +77,17 @@ class KD(Objective):
 
 
 class DKD(Objective):
-    def __init__(self, student, teacher, *, alpha=1.0, beta=8.0, temperature=4.0, ce_weight=1.0, warmup_epochs=20):
+    def __init__(
+        self,
+        student,
+        teacher,
+        *,
+        alpha=1.0,
+        beta=8.0,
+        temperature=4.0,
+        ce_weight=1.0,
+        warmup_epochs=20,
+    ):
         super().__init__(student, teacher)
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.ce_weight, self.warmup_epochs = ce_weight, warmup_epochs
@@ -84,7 +97,9 @@ class DKD(Objective):
         zt = self.teacher_logits(images)
         ce = self.ce_weight * F.cross_entropy(zs, labels)
         # Linear warm-up of the KD weight over the first epochs (mdistiller).
-        ramp = torch.clamp(epoch / max(self.warmup_epochs, 1), max=1.0) if epoch is not None else 1.0
+        ramp = (
+            torch.clamp(epoch / max(self.warmup_epochs, 1), max=1.0) if epoch is not None else 1.0
+        )
         dkd = ramp * losses.dkd_loss(
             zs.float(), zt, labels, alpha=self.alpha, beta=self.beta, temperature=self.temperature
         )
@@ -107,8 +122,18 @@ class DIST(Objective):
 class CSKDCore(Objective):
     """CS-KD, core preset: ``CE + L_cs(T) + L_cs(CSWT)`` on one view."""
 
-    def __init__(self, student, teacher, *, temperature=4.0, alpha=2.0, low=2.0, high=6.0,
-                 ce_weight=1.0, kd_weight=1.0):
+    def __init__(
+        self,
+        student,
+        teacher,
+        *,
+        temperature=4.0,
+        alpha=2.0,
+        low=2.0,
+        high=6.0,
+        ce_weight=1.0,
+        kd_weight=1.0,
+    ):
         super().__init__(student, teacher)
         self.temperature, self.alpha, self.low, self.high = temperature, alpha, low, high
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
@@ -118,10 +143,18 @@ class CSKDCore(Objective):
         zs32, zt = self.batch_view(zs.float(), self.teacher_logits(images))
         t_i = losses.cswt_temperatures(zs32, zt, low=self.low, high=self.high)
         ce = self.ce_weight * F.cross_entropy(zs, labels)
-        cs = self.kd_weight * losses.cs_loss(zs32, zt, temperature=self.temperature, alpha=self.alpha)
+        cs = self.kd_weight * losses.cs_loss(
+            zs32, zt, temperature=self.temperature, alpha=self.alpha
+        )
         cswt = self.kd_weight * losses.cs_loss(zs32, zt, temperature=t_i, alpha=self.alpha)
-        return {"loss": ce + cs + cswt, "output": zs, "ce": ce, "cs": cs, "cs_cswt": cswt,
-                "mean_temperature": t_i.mean()}
+        return {
+            "loss": ce + cs + cswt,
+            "output": zs,
+            "ce": ce,
+            "cs": cs,
+            "cs_cswt": cswt,
+            "mean_temperature": t_i.mean(),
+        }
 
 
 def _median(x: torch.Tensor) -> torch.Tensor:
@@ -169,12 +202,12 @@ class CSKDPaper(CSKDCore):
         cs_strong = losses.cs_loss(ss, zt_s, temperature=t_fixed, alpha=alpha) + losses.cs_loss(
             ss, zt_s, temperature=t_i, alpha=alpha
         )
-        cc = losses.class_correlation_loss(sw, zt_w, temperature=t_fixed) + losses.class_correlation_loss(
-            sw, zt_w, temperature=t_i
-        )
-        bc = losses.batch_correlation_loss(sw, zt_w, temperature=t_fixed) + losses.batch_correlation_loss(
-            sw, zt_w, temperature=t_i
-        )
+        cc = losses.class_correlation_loss(
+            sw, zt_w, temperature=t_fixed
+        ) + losses.class_correlation_loss(sw, zt_w, temperature=t_i)
+        bc = losses.batch_correlation_loss(
+            sw, zt_w, temperature=t_fixed
+        ) + losses.batch_correlation_loss(sw, zt_w, temperature=t_i)
         w = self.kd_weight
         terms = {
             "ce": ce,
@@ -183,6 +216,18 @@ class CSKDPaper(CSKDCore):
             "cc_weak": w * frac_c * cc,
             "bc_weak": w * frac_b * bc,
         }
-        loss = terms["ce"] + terms["cs_weak"] + terms["cs_strong"] + terms["cc_weak"] + terms["bc_weak"]
-        return {"loss": loss, "output": zs_w, **terms, "mean_temperature": t_i.mean(),
-                "frac_mask_b": frac_b, "frac_mask_c": frac_c}
+        loss = (
+            terms["ce"]
+            + terms["cs_weak"]
+            + terms["cs_strong"]
+            + terms["cc_weak"]
+            + terms["bc_weak"]
+        )
+        return {
+            "loss": loss,
+            "output": zs_w,
+            **terms,
+            "mean_temperature": t_i.mean(),
+            "frac_mask_b": frac_b,
+            "frac_mask_c": frac_c,
+        }

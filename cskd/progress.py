@@ -32,8 +32,17 @@ def epoch_steps(progress, items: Iterable, *, total: int, label: str) -> Iterato
     )
 
     own = not isinstance(progress, Progress)
-    display = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                       transient=True) if own else progress
+    display = (
+        Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
+        if own
+        else progress
+    )
     with display if own else contextlib.nullcontext():
         task = display.add_task(label, total=total)
         overall = next((t.id for t in display.tasks if t.fields.get(OVERALL_FIELD)), None)

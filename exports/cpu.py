@@ -23,7 +23,8 @@ RECORDED_FLAGS = ("avx2", "avx512f", *VNNI_FLAGS)
 
 @cache
 def cpu_flags() -> frozenset[str]:
-    """The instruction-set flags of this machine's CPU (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    """The instruction-set flags of this machine's CPU (Linux ``/proc/cpuinfo``; empty
+    elsewhere)."""
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""
     line = next((line for line in text.splitlines() if line.startswith("flags")), "flags:")
@@ -33,7 +34,8 @@ def cpu_flags() -> frozenset[str]:
 @cache
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``'s ``model name``, else the platform's word for it):
-    two CPUs of one class (an Intel and an AMD with AVX-512 VNNI) still train to other float results."""
+    two CPUs of one class (an Intel and an AMD with AVX-512 VNNI) still train to other float
+    results."""
     cpuinfo = Path("/proc/cpuinfo")
     text = cpuinfo.read_text() if cpuinfo.is_file() else ""
     line = next((line for line in text.splitlines() if line.startswith("model name")), None)

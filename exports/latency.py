@@ -17,9 +17,16 @@ import numpy as np
 def summarize(times_ms: list[float] | np.ndarray, *, batch: int) -> dict:
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    return {"batch": batch, "runs": int(t.size), "p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
-            "mean_ms": float(t.mean()), "min_ms": float(t.min()),
-            "throughput_ips": float(batch * 1000.0 / p50)}
+    return {
+        "batch": batch,
+        "runs": int(t.size),
+        "p50_ms": float(p50),
+        "p90_ms": float(p90),
+        "p99_ms": float(p99),
+        "mean_ms": float(t.mean()),
+        "min_ms": float(t.min()),
+        "throughput_ips": float(batch * 1000.0 / p50),
+    }
 
 
 def _timed(fn: Callable[[], object], runs: int, *, cuda: bool) -> list[float]:
@@ -44,7 +51,9 @@ def _timed(fn: Callable[[], object], runs: int, *, cuda: bool) -> list[float]:
     return times
 
 
-def measure(fn: Callable[[], object], *, batch: int, warmup: int = 10, runs: int = 100, cuda: bool = False) -> dict:
+def measure(
+    fn: Callable[[], object], *, batch: int, warmup: int = 10, runs: int = 100, cuda: bool = False
+) -> dict:
     """Time ``fn()`` ``runs`` times after ``warmup`` calls; returns ``summarize`` of the times."""
     if runs < 1:
         raise ValueError("runs must be positive")
@@ -56,8 +65,15 @@ def measure(fn: Callable[[], object], *, batch: int, warmup: int = 10, runs: int
 ROUNDS = 5
 
 
-def measure_interleaved(fns: dict[str, Callable[[], object]], *, batch: int, warmup: int = 10, runs: int = 100,
-                        rounds: int = ROUNDS, cuda: frozenset[str] = frozenset()) -> dict[str, dict]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    batch: int,
+    warmup: int = 10,
+    runs: int = 100,
+    rounds: int = ROUNDS,
+    cuda: frozenset[str] = frozenset(),
+) -> dict[str, dict]:
     """Time several models side by side: ``runs`` calls each, in ``rounds`` rounds, every round
     timing every model in turn (the order rotating). A machine that slows down for a while (another
     process, a frequency change) then slows every model alike instead of the one being timed, and
@@ -78,9 +94,13 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], *, batch: int, war
     results = {}
     for name, parts in rounds_of.items():
         p50s = [float(np.percentile(t, 50)) for t in parts]
-        results[name] = {**summarize([t for part in parts for t in part], batch=batch), "rounds": rounds,
-                         "round_p50_ms": p50s, "round_p90_ms": [float(np.percentile(t, 90)) for t in parts],
-                         "spread_ms": max(p50s) - min(p50s)}
+        results[name] = {
+            **summarize([t for part in parts for t in part], batch=batch),
+            "rounds": rounds,
+            "round_p50_ms": p50s,
+            "round_p90_ms": [float(np.percentile(t, 90)) for t in parts],
+            "spread_ms": max(p50s) - min(p50s),
+        }
     return results
 
 

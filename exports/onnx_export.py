@@ -30,12 +30,22 @@ def export_onnx(model: nn.Module, *, sample: torch.Tensor, path: str | Path, ops
     batch = torch.export.Dim("batch", min=1, max=max_batch)
     # The exporter is chatty (progress lines, opset-conversion warnings); keep our output readable.
     quiet = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(quiet), _quiet_loggers(), _torchlib_registry_once():
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(quiet),
+        _quiet_loggers(),
+        _torchlib_registry_once(),
+    ):
         warnings.simplefilter("ignore")
         program = torch.onnx.export(
-            model, (sample.cpu(),), dynamo=True, opset_version=opset,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},), verbose=False,
+            model,
+            (sample.cpu(),),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: batch},),
+            verbose=False,
         )
         program.save(str(path))
     proto = onnx.load(str(path))
@@ -54,7 +64,8 @@ def _torchlib_registry_once():
     ``torch.onnx.export`` rebuilds it on every call (0.4 s warm, 0.8 s cold on one core), which is a
     quarter of exporting a small CIFAR student and is paid again for every file of a run, every
     candidate of a search and every run of the test suite. The table is read, never written, when no
-    ``custom_translation_table`` is given (our call gives none), so one table can serve every export.
+    ``custom_translation_table`` is given (our call gives none), so one table can serve every
+    export.
     It is private API: where it is not found, export builds its own as before. Only our call sees
     the shared table (the class is restored after it, under a lock), so a user's export with its
     own translation table in the same process still gets a fresh one.
@@ -72,7 +83,9 @@ def _torchlib_registry_once():
     def once(cls, opset_version=None):
         key = (cls, opset_version)
         if key not in _REGISTRIES:
-            _REGISTRIES[key] = build(cls) if opset_version is None else build(cls, opset_version=opset_version)
+            _REGISTRIES[key] = (
+                build(cls) if opset_version is None else build(cls, opset_version=opset_version)
+            )
         return _REGISTRIES[key]
 
     with _REGISTRY_LOCK:
@@ -85,7 +98,13 @@ def _torchlib_registry_once():
 
 @contextlib.contextmanager
 def _quiet_loggers():
-    names = ["torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "onnxscript"]
+    names = [
+        "torch.onnx",
+        "torch.export",
+        "torch._dynamo",
+        "torch.fx.experimental.symbolic_shapes",
+        "onnxscript",
+    ]
     saved = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)

@@ -23,7 +23,9 @@ def require_openvino():
     try:
         import openvino
     except ImportError:
-        raise BackendUnavailable(f"OpenVINO is not installed (no module 'openvino'); {INSTALL_HINT}") from None
+        raise BackendUnavailable(
+            f"OpenVINO is not installed (no module 'openvino'); {INSTALL_HINT}"
+        ) from None
     return openvino
 
 
@@ -49,6 +51,6 @@ def run_batched(compiled, images_u8: np.ndarray, *, batch_size: int = 256) -> np
     request = compiled.create_infer_request()
     outputs = []
     for start in range(0, images_u8.shape[0], batch_size):
-        batch = images_u8[start:start + batch_size].astype(np.float32) / 255.0
+        batch = images_u8[start : start + batch_size].astype(np.float32) / 255.0
         outputs.append(np.array(request.infer({0: batch})[0], dtype=np.float32, copy=True))
     return np.concatenate(outputs)

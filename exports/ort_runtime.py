@@ -7,8 +7,13 @@ from pathlib import Path
 import numpy as np
 
 
-def create_session(path: str | Path, *, providers: list[str] | None = None, threads: int | None = None,
-                   optimize: bool = True):
+def create_session(
+    path: str | Path,
+    *,
+    providers: list[str] | None = None,
+    threads: int | None = None,
+    optimize: bool = True,
+):
     """An InferenceSession on the given providers (default: CPU only, for reproducible numbers).
     ``optimize=False`` runs the graph as written (a QDQ model as float Quantize/Dequantize
     arithmetic, without the integer kernels ONNX Runtime fuses it into)."""
@@ -20,7 +25,9 @@ def create_session(path: str | Path, *, providers: list[str] | None = None, thre
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=options, providers=providers or ["CPUExecutionProvider"]
+    )
 
 
 def run_batched(session, images_u8: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
@@ -30,6 +37,6 @@ def run_batched(session, images_u8: np.ndarray, *, batch_size: int = 256) -> np.
     dtype = np.float16 if "float16" in input_type else np.float32
     outputs = []
     for start in range(0, images_u8.shape[0], batch_size):
-        batch = (images_u8[start:start + batch_size].astype(np.float32) / 255.0).astype(dtype)
+        batch = (images_u8[start : start + batch_size].astype(np.float32) / 255.0).astype(dtype)
         outputs.append(session.run(None, {name: batch})[0].astype(np.float32))
     return np.concatenate(outputs)

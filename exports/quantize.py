@@ -1,5 +1,5 @@
-"""INT8 post-training quantization with ONNX Runtime (static, QDQ format), and an
-accuracy-targeted fallback that keeps the most sensitive nodes in float.
+"""INT8 post-training quantization with ONNX Runtime (static, QDQ format); the accuracy-targeted
+fallback that keeps the most sensitive nodes in float is in int8_fallback.py.
 
 QDQ is the explicit-quantization format TensorRT consumes. Weights are int8
 per channel; activations uint8 (fast on x86 CPUs, whose VNNI kernels are U8S8)
@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from exports.errors import ExportError
 from exports.ort_runtime import create_session, run_batched
 
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
@@ -28,30 +25,22 @@ QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 class Int8Settings(BaseModel):
     """How ONNX Runtime quantizes a model, resolved: the one INT8 settings type from the manifest
     (``export.int8``, resolved by ``stagekit.int8_settings.int8_settings``) through the QAD and
-    quantize stages' ids to ``quantize_int8``. Its fields are what both stages' artifacts depend on."""
+    quantize stages' ids to ``quantize_int8``. Its fields are what both stages' artifacts depend
+    on."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["minmax", "entropy", "percentile"] = "minmax"  # ONNX Runtime's calibration method
+    # ONNX Runtime's calibration method
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
     images: int = 512  # training images calibrated on (the caller draws them; recorded for the ids)
     activation_type: Literal["uint8", "int8"] = "uint8"
     per_channel: bool = True
-    reduce_range: bool = False  # 7-bit weights in [-64, 64]: no U8S8 saturation on CPUs without VNNI
+    # 7-bit weights in [-64, 64]: no U8S8 saturation on CPUs without VNNI
+    reduce_range: bool = False
     # weighted: Conv, Gemm and MatMul only (the float operators between them run on dequantized
     # tensors); all: every operator ONNX Runtime can quantize (Add, Relu, pooling, reshapes), so
     # the integer kernels run back to back
     operators: Literal["weighted", "all"] = "weighted"
-
-
-@dataclass
-class FallbackReport:
-    fp32_top1: float
-    int8_top1: float
-    drop: float
-    budget: float
-    kept_float: list[str] = field(default_factory=list)
-    sensitivity: dict[str, float] = field(default_factory=dict)  # node -> logit MSE when quantized alone
-    attempts: list[dict] = field(default_factory=list)
 
 
 class _Batches:
@@ -64,7 +53,7 @@ class _Batches:
     def get_next(self):
         if self._pos >= len(self.images):
             return None
-        batch = self.images[self._pos:self._pos + self.batch_size]
+        batch = self.images[self._pos : self._pos + self.batch_size]
         self._pos += self.batch_size
         return {self.input_name: batch}
 
@@ -98,13 +87,18 @@ def count_qdq(path: Path) -> dict[str, int]:
     import onnx
 
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
-    return {"QuantizeLinear": ops.count("QuantizeLinear"), "DequantizeLinear": ops.count("DequantizeLinear")}
+    return {
+        "QuantizeLinear": ops.count("QuantizeLinear"),
+        "DequantizeLinear": ops.count("DequantizeLinear"),
+    }
 
 
 @contextlib.contextmanager
 def _root_logger_quiet():
-    """ONNX Runtime's quantizer warns on the root logger for every rank-1 weight it cannot quantize per
-    channel (BatchNorm's, left in float anyway): lines a run should not print, nor a user's logging see."""
+    """ONNX Runtime's quantizer warns on the root logger for every rank-1 weight it cannot quantize
+    per
+    channel (BatchNorm's, left in float anyway): lines a run should not print, nor a user's
+    logging see."""
     root = logging.getLogger()
     level = root.level
     root.setLevel(max(level, logging.ERROR))
@@ -114,9 +108,16 @@ def _root_logger_quiet():
         root.setLevel(level)
 
 
-def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.ndarray, settings: Int8Settings,
-                  exclude: list[str] | tuple[str, ...] = (), cache_path: Path | None = None,
-                  pinned: dict[str, dict] | None = None) -> Path:
+def quantize_int8(
+    float_path: Path,
+    out_path: Path,
+    *,
+    calibration_images: np.ndarray,
+    settings: Int8Settings,
+    exclude: list[str] | tuple[str, ...] = (),
+    cache_path: Path | None = None,
+    pinned: dict[str, dict] | None = None,
+) -> Path:
     """Static QDQ quantization of ``float_path`` (already pre-processed if wanted).
 
     ``calibration_images`` float32 ``[N, C, H, W]`` in the model's input range.
@@ -124,22 +125,42 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
     ``pinned``: tensor name -> ``{scale, zero_point}`` used instead of calibrating those tensors
     (the ranges a quantization-aware training used).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[settings.method]
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[settings.method]
     activation = QuantType.QUInt8 if settings.activation_type == "uint8" else QuantType.QInt8
     input_name = create_session(float_path).get_inputs()[0].name
     with _root_logger_quiet():
         quantize_static(
-            str(float_path), str(out_path), _make_reader(calibration_images.astype(np.float32), input_name),
-            quant_format=QuantFormat.QDQ, per_channel=settings.per_channel, activation_type=activation,
-            weight_type=QuantType.QInt8, calibrate_method=method, nodes_to_exclude=list(exclude),
+            str(float_path),
+            str(out_path),
+            _make_reader(calibration_images.astype(np.float32), input_name),
+            quant_format=QuantFormat.QDQ,
+            per_channel=settings.per_channel,
+            activation_type=activation,
+            weight_type=QuantType.QInt8,
+            calibrate_method=method,
+            nodes_to_exclude=list(exclude),
             reduce_range=settings.reduce_range,
-            op_types_to_quantize=list(QUANTIZABLE_OPS) if settings.operators == "weighted" else None,
-            # Symmetric activations for int8 (TensorRT's convention); calibration with the whole batch.
-            extra_options={"ActivationSymmetric": settings.activation_type == "int8", "WeightSymmetric": True,
-                           "TensorQuantOverrides": _overrides(pinned or {}, settings)},
+            op_types_to_quantize=list(QUANTIZABLE_OPS)
+            if settings.operators == "weighted"
+            else None,
+            # Symmetric activations for int8 (TensorRT's convention); calibration with the whole
+            # batch.
+            extra_options={
+                "ActivationSymmetric": settings.activation_type == "int8",
+                "WeightSymmetric": True,
+                "TensorQuantOverrides": _overrides(pinned or {}, settings),
+            },
             calibration_cache_path=str(cache_path) if cache_path else None,
         )
     return out_path
@@ -147,73 +168,32 @@ def quantize_int8(float_path: Path, out_path: Path, *, calibration_images: np.nd
 
 def _overrides(pinned: dict[str, dict], settings: Int8Settings) -> dict:
     zero_type = np.uint8 if settings.activation_type == "uint8" else np.int8
-    return {name: [{"scale": np.array(p["scale"], dtype=np.float32), "zero_point": np.array(p["zero_point"], dtype=zero_type)}]
-            for name, p in pinned.items()}
+    return {
+        name: [
+            {
+                "scale": np.array(p["scale"], dtype=np.float32),
+                "zero_point": np.array(p["zero_point"], dtype=zero_type),
+            }
+        ]
+        for name, p in pinned.items()
+    }
 
 
 def pinned_ranges(params: dict[str, dict | None], adds: list[dict | None] = ()) -> dict[str, dict]:
     """``activation_params``' and ``add_outputs``' ranges by tensor name: what
     ``quantize_int8(pinned=...)`` takes."""
-    ranges = [value[side] for value in params.values() if value for side in ("input", "output") if value[side]]
-    return {r["tensor"]: {"scale": r["scale"], "zero_point": r["zero_point"]} for r in [*ranges, *adds] if r}
-
-
-def _top1(logits: np.ndarray, labels: np.ndarray) -> float:
-    return float((logits.argmax(1) == labels).mean()) * 100.0
-
-
-def quantize_with_fallback(float_path: Path, out_path: Path, *, calibration_images: np.ndarray,
-                           val_images_u8: np.ndarray, val_labels: np.ndarray, settings: Int8Settings,
-                           budget: float, fallback: bool = True, batch_size: int = 256,
-                           reference_top1: float | None = None, stop_after_ptq: bool = False,
-                           pinned: dict[str, dict] | None = None, exact_graph: bool = False) -> FallbackReport:
-    """Quantize; if val top-1 drops more than ``budget`` points below FP32, keep the most
-    sensitive nodes in float, one more at a time, until it holds. Raises ``ExportError``
-    with the measured drop when even that cannot meet the budget.
-
-    ``reference_top1``: the FP32 top-1 the drop is measured from (default: ``float_path``'s;
-    QAD passes the student's before fine-tuning). ``stop_after_ptq``: return after the plain
-    quantization whatever its drop (the caller tries QAD first). ``pinned``: activation ranges
-    to keep (``quantize_int8``). ``exact_graph``: judge the INT8 model by its QDQ graph run as
-    written (exact integer arithmetic, what a VNNI CPU computes) instead of this CPU's fused kernels."""
-    fp32_logits = run_batched(create_session(float_path), val_images_u8, batch_size=batch_size)
-    fp32_top1 = _top1(fp32_logits, val_labels) if reference_top1 is None else reference_top1
-
-    def evaluate(path: Path) -> tuple[float, np.ndarray]:
-        logits = run_batched(create_session(path, optimize=not exact_graph), val_images_u8, batch_size=batch_size)
-        return _top1(logits, val_labels), logits
-
-    with tempfile.TemporaryDirectory() as scratch:
-        cache = Path(scratch) / "calibration"
-        quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings, cache_path=cache,
-                      pinned=pinned)
-        int8_top1, _ = evaluate(out_path)
-        report = FallbackReport(fp32_top1, int8_top1, fp32_top1 - int8_top1, budget)
-        report.attempts.append({"kept_float": [], "top1": int8_top1})
-        if report.drop <= budget or stop_after_ptq:
-            return report
-        if not fallback:
-            raise ExportError(f"INT8 loses {report.drop:.2f} points of val top-1 (budget {budget}); "
-                              f"enable the fallback or raise the budget")
-        nodes = quantizable_nodes(float_path)
-        probe = Path(scratch) / "probe.onnx"
-        for node in nodes:  # quantize one node at a time: how much does it alone hurt?
-            quantize_int8(float_path, probe, calibration_images=calibration_images, settings=settings,
-                          exclude=[n for n in nodes if n != node], cache_path=cache, pinned=pinned)
-            _, logits = evaluate(probe)
-            report.sensitivity[node] = float(np.mean((logits - fp32_logits) ** 2))
-        ranked = sorted(nodes, key=lambda n: report.sensitivity[n], reverse=True)
-        for k in range(1, len(ranked) + 1):
-            kept = ranked[:k]
-            quantize_int8(float_path, out_path, calibration_images=calibration_images, settings=settings,
-                          exclude=kept, cache_path=cache, pinned=pinned)
-            top1, _ = evaluate(out_path)
-            report.attempts.append({"kept_float": kept, "top1": top1})
-            if fp32_top1 - top1 <= budget:
-                report.kept_float, report.int8_top1, report.drop = kept, top1, fp32_top1 - top1
-                return report
-        raise ExportError(f"INT8 loses {fp32_top1 - top1:.2f} points of val top-1 even with all "
-                          f"{len(ranked)} quantizable nodes kept in float (budget {budget})")
+    ranges = [
+        value[side]
+        for value in params.values()
+        if value
+        for side in ("input", "output")
+        if value[side]
+    ]
+    return {
+        r["tensor"]: {"scale": r["scale"], "zero_point": r["zero_point"]}
+        for r in [*ranges, *adds]
+        if r
+    }
 
 
 def runtime_agreement(path: Path, images_u8: np.ndarray, *, batch_size: int = 256) -> dict:
@@ -222,8 +202,10 @@ def runtime_agreement(path: Path, images_u8: np.ndarray, *, batch_size: int = 25
     predictions depend on the CPU (uint8 x int8 saturation without VNNI)."""
     fused = run_batched(create_session(path), images_u8, batch_size=batch_size)
     literal = run_batched(create_session(path, optimize=False), images_u8, batch_size=batch_size)
-    return {"max_logit_diff": float(np.abs(fused - literal).max()),
-            "top1_agreement": float((fused.argmax(1) == literal.argmax(1)).mean() * 100.0)}
+    return {
+        "max_logit_diff": float(np.abs(fused - literal).max()),
+        "top1_agreement": float((fused.argmax(1) == literal.argmax(1)).mean() * 100.0),
+    }
 
 
 def _graph(path: Path):
@@ -255,7 +237,9 @@ def add_outputs(path: Path) -> list[dict | None]:
     graph, constants, _, consumers = _graph(path)
     out: list[dict | None] = []
     for node in (n for n in graph.node if n.op_type == "Add"):
-        quantize = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+        quantize = next(
+            (c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None
+        )
         out.append(None if quantize is None else _qparams(constants, quantize, node.output[0]))
     return out
 
@@ -263,7 +247,8 @@ def add_outputs(path: Path) -> list[dict | None]:
 def activation_params(path: Path) -> dict[str, dict | None]:
     """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
     belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
-    activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and whether the bias
+    activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and
+    whether the bias
     is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
     model must reproduce."""
     graph, constants, producer, consumers = _graph(path)
@@ -272,19 +257,29 @@ def activation_params(path: Path) -> dict[str, dict | None]:
         if node.op_type not in QUANTIZABLE_OPS:
             continue
         weight = producer.get(node.input[1])
-        weight_name = weight.input[0] if weight is not None and weight.op_type == "DequantizeLinear" else node.input[1]
+        weight_name = (
+            weight.input[0]
+            if weight is not None and weight.op_type == "DequantizeLinear"
+            else node.input[1]
+        )
         layer = weight_name.removesuffix("_quantized").removesuffix(".weight")
         dq = producer.get(node.input[0])
         if dq is None or dq.op_type != "DequantizeLinear":
             params[layer] = None
             continue
-        quantize_out = next((c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None)
+        quantize_out = next(
+            (c for c in consumers.get(node.output[0], []) if c.op_type == "QuantizeLinear"), None
+        )
         bias = producer.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         quantize_in = producer.get(dq.input[0])  # the QuantizeLinear of the float tensor
         source = quantize_in.input[0] if quantize_in is not None else dq.input[0]
         # a graph output keeps its name: the quantizer renames the tensor before it
         output = node.output[0].removesuffix("_QuantizeLinear_Input")
-        params[layer] = {"input": _qparams(constants, dq, source),
-                         "output": _qparams(constants, quantize_out, output) if quantize_out is not None else None,
-                         "bias_int32": bias is not None and bias.op_type == "DequantizeLinear"}
+        params[layer] = {
+            "input": _qparams(constants, dq, source),
+            "output": _qparams(constants, quantize_out, output)
+            if quantize_out is not None
+            else None,
+            "bias_int32": bias is not None and bias.op_type == "DequantizeLinear",
+        }
     return params

@@ -18,19 +18,26 @@ from pathlib import Path
 
 from exports.errors import BackendUnavailable, ExportError
 
-INSTALL_HINT = "pip install 'cskd-pipeline[trt]' on a machine with an NVIDIA GPU (TensorRT 10.12 or newer)"
+INSTALL_HINT = (
+    "pip install 'cskd-pipeline[trt]' on a machine with an NVIDIA GPU (TensorRT 10.12 or newer)"
+)
 
 
 def require_tensorrt():
-    """Import tensorrt and check for a CUDA device, or raise ``BackendUnavailable`` saying what is missing."""
+    """Import tensorrt and check for a CUDA device, or raise ``BackendUnavailable`` saying what
+    is missing."""
     try:
         import tensorrt as trt
     except ImportError:
-        raise BackendUnavailable(f"TensorRT is not installed (no module 'tensorrt'); {INSTALL_HINT}") from None
+        raise BackendUnavailable(
+            f"TensorRT is not installed (no module 'tensorrt'); {INSTALL_HINT}"
+        ) from None
     import torch
 
     if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT needs an NVIDIA GPU with CUDA, and none is visible to this process")
+        raise BackendUnavailable(
+            "TensorRT needs an NVIDIA GPU with CUDA, and none is visible to this process"
+        )
     return trt
 
 
@@ -42,8 +49,14 @@ class EngineSpec:
     workspace_mib: int = 1024
 
 
-def build_engine(onnx_path: Path, engine_path: Path, *, onnx_sha256: str, spec: EngineSpec,
-                 timing_cache: Path | None = None) -> dict:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    *,
+    onnx_sha256: str,
+    spec: EngineSpec,
+    timing_cache: Path | None = None,
+) -> dict:
     """Build and serialize an engine; returns (and writes beside it) the binding metadata.
 
     ``onnx_sha256`` is the source model's digest (the caller has it), recorded so that an
@@ -65,9 +78,13 @@ def build_engine(onnx_path: Path, engine_path: Path, *, onnx_sha256: str, spec: 
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         rest = tuple(tensor.shape)[1:]
-        profile.set_shape(tensor.name, (spec.min_batch, *rest), (spec.opt_batch, *rest), (spec.max_batch, *rest))
+        profile.set_shape(
+            tensor.name, (spec.min_batch, *rest), (spec.opt_batch, *rest), (spec.max_batch, *rest)
+        )
     config.add_optimization_profile(profile)
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache_bytes = (
+        timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    )
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, False)
     serialized = builder.build_serialized_network(network, config)
@@ -76,8 +93,12 @@ def build_engine(onnx_path: Path, engine_path: Path, *, onnx_sha256: str, spec: 
     engine_path.write_bytes(bytes(serialized))
     if timing_cache is not None:
         timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
-    meta = {"onnx_sha256": onnx_sha256, "tensorrt": trt.__version__,
-            "gpu": torch.cuda.get_device_name(0), "spec": spec.__dict__}
+    meta = {
+        "onnx_sha256": onnx_sha256,
+        "tensorrt": trt.__version__,
+        "gpu": torch.cuda.get_device_name(0),
+        "spec": spec.__dict__,
+    }
     engine_path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
     return meta
 
@@ -90,24 +111,41 @@ class TrtRunner:
 
         trt = require_tensorrt()
         meta = json.loads(engine_path.with_suffix(".json").read_text())
-        expected = {"onnx_sha256": onnx_sha256, "tensorrt": trt.__version__, "gpu": torch.cuda.get_device_name(0)}
+        expected = {
+            "onnx_sha256": onnx_sha256,
+            "tensorrt": trt.__version__,
+            "gpu": torch.cuda.get_device_name(0),
+        }
         stale = {k: (meta.get(k), v) for k, v in expected.items() if meta.get(k) != v}
         if stale:
-            raise ExportError(f"{engine_path}: engine is stale ({', '.join(f'{k}: built {a}, now {b}' for k, (a, b) in stale.items())}); rebuild it")
+            raise ExportError(
+                f"{engine_path}: engine is stale "
+                f"({', '.join(f'{k}: built {a}, now {b}' for k, (a, b) in stale.items())}); "
+                "rebuild it"
+            )
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = self._runtime.deserialize_cuda_engine(engine_path.read_bytes())
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
-        self.output = next(n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+        self.input = next(
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT
+        )
+        self.output = next(
+            n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT
+        )
 
     def __call__(self, images):
-        """``images`` float32 CUDA tensor ``[B, C, H, W]`` in [0, 1] -> logits ``[B, classes]`` (CUDA)."""
+        """``images`` float32 CUDA tensor ``[B, C, H, W]`` in [0, 1] -> logits ``[B, classes]``
+        (CUDA)."""
         import torch
 
         images = images.contiguous()
         self.context.set_input_shape(self.input, tuple(images.shape))
-        out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), device=images.device, dtype=torch.float32)
+        out = torch.empty(
+            tuple(self.context.get_tensor_shape(self.output)),
+            device=images.device,
+            dtype=torch.float32,
+        )
         self.context.set_tensor_address(self.input, images.data_ptr())
         self.context.set_tensor_address(self.output, out.data_ptr())
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):

@@ -19,13 +19,19 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-# file suffix(es) -> (the config line naming the runtime, the file names Triton expects in <model>/1/)
+# file suffix(es) -> (the config line naming the runtime, the file names Triton expects in
+# <model>/1/)
 _FORMATS = {
     (".onnx",): ('platform: "onnxruntime_onnx"', ("model.onnx",)),
     (".engine",): ('platform: "tensorrt_plan"', ("model.plan",)),
     (".bin", ".xml"): ('backend: "openvino"', ("model.bin", "model.xml")),
 }
-_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8"}
+_DTYPES = {
+    "float32": "TYPE_FP32",
+    "float16": "TYPE_FP16",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+}
 LABELS = "labels.txt"
 
 
@@ -57,33 +63,48 @@ def config_text(name: str, runtime: str, card: dict, batching: Batching, *, gpu:
     dims_in = ", ".join(str(d) for d in tensor_in["shape"][1:])
     dims_out = ", ".join(str(d) for d in tensor_out["shape"][1:])
     preferred = ", ".join(str(b) for b in batching.preferred if b <= batching.max_batch_size)
-    return "\n".join([
-        f'name: "{name}"',
-        runtime,
-        f"max_batch_size: {batching.max_batch_size}",
-        "input [",
-        f'  {{ name: "{tensor_in["name"]}" data_type: {_DTYPES[tensor_in["dtype"]]} dims: [ {dims_in} ] }}',
-        "]",
-        "output [",
-        f'  {{ name: "{tensor_out["name"]}" data_type: TYPE_FP32 dims: [ {dims_out} ] label_filename: "{LABELS}" }}',
-        "]",
-        "dynamic_batching {",
-        *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
-        f"  max_queue_delay_microseconds: {batching.queue_delay_us}",
-        "}",
-        f"instance_group [ {{ count: {batching.instances} kind: {'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
-        "",
-    ])
+    return "\n".join(
+        [
+            f'name: "{name}"',
+            runtime,
+            f"max_batch_size: {batching.max_batch_size}",
+            "input [",
+            f'  {{ name: "{tensor_in["name"]}" data_type: {_DTYPES[tensor_in["dtype"]]} dims: [ '
+            f'{dims_in} ] }}',
+            "]",
+            "output [",
+            f'  {{ name: "{tensor_out["name"]}" data_type: TYPE_FP32 dims: [ {dims_out} ] '
+            f'label_filename: "{LABELS}" }}',
+            "]",
+            "dynamic_batching {",
+            *([f"  preferred_batch_size: [ {preferred} ]"] if preferred else []),
+            f"  max_queue_delay_microseconds: {batching.queue_delay_us}",
+            "}",
+            f"instance_group [ {{ count: {batching.instances} kind: "
+            f"{'KIND_GPU' if gpu else 'KIND_CPU'} }} ]",
+            "",
+        ]
+    )
 
 
 def check_repository_folder(out: Path) -> None:
-    """A repository folder is new or empty: the pipeline never writes into a folder of someone else's."""
+    """A repository folder is new or empty: the pipeline never writes into a folder of someone
+    else's."""
     if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; give a new --out for the Triton repository")
+        raise FileExistsError(
+            f"{out}: exists and is not an empty folder; give a new --out for the Triton repository"
+        )
 
 
-def write_repository(bundle: Path, out: Path, models: dict[str, list[str]], *, name: str,
-                     batching: Batching = Batching(), gpu_targets: frozenset[str] = frozenset()) -> list[Path]:
+def write_repository(
+    bundle: Path,
+    out: Path,
+    models: dict[str, list[str]],
+    *,
+    name: str,
+    batching: Batching = Batching(),
+    gpu_targets: frozenset[str] = frozenset(),
+) -> list[Path]:
     """Write ``out/<name>_<target>/`` for each ``target: [bundle file names]`` of ``models``, from
     the bundle folder; returns the config files written. ``out`` must be new or empty; it is written
     beside itself (a temporary folder of its own) and renamed into place, so a failure leaves
@@ -92,10 +113,20 @@ def write_repository(bundle: Path, out: Path, models: dict[str, list[str]], *, n
     card = json.loads((bundle / "model_card.json").read_text())
     labels = "\n".join(card["class_names"]) + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))  # ours alone: removed on failure
+    # ours alone: removed on failure
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        written = _fill(tmp, out, bundle, models, card, labels, name=name, batching=batching,
-                        gpu_targets=gpu_targets)
+        written = _fill(
+            tmp,
+            out,
+            bundle,
+            models,
+            card,
+            labels,
+            name=name,
+            batching=batching,
+            gpu_targets=gpu_targets,
+        )
         if out.exists():
             out.rmdir()  # empty, checked above
         tmp.rename(out)
@@ -105,8 +136,18 @@ def write_repository(bundle: Path, out: Path, models: dict[str, list[str]], *, n
     return written
 
 
-def _fill(tmp: Path, out: Path, bundle: Path, models: dict[str, list[str]], card: dict, labels: str, *,
-          name: str, batching: Batching, gpu_targets: frozenset[str]) -> list[Path]:
+def _fill(
+    tmp: Path,
+    out: Path,
+    bundle: Path,
+    models: dict[str, list[str]],
+    card: dict,
+    labels: str,
+    *,
+    name: str,
+    batching: Batching,
+    gpu_targets: frozenset[str],
+) -> list[Path]:
     written = []
     for target, names in models.items():
         runtime, files = _format([bundle / n for n in names])
@@ -115,7 +156,10 @@ def _fill(tmp: Path, out: Path, bundle: Path, models: dict[str, list[str]], card
         for source, inside in files.items():
             shutil.copyfile(source, folder / "1" / inside)
         (folder / LABELS).write_text(labels)
-        (folder / "config.pbtxt").write_text(config_text(model_name(name, target), runtime, card, batching,
-                                                         gpu=target in gpu_targets))
+        (folder / "config.pbtxt").write_text(
+            config_text(
+                model_name(name, target), runtime, card, batching, gpu=target in gpu_targets
+            )
+        )
         written.append(out / folder.name / "config.pbtxt")
     return written

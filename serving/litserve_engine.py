@@ -15,17 +15,10 @@ import numpy as np
 from fastapi import HTTPException
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serving.codec import BINARY_HEADER, BINARY_KEY, BadRequest, Codec
 from serving.metrics import Measured, observe_batch
 from serving.options import ServeOptions, checked
-from serving.runtime import (
-    BINARY_HEADER,
-    BINARY_KEY,
-    BadRequest,
-    Bundle,
-    Codec,
-    Runner,
-    note_replica,
-)
+from serving.runtime import Bundle, Runner, note_replica
 
 
 def _split(x) -> tuple[list, list[int]]:
@@ -37,8 +30,11 @@ class _Api(ls.LitAPI):
     """Load once per worker, run a concatenated batch, split it per request."""
 
     def __init__(self, options: ServeOptions, api_path: str):
-        super().__init__(max_batch_size=options.max_batch, batch_timeout=options.batch_wait_ms / 1000,
-                         api_path=api_path)
+        super().__init__(
+            max_batch_size=options.max_batch,
+            batch_timeout=options.batch_wait_ms / 1000,
+            api_path=api_path,
+        )
         self.options = options
 
     def setup(self, device) -> None:
@@ -66,7 +62,12 @@ class _Api(ls.LitAPI):
         batch = np.concatenate([images for _, images in requests])
         observe_batch(len(batch))
         logits = self.runner(batch)
-        out = [(key, part) for (key, _), part in zip(requests, np.split(logits, np.cumsum(sizes)[:-1]), strict=True)]
+        out = [
+            (key, part)
+            for (key, _), part in zip(
+                requests, np.split(logits, np.cumsum(sizes)[:-1]), strict=True
+            )
+        ]
         return out if isinstance(x, list) else out[0]
 
 
@@ -82,7 +83,9 @@ class ClassifyApi(_Api):
     def decode_request(self, request):
         upload = request.get("file") if hasattr(request, "get") else None
         if upload is None or not hasattr(upload, "file"):
-            raise HTTPException(status_code=400, detail="send the image as the multipart form field 'file'")
+            raise HTTPException(
+                status_code=400, detail="send the image as the multipart form field 'file'"
+            )
         return None, checked(self.codec.decode_image, upload.file.read())[None]
 
     def encode_response(self, output):
@@ -90,13 +93,20 @@ class ClassifyApi(_Api):
 
 
 async def _answer(send, status: int, detail: str) -> None:
-    await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": json.dumps({"detail": detail}).encode()})
 
 
 class JsonBodies:
     """ASGI middleware: a JSON endpoint's body that is not JSON gets 400 with a message (LitServe
-    would answer 500). The body, at most --max-body-mb (checked before this), is replayed as received;
+    would answer 500). The body, at most --max-body-mb (checked before this), is replayed as
+    received;
     a binary-extension request is replayed as JSON, its tensor bytes in base64 (LitServe hands its
     workers JSON only)."""
 
@@ -104,18 +114,25 @@ class JsonBodies:
         self.app, self.prefix = app, prefix
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].startswith(self.prefix):
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].startswith(self.prefix)
+        ):
             return await self.app(scope, receive, send)
         messages, body = [], b""
         try:
             while True:
-                message = await receive()  # the size limit outside raises here, past FastAPI's handlers
+                # the size limit outside raises here, past FastAPI's handlers
+                message = await receive()
                 messages.append(message)
                 body += message.get("body", b"")
                 if not message.get("more_body"):
                     break
             headers = dict(scope["headers"])
-            header, binary = Codec.split_binary(body, headers.get(BINARY_HEADER.encode(), b"").decode() or None)
+            header, binary = Codec.split_binary(
+                body, headers.get(BINARY_HEADER.encode(), b"").decode() or None
+            )
         except StarletteHTTPException as exc:
             return await _answer(send, exc.status_code, str(exc.detail))
         except BadRequest as exc:
@@ -123,7 +140,9 @@ class JsonBodies:
         if binary:
             body = json.dumps({**header, BINARY_KEY: base64.b64encode(binary).decode()}).encode()
             messages = [{"type": "http.request", "body": body, "more_body": False}]
-            headers.update({b"content-length": str(len(body)).encode(), b"content-type": b"application/json"})
+            headers.update(
+                {b"content-length": str(len(body)).encode(), b"content-type": b"application/json"}
+            )
             headers.pop(BINARY_HEADER.encode(), None)
             scope = {**scope, "headers": list(headers.items())}
 
@@ -135,9 +154,11 @@ class JsonBodies:
 
 def _use_zmq(server: ls.LitServer) -> None:
     """Make ``fast_queue=True`` do what it says. LitServe 0.2.19 ignores it (it builds its transport
-    config with a misspelt keyword, so responses travel through a multiprocessing manager's queue, one
+    config with a misspelt keyword, so responses travel through a multiprocessing manager's queue,
+    one
     more process hop and pickle per response), and were it honoured, its factory would pass the ZMQ
-    broker's two addresses swapped (Lightning-AI/LitServe#751, fix proposed in #752). Both are set here
+    broker's two addresses swapped (Lightning-AI/LitServe#751, fix proposed in #752). Both are set
+    here
     by name, which stays right once LitServe is fixed."""
     from litserve.transport import factory
     from litserve.transport.zmq_queue import Broker
@@ -156,8 +177,13 @@ def _use_zmq(server: ls.LitServer) -> None:
     def zmq_transport(config):
         broker = Broker()  # a thread of the main process; zmq.proxy runs outside the GIL
         broker.start()
-        config.frontend_address, config.backend_address = broker.frontend_address, broker.backend_address
-        return MainEnd(backend_address=broker.backend_address, frontend_address=broker.frontend_address)
+        config.frontend_address, config.backend_address = (
+            broker.frontend_address,
+            broker.backend_address,
+        )
+        return MainEnd(
+            backend_address=broker.backend_address, frontend_address=broker.frontend_address
+        )
 
     server.transport_config.transport_type = "zmq"
     factory._create_zmq_transport = zmq_transport
@@ -183,13 +209,25 @@ def _skip_pings() -> None:
 
 
 def build(options: ServeOptions, *, add_routes: Callable) -> ls.LitServer:
-    apis = [InferApi(options, f"/v2/models/{options.model_name}/infer"), ClassifyApi(options, "/v1/classify")]
-    # restart_workers: a worker that dies is started again (LitServe's default shuts the server down);
+    apis = [
+        InferApi(options, f"/v2/models/{options.model_name}/infer"),
+        ClassifyApi(options, "/v1/classify"),
+    ]
+    # restart_workers: a worker that dies is started again (LitServe's default shuts the server
+    # down);
     # its requests in flight fail after the request timeout
-    server = ls.LitServer(apis, accelerator="cpu", workers_per_device=options.replicas, restart_workers=True,
-                          timeout=options.request_timeout_s, fast_queue=True,
-                          middlewares=[JsonBodies, Measured], max_payload_size=int(options.max_body_mb * 2**20),
-                          healthcheck_path="/v2/health/ready")  # LitServe's own check: every worker set up
+    server = ls.LitServer(
+        apis,
+        accelerator="cpu",
+        workers_per_device=options.replicas,
+        restart_workers=True,
+        timeout=options.request_timeout_s,
+        fast_queue=True,
+        middlewares=[JsonBodies, Measured],
+        max_payload_size=int(options.max_body_mb * 2**20),
+        # LitServe's own check: every worker set up
+        healthcheck_path="/v2/health/ready",
+    )
     # SIGTERM gives requests in flight their own timeout to finish, not uvicorn's 30 s per HTTP
     # process: after a worker died under load, requests it held never finish, and the shutdown
     # waited the full 30 s for each HTTP process (61 s with 2 workers) before killing them.
@@ -200,5 +238,6 @@ def build(options: ServeOptions, *, add_routes: Callable) -> ls.LitServer:
 
 
 def serve(options: ServeOptions, *, add_routes: Callable) -> None:
-    build(options, add_routes=add_routes).run(host=options.host, port=options.port, generate_client_file=False,
-                                              log_level="warning")
+    build(options, add_routes=add_routes).run(
+        host=options.host, port=options.port, generate_client_file=False, log_level="warning"
+    )

@@ -24,16 +24,24 @@ def use_folder() -> str:
 
 
 class _Metrics:
-    """Created on first use, in the process that observes (after ``use_folder``'s variable is set)."""
+    """Created on first use, in the process that observes (after ``use_folder``'s variable is
+    set)."""
 
     def __init__(self):
         from prometheus_client import Counter, Histogram
 
         self.requests = Counter("cskd_requests", "HTTP requests answered", ["route", "status"])
-        self.latency = Histogram("cskd_request_seconds", "time from a request's arrival to its answer", ["route"],
-                                 buckets=LATENCY_BUCKETS)
-        self.batch = Histogram("cskd_batch_size", "images per model call, as dynamic batching formed them",
-                               buckets=BATCH_BUCKETS)
+        self.latency = Histogram(
+            "cskd_request_seconds",
+            "time from a request's arrival to its answer",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+        )
+        self.batch = Histogram(
+            "cskd_batch_size",
+            "images per model call, as dynamic batching formed them",
+            buckets=BATCH_BUCKETS,
+        )
 
 
 _metrics: _Metrics | None = None
@@ -51,7 +59,8 @@ def observe_batch(images: int) -> None:
 
 
 def exposition() -> tuple[bytes, str]:
-    """The text format of every process's metrics added up (one process's where no folder is set)."""
+    """The text format of every process's metrics added up (one process's where no folder is
+    set)."""
     from prometheus_client import (
         CONTENT_TYPE_LATEST,
         CollectorRegistry,
@@ -70,7 +79,8 @@ def exposition() -> tuple[bytes, str]:
 
 
 def _route(path: str) -> str:
-    """A bounded label: the model's infer route, classify, or 'other' (health, metadata, metrics)."""
+    """A bounded label: the model's infer route, classify, or 'other' (health, metadata,
+    metrics)."""
     if path.endswith("/infer"):
         return "infer"
     return "classify" if path == "/v1/classify" else "other"

@@ -28,7 +28,7 @@ def checked(decode, *args):
     """``decode(*args)``, a ``BadRequest`` answered as HTTP 400 with its message (both engines)."""
     from fastapi import HTTPException
 
-    from serving.runtime import BadRequest
+    from serving.codec import BadRequest
 
     try:
         return decode(*args)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 
 from cskd.config import Strict
+from exports.int8_fallback import quantize_with_fallback
 from exports.quantize import (
     count_qdq,
     preprocess,
     quantize_int8,
-    quantize_with_fallback,
     runtime_agreement,
 )
 from foundation.backends import Backend, register_backend

@@ -49,13 +49,16 @@ def decode_image(source: str | bytes, *, channels: int, where: str | None = None
         with img:
             width, height = img.size
             if width * height > limit:
-                raise DataError(f"{where}: {width}x{height} is {width * height:,} pixels, over data.max_image_pixels "
-                                f"({limit:,}): a decompression bomb or an image far larger than training needs; "
-                                f"remove it, or raise data.max_image_pixels")
+                raise DataError(
+                    f"{where}: {width}x{height} is {width * height:,} pixels, over "
+                    f"data.max_image_pixels ({limit:,}): a decompression bomb or an image far "
+                    "larger than training needs; remove it, or raise data.max_image_pixels"
+                )
             orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
             if img.format in _FAST_FORMATS and img.mode == "RGB" and orientation == 1:
                 rgb = _torchvision_rgb(data)
-                if rgb.dtype == torch.uint8:  # a 16-bit PNG comes back as uint16: Pillow's path below
+                # a 16-bit PNG comes back as uint16: Pillow's path below
+                if rgb.dtype == torch.uint8:
                     return _to_channels(rgb, channels)
             return torch.from_numpy(pil_to_array(ImageOps.exif_transpose(img), channels))
     except (OSError, RuntimeError, SyntaxError, ValueError, TypeError) as exc:
@@ -107,6 +110,7 @@ def pil_to_array(img: Image.Image, channels: int) -> np.ndarray:
     elif img.mode == "F":
         gray = np.clip(np.rint(np.asarray(img, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
     else:
-        array = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)  # a writable copy
+        # a writable copy
+        array = np.array(img.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
         return np.ascontiguousarray(array[None] if channels == 1 else array.transpose(2, 0, 1))
     return np.ascontiguousarray(np.repeat(gray[None], channels, axis=0))

@@ -54,8 +54,14 @@ def files_fingerprint(paths: list[str], mode: str = "stat") -> str:
     return digest.hexdigest()
 
 
-def split_fingerprints(name: str, root: str | None, mode: str = "stat", *, train_shards: str | None = None,
-                       test_shards: str | None = None) -> tuple[str, str]:
+def split_fingerprints(
+    name: str,
+    root: str | None,
+    mode: str = "stat",
+    *,
+    train_shards: str | None = None,
+    test_shards: str | None = None,
+) -> tuple[str, str]:
     """(train fingerprint, test fingerprint) of a data set as the loaders read it."""
     if name == "webdataset":  # the shards, and the class list beside the training shards
         from cskd.data.shards import CLASSES_FILE, expand
@@ -65,16 +71,22 @@ def split_fingerprints(name: str, root: str | None, mode: str = "stat", *, train
         test = files_fingerprint(expand(test_shards or "") + classes, mode)
         return files_fingerprint(train + classes, mode), test
     if name == "digits":  # shipped inside scikit-learn: its version says which file it is
-        from importlib.metadata import version  # not `import sklearn`: half a second of start-up
+        from importlib.metadata import (
+            version,  # not `import sklearn`: half a second of start-up
+        )
 
         return (f"sklearn-digits-{version('scikit-learn')}",) * 2
     base = Path(root or ".").expanduser()
     if name == "imagefolder":
         train_dir = base / "train"
-        classes = sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
+        classes = (
+            sorted(p.name for p in train_dir.iterdir() if p.is_dir()) if train_dir.is_dir() else []
+        )
         from cskd.data.imagefolder import test_folder
 
-        test = hashlib.sha256(f"{folder_fingerprint(str(test_folder(base)), mode)}\0{classes}".encode()).hexdigest()
+        test = hashlib.sha256(
+            f"{folder_fingerprint(str(test_folder(base)), mode)}\0{classes}".encode()
+        ).hexdigest()
         return folder_fingerprint(str(train_dir), mode), test
     whole = folder_fingerprint(str(base), mode)  # one set of files holds both splits
     return whole, whole

@@ -17,9 +17,20 @@ from cskd.data.datasets import Split
 
 
 class DeviceLoader:
-    def __init__(self, split: Split, *, batch_size: int, device: torch.device | str = "cpu",
-                 shuffle: bool = True, drop_last: bool = True, crop_padding: int = 0,
-                 flip: bool = False, strong: bool = False, seed: int = 0, shard: tuple[int, int] = (0, 1)):
+    def __init__(
+        self,
+        split: Split,
+        *,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shuffle: bool = True,
+        drop_last: bool = True,
+        crop_padding: int = 0,
+        flip: bool = False,
+        strong: bool = False,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+    ):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
         self.device = torch.device(device)
@@ -44,7 +55,9 @@ class DeviceLoader:
 
     def _generator(self, stream: int = 0) -> torch.Generator:
         # Distinct, reproducible stream per (seed, epoch, stream).
-        return torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch + stream * 7_919)
+        return torch.Generator(device=self.device).manual_seed(
+            self.seed * 1_000_003 + self.epoch + stream * 7_919
+        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Yields ``(weak [B,C,H,W] float in [0,1], labels [B], strong or None)``."""
@@ -54,14 +67,22 @@ class DeviceLoader:
         # method comparison that share a seed see the same batches.
         strong_gen = self._generator(stream=1) if self.strong else None
         n = len(self.labels)
-        order = torch.randperm(n, generator=gen, device=self.device) if self.shuffle else torch.arange(n, device=self.device)
+        order = (
+            torch.randperm(n, generator=gen, device=self.device)
+            if self.shuffle
+            else torch.arange(n, device=self.device)
+        )
         for i in range(len(self)):
-            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             raw = self.images[idx].float() / 255.0
             weak = raw
             if self.crop_padding or self.flip:
                 weak = random_crop_flip(raw, gen, padding=self.crop_padding, flip=self.flip)
-            strong = strong_view(raw, strong_gen, padding=self.crop_padding, flip=self.flip) if self.strong else None
+            strong = (
+                strong_view(raw, strong_gen, padding=self.crop_padding, flip=self.flip)
+                if self.strong
+                else None
+            )
             labels = self.labels[idx]
             if self.world > 1:
                 part = slice(self.rank, None, self.world)

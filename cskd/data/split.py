@@ -87,7 +87,8 @@ def batch_stats(batches: Iterable[torch.Tensor]) -> tuple[tuple[float, ...], tup
 
 def tensor_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``batch_stats`` of images held in memory, a chunk of at most 8M values at a time."""
-    chunk = max(1, 2**23 // max(1, images[0].numel()))  # 8M values: 64 MB in float64 whatever the image size
+    # 8M values: 64 MB in float64 whatever the image size
+    chunk = max(1, 2**23 // max(1, images[0].numel()))
     return batch_stats(images[start:start + chunk] for start in range(0, len(images), chunk))
 
 
@@ -98,8 +99,14 @@ def missing_files(name: str, root: Path, expected: str) -> DataError:
     )
 
 
-def measured_stats(split: Split, *, samples: int = 2000, seed: int = 0) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def measured_stats(
+    split: Split, *, samples: int = 2000, seed: int = 0
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``batch_stats`` of a fixed, seeded sample of ``samples`` images of a split in memory or
     streamed (``FileSplit``: its evaluation view, decoded)."""
-    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples].sort().values
+    pick = (
+        torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:samples]
+        .sort()
+        .values
+    )
     return batch_stats(split.subset(pick).batches(256))

@@ -22,7 +22,6 @@ from __future__ import annotations
 import gc
 import os
 import random
-import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
@@ -46,11 +45,13 @@ def decoding_workers(configured: int | None) -> int:
     it (the elastic launcher says how many: LOCAL_WORLD_SIZE)."""
     if configured is not None:
         return configured
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
     return ((seed * 1_000_003 + epoch) * 2_000_003 + index) % (2**63 - 1)
 
 
@@ -81,8 +82,13 @@ class FileSplit:
 
     def subset(self, index: torch.Tensor) -> FileSplit:
         pick = index.numpy()
-        members = None if self.members is None else Members(self.members.names[pick], self.members.offsets[pick],
-                                                         self.members.lengths[pick])
+        members = (
+            None
+            if self.members is None
+            else Members(
+                self.members.names[pick], self.members.offsets[pick], self.members.lengths[pick]
+            )
+        )
         return replace(self, paths=self.paths[pick], labels=self.labels[index], members=members)
 
     def read(self, index: int) -> torch.Tensor:
@@ -94,7 +100,12 @@ class FileSplit:
         with open(path, "rb") as f:
             f.seek(int(m.offsets[index]))
             data = f.read(int(m.lengths[index]))
-        return decode_image(data, channels=self.channels, where=f"{path}:{m.names[index]}", max_pixels=self.max_pixels)
+        return decode_image(
+            data,
+            channels=self.channels,
+            where=f"{path}:{m.names[index]}",
+            max_pixels=self.max_pixels,
+        )
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -107,32 +118,43 @@ class FileSplit:
     def eval_view(self, image: torch.Tensor) -> torch.Tensor:
         if not self.imagenet_style:
             return _square(image, self.size)
-        image = _v2().functional.resize(image, [int(self.size / EVAL_CROP_FRACTION)], antialias=True)
+        image = _v2().functional.resize(
+            image, [int(self.size / EVAL_CROP_FRACTION)], antialias=True
+        )
         return _v2().functional.center_crop(image, [self.size, self.size])
 
     def train_view(self, image: torch.Tensor, rng: random.Random) -> torch.Tensor:
-        """The un-augmented training view: the square below 64 px, a RandomResizedCrop from 64 px."""
+        """The un-augmented training view: the square below 64 px, a RandomResizedCrop from 64
+        px."""
         if not self.imagenet_style:
             return _square(image, self.size)
         top, left, height, width = resized_crop_box(image.shape[1], image.shape[2], rng)
-        return _v2().functional.resized_crop(image, top, left, height, width, [self.size, self.size], antialias=True)
+        return _v2().functional.resized_crop(
+            image, top, left, height, width, [self.size, self.size], antialias=True
+        )
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """The evaluation view of every sample, in order, as uint8 batches."""
-        order = [[(i, -1) for i in range(start, min(start + batch_size, len(self)))]
-                 for start in range(0, len(self), batch_size)]
-        yield from _data_loader(_Samples(self), order, decoding_workers(self.workers), pin=False)
+        order = [
+            [(i, -1) for i in range(start, min(start + batch_size, len(self)))]
+            for start in range(0, len(self), batch_size)
+        ]
+        yield from _data_loader(Samples(self), order, decoding_workers(self.workers), pin=False)
 
     def head(self, n: int) -> torch.Tensor:
         """The first ``n`` samples' evaluation view as one uint8 tensor."""
         first = self.subset(torch.arange(min(n, len(self))))
-        return torch.cat(list(first.batches(256))) if len(first) else torch.empty(0, *self.sample_shape,
-                                                                                  dtype=torch.uint8)
+        return (
+            torch.cat(list(first.batches(256)))
+            if len(first)
+            else torch.empty(0, *self.sample_shape, dtype=torch.uint8)
+        )
 
 
 def _v2():
     """torchvision's transforms, imported on first use: importing torchvision loads torch._dynamo
-    (a second of start-up that `plan`, `--help` and every error message would otherwise wait for)."""
+    (a second of start-up that `plan`, `--help` and every error message would otherwise wait
+    for)."""
     from torchvision.transforms import v2
 
     return v2
@@ -144,10 +166,12 @@ def _square(image: torch.Tensor, size: int) -> torch.Tensor:
     return _v2().functional.resize(image, [size, size], antialias=True)
 
 
-class _Samples(torch.utils.data.Dataset):
+class Samples(torch.utils.data.Dataset):
     """Item ``(index, seed)``: the evaluation view for seed -1, else the training views."""
 
-    def __init__(self, split: FileSplit, *, crop_padding: int = 0, flip: bool = False, strong: bool = False):
+    def __init__(
+        self, split: FileSplit, *, crop_padding: int = 0, flip: bool = False, strong: bool = False
+    ):
         self.split, self.crop_padding, self.flip, self.strong = split, crop_padding, flip, strong
 
     def __len__(self) -> int:
@@ -157,7 +181,8 @@ class _Samples(torch.utils.data.Dataset):
         index, seed = item
         try:
             image = self.split.read(index)
-        except DataError as exc:  # returned, not raised: a worker's exception reaches the parent as a traceback
+        # returned, not raised: a worker's exception reaches the parent as a traceback
+        except DataError as exc:
             return str(exc)
         if seed < 0:
             return self.split.eval_view(image)
@@ -166,9 +191,14 @@ class _Samples(torch.utils.data.Dataset):
         weak = pad_crop_flip(raw, rng, padding=self.crop_padding, flip=self.flip)
         if not self.strong:
             return weak
-        # The paper preset's strong view (the in-memory path's code on a batch of one), on its own stream.
-        strong = strong_view(raw[None].float() / 255.0, torch.Generator().manual_seed(seed ^ 0x5DEECE66D),
-                             padding=self.crop_padding, flip=self.flip)
+        # The paper preset's strong view (the in-memory path's code on a batch of one), on its own
+        # stream.
+        strong = strong_view(
+            raw[None].float() / 255.0,
+            torch.Generator().manual_seed(seed ^ 0x5DEECE66D),
+            padding=self.crop_padding,
+            flip=self.flip,
+        )
         return weak, strong[0]
 
 
@@ -187,85 +217,25 @@ def _freeze_inherited(_worker_id: int) -> None:
     gc.freeze()
 
 
-def _torch_loader(dataset: _Samples, batches, workers: int, *, pin: bool, persistent: bool = False):
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=_collate,
-                                       pin_memory=pin, persistent_workers=persistent and workers > 0,
-                                       prefetch_factor=4 if workers > 0 else None,
-                                       worker_init_fn=_freeze_inherited if workers > 0 else None)
+def torch_loader(dataset: Samples, batches, workers: int, *, pin: bool, persistent: bool = False):
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        persistent_workers=persistent and workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_freeze_inherited if workers > 0 else None,
+    )
 
 
-def _checked(loader) -> Iterator:
+def checked_batches(loader) -> Iterator:
     for batch in loader:
         if isinstance(batch, str):
             raise DataError(batch)
         yield batch
 
 
-def _data_loader(dataset: _Samples, batches, workers: int, *, pin: bool):
-    return _checked(_torch_loader(dataset, batches, workers, pin=pin))
-
-
-class _EpochOrder(torch.utils.data.Sampler):
-    """This process's slice of each global batch, as ``(index, sample seed)`` lists, for the order set last.
-
-    It holds its loader weakly: a cycle (loader -> DataLoader -> sampler -> loader) would keep a
-    dropped loader's worker processes alive until a garbage collection, which could then run in
-    a worker forked for the next loader and fail there ("can only test a child process")."""
-
-    def __init__(self, loader: StreamLoader):
-        self._loader = weakref.ref(loader)
-
-    @property
-    def loader(self) -> StreamLoader:
-        return self._loader()
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        loader, order = self.loader, self.loader.order
-        for i in range(len(loader)):
-            idx = order[i * loader.batch_size:(i + 1) * loader.batch_size][loader.rank::loader.world]
-            yield [(j, _sample_seed(loader.seed, loader.epoch, j)) for j in idx]
-
-
-class StreamLoader:
-    """DeviceLoader's interface over a ``FileSplit``: ``(weak, labels, strong or None)`` per step."""
-
-    def __init__(self, split: FileSplit, *, batch_size: int, device: torch.device | str = "cpu",
-                 shuffle: bool = True, drop_last: bool = True, crop_padding: int = 0, flip: bool = False,
-                 strong: bool = False, seed: int = 0, shard: tuple[int, int] = (0, 1)):
-        self.split, self.device = split, torch.device(device)
-        self.labels = split.labels
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.drop_last = drop_last and len(split) >= batch_size
-        self.rank, self.world = shard
-        self.epoch = 0
-        self.order: list[int] = []
-        # From 64 px up the random resized crop takes the place of the pad-crop.
-        padding = 0 if split.imagenet_style else crop_padding
-        self.strong = strong
-        # Workers stay up from epoch to epoch; the order sampler reads the epoch in this process.
-        self._loader = _torch_loader(_Samples(split, crop_padding=padding, flip=flip, strong=strong),
-                                     _EpochOrder(self), decoding_workers(split.workers), pin=self.device.type == "cuda",
-                                     persistent=True)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = len(self.split)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-        n = len(self.split)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)  # DeviceLoader's order
-        self.order = (torch.randperm(n, generator=gen) if self.shuffle else torch.arange(n)).tolist()
-        labels = self.split.labels
-        for i, batch in enumerate(_checked(self._loader)):
-            idx = self.order[i * self.batch_size:(i + 1) * self.batch_size][self.rank::self.world]
-            weak, strong = batch if self.strong else (batch, None)
-            weak = weak.to(self.device, non_blocking=True).float() / 255.0
-            if strong is not None:
-                strong = strong.to(self.device, non_blocking=True)
-            yield weak, labels[idx].to(self.device, non_blocking=True), strong
+def _data_loader(dataset: Samples, batches, workers: int, *, pin: bool):
+    return checked_batches(torch_loader(dataset, batches, workers, pin=pin))

@@ -13,7 +13,10 @@ from cskd.models.registry import register_model
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(cout)]
+    return [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
 
 
 def _channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -28,8 +31,10 @@ class _InvertedResidual(nn.Module):
         mid = cin * expand
         self.residual = stride == 1 and cin == cout
         self.conv = nn.Sequential(
-            *_conv_bn(cin, mid, 1), nn.ReLU(inplace=True),
-            *_conv_bn(mid, mid, 3, stride, groups=mid), nn.ReLU(inplace=True),
+            *_conv_bn(cin, mid, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(mid, mid, 3, stride, groups=mid),
+            nn.ReLU(inplace=True),
             *_conv_bn(mid, cout, 1),
         )
 
@@ -39,10 +44,19 @@ class _InvertedResidual(nn.Module):
 
 class MobileNetV2Net(nn.Module):
     # (expansion, channels, blocks, first stride); expansion None -> the model's T.
-    _SETTING = ((1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2), (None, 96, 3, 1),
-                (None, 160, 3, 2), (None, 320, 1, 1))
+    _SETTING = (
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    )
 
-    def __init__(self, *, num_classes: int, in_channels: int, expansion: int = 6, width: float = 0.5):
+    def __init__(
+        self, *, num_classes: int, in_channels: int, expansion: int = 6, width: float = 0.5
+    ):
         super().__init__()
         channels = int(32 * width)
         self.stem = nn.Sequential(*_conv_bn(in_channels, channels, 3, 2), nn.ReLU(inplace=True))
@@ -58,7 +72,9 @@ class MobileNetV2Net(nn.Module):
         self.classifier = nn.Linear(last, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                m.weight.data.normal_(
+                    0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+                )
             elif isinstance(m, nn.Linear):
                 m.weight.data.normal_(0, 0.01)
                 m.bias.data.zero_()
@@ -90,14 +106,28 @@ class _ShuffleV1Unit(nn.Module):
 
 
 class ShuffleNetV1(nn.Module):
-    def __init__(self, *, num_classes: int, in_channels: int, widths=(240, 480, 960), blocks=(4, 8, 4), groups=3):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        widths=(240, 480, 960),
+        blocks=(4, 8, 4),
+        groups=3,
+    ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True)
+        )
         units, cin = [], 24
         for width, n in zip(widths, blocks, strict=True):
             for i in range(n):
                 # A strided unit concatenates its input, so its branch makes width - cin channels.
-                units.append(_ShuffleV1Unit(cin, width - cin if i == 0 else width, 2 if i == 0 else 1, groups))
+                units.append(
+                    _ShuffleV1Unit(
+                        cin, width - cin if i == 0 else width, 2 if i == 0 else 1, groups
+                    )
+                )
                 cin = width
         self.units = nn.Sequential(*units)
         self.linear = nn.Linear(widths[-1], num_classes)
@@ -114,8 +144,13 @@ class _ShuffleV2Basic(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         half = channels // 2
-        self.branch = nn.Sequential(*_conv_bn(half, half, 1), nn.ReLU(inplace=True), *_conv_bn(half, half, 3, groups=half),
-                                    *_conv_bn(half, half, 1), nn.ReLU(inplace=True))
+        self.branch = nn.Sequential(
+            *_conv_bn(half, half, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(half, half, 3, groups=half),
+            *_conv_bn(half, half, 1),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x):
         keep, work = x.chunk(2, dim=1)
@@ -126,18 +161,29 @@ class _ShuffleV2Down(nn.Module):
     def __init__(self, cin: int, cout: int):
         super().__init__()
         mid = cout // 2
-        self.left = nn.Sequential(*_conv_bn(cin, cin, 3, 2, groups=cin), *_conv_bn(cin, mid, 1), nn.ReLU(inplace=True))
-        self.right = nn.Sequential(*_conv_bn(cin, mid, 1), nn.ReLU(inplace=True), *_conv_bn(mid, mid, 3, 2, groups=mid),
-                                   *_conv_bn(mid, mid, 1), nn.ReLU(inplace=True))
+        self.left = nn.Sequential(
+            *_conv_bn(cin, cin, 3, 2, groups=cin), *_conv_bn(cin, mid, 1), nn.ReLU(inplace=True)
+        )
+        self.right = nn.Sequential(
+            *_conv_bn(cin, mid, 1),
+            nn.ReLU(inplace=True),
+            *_conv_bn(mid, mid, 3, 2, groups=mid),
+            *_conv_bn(mid, mid, 1),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x):
         return _channel_shuffle(torch.cat([self.left(x), self.right(x)], 1), 2)
 
 
 class ShuffleNetV2(nn.Module):
-    def __init__(self, *, num_classes: int, in_channels: int, widths=(116, 232, 464, 1024), blocks=(3, 7, 3)):
+    def __init__(
+        self, *, num_classes: int, in_channels: int, widths=(116, 232, 464, 1024), blocks=(3, 7, 3)
+    ):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, 24, 1, bias=False), nn.BatchNorm2d(24), nn.ReLU(inplace=True)
+        )
         stages, cin = [], 24
         for width, n in zip(widths[:3], blocks, strict=True):
             stages += [_ShuffleV2Down(cin, width)] + [_ShuffleV2Basic(width) for _ in range(n)]

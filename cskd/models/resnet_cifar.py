@@ -36,7 +36,9 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    def __init__(self, depth: int, widths: tuple[int, int, int, int], *, num_classes: int, in_channels: int):
+    def __init__(
+        self, depth: int, widths: tuple[int, int, int, int], *, num_classes: int, in_channels: int
+    ):
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")

@@ -22,7 +22,8 @@ def check_external(name: str) -> None:
     if source == "torchvision":
         import torchvision
 
-        known = torchvision.models.list_models(module=torchvision.models)  # classification builders only
+        # classification builders only
+        known = torchvision.models.list_models(module=torchvision.models)
         if arch not in known:
             close = [m for m in known if m.startswith(arch[:5])][:5]
             raise ValueError(f"torchvision has no classification model {arch!r}"
@@ -34,7 +35,9 @@ def check_external(name: str) -> None:
         raise ValueError(f"{name} needs timm: pip install 'cskd-pipeline[timm]'") from None
     if not timm.is_model(arch):
         close = timm.list_models(f"{arch[:6]}*")[:5]
-        raise ValueError(f"timm has no model {arch!r}" + (f"; close: {', '.join(close)}" if close else ""))
+        raise ValueError(
+            f"timm has no model {arch!r}" + (f"; close: {', '.join(close)}" if close else "")
+        )
 
 
 def create_external(name: str, *, num_classes: int, in_channels: int) -> nn.Module:
@@ -42,8 +45,10 @@ def create_external(name: str, *, num_classes: int, in_channels: int) -> nn.Modu
     check_external(name)
     if source == "torchvision":
         if in_channels != 3:
-            raise ValueError(f"{name} takes 3-channel images and the data set has {in_channels}; "
-                             f"set data.grayscale: false, or use a registry model")
+            raise ValueError(
+                f"{name} takes 3-channel images and the data set has {in_channels}; "
+                f"set data.grayscale: false, or use a registry model"
+            )
         import torchvision
 
         return torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
@@ -58,7 +63,10 @@ def classifier_parameters(net: nn.Module, num_classes: int) -> set[str]:
     head = None
     for module_name, module in net.named_modules():
         if (isinstance(module, nn.Linear) and module.out_features == num_classes) or (
-                isinstance(module, nn.Conv2d) and module.out_channels == num_classes and module.kernel_size == (1, 1)):
+            isinstance(module, nn.Conv2d)
+            and module.out_channels == num_classes
+            and module.kernel_size == (1, 1)
+        ):
             head = module_name
     if head is None:
         return set()

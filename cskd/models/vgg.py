@@ -22,7 +22,11 @@ _CONFIGS = {
 def _stage(widths: list[int], in_channels: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for w in widths:
-        layers += [nn.Conv2d(in_channels, w, 3, padding=1), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+        layers += [
+            nn.Conv2d(in_channels, w, 3, padding=1),
+            nn.BatchNorm2d(w),
+            nn.ReLU(inplace=True),
+        ]
         in_channels = w
     return nn.Sequential(*layers[:-1])  # the stage's last ReLU is applied in forward
 
@@ -35,7 +39,9 @@ class VGG(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                m.weight.data.normal_(
+                    0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+                )
                 m.bias.data.zero_()
             elif isinstance(m, nn.Linear):
                 m.weight.data.normal_(0, 0.01)

@@ -21,7 +21,11 @@ class _PreActBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_planes, out_planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_planes)
         self.conv2 = nn.Conv2d(out_planes, out_planes, 3, padding=1, bias=False)
-        self.shortcut = None if in_planes == out_planes else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+        self.shortcut = (
+            None
+            if in_planes == out_planes
+            else nn.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = F.relu(self.bn1(x))
@@ -40,15 +44,21 @@ class WideResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
         stages = []
         for i, stride in enumerate((1, 2, 2)):
-            blocks = [_PreActBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1)
-                      for j in range(n)]
+            blocks = [
+                _PreActBlock(
+                    widths[i] if j == 0 else widths[i + 1], widths[i + 1], stride if j == 0 else 1
+                )
+                for j in range(n)
+            ]
             stages.append(nn.Sequential(*blocks))
         self.block1, self.block2, self.block3 = stages
         self.bn = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+                m.weight.data.normal_(
+                    0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels))
+                )
             elif isinstance(m, nn.Linear):
                 m.bias.data.zero_()
 
@@ -68,5 +78,10 @@ def _register(name: str, depth: int, widen: int) -> None:
     register_model(factory)
 
 
-for _name, _depth, _widen in (("wrn_16_1", 16, 1), ("wrn_16_2", 16, 2), ("wrn_40_1", 40, 1), ("wrn_40_2", 40, 2)):
+for _name, _depth, _widen in (
+    ("wrn_16_1", 16, 1),
+    ("wrn_16_2", 16, 2),
+    ("wrn_40_1", 40, 1),
+    ("wrn_40_2", 40, 2),
+):
     _register(_name, _depth, _widen)

@@ -10,8 +10,8 @@ one line per input it could not read (the file and why). It exits 2 if any input
 From Python:
 
     from predict import Classifier
-    results = Classifier("student.onnx").predict(["a.png", array])  # [{"label", "probability",
-    "probabilities"}]
+    # one dict per input: {"label", "probability", "probabilities"}
+    results = Classifier("student.onnx").predict(["a.png", array])
 
 An input is a file path or a uint8 array ``[H, W]``, ``[H, W, C]`` or ``[C, H, W]``. Everything the
 model needs to know about its input (channels, size, value range, class names) is read from the

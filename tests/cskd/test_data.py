@@ -180,7 +180,7 @@ def test_every_pixel_op_equals_pil_to_the_last_level(channels):
     and converts to gray with rounding integers; autocontrast's lut is in double)."""
     from PIL import Image, ImageEnhance, ImageOps
 
-    from cskd.data import augment as A
+    from cskd.data import enhance_ops as E
 
     def pil(arr):
         return Image.fromarray(arr if channels == 3 else arr[..., 0])
@@ -199,12 +199,12 @@ def test_every_pixel_op_equals_pil_to_the_last_level(channels):
         factor = torch.tensor([0.05 + 0.9 * rng.rand()], dtype=torch.float32)
         f = float(factor)
         cases = {
-            "autocontrast": (A._autocontrast(u8), ImageOps.autocontrast(img)),
-            "brightness": (A._blend(u8, torch.zeros_like(u8), factor), ImageEnhance.Brightness(img).enhance(f)),
-            "color": (A._blend(u8, A._gray(u8), factor), ImageEnhance.Color(img).enhance(f)),
-            "contrast": (A._blend(u8, A._contrast_mean(u8).expand_as(u8), factor), ImageEnhance.Contrast(img).enhance(f)),
-            "sharpness": (A._sharpness(u8, factor), ImageEnhance.Sharpness(img).enhance(f)),
-            "equalize": (A._equalize(u8 / 255.0) * 255.0, ImageOps.equalize(img)),
+            "autocontrast": (E._autocontrast(u8), ImageOps.autocontrast(img)),
+            "brightness": (E._blend(u8, torch.zeros_like(u8), factor), ImageEnhance.Brightness(img).enhance(f)),
+            "color": (E._blend(u8, E._gray(u8), factor), ImageEnhance.Color(img).enhance(f)),
+            "contrast": (E._blend(u8, E._contrast_mean(u8).expand_as(u8), factor), ImageEnhance.Contrast(img).enhance(f)),
+            "sharpness": (E._sharpness(u8, factor), ImageEnhance.Sharpness(img).enhance(f)),
+            "equalize": (E._equalize(u8 / 255.0) * 255.0, ImageOps.equalize(img)),
         }
         for name, (mine, theirs) in cases.items():
             assert np.array_equal(ours(mine.round()), np.asarray(theirs, dtype=int)), f"{name}({f:.3f}), image {seed}"
@@ -222,7 +222,7 @@ def _pil_affine(img, coeffs):
 
 @pytest.mark.parametrize("size", [12, 32])
 def test_geometric_ops_match_pil_pixel_for_pixel(size):
-    from cskd.data import augment as A
+    from cskd.data import enhance_ops as E
 
     for seed, v in enumerate((-0.3, -0.17, 0.05, 0.22, 0.3)):
         img, x = _pil_and_tensor(seed, size)
@@ -233,11 +233,11 @@ def test_geometric_ops_match_pil_pixel_for_pixel(size):
             "translate_y": (1, 0, 0, 0, 1, v * size),
         }
         for name, coeffs in cases.items():
-            ours = _to_array(A._affine(x, torch.tensor([coeffs], dtype=torch.float32)))
+            ours = _to_array(E._affine(x, torch.tensor([coeffs], dtype=torch.float32)))
             theirs = np.asarray(_pil_affine(img, coeffs), dtype=int)
             assert np.array_equal(ours, theirs), f"{name}({v}) differs from PIL at {size}px"
         angle = v * 100  # -30 .. 30 degrees
-        ours = _to_array(A._affine(x, A._rotation(torch.tensor([angle]), size, size)))
+        ours = _to_array(E._affine(x, E._rotation(torch.tensor([angle]), size, size)))
         theirs = np.asarray(img.rotate(angle), dtype=int)  # PIL default: NEAREST, black fill
         assert (ours == theirs).all(axis=-1).mean() >= 0.995, f"rotate({angle}) differs from PIL at {size}px"
 
@@ -246,11 +246,12 @@ def test_posterize_draws_4_to_7_bits_and_matches_pil():
     from PIL import ImageOps
 
     from cskd.data import augment as A
+    from cskd.data import enhance_ops as E
 
     img, x = _pil_and_tensor(3, 16)
     for bits in (4, 5, 6, 7):  # the library's own op, at each bit depth its draw can take
         params = {"bits": torch.tensor([float(bits)]), "factor": torch.ones(1)}
-        ours = A._apply("posterize", x, params)
+        ours = E.apply_op("posterize", x, params)
         assert np.array_equal(_to_array(ours), np.asarray(ImageOps.posterize(img, bits), dtype=int))
     # the op's own draw: with every sample forced to posterize, only 4..7 bits occur
     g = torch.Generator().manual_seed(0)

@@ -13,7 +13,8 @@ from cskd.config import TrainConfig
 from cskd.data import DeviceLoader
 from cskd.data.decode import decode_image
 from cskd.data.imagefolder import load_imagefolder
-from cskd.data.streaming import FileSplit, StreamLoader, _EpochOrder
+from cskd.data.stream_loader import StreamLoader, _EpochOrder
+from cskd.data.streaming import FileSplit
 from cskd.errors import DataError
 
 CLASSES = ("ant", "bee", "cat")

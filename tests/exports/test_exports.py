@@ -14,6 +14,7 @@ from cskd.data import load_dataset
 from cskd.evaluate import predict_logits
 from exports.errors import BackendUnavailable, ExportError
 from exports.fp16 import convert_fp16
+from exports.int8_fallback import quantize_with_fallback
 from exports.latency import measure, summarize
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
@@ -22,7 +23,6 @@ from exports.quantize import (
     count_qdq,
     preprocess,
     quantize_int8,
-    quantize_with_fallback,
 )
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from serving.runtime import BINARY_KEY, BadRequest, Bundle, Codec, parse_json
+from serving.codec import BINARY_KEY, BadRequest, Codec, parse_json
+from serving.runtime import Bundle
 
 CARD = {"name": "tiny", "input": {"name": "images", "shape": [1, 1, 8, 8]}, "output": {"name": "logits"},
         "class_names": [str(i) for i in range(3)]}

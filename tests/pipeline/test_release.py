@@ -137,7 +137,7 @@ def _stopped(pid: int) -> bool:
 
 @pytest.mark.slow  # a real run in a subprocess, held still inside its student's training while gc runs
 def test_gc_during_a_training_run_removes_nothing_of_it(workdir):
-    from cskd.engine import SIGNAL_HOOK
+    from cskd.interrupts import SIGNAL_HOOK
 
     manifest = write_manifest(workdir)
     # the run stops itself (SIGSTOP) after the first step of the student's second epoch

@@ -67,7 +67,7 @@ def test_a_run_killed_or_stopped_during_distill_resumes_and_completes(shipped_ru
     resumes there. Either way the rerun completes every epoch once and the store verifies."""
     from click.testing import CliRunner
 
-    from cskd.engine import SIGNAL_HOOK
+    from cskd.interrupts import SIGNAL_HOOK
     from pipeline.cli import main
 
     shutil.copytree(shipped_run[0] / ".cskd", workdir / ".cskd")

@@ -373,7 +373,8 @@ def test_the_server_decodes_uploads_itself_and_needs_no_code_from_the_bundle(shi
     import importlib.util
     import shutil
 
-    from serving.runtime import BadRequest, Bundle, Codec
+    from serving.codec import BadRequest, Codec
+    from serving.runtime import Bundle
 
     folder, _, code, _ = shipped_run
     assert code == 0

@@ -17,9 +17,10 @@ from click.testing import CliRunner
 
 from cskd.data import load_dataset
 from cskd.models import Preprocessed, create_model
+from exports.int8_fallback import quantize_with_fallback
 from exports.onnx_export import export_onnx
 from exports.ort_runtime import create_session, run_batched
-from exports.quantize import Int8Settings, preprocess, quantize_with_fallback
+from exports.quantize import Int8Settings, preprocess
 from pipeline.cli import main
 from tests.conftest import edited, working_dir, write_manifest
 

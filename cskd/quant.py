@@ -6,8 +6,7 @@ and MatMul (one scale and zero point per tensor, from its calibration; every
 consumer of the tensor, a residual Add too, reads the quantized value), quantizes their
 weights per output channel, symmetric int8 in [-127, 127] (scale = max|w| / 127;
 [-64, 64] with ``reduce_range``), and their bias (for Gemm) to int32 with scale = activation scale x
-weight scale. BatchNorm
-is folded into the convolutions before any of that (``quant_pre_process``).
+weight scale. BatchNorm is folded into the convolutions before any of that (``quant_pre_process``).
 With ``operators: all`` it also quantizes the output of every Add (a residual sum),
 folding a following Relu into the uint8 range.
 
@@ -188,8 +187,8 @@ def set_activations(
 ) -> None:
     """The QDQ model's parameters, by layer (``exports.quantize.activation_params``): each layer's
     input and output ``scale``/``zero_point`` and ``bias_int32``; a layer missing or None stays in
-    float.
-    ``adds`` (``exports.quantize.add_outputs``): the quantization of each Add's output, in order."""
+    float. ``adds`` (``exports.quantize.add_outputs``): the quantization of each Add's output, in
+    order."""
     unknown = sorted(set(params) - set(sim.qad_slots))
     if unknown:
         raise ValueError(f"the QDQ model quantizes {unknown[0]!r}, which the network does not have")

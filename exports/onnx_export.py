@@ -65,10 +65,9 @@ def _torchlib_registry_once():
     quarter of exporting a small CIFAR student and is paid again for every file of a run, every
     candidate of a search and every run of the test suite. The table is read, never written, when no
     ``custom_translation_table`` is given (our call gives none), so one table can serve every
-    export.
-    It is private API: where it is not found, export builds its own as before. Only our call sees
-    the shared table (the class is restored after it, under a lock), so a user's export with its
-    own translation table in the same process still gets a fresh one.
+    export. It is private API: where it is not found, export builds its own as before. Only our call
+    sees the shared table (the class is restored after it, under a lock), so a user's export with
+    its own translation table in the same process still gets a fresh one.
     """
     try:
         from torch.onnx._internal.exporter import _registration

@@ -248,9 +248,8 @@ def activation_params(path: Path) -> dict[str, dict | None]:
     """What a QDQ model does around each Conv, Gemm and MatMul, keyed by the layer its weight
     belongs to (the initializer's name without ``.weight``): the ``input`` and ``output``
     activations' ``tensor`` name, ``scale`` and ``zero_point`` (None where not quantized) and
-    whether the bias
-    is quantized (``bias_int32``); None for a layer left in float. What a simulation of the
-    model must reproduce."""
+    whether the bias is quantized (``bias_int32``); None for a layer left in float. What a
+    simulation of the model must reproduce."""
     graph, constants, producer, consumers = _graph(path)
     params: dict[str, dict | None] = {}
     for node in graph.node:

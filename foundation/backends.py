@@ -5,8 +5,7 @@ A back-end module under ``exports/`` holds the runtime; its stage module under
 ``stages/`` builds the artifact, registers the target here, and registers the
 keys of ``export:`` it reads (``EXPORT_SETTINGS.register("trt", TrtSection, ...)``,
 ``foundation/sections.py``), each with its own pydantic type. Everything that lists targets (the
-manifest's
-``export.targets``, the CLI's ``--target``, the validate and latency stages, the
+manifest's ``export.targets``, the CLI's ``--target``, the validate and latency stages, the
 gate's per-artifact budgets, the shipped bundle, ``cskd-pipeline schema``) reads
 these registries, so adding a back-end touches no other module.
 """

@@ -106,9 +106,8 @@ async def _answer(send, status: int, detail: str) -> None:
 class JsonBodies:
     """ASGI middleware: a JSON endpoint's body that is not JSON gets 400 with a message (LitServe
     would answer 500). The body, at most --max-body-mb (checked before this), is replayed as
-    received;
-    a binary-extension request is replayed as JSON, its tensor bytes in base64 (LitServe hands its
-    workers JSON only)."""
+    received; a binary-extension request is replayed as JSON, its tensor bytes in base64 (LitServe
+    hands its workers JSON only)."""
 
     def __init__(self, app, prefix: str = "/v2/"):
         self.app, self.prefix = app, prefix
@@ -155,11 +154,9 @@ class JsonBodies:
 def _use_zmq(server: ls.LitServer) -> None:
     """Make ``fast_queue=True`` do what it says. LitServe 0.2.19 ignores it (it builds its transport
     config with a misspelt keyword, so responses travel through a multiprocessing manager's queue,
-    one
-    more process hop and pickle per response), and were it honoured, its factory would pass the ZMQ
-    broker's two addresses swapped (Lightning-AI/LitServe#751, fix proposed in #752). Both are set
-    here
-    by name, which stays right once LitServe is fixed."""
+    one more process hop and pickle per response), and were it honoured, its factory would pass the
+    ZMQ broker's two addresses swapped (Lightning-AI/LitServe#751, fix proposed in #752). Both are
+    set here by name, which stays right once LitServe is fixed."""
     from litserve.transport import factory
     from litserve.transport.zmq_queue import Broker
     from litserve.transport.zmq_transport import ZMQTransport

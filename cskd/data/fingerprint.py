@@ -7,8 +7,7 @@ size and modification time is seen, and so is moving files between class folders
 a copy of the data to another disk or folder has new inodes and times, so every id that reads
 it changes and the stages rerun (as do chmod, chown and renames in place). ``content`` hashes
 the bytes: only a change of content (or of a path) reruns anything, a copy does not, and every
-plan reads every file.
-Image folders get one fingerprint per split, so changing a test image reruns
+plan reads every file. Image folders get one fingerprint per split, so changing a test image reruns
 validation only; the test split's fingerprint also covers the class list (the
 train folder's subfolders), which defines its labels. Fingerprints are cached per
 folder until ``forget()``; the planner calls it once per plan, so a plan sees the
